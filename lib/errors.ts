@@ -81,7 +81,8 @@ export class RelayError extends Error {
     this.name = "RelayError";
     this.status = status;
     this.code = code;
-    this.type = TYPE_BY_STATUS[status] ?? (status >= 500 ? "internal_server_error" : "invalid_request_error");
+    this.type = TYPE_BY_STATUS[status] ??
+      (status >= 500 ? "internal_server_error" : "invalid_request_error");
     this.headers = options.headers;
   }
 }

@@ -1,0 +1,43 @@
+/**
+ * `deno task demo`: the relay in front of a built-in mock Server A, both on loopback, so a newcomer
+ * can see it work without a Server A. Not for production.
+ */
+
+import { createApp } from "./lib/app.ts";
+import { parseConfig } from "./lib/config.ts";
+import { Logger } from "./lib/log.ts";
+import { mockHandler } from "./lib/mock_upstream.ts";
+
+const mock = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, mockHandler());
+const port = Deno.env.get("PORT") ?? "8000";
+const config = parseConfig({
+  UPSTREAM_SERVER_A: `http://127.0.0.1:${mock.addr.port}`,
+  HOST: "127.0.0.1",
+  PORT: port,
+  DEBUG_LOG: Deno.env.get("DEBUG_LOG"),
+});
+const log = new Logger({ level: config.debugLog ? "debug" : "info", format: "pretty" });
+const app = createApp(config, { log });
+Deno.serve({
+  hostname: config.host,
+  port: config.port,
+  automaticCompression: false,
+  onListen: ({ port }) => {
+    const base = `http://127.0.0.1:${port}`;
+    // deno-lint-ignore no-console
+    console.log(`
+proxy-forwarder demo: relay ${base} → mock Server A http://127.0.0.1:${mock.addr.port}
+
+Try it in another terminal:
+  curl ${base}/
+  curl ${base}/v1/models
+  curl ${base}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"model":"mock-gpt","messages":[{"role":"user","content":"hi"}]}'
+  curl -N ${base}/v1/messages -H 'content-type: application/json' \\
+    -d '{"model":"mock-claude","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"hi"}]}'
+
+With a real Server A: cp .env.example .env, set UPSTREAM_SERVER_A, then deno task start.
+Ctrl+C stops the demo.
+`);
+  },
+}, (req, info) => app.fetch(req, info));

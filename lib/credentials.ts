@@ -1,0 +1,80 @@
+/**
+ * @module credentials
+ * UID-route key swap: the client's access key is checked and replaced by the route's Server A key.
+ *
+ * Owns: where API keys can appear (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`,
+ * `?key=`) and the constant-time comparison. Pure.
+ * Must never: add a credential in a place the client did not use, leave the access key in
+ * the forwarded request, or put any key into an error message.
+ */
+
+import { RelayError } from "./errors.ts";
+import type { HeaderList } from "./headers.ts";
+
+const encoder = new TextEncoder();
+
+/** Compares two secrets in time that depends only on the length of `expected`. */
+export function timingSafeEqual(actual: string, expected: string): boolean {
+  const a = encoder.encode(actual);
+  const b = encoder.encode(expected);
+  let diff = a.byteLength ^ b.byteLength;
+  for (let i = 0; i < b.byteLength; i++) diff |= (a[i % (a.byteLength || 1)] ?? 0) ^ b[i]!;
+  return diff === 0;
+}
+
+const BEARER = /^bearer[ \t]+/i;
+
+function unauthorized(code: "invalid_api_key" | "missing_api_key"): RelayError {
+  const message = code === "missing_api_key"
+    ? "This route needs an API key: send the route's access key as your API key."
+    : "Invalid API key for this route.";
+  return new RelayError(401, code, message);
+}
+
+/**
+ * Checks that every credential the client sent equals `accessKey` and replaces each with `apiKey`
+ * in the same place. Throws a 401 RelayError when there is none or any differs.
+ */
+export function swapKey(
+  headers: HeaderList,
+  query: string,
+  keys: { accessKey: string; apiKey: string },
+): { headers: HeaderList; query: string } {
+  let found = 0;
+  let ok = true;
+  const out: HeaderList = headers.map(([name, value]) => {
+    if (name === "authorization") {
+      const m = BEARER.exec(value);
+      if (m === null) return [name, value];
+      found++;
+      ok = timingSafeEqual(value.slice(m[0].length).trim(), keys.accessKey) && ok;
+      return [name, `${m[0]}${keys.apiKey}`];
+    }
+    if (name === "x-api-key" || name === "x-goog-api-key") {
+      found++;
+      ok = timingSafeEqual(value.trim(), keys.accessKey) && ok;
+      return [name, keys.apiKey];
+    }
+    return [name, value];
+  });
+  let newQuery = query;
+  if (query.length > 1) {
+    const params = query.slice(1).split("&").map((p) => {
+      if (!p.startsWith("key=")) return p;
+      found++;
+      let v: string;
+      try {
+        v = decodeURIComponent(p.slice(4).replace(/\+/g, " "));
+      } catch {
+        v = "";
+        ok = false;
+      }
+      ok = timingSafeEqual(v, keys.accessKey) && ok;
+      return `key=${encodeURIComponent(keys.apiKey)}`;
+    });
+    newQuery = `?${params.join("&")}`;
+  }
+  if (found === 0) throw unauthorized("missing_api_key");
+  if (!ok) throw unauthorized("invalid_api_key");
+  return { headers: out, query: newQuery };
+}

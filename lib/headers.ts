@@ -1,0 +1,121 @@
+/**
+ * @module headers
+ * Which headers cross the relay, in each direction.
+ *
+ * Owns: the hop-by-hop set, the client-IP headers the relay writes, and the redaction used for
+ * debug output. Pure: no I/O, no logging. Must never: drop or rewrite an end-to-end header
+ * (underscored names such as `session_id`, `content-encoding`, `anthropic-*`, `openai-*`), or let
+ * a client-supplied `X-Real-IP` / `X-Forwarded-For` through unless the caller says it is trusted.
+ */
+
+/** A header list as sent on the wire, names lower-case. */
+export type HeaderList = Array<[string, string]>;
+
+/** RFC 9110 §7.6.1 hop-by-hop headers, plus ones the HTTP client sets itself. */
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "http2-settings",
+]);
+
+/** Request headers the relay itself decides (host, framing, client identity). */
+const REQUEST_OWN = new Set(["host", "expect", "x-real-ip", "x-forwarded-for", "forwarded"]);
+
+/** Headers whose values are secrets: never logged or shown. */
+const SECRET = new Set([
+  "authorization",
+  "proxy-authorization",
+  "x-api-key",
+  "x-goog-api-key",
+  "api-key",
+  "cookie",
+  "set-cookie",
+]);
+
+function connectionTokens(value: string | null): Set<string> | null {
+  if (value === null || value === "") return null;
+  const names = value.toLowerCase().split(",").map((s) => s.trim()).filter((s) => s !== "");
+  return names.length === 0 ? null : new Set(names);
+}
+
+/** Options for {@link requestHeaders}. */
+export interface RequestHeaderOptions {
+  /** The real client IP, sent as `X-Real-IP` and appended to `X-Forwarded-For`. */
+  clientIp: string;
+  /**
+   * `X-Forwarded-For` chain to append to: only from a trusted proxy in front of the relay.
+   * Undefined means the client's own value is discarded.
+   */
+  trustedForwardedFor?: string | undefined;
+}
+
+/**
+ * The headers to send to Server A for a client request: every end-to-end header as sent, minus
+ * hop-by-hop ones and those named by `Connection`, plus the client IP headers.
+ */
+export function requestHeaders(incoming: Headers, options: RequestHeaderOptions): HeaderList {
+  const named = connectionTokens(incoming.get("connection"));
+  const out: HeaderList = [];
+  for (const [name, value] of incoming) {
+    if (HOP_BY_HOP.has(name) || REQUEST_OWN.has(name) || named?.has(name)) continue;
+    out.push([name, value]);
+  }
+  out.push(["x-real-ip", options.clientIp]);
+  const chain = options.trustedForwardedFor?.trim();
+  out.push(["x-forwarded-for", chain ? `${chain}, ${options.clientIp}` : options.clientIp]);
+  return out;
+}
+
+/**
+ * The headers to send to the client for Server A's response: everything but hop-by-hop ones and
+ * those named by `Connection`. `content-encoding` and `content-length` stay: the body bytes are
+ * passed through exactly as A sent them.
+ */
+export function responseHeaders(incoming: HeaderList): Headers {
+  let named: Set<string> | null = null;
+  for (const [name, value] of incoming) {
+    if (name === "connection") named = connectionTokens(value);
+  }
+  const out = new Headers();
+  for (const [name, value] of incoming) {
+    if (HOP_BY_HOP.has(name) || named?.has(name)) continue;
+    out.append(name, value);
+  }
+  return out;
+}
+
+/** Whether a header carries a credential. */
+export function isSecretHeader(name: string): boolean {
+  return SECRET.has(name.toLowerCase());
+}
+
+/** A copy of headers safe for debug logs: credential values replaced by their length only. */
+export function redactHeaders(headers: Iterable<[string, string]>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of headers) {
+    const safe = SECRET.has(name) ? `[redacted ${value.length} chars]` : value;
+    out[name] = out[name] === undefined ? safe : `${out[name]}, ${safe}`;
+  }
+  return out;
+}
+
+/** Redacts `key=` query parameters (Gemini-style API keys) from a path with query. */
+export function redactQuery(pathAndQuery: string): string {
+  const q = pathAndQuery.indexOf("?");
+  if (q < 0) return pathAndQuery;
+  const params = pathAndQuery.slice(q + 1).split("&").map((p) => {
+    const eq = p.indexOf("=");
+    const name = (eq < 0 ? p : p.slice(0, eq)).toLowerCase();
+    return name === "key" || name === "api_key" || name === "access_token"
+      ? `${p.slice(0, eq)}=[redacted]`
+      : p;
+  });
+  return `${pathAndQuery.slice(0, q)}?${params.join("&")}`;
+}

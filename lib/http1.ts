@@ -1,0 +1,885 @@
+/**
+ * @module http1
+ * A small HTTP/1.1 client with a keep-alive pool, written for relaying.
+ *
+ * Why not `fetch`: it decodes gzip/br/zstd bodies while keeping the original `content-encoding` and
+ * `content-length` (a relay then sends corrupt responses), it leaves Nagle on for its sockets, and
+ * it cannot tell whether a failed request ever reached the server, which a safe retry on a stale
+ * pooled connection needs. Here the body bytes pass through exactly as the upstream sent them.
+ *
+ * Owns: connecting (TCP, TLS), pooling, request serialisation, response parsing and framing
+ * (content-length, chunked, close-delimited), and the "was any response byte received" fact.
+ * Must never: decode content encodings, follow redirects, reorder or coalesce body bytes beyond
+ * what one socket read delivered, or reuse a connection whose exchange did not end cleanly.
+ */
+
+import type { HeaderList } from "./headers.ts";
+import type { Watchdog, Watched } from "./watchdog.ts";
+
+/** Where to connect: the subset of an upstream's config the client needs. */
+export interface Endpoint {
+  readonly protocol: "http:" | "https:";
+  readonly hostname: string;
+  readonly port: number;
+  readonly hostHeader: string;
+}
+
+/** Why an exchange failed; the proxy maps these to client-facing errors. */
+export type UpstreamErrorKind =
+  | "connect" // could not open a connection: safe to try another upstream
+  | "connect_timeout"
+  | "timeout" // silence longer than the limit, before or after the response head
+  | "aborted" // the caller aborted (client went away)
+  | "protocol" // the upstream sent something that is not HTTP/1.1
+  | "reset" // the connection broke after the request may have been seen
+  | "body"; // reading the client's request body failed
+
+/** A failure talking to an upstream; `message` is internal (never sent to clients). */
+export class UpstreamError extends Error {
+  readonly kind: UpstreamErrorKind;
+  constructor(kind: UpstreamErrorKind, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "UpstreamError";
+    this.kind = kind;
+  }
+}
+
+/** Opens a raw connection; injectable for tests. */
+export type Connector = (endpoint: Endpoint, options: { caCerts?: string[] }) => Promise<Deno.Conn>;
+
+/** Default connector: TCP with Nagle off, then TLS (HTTP/1.1 by ALPN) for https. */
+export const defaultConnector: Connector = async (ep, options) => {
+  const tcp = await Deno.connect({ hostname: ep.hostname, port: ep.port });
+  // Nagle would hold a small request body back until the head's ACK arrives.
+  tcp.setNoDelay(true);
+  if (ep.protocol === "http:") return tcp;
+  try {
+    const tls = await Deno.startTls(tcp, {
+      hostname: ep.hostname,
+      alpnProtocols: ["http/1.1"],
+      ...(options.caCerts ? { caCerts: options.caCerts } : {}),
+    });
+    await tls.handshake();
+    return tls;
+  } catch (err) {
+    try {
+      tcp.close();
+    } catch { /* already closed by startTls */ }
+    throw err;
+  }
+};
+
+/** Pool tuning. */
+export interface PoolOptions {
+  connectTimeoutMs: number;
+  /** Idle connections are closed after this long; keep it below the upstream's keep-alive. */
+  idleTimeoutMs: number;
+  /** Most idle connections kept per upstream. */
+  maxIdle?: number;
+  connector?: Connector;
+  caCerts?: string[];
+}
+
+const SMALL_READ = 8 * 1024;
+const LARGE_READ = 64 * 1024;
+
+/** One socket with a read buffer and an idle liveness watch. */
+export class Connection {
+  readonly #conn: Deno.Conn;
+  #leftover: Uint8Array | null = null;
+  /** A read started while idle, so a close by the peer is noticed before reuse. */
+  #idleRead: Promise<Uint8Array | null> | null = null;
+  #idleSettled = false;
+  #readSize = SMALL_READ;
+  closed = false;
+  /** Times this connection was handed out; > 1 means reused. */
+  uses = 0;
+  idleSince = 0;
+
+  constructor(conn: Deno.Conn) {
+    this.#conn = conn;
+  }
+
+  /** The next bytes from the socket (or from what was read ahead), null at end of stream. */
+  read(): Promise<Uint8Array | null> {
+    const left = this.#leftover;
+    if (left !== null) {
+      this.#leftover = null;
+      return Promise.resolve(left);
+    }
+    const idle = this.#idleRead;
+    if (idle !== null) {
+      this.#idleRead = null;
+      return idle;
+    }
+    return this.#rawRead(false);
+  }
+
+  /** Puts bytes back to be returned by the next {@link read}. */
+  unread(bytes: Uint8Array): void {
+    if (bytes.byteLength > 0) this.#leftover = bytes;
+  }
+
+  async #rawRead(quiet: boolean): Promise<Uint8Array | null> {
+    const buf = new Uint8Array(this.#readSize);
+    let n: number | null;
+    try {
+      n = await this.#conn.read(buf);
+    } catch (err) {
+      if (quiet) return null;
+      throw err;
+    }
+    if (n === null) return null;
+    // A full buffer means a bulk body: read bigger from now on.
+    if (n === buf.byteLength) this.#readSize = LARGE_READ;
+    return n === buf.byteLength ? buf : buf.slice(0, n);
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < bytes.byteLength) off += await this.#conn.write(bytes.subarray(off));
+  }
+
+  /** Starts watching an idle connection; `onLost` runs if the peer closes it or sends junk. */
+  startIdle(onLost: () => void): void {
+    this.#idleSettled = false;
+    this.#readSize = SMALL_READ;
+    const pending = this.#rawRead(true);
+    this.#idleRead = pending;
+    pending.then(() => {
+      this.#idleSettled = true;
+      // Anything (EOF, data, error) arriving on an idle connection makes it unusable.
+      if (this.#idleRead === pending) onLost();
+    });
+  }
+
+  /** False when the idle watch saw the peer close (or send anything). */
+  get reusable(): boolean {
+    return !this.closed && !this.#idleSettled && this.#leftover === null;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      this.#conn.close();
+    } catch { /* already closed */ }
+  }
+}
+
+/** A keep-alive pool of connections to one endpoint. */
+export class Pool {
+  readonly endpoint: Endpoint;
+  readonly #opts: Required<Omit<PoolOptions, "caCerts">> & { caCerts?: string[] };
+  readonly #idle: Connection[] = [];
+  #active = 0;
+  #created = 0;
+  #reusedCount = 0;
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
+
+  constructor(endpoint: Endpoint, options: PoolOptions) {
+    this.endpoint = endpoint;
+    this.#opts = {
+      connectTimeoutMs: options.connectTimeoutMs,
+      idleTimeoutMs: options.idleTimeoutMs,
+      maxIdle: options.maxIdle ?? 256,
+      connector: options.connector ?? defaultConnector,
+      ...(options.caCerts ? { caCerts: options.caCerts } : {}),
+    };
+  }
+
+  /** Counters for diagnostics. */
+  stats(): { idle: number; active: number; created: number; reused: number } {
+    return {
+      idle: this.#idle.length,
+      active: this.#active,
+      created: this.#created,
+      reused: this.#reusedCount,
+    };
+  }
+
+  /** An idle connection if one is alive (unless `fresh`), else a new one. */
+  async acquire(fresh = false): Promise<Connection> {
+    if (!fresh) {
+      let c: Connection | undefined;
+      while ((c = this.#idle.pop()) !== undefined) {
+        if (c.reusable) {
+          c.uses++;
+          this.#active++;
+          this.#reusedCount++;
+          return c;
+        }
+        c.close();
+      }
+    }
+    const c = await this.connect();
+    c.uses++;
+    this.#active++;
+    return c;
+  }
+
+  /** Opens a new connection within the connect timeout. */
+  async connect(): Promise<Connection> {
+    if (this.#closed) throw new UpstreamError("connect", "pool closed");
+    const pending = this.#opts.connector(
+      this.endpoint,
+      this.#opts.caCerts ? { caCerts: this.#opts.caCerts } : {},
+    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new UpstreamError("connect_timeout", "connect timed out")),
+        this.#opts.connectTimeoutMs,
+      );
+    });
+    try {
+      const conn = await Promise.race([pending, timeout]);
+      this.#created++;
+      return new Connection(conn);
+    } catch (err) {
+      // A connection that completes after the timeout must not leak.
+      pending.then((c) => c.close(), () => {});
+      if (err instanceof UpstreamError) throw err;
+      throw new UpstreamError("connect", `connect failed: ${errName(err)}`, { cause: err });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Returns a connection after an exchange; `reusable` false closes it. */
+  release(c: Connection, reusable: boolean): void {
+    this.#active--;
+    if (!reusable || this.#closed || c.closed || this.#idle.length >= this.#opts.maxIdle) {
+      c.close();
+      return;
+    }
+    c.idleSince = Date.now();
+    c.startIdle(() => {
+      const i = this.#idle.indexOf(c);
+      if (i >= 0) this.#idle.splice(i, 1);
+      c.close();
+    });
+    this.#idle.push(c);
+    this.#startSweeper();
+  }
+
+  /** Closes idle connections now (in-flight ones finish or fail on their own). */
+  closeIdle(): void {
+    for (const c of this.#idle.splice(0)) c.close();
+  }
+
+  /** Closes everything; later acquires fail. */
+  close(): void {
+    this.#closed = true;
+    this.closeIdle();
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
+  }
+
+  #startSweeper(): void {
+    if (this.#sweeper !== undefined) return;
+    const every = Math.max(50, Math.floor(this.#opts.idleTimeoutMs / 4));
+    this.#sweeper = setInterval(() => {
+      const cutoff = Date.now() - this.#opts.idleTimeoutMs;
+      // Oldest first in the stack: drop from the bottom.
+      while (this.#idle.length > 0 && this.#idle[0]!.idleSince <= cutoff) {
+        this.#idle.shift()!.close();
+      }
+      if (this.#idle.length === 0) {
+        clearInterval(this.#sweeper);
+        this.#sweeper = undefined;
+      }
+    }, every);
+    Deno.unrefTimer(this.#sweeper);
+  }
+}
+
+function errName(err: unknown): string {
+  return err instanceof Error ? err.name : "error";
+}
+
+/**
+ * A request body that can be read again from the start, as long as it stayed under the keep limit.
+ * Chunks are kept as they stream to the upstream, so nothing waits for the whole body.
+ */
+export class BodySource {
+  /** `content-length` as the client announced it; null for chunked bodies. */
+  readonly length: number | null;
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #keepMax: number;
+  /** Chunks from index `#base` on; before overflow `#base` is 0 and this is the whole body. */
+  #kept: Uint8Array[] = [];
+  #base = 0;
+  #keptBytes = 0;
+  #overflow = false;
+  #done = false;
+  #pending: Promise<void> | null = null;
+
+  constructor(stream: ReadableStream<Uint8Array>, length: number | null, keepMax: number) {
+    this.#reader = stream.getReader();
+    this.length = length;
+    this.#keepMax = keepMax;
+  }
+
+  /** True while every byte read so far is still kept, so a new attempt can start over. */
+  get replayable(): boolean {
+    return !this.#overflow;
+  }
+
+  /** A reader for one attempt, starting at the first byte. */
+  cursor(): () => Promise<Uint8Array | null> {
+    let index = 0;
+    return async () => {
+      const c = await this.#chunk(index);
+      if (c !== null) index++;
+      return c;
+    };
+  }
+
+  async #chunk(index: number): Promise<Uint8Array | null> {
+    while (true) {
+      const rel = index - this.#base;
+      if (rel < 0) throw new UpstreamError("body", "request body is no longer kept");
+      if (rel < this.#kept.length) return this.#kept[rel]!;
+      if (this.#done) return null;
+      // One read at a time: a failed attempt's writer may still be waiting on it.
+      this.#pending ??= this.#pull();
+      await this.#pending;
+    }
+  }
+
+  async #pull(): Promise<void> {
+    try {
+      const { value, done } = await this.#reader.read();
+      if (done) {
+        this.#done = true;
+        return;
+      }
+      this.#keptBytes += value.byteLength;
+      if (this.#overflow || this.#keptBytes > this.#keepMax) {
+        // Past the limit only the live attempt remains, and it has read everything before this
+        // chunk (it is the one waiting): keep just this chunk.
+        this.#overflow = true;
+        this.#base += this.#kept.length;
+        this.#kept = [value];
+      } else {
+        this.#kept.push(value);
+      }
+    } catch (err) {
+      throw new UpstreamError("body", `request body read failed: ${errName(err)}`, { cause: err });
+    } finally {
+      this.#pending = null;
+    }
+  }
+
+  /** Stops reading the client's body (the exchange failed or the client left). */
+  cancel(reason?: unknown): void {
+    this.#reader.cancel(reason).catch(() => {});
+  }
+}
+
+/** Sees every response body chunk as it passes; must be cheap and must not throw. */
+export interface BodyObserver {
+  chunk(bytes: Uint8Array): void;
+  /** Called once: null for a clean end, else why the body broke or was cancelled. */
+  end(error: UpstreamError | null): void;
+}
+
+/** What to send upstream. */
+export interface ExchangeRequest {
+  method: string;
+  /** Path and query exactly as they go on the request line. */
+  target: string;
+  headers: HeaderList;
+  body: BodySource | null;
+}
+
+/** Per-exchange dependencies. */
+export interface ExchangeOptions {
+  watchdog: Watchdog;
+  /** Aborts the exchange until the response head arrives (the client went away). */
+  signal?: AbortSignal | undefined;
+}
+
+/** The upstream's response; the body streams straight from the socket. */
+export interface UpstreamResponse {
+  status: number;
+  statusText: string;
+  headers: HeaderList;
+  body: ReadableStream<Uint8Array> | null;
+  /** 1, or 2 when a stale pooled connection forced a resend. */
+  attempts: number;
+  /** Whether the answering connection had served a request before. */
+  reused: boolean;
+  /** Set before reading the body to watch it pass. */
+  observer: BodyObserver | null;
+}
+
+const MAX_HEAD = 64 * 1024;
+
+/**
+ * Sends one request and resolves with the response head. A request that failed on a reused
+ * connection before any response byte arrived is sent once more on a new connection, if its body
+ * is still replayable: the upstream closed an idle connection just as it was picked.
+ */
+export async function exchange(
+  pool: Pool,
+  req: ExchangeRequest,
+  options: ExchangeOptions,
+): Promise<UpstreamResponse> {
+  let fresh = false;
+  for (let attempt = 1;; attempt++) {
+    if (options.signal?.aborted) throw new UpstreamError("aborted", "client went away");
+    const conn = await pool.acquire(fresh);
+    const ex = new Exchange(pool, conn, req, options);
+    try {
+      const res = await ex.run();
+      res.attempts = attempt;
+      return res;
+    } catch (err) {
+      const stale = attempt === 1 && conn.uses > 1 && !ex.gotBytes && ex.abortKind === null &&
+        (req.body === null || req.body.replayable) &&
+        !(err instanceof UpstreamError && err.kind === "body");
+      if (!stale) {
+        req.body?.cancel();
+        throw err;
+      }
+      fresh = true;
+    }
+  }
+}
+
+class Exchange implements Watched {
+  lastTick = 0;
+  gotBytes = false;
+  abortKind: "timeout" | "aborted" | null = null;
+  readonly #pool: Pool;
+  readonly #conn: Connection;
+  readonly #req: ExchangeRequest;
+  readonly #opts: ExchangeOptions;
+  #writeDone = false;
+  #writeError: unknown = null;
+  #finished = false;
+
+  constructor(pool: Pool, conn: Connection, req: ExchangeRequest, opts: ExchangeOptions) {
+    this.#pool = pool;
+    this.#conn = conn;
+    this.#req = req;
+    this.#opts = opts;
+  }
+
+  expire(): void {
+    this.abortKind ??= "timeout";
+    this.#conn.close();
+  }
+
+  #onAbort = (): void => {
+    this.abortKind ??= "aborted";
+    this.#conn.close();
+  };
+
+  async run(): Promise<UpstreamResponse> {
+    const { watchdog, signal } = this.#opts;
+    watchdog.watch(this);
+    signal?.addEventListener("abort", this.#onAbort);
+    this.#write().then(
+      () => (this.#writeDone = true),
+      (err) => {
+        this.#writeError = err;
+        // A client whose body broke is gone; an upstream that stopped reading is seen by the reader.
+        if (err instanceof UpstreamError && err.kind === "body") {
+          this.abortKind ??= "aborted";
+          this.#conn.close();
+        }
+      },
+    );
+    let head: Head;
+    try {
+      head = await this.#readHead();
+    } catch (err) {
+      signal?.removeEventListener("abort", this.#onAbort);
+      // The body stays readable: exchange() may resend it on a new connection.
+      this.#finish(false, false);
+      throw this.#classify(err);
+    }
+    signal?.removeEventListener("abort", this.#onAbort);
+    return this.#respond(head);
+  }
+
+  #classify(err: unknown): UpstreamError {
+    if (this.abortKind === "timeout") {
+      return new UpstreamError("timeout", "upstream silent too long");
+    }
+    if (this.abortKind === "aborted") {
+      return new UpstreamError("aborted", "client went away", { cause: this.#writeError ?? err });
+    }
+    if (err instanceof UpstreamError) return err;
+    return new UpstreamError("reset", `connection failed: ${errName(err)}`, { cause: err });
+  }
+
+  async #write(): Promise<void> {
+    const { method, target, headers, body } = this.#req;
+    const next = body?.cursor();
+    const chunked = body !== null && body.length === null;
+    let head = `${method} ${target} HTTP/1.1\r\nhost: ${this.#pool.endpoint.hostHeader}\r\n`;
+    for (const [name, value] of headers) head += `${name}: ${value}\r\n`;
+    if (chunked) head += "transfer-encoding: chunked\r\n";
+    head += "\r\n";
+    // Head and the first body chunk in one write: one packet for a typical JSON request.
+    const first = next ? await next() : null;
+    const parts: Uint8Array[] = [encodeLatin1(head)];
+    if (first !== null) parts.push(...frame(first, chunked));
+    if (next && first === null && chunked) parts.push(LAST_CHUNK);
+    await this.#send(concat(parts));
+    if (next && first !== null) {
+      let c: Uint8Array | null;
+      while ((c = await next()) !== null) {
+        if (this.#conn.closed) return;
+        await this.#send(chunked ? concat(frame(c, true)) : c);
+      }
+      if (chunked) await this.#send(LAST_CHUNK);
+    }
+  }
+
+  async #send(bytes: Uint8Array): Promise<void> {
+    await this.#conn.write(bytes);
+    this.lastTick = this.#opts.watchdog.tick;
+  }
+
+  async #readHead(): Promise<Head> {
+    let buf: Uint8Array = EMPTY;
+    let searchFrom = 0;
+    while (true) {
+      const chunk = await this.#conn.read();
+      if (chunk === null) {
+        throw new UpstreamError(
+          this.gotBytes ? "protocol" : "reset",
+          "upstream closed the connection before a response head",
+        );
+      }
+      this.gotBytes = true;
+      this.lastTick = this.#opts.watchdog.tick;
+      buf = buf.byteLength === 0 ? chunk : concat([buf, chunk]);
+      const end = indexOfHeadEnd(buf, searchFrom);
+      if (end < 0) {
+        if (buf.byteLength > MAX_HEAD) {
+          throw new UpstreamError("protocol", "response head too large");
+        }
+        searchFrom = Math.max(0, buf.byteLength - 3);
+        continue;
+      }
+      const head = parseHead(buf.subarray(0, end));
+      buf = buf.subarray(end + 4);
+      searchFrom = 0;
+      if (head.status >= 100 && head.status < 200) {
+        // Interim responses (100 Continue, 103 Early Hints) are not relayed; 101 was never asked for.
+        if (head.status === 101) throw new UpstreamError("protocol", "unexpected 101 response");
+        continue;
+      }
+      this.#conn.unread(buf);
+      return head;
+    }
+  }
+
+  #respond(head: Head): UpstreamResponse {
+    const res: UpstreamResponse = {
+      status: head.status,
+      statusText: head.statusText,
+      headers: head.headers,
+      body: null,
+      attempts: 1,
+      reused: this.#conn.uses > 1,
+      observer: null,
+    };
+    const framing = bodyFraming(this.#req.method, head);
+    if (framing.kind === "none") {
+      this.#finish(head.keepAlive);
+      return res;
+    }
+    const conn = this.#conn;
+    const watchdog = this.#opts.watchdog;
+    let remaining = framing.kind === "length" ? framing.length : 0;
+    const decoder = framing.kind === "chunked" ? new ChunkedDecoder() : null;
+    let ended = false;
+    const end = (e: UpstreamError | null): void => {
+      if (ended) return;
+      ended = true;
+      res.observer?.end(e);
+    };
+    const fail = (ctrl: ReadableStreamDefaultController<Uint8Array>, err: unknown): void => {
+      const e = this.#classify(err);
+      this.#finish(false);
+      end(e);
+      // After a cancel the stream is already closed: erroring it again is not allowed.
+      if (this.abortKind !== "aborted") ctrl.error(e);
+    };
+    const done = (ctrl: ReadableStreamDefaultController<Uint8Array>, reusable: boolean): void => {
+      this.#finish(reusable && head.keepAlive);
+      end(null);
+      ctrl.close();
+    };
+    const emit = (ctrl: ReadableStreamDefaultController<Uint8Array>, bytes: Uint8Array): void => {
+      res.observer?.chunk(bytes);
+      ctrl.enqueue(bytes);
+    };
+    res.body = new ReadableStream<Uint8Array>({
+      pull: async (ctrl) => {
+        while (true) {
+          let chunk: Uint8Array | null;
+          try {
+            chunk = await conn.read();
+          } catch (err) {
+            return fail(ctrl, err);
+          }
+          this.lastTick = watchdog.tick;
+          if (chunk === null) {
+            if (framing.kind === "close") return done(ctrl, false);
+            return fail(ctrl, new UpstreamError("reset", "upstream closed mid-body"));
+          }
+          if (framing.kind === "close") return emit(ctrl, chunk);
+          if (decoder === null) {
+            const extra = chunk.byteLength > remaining;
+            if (extra) chunk = chunk.subarray(0, remaining);
+            remaining -= chunk.byteLength;
+            emit(ctrl, chunk);
+            if (remaining === 0) done(ctrl, !extra);
+            return;
+          }
+          let pieces: Uint8Array[];
+          try {
+            pieces = decoder.push(chunk);
+          } catch (err) {
+            return fail(ctrl, err);
+          }
+          for (const p of pieces) emit(ctrl, p);
+          if (decoder.done) return done(ctrl, decoder.rest === null);
+          if (pieces.length > 0) return;
+        }
+      },
+      cancel: () => {
+        this.abortKind ??= "aborted";
+        this.#finish(false);
+        end(new UpstreamError("aborted", "client went away"));
+      },
+    }, { highWaterMark: 0 });
+    return res;
+  }
+
+  /** Ends the exchange once: the connection goes back to the pool only after a clean finish. */
+  #finish(reusable: boolean, cancelBody = true): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.#opts.watchdog.unwatch(this);
+    const ok = reusable && this.#writeDone && this.#writeError === null && this.abortKind === null;
+    if (!ok) {
+      this.#conn.close();
+      if (!this.#writeDone && cancelBody) this.#req.body?.cancel();
+    }
+    this.#pool.release(this.#conn, ok);
+  }
+}
+
+interface Head {
+  status: number;
+  statusText: string;
+  headers: HeaderList;
+  keepAlive: boolean;
+  contentLength: number | null;
+  chunked: boolean;
+  hasTransferEncoding: boolean;
+}
+
+type Framing =
+  | { kind: "none" }
+  | { kind: "length"; length: number }
+  | { kind: "chunked" }
+  | { kind: "close" };
+
+/** RFC 9112 §6.3: how the response body is delimited. */
+export function bodyFraming(
+  method: string,
+  head: Pick<Head, "status" | "contentLength" | "chunked" | "hasTransferEncoding">,
+): Framing {
+  if (method === "HEAD" || head.status === 204 || head.status === 304) return { kind: "none" };
+  if (head.hasTransferEncoding) return head.chunked ? { kind: "chunked" } : { kind: "close" };
+  if (head.contentLength !== null) {
+    return head.contentLength === 0
+      ? { kind: "none" }
+      : { kind: "length", length: head.contentLength };
+  }
+  return { kind: "close" };
+}
+
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const STATUS_LINE = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/;
+
+/** Parses a response head (without the final blank line). Throws UpstreamError("protocol"). */
+export function parseHead(bytes: Uint8Array): Head {
+  const text = decodeLatin1(bytes);
+  const lines = text.split("\r\n");
+  const m = STATUS_LINE.exec(lines[0] ?? "");
+  if (m === null) throw new UpstreamError("protocol", "bad status line");
+  const headers: HeaderList = [];
+  let contentLength: number | null = null;
+  let te: string | null = null;
+  let connection = "";
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    const colon = line.indexOf(":");
+    if (colon <= 0) throw new UpstreamError("protocol", "bad header line");
+    const name = line.slice(0, colon).toLowerCase();
+    if (!TOKEN.test(name)) throw new UpstreamError("protocol", "bad header name");
+    const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "");
+    if (/[\r\n\0]/.test(value)) throw new UpstreamError("protocol", "bad header value");
+    if (name === "content-length") {
+      if (!/^\d{1,15}$/.test(value)) throw new UpstreamError("protocol", "bad content-length");
+      const n = Number(value);
+      if (contentLength !== null && contentLength !== n) {
+        throw new UpstreamError("protocol", "conflicting content-length");
+      }
+      contentLength = n;
+    } else if (name === "transfer-encoding") {
+      te = te === null ? value : `${te}, ${value}`;
+    } else if (name === "connection") {
+      connection += `${value},`;
+    }
+    headers.push([name, value]);
+  }
+  const codings = te?.toLowerCase().split(",").map((s) => s.trim()).filter((s) => s !== "") ?? [];
+  const conn = connection.toLowerCase();
+  const http10 = m[1] === "0";
+  return {
+    status: Number(m[2]),
+    statusText: m[3] ?? "",
+    headers,
+    keepAlive: http10 ? /\bkeep-alive\b/.test(conn) : !/\bclose\b/.test(conn),
+    contentLength: te === null ? contentLength : null,
+    chunked: codings[codings.length - 1] === "chunked",
+    hasTransferEncoding: te !== null,
+  };
+}
+
+const enum ChunkState {
+  Size,
+  Data,
+  DataEnd,
+  Trailer,
+  Done,
+}
+
+/** Incremental `Transfer-Encoding: chunked` decoder; yields payload slices without copying. */
+export class ChunkedDecoder {
+  #state = ChunkState.Size;
+  #line = "";
+  #remaining = 0;
+  /** Bytes after the terminating chunk (a pipelined response we never asked for). */
+  rest: Uint8Array | null = null;
+
+  get done(): boolean {
+    return this.#state === ChunkState.Done;
+  }
+
+  /** Feeds bytes; returns the payload slices they complete. Throws UpstreamError("protocol"). */
+  push(bytes: Uint8Array): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    let i = 0;
+    const n = bytes.byteLength;
+    while (i < n) {
+      switch (this.#state) {
+        case ChunkState.Data: {
+          const take = Math.min(this.#remaining, n - i);
+          out.push(bytes.subarray(i, i + take));
+          i += take;
+          this.#remaining -= take;
+          if (this.#remaining === 0) this.#state = ChunkState.DataEnd;
+          break;
+        }
+        case ChunkState.Size:
+        case ChunkState.DataEnd:
+        case ChunkState.Trailer: {
+          const b = bytes[i++]!;
+          if (b !== 0x0a) {
+            if (this.#line.length > 4096) {
+              throw new UpstreamError("protocol", "chunk line too long");
+            }
+            this.#line += String.fromCharCode(b);
+            break;
+          }
+          const line = this.#line.endsWith("\r") ? this.#line.slice(0, -1) : this.#line;
+          this.#line = "";
+          this.#onLine(line);
+          break;
+        }
+        case ChunkState.Done:
+          this.rest = bytes.subarray(i);
+          return out;
+      }
+    }
+    return out;
+  }
+
+  #onLine(line: string): void {
+    if (this.#state === ChunkState.DataEnd) {
+      if (line !== "") throw new UpstreamError("protocol", "missing CRLF after chunk");
+      this.#state = ChunkState.Size;
+      return;
+    }
+    if (this.#state === ChunkState.Trailer) {
+      if (line === "") this.#state = ChunkState.Done;
+      return;
+    }
+    const m = /^([0-9A-Fa-f]{1,12})[ \t]*(;.*)?$/.exec(line);
+    if (m === null) throw new UpstreamError("protocol", "bad chunk size");
+    this.#remaining = parseInt(m[1]!, 16);
+    this.#state = this.#remaining === 0 ? ChunkState.Trailer : ChunkState.Data;
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+const CRLF = new Uint8Array([13, 10]);
+const LAST_CHUNK = new Uint8Array([0x30, 13, 10, 13, 10]);
+const encoder = new TextEncoder();
+
+function frame(chunk: Uint8Array, chunked: boolean): Uint8Array[] {
+  if (!chunked) return [chunk];
+  if (chunk.byteLength === 0) return [];
+  return [encoder.encode(`${chunk.byteLength.toString(16)}\r\n`), chunk, CRLF];
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0]!;
+  let len = 0;
+  for (const p of parts) len += p.byteLength;
+  const out = new Uint8Array(len);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.byteLength;
+  }
+  return out;
+}
+
+function indexOfHeadEnd(buf: Uint8Array, from: number): number {
+  for (let i = from; i + 3 < buf.byteLength; i++) {
+    if (buf[i] === 13 && buf[i + 1] === 10 && buf[i + 2] === 13 && buf[i + 3] === 10) return i;
+  }
+  return -1;
+}
+
+/** Header bytes are Latin-1 on the wire; TextEncoder would turn é into two bytes. */
+export function encodeLatin1(s: string): Uint8Array {
+  // deno-lint-ignore no-control-regex
+  if (/^[\x00-\x7f]*$/.test(s)) return encoder.encode(s);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i) & 0xff;
+  return out;
+}
+
+function decodeLatin1(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.byteLength; i += 8192) {
+    s += String.fromCharCode(...bytes.subarray(i, Math.min(i + 8192, bytes.byteLength)));
+  }
+  return s;
+}

@@ -1,0 +1,186 @@
+/**
+ * @module proxy
+ * Forwards one client request to Server A and streams the answer back.
+ *
+ * Owns: failover across upstreams on connect failure, the mapping from upstream failures to the
+ * relay's errors, and the request/response lifecycle events observers see. Bodies pass straight
+ * through in both directions: never read whole, never decoded.
+ * Must never: retry a request once it may have reached A (except the stale-connection resend in
+ * `http1.ts`), follow redirects, change A's status, headers or body bytes, or show a client raw
+ * error text.
+ */
+
+import type { Upstream } from "./config.ts";
+import { RelayError } from "./errors.ts";
+import type { HeaderList } from "./headers.ts";
+import { responseHeaders } from "./headers.ts";
+import {
+  BodySource,
+  type Connector,
+  exchange,
+  Pool,
+  UpstreamError,
+  type UpstreamResponse,
+} from "./http1.ts";
+import type { Watchdog } from "./watchdog.ts";
+
+/** The pools for every upstream, created on first use. */
+export class PoolSet {
+  readonly #pools = new Map<string, Pool>();
+  readonly #opts: {
+    connectTimeoutMs: number;
+    idleTimeoutMs: number;
+    connector?: Connector | undefined;
+  };
+
+  constructor(
+    opts: { connectTimeoutMs: number; idleTimeoutMs: number; connector?: Connector | undefined },
+  ) {
+    this.#opts = opts;
+  }
+
+  get(up: Upstream): Pool {
+    const key = `${up.protocol}//${up.hostHeader}`;
+    let pool = this.#pools.get(key);
+    if (pool === undefined) {
+      pool = new Pool(up, {
+        connectTimeoutMs: this.#opts.connectTimeoutMs,
+        idleTimeoutMs: this.#opts.idleTimeoutMs,
+        ...(this.#opts.connector ? { connector: this.#opts.connector } : {}),
+      });
+      this.#pools.set(key, pool);
+    }
+    return pool;
+  }
+
+  /** Per-upstream pool counters for diagnostics. */
+  stats(): Record<string, ReturnType<Pool["stats"]>> {
+    const out: Record<string, ReturnType<Pool["stats"]>> = {};
+    for (const [key, pool] of this.#pools) out[key] = pool.stats();
+    return out;
+  }
+
+  closeIdle(): void {
+    for (const pool of this.#pools.values()) pool.closeIdle();
+  }
+
+  close(): void {
+    for (const pool of this.#pools.values()) pool.close();
+  }
+}
+
+/** What the proxy reports about one forwarded request. */
+export interface ForwardResult {
+  response: Response;
+  upstream: Upstream | null;
+  /** Upstreams tried before the one that answered (connect failures). */
+  failovers: number;
+  upstreamResponse: UpstreamResponse | null;
+}
+
+/** Everything `forward` needs besides the request. */
+export interface ForwardContext {
+  upstreams: readonly Upstream[];
+  /** Path and query to append to the upstream's prefix (already validated). */
+  target: string;
+  headers: HeaderList;
+  pools: PoolSet;
+  watchdog: Watchdog;
+  retryBodyMaxBytes: number;
+}
+
+/** Maps an upstream failure to the relay's client-facing error. */
+export function relayErrorFor(err: unknown): RelayError {
+  if (err instanceof RelayError) return err;
+  const cause = { cause: err };
+  if (err instanceof UpstreamError) {
+    switch (err.kind) {
+      case "connect":
+        return new RelayError(
+          502,
+          "upstream_unreachable",
+          "Server A is unreachable from the relay.",
+          cause,
+        );
+      case "connect_timeout":
+        return new RelayError(
+          504,
+          "upstream_connect_timeout",
+          "Connecting to Server A timed out.",
+          cause,
+        );
+      case "timeout":
+        return new RelayError(504, "upstream_timeout", "Server A did not answer in time.", cause);
+      case "aborted":
+      case "body":
+        return new RelayError(499, "client_closed", "The client closed the request.", cause);
+      case "protocol":
+      case "reset":
+        return new RelayError(
+          502,
+          "upstream_protocol_error",
+          "Server A closed the connection or sent an invalid response.",
+          cause,
+        );
+    }
+  }
+  return new RelayError(
+    502,
+    "upstream_protocol_error",
+    "The relay could not complete the request.",
+    cause,
+  );
+}
+
+/**
+ * Sends the request to the first upstream that accepts a connection and returns its response
+ * with the body still streaming. Throws RelayError.
+ */
+export async function forward(req: Request, ctx: ForwardContext): Promise<ForwardResult> {
+  const length = req.headers.get("content-length");
+  const body = req.body === null
+    ? null
+    : new BodySource(req.body, length === null ? null : Number(length), ctx.retryBodyMaxBytes);
+  let lastError: unknown = null;
+  for (let i = 0; i < ctx.upstreams.length; i++) {
+    const upstream = ctx.upstreams[i]!;
+    let res: UpstreamResponse;
+    try {
+      res = await exchange(ctx.pools.get(upstream), {
+        method: req.method,
+        target: upstream.prefix + ctx.target,
+        headers: ctx.headers,
+        body,
+      }, { watchdog: ctx.watchdog, signal: req.signal });
+    } catch (err) {
+      lastError = err;
+      // Only a failure to connect is known not to have reached A: anything else is final.
+      if (
+        err instanceof UpstreamError && (err.kind === "connect" || err.kind === "connect_timeout")
+      ) {
+        continue;
+      }
+      body?.cancel();
+      throw relayErrorFor(err);
+    }
+    let response: Response;
+    try {
+      response = new Response(res.body, {
+        status: res.status,
+        statusText: res.statusText,
+        headers: responseHeaders(res.headers),
+      });
+    } catch (err) {
+      await res.body?.cancel();
+      throw new RelayError(
+        502,
+        "upstream_protocol_error",
+        "Server A sent a response the relay cannot pass on.",
+        { cause: err },
+      );
+    }
+    return { response, upstream, failovers: i, upstreamResponse: res };
+  }
+  body?.cancel();
+  throw relayErrorFor(lastError);
+}

@@ -1,0 +1,79 @@
+/**
+ * @module watchdog
+ * One coarse timer for every in-flight upstream exchange.
+ *
+ * Why: a timer per request (or per chunk) is measurable churn on the hot path. Instead each
+ * exchange records the current tick on activity (a field write, no syscall) and one interval,
+ * running only while something is watched, expires those silent for too long.
+ * Must never: keep the process alive on its own (the interval is unref'd and stops when idle).
+ */
+
+/** Something the watchdog can expire. */
+export interface Watched {
+  /** Tick of the last activity; set it to {@link Watchdog.tick} whenever bytes move. */
+  lastTick: number;
+  /** Called once when silent for longer than the limit. */
+  expire(): void;
+}
+
+/** Expires watched items silent for longer than `limitMs` (resolution: `limitMs / 10`, ≤ 1 s). */
+export class Watchdog {
+  #tick = 0;
+  readonly #items = new Set<Watched>();
+  readonly #intervalMs: number;
+  readonly #limitTicks: number;
+  #timer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(limitMs: number) {
+    this.#intervalMs = Math.min(1000, Math.max(5, Math.floor(limitMs / 10)));
+    this.#limitTicks = Math.ceil(limitMs / this.#intervalMs);
+  }
+
+  /** The current tick. */
+  get tick(): number {
+    return this.#tick;
+  }
+
+  /** Number of items watched. */
+  get size(): number {
+    return this.#items.size;
+  }
+
+  /** Starts watching; activity counts from now. */
+  watch(item: Watched): void {
+    item.lastTick = this.#tick;
+    this.#items.add(item);
+    if (this.#timer === undefined) {
+      this.#timer = setInterval(() => this.#sweep(), this.#intervalMs);
+      Deno.unrefTimer(this.#timer);
+    }
+  }
+
+  /** Stops watching (idempotent). */
+  unwatch(item: Watched): void {
+    this.#items.delete(item);
+    if (this.#items.size === 0) this.#stop();
+  }
+
+  /** Stops the timer and forgets everything. */
+  close(): void {
+    this.#items.clear();
+    this.#stop();
+  }
+
+  #stop(): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #sweep(): void {
+    const tick = ++this.#tick;
+    for (const item of this.#items) {
+      if (tick - item.lastTick > this.#limitTicks) {
+        this.#items.delete(item);
+        item.expire();
+      }
+    }
+    if (this.#items.size === 0) this.#stop();
+  }
+}
