@@ -48,7 +48,10 @@ export class UpstreamError extends Error {
 export type Connector = (endpoint: Endpoint, options: { caCerts?: string[] }) => Promise<Deno.Conn>;
 
 /** Default connector: TCP with Nagle off, then TLS (HTTP/1.1 by ALPN) for https. */
-export const defaultConnector: Connector = async (ep, options) => {
+export async function defaultConnector(
+  ep: Endpoint,
+  options: { caCerts?: string[] },
+): Promise<Deno.Conn> {
   const tcp = await Deno.connect({ hostname: ep.hostname, port: ep.port });
   // Nagle would hold a small request body back until the head's ACK arrives.
   tcp.setNoDelay(true);
@@ -67,7 +70,7 @@ export const defaultConnector: Connector = async (ep, options) => {
     } catch { /* already closed by startTls */ }
     throw err;
   }
-};
+}
 
 /** Pool tuning. */
 export interface PoolOptions {

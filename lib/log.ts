@@ -29,13 +29,13 @@ export interface LoggerOptions {
 const encoder = new TextEncoder();
 
 /** Writes to stdout, ignoring a closed pipe rather than crashing the relay. */
-export const stdoutSink: LogSink = (text) => {
+export function stdoutSink(text: string): void {
   try {
     const bytes = encoder.encode(text);
     let off = 0;
     while (off < bytes.byteLength) off += Deno.stdout.writeSync(bytes.subarray(off));
   } catch { /* stdout gone: nothing useful to do */ }
-};
+}
 
 /** A small structured logger. */
 export class Logger {
