@@ -60,15 +60,18 @@ export function swapKey(
   let newQuery = query;
   if (query.length > 1) {
     const params = query.slice(1).split("&").map((p) => {
-      if (!p.startsWith("key=")) return p;
+      const eq = p.indexOf("=");
+      // A decodes parameter names (`%6Bey` is `key`): so must the check, or the key slips past.
+      if (decodedName(eq < 0 ? p : p.slice(0, eq)) !== "key") return p;
       found++;
       let v: string;
       try {
-        v = decodeURIComponent(p.slice(4).replace(/\+/g, " "));
+        v = decodeURIComponent(p.slice(eq + 1).replace(/\+/g, " "));
       } catch {
         v = "";
         ok = false;
       }
+      if (eq < 0) ok = false;
       ok = timingSafeEqual(v, keys.accessKey) && ok;
       return `key=${encodeURIComponent(keys.apiKey)}`;
     });
@@ -77,4 +80,12 @@ export function swapKey(
   if (found === 0) throw unauthorized("missing_api_key");
   if (!ok) throw unauthorized("invalid_api_key");
   return { headers: out, query: newQuery };
+}
+
+function decodedName(raw: string): string {
+  try {
+    return decodeURIComponent(raw.replace(/\+/g, " "));
+  } catch {
+    return raw;
+  }
 }

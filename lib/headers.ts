@@ -79,9 +79,12 @@ export function requestHeaders(incoming: Headers, options: RequestHeaderOptions)
  * passed through exactly as A sent them.
  */
 export function responseHeaders(incoming: HeaderList): Headers {
+  // Every Connection line counts: an upstream may send several.
   let named: Set<string> | null = null;
   for (const [name, value] of incoming) {
-    if (name === "connection") named = connectionTokens(value);
+    if (name !== "connection") continue;
+    const tokens = connectionTokens(value);
+    if (tokens !== null) named = named === null ? tokens : new Set([...named, ...tokens]);
   }
   const out = new Headers();
   for (const [name, value] of incoming) {
@@ -100,7 +103,7 @@ export function isSecretHeader(name: string): boolean {
 export function redactHeaders(headers: Iterable<[string, string]>): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [name, value] of headers) {
-    const safe = SECRET.has(name) ? `[redacted ${value.length} chars]` : value;
+    const safe = SECRET.has(name.toLowerCase()) ? `[redacted ${value.length} chars]` : value;
     out[name] = out[name] === undefined ? safe : `${out[name]}, ${safe}`;
   }
   return out;
@@ -112,10 +115,20 @@ export function redactQuery(pathAndQuery: string): string {
   if (q < 0) return pathAndQuery;
   const params = pathAndQuery.slice(q + 1).split("&").map((p) => {
     const eq = p.indexOf("=");
-    const name = (eq < 0 ? p : p.slice(0, eq)).toLowerCase();
-    return name === "key" || name === "api_key" || name === "access_token"
-      ? `${p.slice(0, eq)}=[redacted]`
-      : p;
+    const raw = eq < 0 ? p : p.slice(0, eq);
+    return isKeyParam(raw) ? `${raw}=[redacted]` : p;
   });
   return `${pathAndQuery.slice(0, q)}?${params.join("&")}`;
+}
+
+/** Whether a raw query parameter name (possibly percent-encoded) names a credential. */
+export function isKeyParam(rawName: string): boolean {
+  let name = rawName;
+  if (name.includes("%") || name.includes("+")) {
+    try {
+      name = decodeURIComponent(name.replace(/\+/g, " "));
+    } catch { /* undecodable: compare as written */ }
+  }
+  name = name.toLowerCase();
+  return name === "key" || name === "api_key" || name === "access_token";
 }

@@ -318,6 +318,8 @@ export class BodySource {
   #overflow = false;
   #done = false;
   #pending: Promise<void> | null = null;
+  #generation = 0;
+  #liveIndex = 0;
 
   constructor(stream: ReadableStream<Uint8Array>, length: number | null, keepMax: number) {
     this.#reader = stream.getReader();
@@ -330,12 +332,18 @@ export class BodySource {
     return !this.#overflow;
   }
 
-  /** A reader for one attempt, starting at the first byte. */
+  /** A reader for one attempt, starting at the first byte. Earlier cursors stop counting. */
   cursor(): () => Promise<Uint8Array | null> {
+    const generation = ++this.#generation;
+    this.#liveIndex = 0;
     let index = 0;
     return async () => {
       const c = await this.#chunk(index);
       if (c !== null) index++;
+      if (generation === this.#generation) {
+        this.#liveIndex = index;
+        if (this.#overflow) this.#trim();
+      }
       return c;
     };
   }
@@ -352,6 +360,14 @@ export class BodySource {
     }
   }
 
+  /** Past the limit no new attempt can start: drop what the live attempt has already sent. */
+  #trim(): void {
+    const drop = Math.min(this.#liveIndex - this.#base, this.#kept.length);
+    if (drop <= 0) return;
+    this.#kept.splice(0, drop);
+    this.#base += drop;
+  }
+
   async #pull(): Promise<void> {
     try {
       const { value, done } = await this.#reader.read();
@@ -360,14 +376,12 @@ export class BodySource {
         return;
       }
       this.#keptBytes += value.byteLength;
+      this.#kept.push(value);
       if (this.#overflow || this.#keptBytes > this.#keepMax) {
-        // Past the limit only the live attempt remains, and it has read everything before this
-        // chunk (it is the one waiting): keep just this chunk.
+        // The waiting reader may belong to a failed attempt: only the live attempt's position
+        // decides what can go.
         this.#overflow = true;
-        this.#base += this.#kept.length;
-        this.#kept = [value];
-      } else {
-        this.#kept.push(value);
+        this.#trim();
       }
     } catch (err) {
       throw new UpstreamError("body", `request body read failed: ${errName(err)}`, { cause: err });

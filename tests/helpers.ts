@@ -1,0 +1,237 @@
+/**
+ * Shared test fixtures: fake upstreams on 127.0.0.1:0, a relay in-process, and a raw HTTP/1.1
+ * client for targets and bytes that `fetch` would normalise or decode.
+ */
+
+import { createApp } from "../lib/app.ts";
+import type { App, AppDeps } from "../lib/app.ts";
+import { parseConfig } from "../lib/config.ts";
+import { Logger } from "../lib/log.ts";
+
+export const enc = new TextEncoder();
+export const dec = new TextDecoder();
+
+/** A fake upstream built on Deno.serve. */
+export interface FakeUpstream {
+  url: string;
+  port: number;
+  /** Requests seen, in order (headers copied, body not read). */
+  seen: Array<{ method: string; url: string; headers: Headers }>;
+  close(): Promise<void>;
+}
+
+export function startUpstream(
+  handler: (
+    req: Request,
+    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+  ) => Response | Promise<Response>,
+): FakeUpstream {
+  const seen: FakeUpstream["seen"] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req, info) => {
+    seen.push({ method: req.method, url: req.url, headers: new Headers(req.headers) });
+    return handler(req, info);
+  });
+  const port = server.addr.port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    seen,
+    close: () => server.shutdown(),
+  };
+}
+
+/** A raw TCP upstream: the test writes whatever bytes it wants per connection. */
+export interface RawUpstream {
+  url: string;
+  port: number;
+  connections: number;
+  close(): void;
+}
+
+export function startRawUpstream(
+  onConn: (conn: Deno.Conn, index: number) => Promise<void>,
+): RawUpstream {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const conns = new Set<Deno.Conn>();
+  const state: RawUpstream = {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    connections: 0,
+    close() {
+      try {
+        listener.close();
+      } catch { /* closed */ }
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+    },
+  };
+  (async () => {
+    try {
+      for await (const conn of listener) {
+        const i = state.connections++;
+        conns.add(conn);
+        onConn(conn, i).catch(() => {}).finally(() => {
+          conns.delete(conn);
+          try {
+            conn.close();
+          } catch { /* closed */ }
+        });
+      }
+    } catch { /* listener closed */ }
+  })();
+  return state;
+}
+
+/** Reads one HTTP/1.1 request head from a raw connection (returns it as text, plus leftover). */
+export async function readRequestHead(
+  conn: Deno.Conn,
+): Promise<{ head: string; rest: Uint8Array } | null> {
+  let buf = new Uint8Array(0);
+  const chunk = new Uint8Array(65536);
+  while (true) {
+    const n = await conn.read(chunk);
+    if (n === null) return null;
+    const merged = new Uint8Array(buf.length + n);
+    merged.set(buf);
+    merged.set(chunk.subarray(0, n), buf.length);
+    buf = merged;
+    const text = new TextDecoder("latin1").decode(buf);
+    const end = text.indexOf("\r\n\r\n");
+    if (end >= 0) return { head: text.slice(0, end), rest: buf.subarray(end + 4) };
+  }
+}
+
+export async function writeAll(conn: Deno.Conn, data: string | Uint8Array): Promise<void> {
+  const bytes = typeof data === "string" ? enc.encode(data) : data;
+  let off = 0;
+  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
+}
+
+/** A relay running in this process behind Deno.serve on 127.0.0.1:0. */
+export interface TestRelay {
+  url: string;
+  port: number;
+  app: App;
+  logs: string[];
+  close(): Promise<void>;
+}
+
+export function startRelay(env: Record<string, string>, deps: AppDeps = {}): TestRelay {
+  const config = parseConfig({ HOST: "127.0.0.1", PORT: "0", ...env });
+  const logs: string[] = [];
+  const log = deps.log ??
+    new Logger({ level: config.debugLog ? "debug" : "info", sink: (t) => logs.push(t) });
+  const app = createApp(config, { ...deps, log });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, automaticCompression: false, onListen() {} },
+    (req, info) => app.fetch(req, info),
+  );
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    port: server.addr.port,
+    app,
+    logs,
+    async close() {
+      await server.shutdown();
+      app.close();
+    },
+  };
+}
+
+/** A parsed raw response. */
+export interface RawResponse {
+  status: number;
+  head: string;
+  headers: Map<string, string>;
+  /** Body bytes exactly as received (de-chunked when chunked). */
+  body: Uint8Array;
+}
+
+/**
+ * Sends raw request bytes on a new connection and reads the whole response until the server
+ * closes (send `connection: close`). Body bytes are not decoded: what the relay sent is what
+ * this returns (chunked framing removed).
+ */
+export async function rawRequest(port: number, request: string | Uint8Array): Promise<RawResponse> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await writeAll(conn, request);
+    const parts: Uint8Array[] = [];
+    const chunk = new Uint8Array(65536);
+    while (true) {
+      const n = await conn.read(chunk).catch(() => null);
+      if (n === null) break;
+      parts.push(chunk.slice(0, n));
+    }
+    const all = concat(parts);
+    const text = new TextDecoder("latin1").decode(all);
+    const end = text.indexOf("\r\n\r\n");
+    const head = text.slice(0, end);
+    const headers = new Map<string, string>();
+    for (const line of head.split("\r\n").slice(1)) {
+      const i = line.indexOf(":");
+      headers.set(line.slice(0, i).toLowerCase(), line.slice(i + 1).trim());
+    }
+    let body = all.subarray(end + 4);
+    if (headers.get("transfer-encoding") === "chunked") body = dechunk(body);
+    return { status: Number(head.split(" ")[1]), head, headers, body };
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }
+}
+
+export function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+function dechunk(bytes: Uint8Array): Uint8Array {
+  const out: Uint8Array[] = [];
+  let i = 0;
+  while (i < bytes.length) {
+    let j = i;
+    while (!(bytes[j] === 13 && bytes[j + 1] === 10)) j++;
+    const size = parseInt(new TextDecoder().decode(bytes.subarray(i, j)).split(";")[0]!, 16);
+    if (size === 0) break;
+    out.push(bytes.subarray(j + 2, j + 2 + size));
+    i = j + 2 + size + 2;
+  }
+  return concat(out);
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export async function sha256(bytes: Uint8Array): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
+  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** A port with nothing listening (bound then released). */
+export function closedPort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Polls until `cond` holds or `ms` passes. */
+export async function waitFor(cond: () => boolean, ms = 3000, what = "condition"): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await delay(10);
+  }
+}
