@@ -629,7 +629,11 @@ class Exchange implements Watched {
       this.#finish(false);
       end(e);
       // After a cancel the stream is already closed: erroring it again is not allowed.
-      if (this.abortKind !== "aborted") ctrl.error(e);
+      if (this.abortKind !== "aborted") {
+        // Deno.serve prints a body stream's error to stderr: one line, not an internal stack.
+        e.stack = `${e.name}: ${e.message} (client stream ended with an error)`;
+        ctrl.error(e);
+      }
     };
     const done = (ctrl: ReadableStreamDefaultController<Uint8Array>, reusable: boolean): void => {
       this.#finish(reusable && head.keepAlive);

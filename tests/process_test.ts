@@ -1,0 +1,171 @@
+/**
+ * Integration: the real entry point as a process — start-up errors, graceful shutdown with a
+ * stream in flight, the second signal (issue #2 configuration and behaviour 10).
+ */
+
+import assert from "node:assert/strict";
+import { dec, delay, enc, startUpstream } from "./helpers.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+function spawnRelay(env: Record<string, string>) {
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--unstable-no-legacy-abort", "--allow-net", "--allow-env", "--allow-read", MAIN],
+    env: { HOST: "127.0.0.1", PORT: "0", ...env },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const child = cmd.spawn();
+  let out = "";
+  const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
+    new WritableStream({ write: (t) => void (out += t) }),
+  );
+  const errText = new Response(child.stderr).text();
+  return {
+    child,
+    output: () => out,
+    errText,
+    outDone,
+    async port(): Promise<number> {
+      const end = Date.now() + 10_000;
+      while (Date.now() < end) {
+        const m = /"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(out);
+        if (m) return Number(m[1]);
+        await delay(20);
+      }
+      throw new Error(`relay did not start: ${out}`);
+    },
+  };
+}
+
+async function startupError(
+  env: Record<string, string>,
+): Promise<{ code: number; stderr: string }> {
+  const r = spawnRelay(env);
+  const status = await r.child.status;
+  await r.outDone;
+  return { code: status.code, stderr: await r.errText };
+}
+
+Deno.test("start-up without UPSTREAM_SERVER_A explains how to set it and exits non-zero", async () => {
+  const { code, stderr } = await startupError({});
+  assert.notEqual(code, 0);
+  assert.match(stderr, /UPSTREAM_SERVER_A/);
+  assert.match(stderr, /cp \.env\.example \.env/);
+  assert.match(stderr, /deno task demo/);
+  assert.equal(stderr.trim().split("\n").length, 1, "one line");
+});
+
+Deno.test("start-up with bad values names the variable, the value and what is expected", async () => {
+  for (
+    const [name, value, expected] of [
+      ["PORT", "70000", /port/i],
+      ["UPSTREAM_SERVER_A", "not a url", /http/],
+      ["UPSTREAM_TIMEOUT_SEC", "abc", /seconds/],
+    ] as const
+  ) {
+    const { code, stderr } = await startupError({
+      UPSTREAM_SERVER_A: "http://127.0.0.1:9",
+      [name]: value,
+    });
+    assert.notEqual(code, 0, name);
+    assert.ok(stderr.includes(name) && stderr.includes(value), stderr);
+    assert.match(stderr, expected);
+  }
+});
+
+Deno.test("SIGTERM lets a stream in flight finish, refuses new connections, then exits 0", async () => {
+  const up = startUpstream(() => {
+    const body = new ReadableStream<Uint8Array>({
+      async start(c) {
+        for (let i = 0; i < 8; i++) {
+          c.enqueue(enc.encode(`data: ${i}\n\n`));
+          await delay(100);
+        }
+        c.close();
+      },
+    });
+    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+  });
+  const r = spawnRelay({ UPSTREAM_SERVER_A: up.url, SHUTDOWN_GRACE_SEC: "10" });
+  try {
+    const port = await r.port();
+    const res = await fetch(`http://127.0.0.1:${port}/v1/messages`, { method: "POST", body: "{}" });
+    const reader = res.body!.getReader();
+    let text = dec.decode((await reader.read()).value);
+    r.child.kill("SIGTERM");
+    await delay(150);
+    await assert.rejects(() =>
+      Deno.connect({ hostname: "127.0.0.1", port }).then((c) => c.close())
+    );
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += dec.decode(value);
+    }
+    assert.equal(text.split("\n\n").filter((s) => s).length, 8, "stream was cut");
+    const status = await r.child.status;
+    assert.equal(status.code, 0);
+    await r.outDone;
+    assert.match(r.output(), /shutting down/);
+  } finally {
+    try {
+      r.child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await r.child.status;
+    await r.errText;
+    await up.close();
+  }
+});
+
+Deno.test("a stream outlasting SHUTDOWN_GRACE_SEC is cut and the relay still exits 0; a second signal exits at once", async () => {
+  const up = startUpstream(() => {
+    let i = 0;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(c) {
+        await delay(50);
+        c.enqueue(enc.encode(`data: ${i++}\n\n`));
+      },
+    });
+    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+  });
+  for (const secondSignal of [false, true]) {
+    const r = spawnRelay({
+      UPSTREAM_SERVER_A: up.url,
+      SHUTDOWN_GRACE_SEC: secondSignal ? "30" : "0.5",
+    });
+    try {
+      const port = await r.port();
+      const res = await fetch(`http://127.0.0.1:${port}/v1/messages`, {
+        method: "POST",
+        body: "{}",
+      });
+      const drained = res.body!.pipeTo(new WritableStream()).catch(() => {});
+      const t0 = Date.now();
+      r.child.kill("SIGTERM");
+      if (secondSignal) {
+        await delay(200);
+        r.child.kill("SIGINT");
+      }
+      const status = await r.child.status;
+      const took = Date.now() - t0;
+      await drained;
+      if (secondSignal) {
+        assert.notEqual(status.code, 0);
+        assert.ok(took < 2000, `second signal took ${took} ms`);
+      } else {
+        assert.equal(status.code, 0);
+        assert.ok(took >= 400 && took < 5000, `grace exit took ${took} ms`);
+      }
+    } finally {
+      try {
+        r.child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await r.child.status;
+      await r.outDone;
+      await r.errText;
+    }
+  }
+  await up.close();
+});

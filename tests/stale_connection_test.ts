@@ -1,0 +1,134 @@
+/**
+ * Integration: pooled connections that Server A closes never surface as client errors
+ * (issue #3 requirement 2).
+ */
+
+import assert from "node:assert/strict";
+import { delay, readRequestHead, startRawUpstream, startRelay, writeAll } from "./helpers.ts";
+
+/** Reads a request head and, when it has a content-length, exactly that much body. */
+async function readRequest(conn: Deno.Conn): Promise<{ line: string; body: string } | null> {
+  const got = await readRequestHead(conn);
+  if (got === null) return null;
+  const m = /content-length: (\d+)/i.exec(got.head);
+  const want = m ? Number(m[1]) : 0;
+  let body = got.rest;
+  const buf = new Uint8Array(65536);
+  while (body.length < want) {
+    const n = await conn.read(buf);
+    if (n === null) break;
+    const merged = new Uint8Array(body.length + n);
+    merged.set(body);
+    merged.set(buf.subarray(0, n), body.length);
+    body = merged;
+  }
+  return { line: got.head.split("\r\n")[0]!, body: new TextDecoder().decode(body) };
+}
+
+Deno.test("an idle connection A closes after 1 s is noticed, and the next request just works", async () => {
+  const up = startRawUpstream(async (conn) => {
+    while (true) {
+      const req = await Promise.race([readRequest(conn), delay(1000).then(() => "idle" as const)]);
+      if (req === null || req === "idle") return; // A's keep-alive timeout: close
+      await writeAll(conn, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    }
+  });
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+  try {
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
+    await delay(1300);
+    const res = await fetch(`${relay.url}/v1/chat/completions`, {
+      method: "POST",
+      body: '{"a":1}',
+    });
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), "ok");
+    assert.equal(up.connections, 2);
+  } finally {
+    await relay.close();
+    up.close();
+  }
+});
+
+function closesReusedConnections(answerFirst: number, onReuse: (conn: Deno.Conn) => Promise<void>) {
+  const bodies: string[] = [];
+  const up = startRawUpstream(async (conn, index) => {
+    let served = 0;
+    while (true) {
+      if (index === 0 && served === answerFirst) {
+        await onReuse(conn);
+        return;
+      }
+      const req = await readRequest(conn);
+      if (req === null) return;
+      bodies.push(req.body);
+      served++;
+      await writeAll(
+        conn,
+        `HTTP/1.1 200 OK\r\ncontent-length: ${req.body.length + 3}\r\n\r\nok:${req.body}`,
+      );
+    }
+  });
+  return { up, bodies };
+}
+
+Deno.test("a request on a pooled connection A closes without answering is resent once, body intact", async () => {
+  const { up, bodies } = closesReusedConnections(1, async (conn) => {
+    await readRequestHead(conn); // takes the request, then drops the connection
+  });
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+  try {
+    assert.equal(
+      await (await fetch(`${relay.url}/v1/x`, { method: "POST", body: "first" })).text(),
+      "ok:first",
+    );
+    const res = await fetch(`${relay.url}/v1/x`, { method: "POST", body: "second-body" });
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), "ok:second-body");
+    assert.deepEqual(bodies, ["first", "second-body"]);
+    assert.equal(relay.app.counters.staleRetries, 1);
+  } finally {
+    await relay.close();
+    up.close();
+  }
+});
+
+Deno.test("a body larger than RETRY_BODY_MAX_MB is not resent: the client gets a 502", async () => {
+  const { up, bodies } = closesReusedConnections(1, async (conn) => {
+    await readRequest(conn);
+  });
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, RETRY_BODY_MAX_MB: "0.001" });
+  try {
+    assert.equal(
+      await (await fetch(`${relay.url}/v1/x`, { method: "POST", body: "a" })).text(),
+      "ok:a",
+    );
+    const big = "x".repeat(4096);
+    const res = await fetch(`${relay.url}/v1/x`, { method: "POST", body: big });
+    assert.equal(res.status, 502);
+    assert.equal((await res.json()).error.code, "upstream_protocol_error");
+    assert.deepEqual(bodies, ["a"]);
+  } finally {
+    await relay.close();
+    up.close();
+  }
+});
+
+Deno.test("no resend once any response byte came back", async () => {
+  const { up, bodies } = closesReusedConnections(1, async (conn) => {
+    await readRequest(conn);
+    await writeAll(conn, "HTTP/1.1 200 O");
+  });
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+  try {
+    await (await fetch(`${relay.url}/v1/x`, { method: "POST", body: "a" })).text();
+    const res = await fetch(`${relay.url}/v1/x`, { method: "POST", body: "b" });
+    assert.equal(res.status, 502);
+    await res.body?.cancel();
+    assert.deepEqual(bodies, ["a"]);
+    assert.equal(up.connections, 1);
+  } finally {
+    await relay.close();
+    up.close();
+  }
+});
