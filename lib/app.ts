@@ -3,10 +3,11 @@
  * Builds the relay's request handler from a config and injected dependencies.
  *
  * Owns: the route table (the relay's own endpoints, forwarded API paths, UID routes), the order of
- * checks before forwarding, and the counters behind `/debug/info`. The handler is a plain
- * `(Request, info) => Promise<Response>` so tests call it in memory or behind `Deno.serve`.
+ * checks before forwarding, request ids, and the per-request record observers receive (access log,
+ * metrics, dashboard). The handler is a plain `(Request, info) => Promise<Response>` so tests call
+ * it in memory or behind `Deno.serve`.
  * Must never: read the environment, forward a path outside `/v1` and `/v1beta`, or expose a
- * secret in diagnostics.
+ * secret in diagnostics or records.
  */
 
 import type { Config, Route, Upstream } from "./config.ts";
@@ -17,12 +18,48 @@ import type { Connector } from "./http1.ts";
 import { Logger } from "./log.ts";
 import { forward, PoolSet } from "./proxy.ts";
 import { checkTarget, isApiPath, matchUidPath, splitRequestUrl } from "./target.ts";
+import { UsageTap } from "./usage.ts";
+import type { Usage } from "./usage.ts";
 import { VERSION } from "./version.ts";
 import { Watchdog } from "./watchdog.ts";
 
 /** Connection facts about the client, as `Deno.serve` passes them. */
 export interface ClientInfo {
   remoteAddr: { hostname: string; port?: number };
+}
+
+/** What happened to one request; given to observers once it is over (body included). */
+export interface RequestRecord {
+  id: string;
+  /** Start time, ms since the epoch. */
+  time: number;
+  clientIp: string;
+  method: string;
+  /** Path and query with credentials redacted. */
+  path: string;
+  /** UID route id, when the request came in on `/u{id}/...`. */
+  route: string | undefined;
+  /** Upstream base URL that answered (no credentials). */
+  upstream: string | undefined;
+  status: number;
+  /** Time from the start of the upstream exchange to A's response head, ms. */
+  ttfbMs: number | undefined;
+  /** Time from arrival to the end of the response body, ms. */
+  durationMs: number;
+  /** Time the relay itself spent before and after A's part of the wait, ms. */
+  relayMs: number;
+  /** Request body bytes (announced length, or counted when streamed). */
+  requestBytes: number;
+  responseBytes: number;
+  /** Whether the response was an event stream. */
+  stream: boolean;
+  usage: Usage | undefined;
+  /** 1, or 2 after a stale-connection resend. */
+  attempts: number;
+  /** Upstreams skipped because they could not be reached. */
+  failovers: number;
+  /** The relay's error code, when the relay answered or the stream broke. */
+  errorCode: string | undefined;
 }
 
 /** Injected side effects. */
@@ -32,6 +69,10 @@ export interface AppDeps {
   now?: () => number;
   /** Opens upstream connections (tests inject failures). */
   connector?: Connector;
+  /** Request ids when the client sent none usable. */
+  newId?: () => string;
+  /** Called once per finished request. Must be cheap and must not throw. */
+  observers?: Array<(record: RequestRecord) => void>;
 }
 
 /** The relay's counters, as shown by `/debug/info`. */
@@ -53,6 +94,8 @@ export interface App {
   readonly counters: Readonly<Counters>;
   /** Diagnostics, safe to show (no secrets). */
   debugInfo(): Record<string, unknown>;
+  /** Adds an observer of finished requests. */
+  observe(observer: (record: RequestRecord) => void): void;
   /** Closes idle upstream connections (used on shutdown so in-flight work can finish). */
   closeIdle(): void;
   /** Releases timers and connections. */
@@ -65,10 +108,41 @@ function json(body: unknown, status = 200): Response {
   return new Response(JSON.stringify(body), { status, headers: { "content-type": JSON_TYPE } });
 }
 
+const SAFE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** The client's `x-request-id` if short and safe, else a new one. */
+export function requestIdFor(req: Request, newId: () => string): string {
+  const given = req.headers.get("x-request-id");
+  return given !== null && SAFE_ID.test(given) ? given : newId();
+}
+
+/** Per-request state while it is handled. */
+interface Ctx {
+  id: string;
+  start: number;
+  clientIp: string;
+  method: string;
+  path: string;
+  query: string;
+  route: string | undefined;
+  upstream: Upstream | undefined;
+  headAt: number | undefined;
+  exchangeStart: number | undefined;
+  returnedAt: number | undefined;
+  requestBytes: number;
+  responseBytes: number;
+  stream: boolean;
+  usage: UsageTap | null;
+  attempts: number;
+  failovers: number;
+}
+
 /** Builds the relay. */
 export function createApp(config: Config, deps: AppDeps = {}): App {
   const log = deps.log ?? new Logger({ level: config.debugLog ? "debug" : "info" });
   const now = deps.now ?? Date.now;
+  const newId = deps.newId ?? (() => crypto.randomUUID());
+  const observers = [...(deps.observers ?? [])];
   const started = now();
   const watchdog = new Watchdog(config.upstreamTimeoutMs);
   const pools = new PoolSet({
@@ -92,11 +166,42 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     counters.byStatusClass[cls] = (counters.byStatusClass[cls] ?? 0) + 1;
   };
 
-  const fail = (err: RelayError): Response => {
-    counters.errorsByCode[err.code] = (counters.errorsByCode[err.code] ?? 0) + 1;
-    countStatus(err.status);
-    return errorResponse(err);
-  };
+  /** Emits the record for a finished request. */
+  function finish(ctx: Ctx, status: number, errorCode: string | undefined): void {
+    if (observers.length === 0) return;
+    const end = now();
+    const ttfb = ctx.headAt !== undefined && ctx.exchangeStart !== undefined
+      ? ctx.headAt - ctx.exchangeStart
+      : undefined;
+    const untilReturn = (ctx.returnedAt ?? end) - ctx.start;
+    const record: RequestRecord = {
+      id: ctx.id,
+      time: ctx.start,
+      clientIp: ctx.clientIp,
+      method: ctx.method,
+      path: redactQuery(ctx.path + ctx.query),
+      route: ctx.route,
+      upstream: ctx.upstream?.url,
+      status,
+      ttfbMs: ttfb,
+      durationMs: end - ctx.start,
+      relayMs: Math.max(0, untilReturn - (ttfb ?? 0)),
+      requestBytes: ctx.requestBytes,
+      responseBytes: ctx.responseBytes,
+      stream: ctx.stream,
+      usage: ctx.usage?.finish(),
+      attempts: ctx.attempts,
+      failovers: ctx.failovers,
+      errorCode,
+    };
+    for (const observe of observers) {
+      try {
+        observe(record);
+      } catch (err) {
+        log.error("observer failed", { detail: err instanceof Error ? err.message : String(err) });
+      }
+    }
+  }
 
   const upstreamView = (u: Upstream) => u.url;
 
@@ -124,17 +229,14 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     };
   }
 
-  async function relay(
-    req: Request,
-    path: string,
-    query: string,
-    info: ClientInfo,
-  ): Promise<Response> {
+  /** Forwards an API request; resolves with the response whose body may still be streaming. */
+  async function relay(req: Request, ctx: Ctx): Promise<Response> {
     let upstreams = config.upstreams;
     let route: Route | undefined;
-    let apiPath = path;
-    const uid = matchUidPath(path);
+    let apiPath = ctx.path;
+    const uid = matchUidPath(ctx.path);
     if (uid !== null) {
+      ctx.route = uid.id;
       route = config.routes.get(uid.id);
       if (route === undefined) {
         throw new RelayError(
@@ -153,23 +255,30 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         "Not found: this relay forwards /v1/... and /v1beta/... only.",
       );
     }
-    const bad = checkTarget(apiPath, query);
+    const bad = checkTarget(apiPath, ctx.query);
     if (bad !== null) throw bad;
-    let headers = requestHeaders(req.headers, { clientIp: info.remoteAddr.hostname });
-    let target = apiPath + query;
+    let headers = requestHeaders(req.headers, { clientIp: ctx.clientIp });
+    let target = apiPath + ctx.query;
     if (route?.apiKey !== undefined && route.accessKey !== undefined) {
-      const swapped = swapKey(headers, query, { accessKey: route.accessKey, apiKey: route.apiKey });
+      const swapped = swapKey(headers, ctx.query, {
+        accessKey: route.accessKey,
+        apiKey: route.apiKey,
+      });
       headers = swapped.headers;
       target = apiPath + swapped.query;
     }
     if (log.enabled("debug")) {
       log.debug("forward", {
+        id: ctx.id,
         method: req.method,
-        path: redactQuery(path + query),
+        path: redactQuery(ctx.path + ctx.query),
         headers: redactHeaders(headers),
       });
     }
     counters.forwarded++;
+    const length = req.headers.get("content-length");
+    if (length !== null) ctx.requestBytes = Number(length) || 0;
+    ctx.exchangeStart = now();
     const result = await forward(req, {
       upstreams,
       target,
@@ -178,28 +287,53 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       watchdog,
       retryBodyMaxBytes: config.retryBodyMaxBytes,
     });
+    ctx.headAt = now();
     counters.failovers += result.failovers;
+    ctx.failovers = result.failovers;
+    ctx.upstream = result.upstream ?? undefined;
     const up = result.upstreamResponse!;
+    ctx.attempts = up.attempts;
     if (up.attempts > 1) counters.staleRetries++;
     countStatus(up.status);
     if (log.enabled("debug")) {
-      log.debug("response", { status: up.status, headers: redactHeaders(up.headers) });
+      log.debug("response", { id: ctx.id, status: up.status, headers: redactHeaders(up.headers) });
     }
-    if (up.body !== null) {
-      openStreams++;
-      inFlight++;
-      up.observer = {
-        chunk() {},
-        end(error) {
-          openStreams--;
-          inFlight--;
-          if (error !== null && error.kind !== "aborted") {
-            log.warn("upstream body broke", { kind: error.kind, detail: error.message });
-          }
-        },
-      };
+    const response = result.response;
+    if (!response.headers.has("x-request-id")) response.headers.set("x-request-id", ctx.id);
+    if (up.body === null) {
+      finish(ctx, up.status, undefined);
+      return response;
     }
-    return result.response;
+    const contentType = response.headers.get("content-type");
+    ctx.stream = contentType?.startsWith("text/event-stream") ?? false;
+    if (observers.length > 0) {
+      ctx.usage = new UsageTap(contentType, response.headers.get("content-encoding"));
+    }
+    openStreams++;
+    inFlight++;
+    const usage = ctx.usage;
+    up.observer = {
+      chunk(bytes) {
+        ctx.responseBytes += bytes.byteLength;
+        usage?.push(bytes);
+      },
+      end(error) {
+        openStreams--;
+        inFlight--;
+        if (error !== null && error.kind !== "aborted") {
+          log.warn("upstream body broke", { id: ctx.id, kind: error.kind, detail: error.message });
+        }
+        const code = error === null
+          ? undefined
+          : error.kind === "aborted"
+          ? "client_closed"
+          : error.kind === "timeout"
+          ? "upstream_timeout"
+          : "upstream_stream_broken";
+        finish(ctx, error?.kind === "aborted" ? 499 : up.status, code);
+      },
+    };
+    return response;
   }
 
   async function handle(req: Request, info: ClientInfo): Promise<Response> {
@@ -209,16 +343,46 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       return json({ ok: true, proxy: "Server B → Server A", version: VERSION });
     }
     if (path === "/debug/info" && req.method === "GET") return json(debugInfo());
+    const ctx: Ctx = {
+      id: requestIdFor(req, newId),
+      start: now(),
+      clientIp: info.remoteAddr.hostname,
+      method: req.method,
+      path,
+      query,
+      route: undefined,
+      upstream: undefined,
+      headAt: undefined,
+      exchangeStart: undefined,
+      returnedAt: undefined,
+      requestBytes: 0,
+      responseBytes: 0,
+      stream: false,
+      usage: null,
+      attempts: 0,
+      failovers: 0,
+    };
     inFlight++;
     try {
-      return await relay(req, path, query, info);
+      const res = await relay(req, ctx);
+      ctx.returnedAt = now();
+      return res;
     } catch (err) {
       const e = toRelayError(err);
       if (e.status >= 500) {
         const cause = e.cause instanceof Error ? e.cause.message : undefined;
-        log.warn("relay error", { code: e.code, status: e.status, path: redactQuery(path), cause });
+        log.warn("relay error", {
+          id: ctx.id,
+          code: e.code,
+          status: e.status,
+          path: redactQuery(path),
+          cause,
+        });
       }
-      return fail(e);
+      counters.errorsByCode[e.code] = (counters.errorsByCode[e.code] ?? 0) + 1;
+      countStatus(e.status);
+      finish(ctx, e.status, e.code);
+      return errorResponse(e, ctx.id);
     } finally {
       inFlight--;
     }
@@ -231,6 +395,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     },
     counters,
     debugInfo,
+    observe(observer) {
+      observers.push(observer);
+    },
     closeIdle: () => pools.closeIdle(),
     close() {
       pools.close();

@@ -8,6 +8,9 @@
  * Error messages may quote values, except secrets (API keys, access keys), which they never repeat.
  */
 
+import { type CidrList, parseCidrList } from "./ip.ts";
+import { parseRate, type Rate } from "./rate_limit.ts";
+
 /** One upstream base URL, pre-split for the HTTP client. */
 export interface Upstream {
   /** The base URL as configured, minus any trailing slash; safe to show (no credentials allowed). */
@@ -31,6 +34,9 @@ export interface Route {
   readonly accessKey?: string;
 }
 
+/** Rate-limit state: in this process, or in Deno KV shared by several instances. */
+export type RateLimitStoreKind = "memory" | "kv";
+
 /** Everything the relay needs to run, validated. */
 export interface Config {
   readonly upstreams: readonly Upstream[];
@@ -46,6 +52,48 @@ export interface Config {
   /** Idle pooled upstream connections are closed after this long (A drops them after ~5 s). */
   readonly poolIdleMs: number;
   readonly routes: ReadonlyMap<string, Route>;
+
+  // Upstream health and keep-warm (issue #3).
+  /** Interval of the keep-warm request on each upstream's pool; 0 = off. */
+  readonly keepWarmMs: number;
+  /** Path probed for health and keep-warm. */
+  readonly healthPath: string;
+  /** Interval of the active health probe of an upstream marked down. */
+  readonly healthIntervalMs: number;
+  /** How long an upstream stays marked down after a failure before it is tried again. */
+  readonly downBackoffMs: number;
+
+  // Access control and limits (issue #4).
+  /** Client addresses allowed; null = everyone. */
+  readonly allowIps: CidrList | null;
+  /** Proxies in front of the relay whose X-Forwarded-For / X-Real-IP are believed; null = none. */
+  readonly trustedProxies: CidrList | null;
+  /** Token bucket per client, e.g. `{limit: 10, windowSec: 60}`; null = off. */
+  readonly rateLimit: Rate | null;
+  readonly rateLimitStore: RateLimitStoreKind;
+  /** Deno KV path or URL for `RATE_LIMIT_STORE=kv`; undefined = Deno's default local KV. */
+  readonly rateLimitKvUrl: string | undefined;
+  /** In-flight requests per client; 0 = unlimited. */
+  readonly maxConcurrentPerClient: number;
+  /** Largest request body in bytes. */
+  readonly maxBodyBytes: number;
+  /** A request body that stops arriving for this long is aborted. */
+  readonly clientBodyTimeoutMs: number;
+  /** Concurrent client connections; 0 = derive from the descriptor limit. */
+  readonly maxConnections: number;
+  /** Bearer token for /debug/info, /metrics, /dashboard; undefined = loopback and ALLOW_IPS only. */
+  readonly adminToken: string | undefined;
+
+  // Observability (issue #5).
+  /** One JSON access-log line per request. */
+  readonly accessLog: boolean;
+  readonly logFormat: "json" | "pretty";
+  /** Access log lines are also appended here. */
+  readonly logFile: string | undefined;
+
+  // Serving (issue #7).
+  readonly tlsCertFile: string | undefined;
+  readonly tlsKeyFile: string | undefined;
 }
 
 /** A start-up configuration problem; its message is one line meant for the operator. */
@@ -86,7 +134,83 @@ export function parseConfig(env: Env, options: ParseOptions = {}): Config {
     retryBodyMaxBytes: megabytes(env, "RETRY_BODY_MAX_MB", 8),
     poolIdleMs: seconds(env, "UPSTREAM_POOL_IDLE_SEC", 4),
     routes: parseRoutes(env, upstreams, options),
+    keepWarmMs: seconds(env, "UPSTREAM_KEEPWARM_SEC", 2, { allowZero: true }),
+    healthPath: apiPath(env, "HEALTH_CHECK_PATH", "/v1/_ping"),
+    healthIntervalMs: seconds(env, "HEALTH_CHECK_SEC", 5),
+    downBackoffMs: seconds(env, "UPSTREAM_DOWN_SEC", 10),
+    allowIps: via(env, "ALLOW_IPS", (raw) => parseCidrList(raw, "ALLOW_IPS")),
+    trustedProxies: via(env, "TRUSTED_PROXIES", (raw) => parseCidrList(raw, "TRUSTED_PROXIES")),
+    rateLimit: ["0", "off"].includes(value(env, "RATE_LIMIT")?.toLowerCase() ?? "")
+      ? null
+      : via(env, "RATE_LIMIT", (raw) => parseRate(raw, "RATE_LIMIT")),
+    rateLimitStore: choice(env, "RATE_LIMIT_STORE", ["memory", "kv"] as const, "memory"),
+    rateLimitKvUrl: value(env, "RATE_LIMIT_KV_URL"),
+    maxConcurrentPerClient: count(env, "MAX_CONCURRENT_PER_CLIENT", 0),
+    maxBodyBytes: megabytes(env, "MAX_BODY_MB", 100),
+    clientBodyTimeoutMs: seconds(env, "CLIENT_BODY_TIMEOUT_SEC", 60),
+    maxConnections: count(env, "MAX_CONNECTIONS", 0),
+    adminToken: secret(env, "ADMIN_TOKEN", 16),
+    accessLog: bool(env, "ACCESS_LOG", true),
+    logFormat: choice(env, "LOG_FORMAT", ["json", "pretty"] as const, "json"),
+    logFile: value(env, "LOG_FILE"),
+    ...tls(env),
   };
+}
+
+function apiPath(env: Env, name: string, fallback: string): string {
+  const raw = value(env, name);
+  if (raw === undefined) return fallback;
+  if (!/^\/v1(beta)?\/[A-Za-z0-9\-._~\/]*$/.test(raw) || raw.includes("..")) {
+    fail(name, raw, "a path under /v1/ or /v1beta/, e.g. /v1/_ping");
+  }
+  return raw;
+}
+
+function count(env: Env, name: string, fallback: number): number {
+  const raw = value(env, name);
+  if (raw === undefined) return fallback;
+  if (!/^\d{1,9}$/.test(raw)) fail(name, raw, "a whole number (0 = no limit)");
+  return Number(raw);
+}
+
+function choice<T extends string>(env: Env, name: string, options: readonly T[], fallback: T): T {
+  const raw = value(env, name);
+  if (raw === undefined) return fallback;
+  const v = raw.toLowerCase() as T;
+  if (!options.includes(v)) fail(name, raw, `one of ${options.join(", ")}`);
+  return v;
+}
+
+/** A secret: validated without ever quoting its value. */
+function secret(env: Env, name: string, minLength: number): string | undefined {
+  const raw = value(env, name);
+  if (raw === undefined) return undefined;
+  if (raw.length < minLength || !/^[\x21-\x7e]+$/.test(raw)) {
+    throw new ConfigError(
+      `${name} is invalid: expected at least ${minLength} printable ASCII characters without spaces.`,
+    );
+  }
+  return raw;
+}
+
+/** Runs a parser from another pure module, turning its error into a ConfigError. */
+function via<T>(env: Env, name: string, parse: (raw: string) => T): T | null {
+  const raw = value(env, name);
+  if (raw === undefined) return null;
+  try {
+    return parse(raw);
+  } catch (err) {
+    throw new ConfigError(err instanceof Error ? err.message : `${name} is invalid.`);
+  }
+}
+
+function tls(env: Env): { tlsCertFile: string | undefined; tlsKeyFile: string | undefined } {
+  const cert = value(env, "TLS_CERT_FILE");
+  const key = value(env, "TLS_KEY_FILE");
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together (PEM files).");
+  }
+  return { tlsCertFile: cert, tlsKeyFile: key };
 }
 
 function value(env: Env, name: string): string | undefined {
@@ -261,6 +385,11 @@ export function parseRoutesJson(
         `${where} has an "accessKey" but no "apiKey": the access key is swapped for the apiKey, ` +
           `so both are needed (or neither, to pass clients' own keys through).`,
       );
+    }
+    for (const [key, v] of [["apiKey", apiKey], ["accessKey", accessKey]] as const) {
+      if (v !== undefined && !/^[\x21-\x7e]+$/.test(v)) {
+        throw new ConfigError(`${where}: "${key}" must be printable ASCII without spaces.`);
+      }
     }
     if (accessKey !== undefined && accessKey.length < 8) {
       throw new ConfigError(`${where}: "accessKey" must be at least 8 characters long.`);
