@@ -10,6 +10,7 @@
  * secret in diagnostics or records.
  */
 
+import { checkAdmin } from "./admin.ts";
 import type { Config, Route, Upstream } from "./config.ts";
 import { swapKey } from "./credentials.ts";
 import { errorResponse, RelayError, toRelayError } from "./errors.ts";
@@ -342,7 +343,10 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     if (path === "/" && (req.method === "GET" || req.method === "HEAD")) {
       return json({ ok: true, proxy: "Server B → Server A", version: VERSION });
     }
-    if (path === "/debug/info" && req.method === "GET") return json(debugInfo());
+    if (path === "/debug/info" && req.method === "GET") {
+      const denied = checkAdmin(req, info.remoteAddr.hostname, config);
+      return denied === null ? json(debugInfo()) : errorResponse(denied);
+    }
     const ctx: Ctx = {
       id: requestIdFor(req, newId),
       start: now(),
