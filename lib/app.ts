@@ -19,6 +19,7 @@ import type { Connector } from "./http1.ts";
 import { Logger } from "./log.ts";
 import { forward, PoolSet } from "./proxy.ts";
 import { checkTarget, isApiPath, matchUidPath, splitRequestUrl } from "./target.ts";
+import { UpstreamSet } from "./upstream.ts";
 import { UsageTap } from "./usage.ts";
 import type { Usage } from "./usage.ts";
 import { VERSION } from "./version.ts";
@@ -74,6 +75,8 @@ export interface AppDeps {
   newId?: () => string;
   /** Called once per finished request. Must be cheap and must not throw. */
   observers?: Array<(record: RequestRecord) => void>;
+  /** Start keep-warm and health probes (default true; tests that count upstream requests say false). */
+  background?: boolean;
 }
 
 /** The relay's counters, as shown by `/debug/info`. */
@@ -151,6 +154,21 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     idleTimeoutMs: config.poolIdleMs,
     connector: deps.connector,
   });
+  const allUpstreams = [
+    ...config.upstreams,
+    ...[...config.routes.values()].flatMap((r) => r.upstreams),
+  ];
+  const health = new UpstreamSet(allUpstreams, {
+    pool: (u) => pools.get(u),
+    healthPath: config.healthPath,
+    healthIntervalMs: config.healthIntervalMs,
+    downBackoffMs: config.downBackoffMs,
+    keepWarmMs: config.keepWarmMs,
+    probeTimeoutMs: Math.min(config.upstreamTimeoutMs, Math.max(config.connectTimeoutMs, 5000)),
+    log,
+    now,
+  });
+  if (deps.background !== false) health.start();
   let inFlight = 0;
   let openStreams = 0;
   const counters: Counters = {
@@ -212,6 +230,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       deno: Deno.version.deno,
       uptimeSec: Math.round((now() - started) / 1000),
       upstreams: config.upstreams.map(upstreamView),
+      upstreamHealth: health.snapshot(),
+      keepWarmSec: config.keepWarmMs / 1000,
       routes: [...config.routes.values()].map((r: Route) => ({
         id: r.id,
         upstreams: r.upstreams.map(upstreamView),
@@ -287,6 +307,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       pools,
       watchdog,
       retryBodyMaxBytes: config.retryBodyMaxBytes,
+      health,
     });
     ctx.headAt = now();
     counters.failovers += result.failovers;
@@ -404,6 +425,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     },
     closeIdle: () => pools.closeIdle(),
     close() {
+      health.close();
       pools.close();
       watchdog.close();
     },

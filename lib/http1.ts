@@ -180,6 +180,8 @@ export class Pool {
   #reusedCount = 0;
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
+  /** When a connection was last handed out or returned (ms since the epoch). */
+  lastActivity = 0;
 
   constructor(endpoint: Endpoint, options: PoolOptions) {
     this.endpoint = endpoint;
@@ -204,6 +206,7 @@ export class Pool {
 
   /** An idle connection if one is alive (unless `fresh`), else a new one. */
   async acquire(fresh = false): Promise<Connection> {
+    this.lastActivity = Date.now();
     if (!fresh) {
       let c: Connection | undefined;
       while ((c = this.#idle.pop()) !== undefined) {
@@ -253,6 +256,7 @@ export class Pool {
   /** Returns a connection after an exchange; `reusable` false closes it. */
   release(c: Connection, reusable: boolean): void {
     this.#active--;
+    this.lastActivity = Date.now();
     if (!reusable || this.#closed || c.closed || this.#idle.length >= this.#opts.maxIdle) {
       c.close();
       return;

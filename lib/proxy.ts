@@ -22,6 +22,7 @@ import {
   UpstreamError,
   type UpstreamResponse,
 } from "./http1.ts";
+import type { UpstreamSet } from "./upstream.ts";
 import type { Watchdog } from "./watchdog.ts";
 
 /** The pools for every upstream, created on first use. */
@@ -87,6 +88,8 @@ export interface ForwardContext {
   pools: PoolSet;
   watchdog: Watchdog;
   retryBodyMaxBytes: number;
+  /** Health state: orders upstreams and learns from failures. */
+  health?: UpstreamSet | undefined;
 }
 
 /** Maps an upstream failure to the relay's client-facing error. */
@@ -142,8 +145,9 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
     ? null
     : new BodySource(req.body, length === null ? null : Number(length), ctx.retryBodyMaxBytes);
   let lastError: unknown = null;
-  for (let i = 0; i < ctx.upstreams.length; i++) {
-    const upstream = ctx.upstreams[i]!;
+  const upstreams = ctx.health ? ctx.health.order(ctx.upstreams) : ctx.upstreams;
+  for (let i = 0; i < upstreams.length; i++) {
+    const upstream = upstreams[i]!;
     let res: UpstreamResponse;
     try {
       res = await exchange(ctx.pools.get(upstream), {
@@ -155,14 +159,16 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
     } catch (err) {
       lastError = err;
       // Only a failure to connect is known not to have reached A: anything else is final.
-      if (
-        err instanceof UpstreamError && (err.kind === "connect" || err.kind === "connect_timeout")
-      ) {
-        continue;
+      const connectFailed = err instanceof UpstreamError &&
+        (err.kind === "connect" || err.kind === "connect_timeout");
+      if (err instanceof UpstreamError) {
+        ctx.health?.failure(upstream, err.kind, connectFailed && i + 1 < upstreams.length);
       }
+      if (connectFailed) continue;
       body?.cancel();
       throw relayErrorFor(err);
     }
+    ctx.health?.success(upstream);
     let response: Response;
     try {
       response = new Response(res.body, {

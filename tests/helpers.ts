@@ -125,7 +125,8 @@ export function startRelay(env: Record<string, string>, deps: AppDeps = {}): Tes
   const logs: string[] = [];
   const log = deps.log ??
     new Logger({ level: config.debugLog ? "debug" : "info", sink: (t) => logs.push(t) });
-  const app = createApp(config, { ...deps, log });
+  // Background probes would add requests the tests count: on only when a test asks.
+  const app = createApp(config, { background: false, ...deps, log });
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, automaticCompression: false, onListen() {} },
     (req, info) => app.fetch(req, info),

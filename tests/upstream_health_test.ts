@@ -1,0 +1,175 @@
+/**
+ * Integration: several upstreams, passive and active health, keep-warm (issue #3 requirements 1,
+ * 3 and 6).
+ */
+
+import assert from "node:assert/strict";
+import {
+  closedPort,
+  delay,
+  readRequestHead,
+  startRawUpstream,
+  startRelay,
+  startUpstream,
+  waitFor,
+  writeAll,
+} from "./helpers.ts";
+
+Deno.test("a dead first upstream is skipped after one failure: later requests go straight to the live one", async () => {
+  const live = startUpstream(() => new Response("live"));
+  const deadPort = closedPort();
+  const attempts: string[] = [];
+  const relay = startRelay(
+    { UPSTREAM_SERVER_A: `http://127.0.0.1:${deadPort},${live.url}`, UPSTREAM_DOWN_SEC: "60" },
+    {
+      connector: (ep) => {
+        attempts.push(String(ep.port));
+        return Deno.connect({ hostname: ep.hostname, port: ep.port }).then((c) => {
+          c.setNoDelay(true);
+          return c;
+        });
+      },
+    },
+  );
+  try {
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "live");
+    assert.deepEqual(attempts, [String(deadPort), String(live.port)]);
+    for (let i = 0; i < 3; i++) {
+      assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "live");
+    }
+    assert.equal(
+      attempts.filter((p) => p === String(deadPort)).length,
+      1,
+      "the dead upstream was tried again",
+    );
+    const info = relay.app.debugInfo() as {
+      upstreamHealth: Array<{ state: string; totalFailures: number }>;
+    };
+    assert.equal(info.upstreamHealth[0]!.state, "down");
+    assert.equal(info.upstreamHealth[0]!.totalFailures, 1);
+    assert.equal(info.upstreamHealth[1]!.state, "up");
+  } finally {
+    await relay.close();
+    await live.close();
+  }
+});
+
+Deno.test("a request never waits on a known-dead upstream's connect timeout when a live one exists", async () => {
+  const live = startUpstream(() => new Response("live"));
+  const relay = startRelay(
+    { UPSTREAM_SERVER_A: `http://blackhole.invalid:81,${live.url}`, CONNECT_TIMEOUT_SEC: "0.5" },
+    {
+      connector: (ep) =>
+        ep.hostname === "blackhole.invalid"
+          ? new Promise<Deno.Conn>(() => {})
+          : Deno.connect({ hostname: ep.hostname, port: ep.port }),
+    },
+  );
+  try {
+    let t0 = performance.now();
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "live");
+    assert.ok(
+      performance.now() - t0 >= 450,
+      "the first request should pay the connect timeout once",
+    );
+    t0 = performance.now();
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "live");
+    const second = performance.now() - t0;
+    assert.ok(second < 250, `second request took ${second.toFixed(0)} ms`);
+  } finally {
+    await relay.close();
+    await live.close();
+  }
+});
+
+Deno.test("an active probe brings a recovered upstream back to first place", async () => {
+  const port = closedPort();
+  const backup = startUpstream(() => new Response("backup"));
+  const relay = startRelay(
+    {
+      UPSTREAM_SERVER_A: `http://127.0.0.1:${port},${backup.url}`,
+      HEALTH_CHECK_SEC: "0.2",
+      UPSTREAM_KEEPWARM_SEC: "0",
+    },
+    { background: true },
+  );
+  let primary: Deno.HttpServer | undefined;
+  try {
+    await waitFor(
+      () => {
+        const h = relay.app.debugInfo().upstreamHealth as Array<{ state: string }>;
+        return h[0]!.state === "down";
+      },
+      3000,
+      "primary marked down by the start-up probe",
+    );
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "backup");
+    primary = Deno.serve(
+      { hostname: "127.0.0.1", port, onListen() {} },
+      (req) =>
+        new Response(new URL(req.url).pathname === "/v1/_ping" ? '{"status":"pong"}' : "primary"),
+    );
+    await waitFor(
+      () => {
+        const h = relay.app.debugInfo().upstreamHealth as Array<
+          { state: string; lastProbeMs?: number }
+        >;
+        return h[0]!.state === "up" && typeof h[0]!.lastProbeMs === "number";
+      },
+      3000,
+      "primary back up",
+    );
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "primary");
+  } finally {
+    await relay.close();
+    await primary?.shutdown();
+    await backup.close();
+  }
+});
+
+/** A fake A that, like claude-code-hub, drops connections idle for `idleMs`. */
+function shortKeepAlive(idleMs: number) {
+  const paths: string[] = [];
+  const up = startRawUpstream(async (conn) => {
+    while (true) {
+      const req = await Promise.race([
+        readRequestHead(conn),
+        delay(idleMs).then(() => "idle" as const),
+      ]);
+      if (req === null || req === "idle") return;
+      paths.push(req.head.split(" ")[1]!);
+      const body = req.head.includes("/v1/_ping") ? '{"status":"pong"}' : "ok";
+      await writeAll(conn, `HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+    }
+  });
+  return { up, paths };
+}
+
+Deno.test("keep-warm keeps a connection to A open across idle periods longer than A's keep-alive", async () => {
+  for (const keepWarm of ["0.25", "0"]) {
+    const { up, paths } = shortKeepAlive(800);
+    const relay = startRelay(
+      { UPSTREAM_SERVER_A: up.url, UPSTREAM_KEEPWARM_SEC: keepWarm, HEALTH_CHECK_SEC: "60" },
+      { background: true },
+    );
+    try {
+      await waitFor(() => up.connections >= 1, 2000, "start-up warm-up connection");
+      assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
+      await delay(1500);
+      assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
+      if (keepWarm === "0") {
+        assert.equal(
+          up.connections,
+          2,
+          "without keep-warm the idle connection dies and a new one is needed",
+        );
+      } else {
+        assert.equal(up.connections, 1, "keep-warm should have kept the first connection alive");
+        assert.ok(paths.filter((p) => p === "/v1/_ping").length >= 3, `pings: ${paths.join(" ")}`);
+      }
+    } finally {
+      await relay.close();
+      up.close();
+    }
+  }
+});
