@@ -11,19 +11,28 @@
  */
 
 import { checkAdmin } from "./admin.ts";
+import { checkAnnouncedLength, LimitedBody } from "./body_limit.ts";
+import { connectionCap, overloaded, readFdLimit } from "./conn_limit.ts";
+import { Guards } from "./guards.ts";
+import { clientIpFrom } from "./ip.ts";
 import type { Config, Route, Upstream } from "./config.ts";
 import { swapKey } from "./credentials.ts";
 import { errorResponse, RelayError, toRelayError } from "./errors.ts";
 import { redactHeaders, redactQuery, requestHeaders } from "./headers.ts";
 import type { Connector } from "./http1.ts";
 import { Logger } from "./log.ts";
-import { forward, PoolSet } from "./proxy.ts";
+import { forward, PoolSet, relayErrorFor } from "./proxy.ts";
 import { checkTarget, isApiPath, matchUidPath, splitRequestUrl } from "./target.ts";
+import { Telemetry } from "./telemetry.ts";
+import { dashboardAsset } from "./dashboard.ts";
+import { PROM_CONTENT_TYPE } from "./metrics.ts";
 import { UpstreamSet } from "./upstream.ts";
 import { UsageTap } from "./usage.ts";
 import type { Usage } from "./usage.ts";
 import { VERSION } from "./version.ts";
+import { planReload, type ReloadPlan } from "./reload.ts";
 import { Watchdog } from "./watchdog.ts";
+import { isWebSocketUpgrade, relayWebSocket } from "./websocket.ts";
 
 /** Connection facts about the client, as `Deno.serve` passes them. */
 export interface ClientInfo {
@@ -62,6 +71,10 @@ export interface RequestRecord {
   failovers: number;
   /** The relay's error code, when the relay answered or the stream broke. */
   errorCode: string | undefined;
+  /** With `DEBUG_LOG=1`: the client's request headers, credentials redacted. */
+  requestHeaders?: Record<string, string>;
+  /** With `DEBUG_LOG=1`: A's response headers, credentials redacted. */
+  responseHeaders?: Record<string, string>;
 }
 
 /** Injected side effects. */
@@ -95,11 +108,20 @@ export interface App {
   fetch(req: Request, info: ClientInfo): Promise<Response>;
   /** In-flight client requests (including streaming bodies). */
   readonly inFlight: number;
+  /** Response bodies still streaming. */
+  readonly openStreams: number;
   readonly counters: Readonly<Counters>;
+  /** Metrics, dashboard numbers and recent requests (`/metrics`, `/dashboard`). */
+  readonly telemetry: Telemetry;
   /** Diagnostics, safe to show (no secrets). */
   debugInfo(): Record<string, unknown>;
   /** Adds an observer of finished requests. */
   observe(observer: (record: RequestRecord) => void): void;
+  /**
+   * Swaps in a new configuration for requests that arrive from now on (SIGHUP); requests in
+   * flight finish with the one they started with. Only live settings change (see `reload.ts`).
+   */
+  reload(next: Config): ReloadPlan;
   /** Closes idle upstream connections (used on shutdown so in-flight work can finish). */
   closeIdle(): void;
   /** Releases timers and connections. */
@@ -107,6 +129,19 @@ export interface App {
 }
 
 const JSON_TYPE = "application/json; charset=utf-8";
+
+let clockBase = Date.now() - performance.now();
+
+/**
+ * Milliseconds since the epoch with sub-millisecond resolution: the monotonic clock, re-anchored
+ * to the wall clock if the two drift more than a second apart (the system clock was set).
+ */
+export function preciseNow(): number {
+  const mono = performance.now();
+  const wall = Date.now();
+  if (Math.abs(clockBase + mono - wall) > 1000) clockBase = wall - mono;
+  return clockBase + mono;
+}
 
 function json(body: unknown, status = 200): Response {
   return new Response(JSON.stringify(body), { status, headers: { "content-type": JSON_TYPE } });
@@ -139,12 +174,18 @@ interface Ctx {
   usage: UsageTap | null;
   attempts: number;
   failovers: number;
+  requestHeaders?: Record<string, string>;
+  responseHeaders?: Record<string, string>;
+  /** `X-Forwarded-For` as a trusted proxy sent it; undefined when the peer is not trusted. */
+  forwardedFor?: string | undefined;
+  /** Gives back the client's concurrency slot (guards.ts); called once by `finish`. */
+  release?: (() => void) | undefined;
 }
 
 /** Builds the relay. */
 export function createApp(config: Config, deps: AppDeps = {}): App {
   const log = deps.log ?? new Logger({ level: config.debugLog ? "debug" : "info" });
-  const now = deps.now ?? Date.now;
+  const now = deps.now ?? preciseNow;
   const newId = deps.newId ?? (() => crypto.randomUUID());
   const observers = [...(deps.observers ?? [])];
   const started = now();
@@ -171,6 +212,12 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   if (deps.background !== false) health.start();
   let inFlight = 0;
   let openStreams = 0;
+  // Access control and abuse limits (issue #4): built once; ALLOW_IPS is read live from `config`.
+  const guards = new Guards(config, { now: deps.now ?? Date.now, log });
+  const cap = connectionCap(
+    config.maxConnections,
+    config.maxConnections > 0 ? null : readFdLimit(),
+  );
   const counters: Counters = {
     requests: 0,
     forwarded: 0,
@@ -179,6 +226,15 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     failovers: 0,
     staleRetries: 0,
   };
+  const telemetry = new Telemetry({
+    upstreams: allUpstreams.map((u) => u.url),
+    isRoute: (id) => config.routes.has(id),
+    state: () => ({ inFlight, openStreams }),
+    health: () => health.snapshot(),
+    now,
+    version: VERSION,
+  });
+  observers.unshift(telemetry.observe);
 
   const countStatus = (status: number): void => {
     const cls = `${Math.floor(status / 100)}xx`;
@@ -187,12 +243,18 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
 
   /** Emits the record for a finished request. */
   function finish(ctx: Ctx, status: number, errorCode: string | undefined): void {
+    ctx.release?.();
+    ctx.release = undefined;
     if (observers.length === 0) return;
     const end = now();
     const ttfb = ctx.headAt !== undefined && ctx.exchangeStart !== undefined
       ? ctx.headAt - ctx.exchangeStart
       : undefined;
     const untilReturn = (ctx.returnedAt ?? end) - ctx.start;
+    // A's share: from sending the request until its head came (or the wait ended without one).
+    const waitedForA = ctx.exchangeStart === undefined
+      ? 0
+      : (ctx.headAt ?? ctx.returnedAt ?? end) - ctx.exchangeStart;
     const record: RequestRecord = {
       id: ctx.id,
       time: ctx.start,
@@ -204,7 +266,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       status,
       ttfbMs: ttfb,
       durationMs: end - ctx.start,
-      relayMs: Math.max(0, untilReturn - (ttfb ?? 0)),
+      relayMs: Math.max(0, untilReturn - waitedForA),
       requestBytes: ctx.requestBytes,
       responseBytes: ctx.responseBytes,
       stream: ctx.stream,
@@ -213,6 +275,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       failovers: ctx.failovers,
       errorCode,
     };
+    if (ctx.requestHeaders !== undefined) record.requestHeaders = ctx.requestHeaders;
+    if (ctx.responseHeaders !== undefined) record.responseHeaders = ctx.responseHeaders;
     for (const observe of observers) {
       try {
         observe(record);
@@ -247,11 +311,40 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       openStreams,
       counters,
       pools: pools.stats(),
+      limits: {
+        ...guards.stats(),
+        maxConnections: cap.max,
+        maxConnectionsFrom: cap.source,
+        maxBodyBytes: config.maxBodyBytes,
+        clientBodyTimeoutSec: config.clientBodyTimeoutMs / 1000,
+      },
+      metrics: telemetry.snapshot({ recent: false, series: false }),
     };
+  }
+
+  /** `/metrics` and the dashboard, for a client `checkAdmin` allowed. */
+  function diagnostics(path: string): Response {
+    const noStore = { "cache-control": "no-store" };
+    if (path === "/metrics") {
+      return new Response(telemetry.render(), {
+        headers: { "content-type": PROM_CONTENT_TYPE, ...noStore },
+      });
+    }
+    if (path === "/dashboard/data") {
+      return new Response(JSON.stringify(telemetry.snapshot()), {
+        headers: { "content-type": JSON_TYPE, ...noStore },
+      });
+    }
+    return dashboardAsset(path) ??
+      errorResponse(new RelayError(404, "not_found", "No such dashboard resource."));
   }
 
   /** Forwards an API request; resolves with the response whose body may still be streaming. */
   async function relay(req: Request, ctx: Ctx): Promise<Response> {
+    // Shed before opening anything upstream: this request is already counted in `inFlight`.
+    if (inFlight > cap.max) throw overloaded();
+    guards.checkAllowed(ctx.clientIp, config.allowIps);
+    guards.checkHeaders(req.headers);
     let upstreams = config.upstreams;
     let route: Route | undefined;
     let apiPath = ctx.path;
@@ -278,13 +371,14 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     }
     const bad = checkTarget(apiPath, ctx.query);
     if (bad !== null) throw bad;
-    let headers = requestHeaders(req.headers, { clientIp: ctx.clientIp });
+    let headers = requestHeaders(req.headers, {
+      clientIp: ctx.clientIp,
+      trustedForwardedFor: ctx.forwardedFor,
+    });
     let target = apiPath + ctx.query;
     if (route?.apiKey !== undefined && route.accessKey !== undefined) {
-      const swapped = swapKey(headers, ctx.query, {
-        accessKey: route.accessKey,
-        apiKey: route.apiKey,
-      });
+      const keys = { accessKey: route.accessKey, apiKey: route.apiKey };
+      const swapped = guards.checkKey(ctx.clientIp, () => swapKey(headers, ctx.query, keys));
       headers = swapped.headers;
       target = apiPath + swapped.query;
     }
@@ -296,7 +390,44 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         headers: redactHeaders(headers),
       });
     }
+    if (guards.limiting) {
+      ctx.release = (await guards.admit(await guards.clientKey(ctx.clientIp, route))).release;
+    }
+    let limited: LimitedBody | null = null;
+    if (req.body !== null) {
+      const tooLarge = checkAnnouncedLength(req.headers, config.maxBodyBytes);
+      if (tooLarge !== null) throw tooLarge;
+      limited = new LimitedBody(req.body, {
+        maxBytes: config.maxBodyBytes,
+        idleTimeoutMs: config.clientBodyTimeoutMs,
+      });
+    }
     counters.forwarded++;
+    if (isWebSocketUpgrade(req)) {
+      inFlight++;
+      openStreams++;
+      ctx.exchangeStart = now();
+      ctx.stream = true;
+      return await relayWebSocket(req, {
+        upstreams,
+        target,
+        headers,
+        pools,
+        health,
+        timeoutMs: config.upstreamTimeoutMs,
+        log,
+        onEnd: (status, error) => {
+          inFlight--;
+          openStreams--;
+          if (ctx.headAt === undefined) ctx.headAt = now();
+          finish(ctx, status, error === undefined ? undefined : "upstream_stream_broken");
+        },
+      }).catch((err) => {
+        inFlight--;
+        openStreams--;
+        throw relayErrorFor(err);
+      });
+    }
     const length = req.headers.get("content-length");
     if (length !== null) ctx.requestBytes = Number(length) || 0;
     ctx.exchangeStart = now();
@@ -308,6 +439,10 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       watchdog,
       retryBodyMaxBytes: config.retryBodyMaxBytes,
       health,
+      ...(limited !== null ? { body: limited.stream } : {}),
+    }).catch((err) => {
+      // A body cut by a limit aborts the exchange; answer with why, not as a client abort.
+      throw limited?.error ?? err;
     });
     ctx.headAt = now();
     counters.failovers += result.failovers;
@@ -320,6 +455,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     if (log.enabled("debug")) {
       log.debug("response", { id: ctx.id, status: up.status, headers: redactHeaders(up.headers) });
     }
+    if (config.debugLog) ctx.responseHeaders = redactHeaders(up.headers);
     const response = result.response;
     if (!response.headers.has("x-request-id")) response.headers.set("x-request-id", ctx.id);
     if (up.body === null) {
@@ -364,14 +500,28 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     if (path === "/" && (req.method === "GET" || req.method === "HEAD")) {
       return json({ ok: true, proxy: "Server B → Server A", version: VERSION });
     }
+    const peer = info.remoteAddr.hostname;
+    const clientIp = config.trustedProxies === null
+      ? peer
+      : clientIpFrom(peer, req.headers, config.trustedProxies);
     if (path === "/debug/info" && req.method === "GET") {
-      const denied = checkAdmin(req, info.remoteAddr.hostname, config);
+      const denied = checkAdmin(req, clientIp, config);
       return denied === null ? json(debugInfo()) : errorResponse(denied);
+    }
+    if ((path === "/metrics" || path.startsWith("/dashboard")) && req.method === "GET") {
+      const denied = checkAdmin(req, clientIp, config);
+      if (denied === null) return diagnostics(path);
+      const res = errorResponse(denied);
+      // Lets a browser ask for the token (any user name, ADMIN_TOKEN as the password).
+      if (denied.status === 401 && path.startsWith("/dashboard")) {
+        res.headers.append("www-authenticate", 'Basic realm="proxy-forwarder", charset="UTF-8"');
+      }
+      return res;
     }
     const ctx: Ctx = {
       id: requestIdFor(req, newId),
       start: now(),
-      clientIp: info.remoteAddr.hostname,
+      clientIp,
       method: req.method,
       path,
       query,
@@ -387,6 +537,10 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       attempts: 0,
       failovers: 0,
     };
+    if (config.debugLog) ctx.requestHeaders = redactHeaders(req.headers);
+    if (config.trustedProxies?.contains(peer)) {
+      ctx.forwardedFor = req.headers.get("x-forwarded-for") ?? undefined;
+    }
     inFlight++;
     try {
       const res = await relay(req, ctx);
@@ -418,13 +572,25 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     get inFlight() {
       return inFlight;
     },
+    get openStreams() {
+      return openStreams;
+    },
     counters,
+    telemetry,
     debugInfo,
     observe(observer) {
       observers.push(observer);
     },
+    reload(next) {
+      const plan = planReload(config, next);
+      // Every request reads `config` once when it starts: this one assignment is the swap.
+      config = plan.config;
+      health.add([...config.upstreams, ...[...config.routes.values()].flatMap((r) => r.upstreams)]);
+      return plan;
+    },
     closeIdle: () => pools.closeIdle(),
     close() {
+      guards.close();
       health.close();
       pools.close();
       watchdog.close();

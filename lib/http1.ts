@@ -568,39 +568,11 @@ class Exchange implements Watched {
     this.lastTick = this.#opts.watchdog.tick;
   }
 
-  async #readHead(): Promise<Head> {
-    let buf: Uint8Array = EMPTY;
-    let searchFrom = 0;
-    while (true) {
-      const chunk = await this.#conn.read();
-      if (chunk === null) {
-        throw new UpstreamError(
-          this.gotBytes ? "protocol" : "reset",
-          "upstream closed the connection before a response head",
-        );
-      }
+  #readHead(): Promise<Head> {
+    return readHead(this.#conn, () => {
       this.gotBytes = true;
       this.lastTick = this.#opts.watchdog.tick;
-      buf = buf.byteLength === 0 ? chunk : concat([buf, chunk]);
-      const end = indexOfHeadEnd(buf, searchFrom);
-      if (end < 0) {
-        if (buf.byteLength > MAX_HEAD) {
-          throw new UpstreamError("protocol", "response head too large");
-        }
-        searchFrom = Math.max(0, buf.byteLength - 3);
-        continue;
-      }
-      const head = parseHead(buf.subarray(0, end));
-      buf = buf.subarray(end + 4);
-      searchFrom = 0;
-      if (head.status >= 100 && head.status < 200) {
-        // Interim responses (100 Continue, 103 Early Hints) are not relayed; 101 was never asked for.
-        if (head.status === 101) throw new UpstreamError("protocol", "unexpected 101 response");
-        continue;
-      }
-      this.#conn.unread(buf);
-      return head;
-    }
+    }, false);
   }
 
   #respond(head: Head): UpstreamResponse {
@@ -705,7 +677,55 @@ class Exchange implements Watched {
   }
 }
 
-interface Head {
+/**
+ * Reads a response head from `conn`, skipping interim 1xx answers; bytes after the head stay in
+ * the connection for the body. `onBytes` runs for every chunk received. A 101 is returned only
+ * when `upgrade` is true (the caller asked to switch protocols).
+ */
+export async function readHead(
+  conn: Connection,
+  onBytes: () => void,
+  upgrade: boolean,
+): Promise<Head> {
+  let buf: Uint8Array = EMPTY;
+  let searchFrom = 0;
+  let gotBytes = false;
+  while (true) {
+    const chunk = await conn.read();
+    if (chunk === null) {
+      throw new UpstreamError(
+        gotBytes ? "protocol" : "reset",
+        "upstream closed the connection before a response head",
+      );
+    }
+    gotBytes = true;
+    onBytes();
+    buf = buf.byteLength === 0 ? chunk : concat([buf, chunk]);
+    const end = indexOfHeadEnd(buf, searchFrom);
+    if (end < 0) {
+      if (buf.byteLength > MAX_HEAD) throw new UpstreamError("protocol", "response head too large");
+      searchFrom = Math.max(0, buf.byteLength - 3);
+      continue;
+    }
+    const head = parseHead(buf.subarray(0, end));
+    buf = buf.subarray(end + 4);
+    searchFrom = 0;
+    if (head.status === 101 && upgrade) {
+      conn.unread(buf);
+      return head;
+    }
+    if (head.status >= 100 && head.status < 200) {
+      // Interim responses (100 Continue, 103 Early Hints) are not relayed; 101 was never asked for.
+      if (head.status === 101) throw new UpstreamError("protocol", "unexpected 101 response");
+      continue;
+    }
+    conn.unread(buf);
+    return head;
+  }
+}
+
+/** A parsed response head. */
+export interface Head {
   status: number;
   statusText: string;
   headers: HeaderList;
@@ -872,7 +892,8 @@ function frame(chunk: Uint8Array, chunked: boolean): Uint8Array[] {
   return [encoder.encode(`${chunk.byteLength.toString(16)}\r\n`), chunk, CRLF];
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
+/** Joins byte arrays (returns the only part as is). */
+export function concat(parts: Uint8Array[]): Uint8Array {
   if (parts.length === 1) return parts[0]!;
   let len = 0;
   for (const p of parts) len += p.byteLength;

@@ -1,0 +1,277 @@
+/**
+ * @module websocket
+ * WebSocket pass-through for `/v1/...` (Codex opens one on `/v1/responses` before falling back to
+ * HTTP).
+ *
+ * Owns: the upstream handshake (on a fresh connection from the pool's connector, with the same
+ * header rules as HTTP), relaying A's non-101 answers unchanged so the client's fallback logic
+ * sees A's real status, and the bridge: messages both ways in order, pings answered, close codes
+ * and reasons passed on, either side closing closes the other, a 32 MiB message limit (A's).
+ * Must never: reuse the upgraded connection for HTTP, or forward the client's handshake key or
+ * extensions (the relay is a separate WebSocket client towards A, without compression).
+ */
+
+import type { Upstream } from "./config.ts";
+import type { HeaderList } from "./headers.ts";
+import { responseHeaders } from "./headers.ts";
+import {
+  bodyFraming,
+  ChunkedDecoder,
+  concat,
+  type Connection,
+  encodeLatin1,
+  readHead,
+  UpstreamError,
+} from "./http1.ts";
+import type { Logger } from "./log.ts";
+import type { PoolSet } from "./proxy.ts";
+import type { UpstreamSet } from "./upstream.ts";
+import {
+  closePayload,
+  encodeFrame,
+  FrameDecoder,
+  MessageAssembler,
+  newMask,
+  OP,
+  parseClosePayload,
+  WsProtocolError,
+} from "./ws_frames.ts";
+
+/** A's limit on a WebSocket message. */
+export const MAX_MESSAGE_BYTES = 32 * 1024 * 1024;
+
+const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const HANDSHAKE_OWN = new Set([
+  "sec-websocket-key",
+  "sec-websocket-version",
+  "sec-websocket-extensions",
+  "sec-websocket-accept",
+]);
+
+/** Whether the request asks to switch to WebSocket. */
+export function isWebSocketUpgrade(req: Request): boolean {
+  return req.method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket";
+}
+
+/** What the bridge needs. */
+export interface WebSocketContext {
+  upstreams: readonly Upstream[];
+  /** Path and query, validated, without the upstream prefix. */
+  target: string;
+  /** Request headers after the relay's header rules (hop-by-hop already removed). */
+  headers: HeaderList;
+  pools: PoolSet;
+  health: UpstreamSet | undefined;
+  /** Longest wait for A's handshake answer. */
+  timeoutMs: number;
+  log: Logger;
+  /** Called once when the session (or the refused handshake) is over. */
+  onEnd(status: number, error: string | undefined): void;
+}
+
+/** Performs the upstream handshake and, on 101, upgrades the client and bridges the two. */
+export async function relayWebSocket(req: Request, ctx: WebSocketContext): Promise<Response> {
+  const upstreams = ctx.health ? ctx.health.order(ctx.upstreams) : ctx.upstreams;
+  let lastError: unknown = null;
+  for (let i = 0; i < upstreams.length; i++) {
+    const upstream = upstreams[i]!;
+    let conn: Connection;
+    try {
+      conn = await ctx.pools.get(upstream).connect();
+    } catch (err) {
+      lastError = err;
+      if (err instanceof UpstreamError) {
+        ctx.health?.failure(upstream, err.kind, i + 1 < upstreams.length);
+      }
+      continue;
+    }
+    ctx.health?.success(upstream);
+    return await handshake(req, conn, upstream, ctx);
+  }
+  throw lastError ?? new UpstreamError("connect", "no upstream");
+}
+
+async function handshake(
+  req: Request,
+  conn: Connection,
+  upstream: Upstream,
+  ctx: WebSocketContext,
+): Promise<Response> {
+  const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
+  let head = `GET ${upstream.prefix}${ctx.target} HTTP/1.1\r\nhost: ${upstream.hostHeader}\r\n`;
+  for (const [name, value] of ctx.headers) {
+    if (!HANDSHAKE_OWN.has(name)) head += `${name}: ${value}\r\n`;
+  }
+  head += `connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n` +
+    `sec-websocket-key: ${key}\r\n\r\n`;
+  const timer = setTimeout(() => conn.close(), ctx.timeoutMs);
+  const onAbort = () => conn.close();
+  req.signal.addEventListener("abort", onAbort);
+  let answer;
+  try {
+    await conn.write(encodeLatin1(head));
+    answer = await readHead(conn, () => {}, true);
+  } catch (err) {
+    conn.close();
+    throw req.signal.aborted
+      ? new UpstreamError("aborted", "client went away")
+      : err instanceof UpstreamError
+      ? err
+      : new UpstreamError(conn.closed ? "timeout" : "reset", "handshake failed", { cause: err });
+  } finally {
+    clearTimeout(timer);
+    req.signal.removeEventListener("abort", onAbort);
+  }
+  if (answer.status !== 101) {
+    // A refused the upgrade: its answer goes to the client as is (Codex falls back on 426).
+    const body = await readSmallBody(conn, answer);
+    conn.close();
+    ctx.onEnd(answer.status, undefined);
+    return new Response(body, { status: answer.status, headers: responseHeaders(answer.headers) });
+  }
+  const headers = new Map(answer.headers);
+  const expected = btoa(String.fromCharCode(
+    ...new Uint8Array(await crypto.subtle.digest("SHA-1", new TextEncoder().encode(key + GUID))),
+  ));
+  if (headers.get("sec-websocket-accept") !== expected) {
+    conn.close();
+    throw new UpstreamError("protocol", "bad sec-websocket-accept");
+  }
+  const protocol = headers.get("sec-websocket-protocol");
+  const { socket, response } = Deno.upgradeWebSocket(req, protocol ? { protocol } : {});
+  bridge(socket, conn, ctx);
+  return response;
+}
+
+async function readSmallBody(
+  conn: Connection,
+  head: Awaited<ReturnType<typeof readHead>>,
+): Promise<Uint8Array<ArrayBuffer> | null> {
+  const framing = bodyFraming("GET", head);
+  if (framing.kind === "none") return null;
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  const decoder = framing.kind === "chunked" ? new ChunkedDecoder() : null;
+  const limit = framing.kind === "length" ? framing.length : 1024 * 1024;
+  try {
+    while (size < limit) {
+      const chunk = await conn.read();
+      if (chunk === null) break;
+      const pieces = decoder ? decoder.push(chunk) : [chunk];
+      for (const p of pieces) {
+        parts.push(p);
+        size += p.byteLength;
+      }
+      if (decoder?.done) break;
+    }
+  } catch { /* keep what arrived */ }
+  const body = concat(parts);
+  return body.slice(0, Math.min(body.byteLength, limit));
+}
+
+/** Relays messages between the client socket and the upstream connection until either closes. */
+function bridge(socket: WebSocket, conn: Connection, ctx: WebSocketContext): void {
+  socket.binaryType = "arraybuffer";
+  let writing: Promise<void> = Promise.resolve();
+  let upstreamClosed = false;
+  let sentClose = false;
+  let ended = false;
+  const end = (error: string | undefined) => {
+    if (ended) return;
+    ended = true;
+    ctx.onEnd(101, error);
+  };
+  const send = (opcode: number, payload: Uint8Array) => {
+    const frame = encodeFrame(opcode, payload, newMask());
+    writing = writing.then(() => conn.write(frame)).catch(() => {
+      conn.close();
+    });
+    return writing;
+  };
+  const closeUpstream = (code: number, reason: string) => {
+    if (!sentClose && !conn.closed) {
+      sentClose = true;
+      send(OP.close, closePayload(code, reason)).then(() => {
+        // Give A a moment to answer the close, then drop the socket either way.
+        setTimeout(() => conn.close(), 1000);
+      });
+    } else {
+      conn.close();
+    }
+  };
+  const closeClient = (code: number, reason: string) => {
+    if (socket.readyState === WebSocket.CLOSED || socket.readyState === WebSocket.CLOSING) return;
+    try {
+      if (code === 1005) socket.close();
+      else socket.close(code, reason);
+    } catch {
+      socket.close(1011, reason.slice(0, 100));
+    }
+  };
+
+  socket.onmessage = (e) => {
+    if (typeof e.data === "string") {
+      const bytes = new TextEncoder().encode(e.data);
+      if (bytes.byteLength > MAX_MESSAGE_BYTES) return closeClient(1009, "message too large");
+      send(OP.text, bytes);
+    } else {
+      const bytes = new Uint8Array(e.data as ArrayBuffer);
+      if (bytes.byteLength > MAX_MESSAGE_BYTES) return closeClient(1009, "message too large");
+      send(OP.binary, bytes);
+    }
+  };
+  socket.onclose = (e) => {
+    if (!upstreamClosed) closeUpstream(e.code === 1006 ? 1001 : e.code, e.reason);
+    end(undefined);
+  };
+  socket.onerror = () => {
+    if (!upstreamClosed) closeUpstream(1001, "");
+  };
+  socket.onopen = async () => {
+    const decoder = new FrameDecoder(MAX_MESSAGE_BYTES);
+    const assembler = new MessageAssembler(MAX_MESSAGE_BYTES);
+    const text = new TextDecoder();
+    try {
+      while (true) {
+        const chunk = await conn.read();
+        if (chunk === null) break;
+        for (const frame of decoder.push(chunk)) {
+          if (frame.opcode === OP.ping) {
+            send(OP.pong, frame.payload);
+          } else if (frame.opcode === OP.pong) {
+            // Nothing to do: the relay sends no pings of its own upstream.
+          } else if (frame.opcode === OP.close) {
+            upstreamClosed = true;
+            const { code, reason } = parseClosePayload(frame.payload);
+            if (!sentClose) {
+              sentClose = true;
+              await send(OP.close, frame.payload.subarray(0, 2));
+            }
+            conn.close();
+            closeClient(code, reason);
+            return;
+          } else {
+            const msg = assembler.push(frame);
+            if (msg === null) continue;
+            if (socket.readyState !== WebSocket.OPEN) continue;
+            if (msg.opcode === OP.text) socket.send(text.decode(msg.data));
+            else socket.send(msg.data);
+          }
+        }
+      }
+      upstreamClosed = true;
+      closeClient(1011, "Server A closed the connection");
+    } catch (err) {
+      upstreamClosed = true;
+      if (err instanceof WsProtocolError) {
+        ctx.log.warn("websocket protocol error from upstream", { detail: err.message });
+        closeUpstream(err.closeCode, "");
+        closeClient(err.closeCode, err.closeCode === 1009 ? "message too large" : "protocol error");
+      } else {
+        conn.close();
+        closeClient(1011, "Server A connection failed");
+      }
+      end(err instanceof Error ? err.message : "error");
+    }
+  };
+}

@@ -1,0 +1,169 @@
+/**
+ * Integration: WebSocket pass-through on /v1/ (issue #3 requirements 4 and 5), with a real
+ * WebSocket server as A and Deno's WebSocket client.
+ */
+
+import assert from "node:assert/strict";
+import { rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
+
+interface Seen {
+  headers: Headers;
+  messages: Array<string | number[]>;
+  closed: { code: number; reason: string } | null;
+}
+
+/** A fake A: echoes messages with a prefix; `closeWith` makes it close after the first message. */
+function wsUpstream(opts: { closeWith?: [number, string]; refuse?: number } = {}) {
+  const seen: Seen = { headers: new Headers(), messages: [], closed: null };
+  const up = startUpstream((req) => {
+    seen.headers = new Headers(req.headers);
+    if (opts.refuse) {
+      return new Response(
+        JSON.stringify({ error: { message: "no websocket here", type: "x", code: "y" } }),
+        {
+          status: opts.refuse,
+          headers: { "content-type": "application/json" },
+        },
+      );
+    }
+    const protocol = req.headers.get("sec-websocket-protocol")?.split(",")[0]?.trim();
+    const { socket, response } = Deno.upgradeWebSocket(req, protocol ? { protocol } : {});
+    socket.binaryType = "arraybuffer";
+    socket.onmessage = (e) => {
+      const data = typeof e.data === "string" ? e.data : [...new Uint8Array(e.data as ArrayBuffer)];
+      seen.messages.push(data);
+      if (opts.closeWith) return socket.close(...opts.closeWith);
+      socket.send(typeof e.data === "string" ? `echo:${e.data}` : e.data);
+    };
+    socket.onclose = (e) => (seen.closed = { code: e.code, reason: e.reason });
+    return response;
+  });
+  return { up, seen };
+}
+
+function open(
+  url: string,
+  headers: Record<string, string>,
+  protocols?: string[],
+): Promise<WebSocket> {
+  // Deno's WebSocket takes headers as an extension of the standard options.
+  const ws = new WebSocket(
+    url,
+    { headers, ...(protocols ? { protocols } : {}) } as unknown as string[],
+  );
+  ws.binaryType = "arraybuffer";
+  return new Promise((resolve, reject) => {
+    ws.onopen = () => resolve(ws);
+    ws.onerror = (e) => reject(new Error(`websocket failed: ${(e as ErrorEvent).message}`));
+  });
+}
+
+function closed(ws: WebSocket): Promise<{ code: number; reason: string }> {
+  return new Promise((
+    resolve,
+  ) => (ws.onclose = (e) => resolve({ code: e.code, reason: e.reason })));
+}
+
+Deno.test("WebSocket on /v1/responses relays messages both ways in order, with headers and client IP", async () => {
+  const { up, seen } = wsUpstream();
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+  try {
+    const ws = await open(`${relay.url.replace("http", "ws")}/v1/responses?x=1`, {
+      authorization: "Bearer sk-codex",
+      session_id: "sess-9",
+      "x-forwarded-for": "6.6.6.6",
+    }, ["responses-v1"]);
+    assert.equal(ws.protocol, "responses-v1");
+    const replies: Array<string | number[]> = [];
+    ws.onmessage = (e) =>
+      replies.push(typeof e.data === "string" ? e.data : [...new Uint8Array(e.data)]);
+    for (let i = 0; i < 20; i++) ws.send(`m${i}`);
+    ws.send(new Uint8Array([1, 2, 3, 250]));
+    await waitFor(() => replies.length === 21, 3000, "21 replies");
+    assert.deepEqual(replies.slice(0, 20), Array.from({ length: 20 }, (_, i) => `echo:m${i}`));
+    assert.deepEqual(replies[20], [1, 2, 3, 250]);
+    assert.equal(seen.headers.get("authorization"), "Bearer sk-codex");
+    assert.equal(seen.headers.get("session_id"), "sess-9");
+    assert.equal(seen.headers.get("x-real-ip"), "127.0.0.1");
+    assert.equal(seen.headers.get("x-forwarded-for"), "127.0.0.1");
+    assert.equal(new URL(up.seen[0]!.url).search, "?x=1");
+    const done = closed(ws);
+    ws.close(4001, "client bye");
+    await done;
+    await waitFor(() => seen.closed !== null, 3000, "upstream close");
+    assert.deepEqual(seen.closed, { code: 4001, reason: "client bye" });
+    await waitFor(() => relay.app.inFlight === 0, 3000, "in-flight back to 0");
+  } finally {
+    await relay.close();
+    await up.close();
+  }
+});
+
+Deno.test("A closing the WebSocket passes its close code and reason to the client", async () => {
+  for (
+    const [code, reason] of [[4002, "done here"], [1011, "server error"], [1000, "normal"]] as const
+  ) {
+    const { up } = wsUpstream({ closeWith: [code, reason] });
+    const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+    try {
+      const ws = await open(`${relay.url.replace("http", "ws")}/v1/responses`, {});
+      const done = closed(ws);
+      ws.send("bye please");
+      assert.deepEqual(await done, { code, reason });
+    } finally {
+      await relay.close();
+      await up.close();
+    }
+  }
+});
+
+Deno.test("A refusing the upgrade (426, 404) reaches the client as that HTTP answer", async () => {
+  for (const status of [426, 404, 405]) {
+    const { up } = wsUpstream({ refuse: status });
+    const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+    try {
+      const res = await rawRequest(
+        relay.port,
+        "GET /v1/responses HTTP/1.1\r\nhost: b\r\nconnection: Upgrade, close\r\nupgrade: websocket\r\n" +
+          "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+      );
+      assert.equal(res.status, status);
+      assert.match(new TextDecoder().decode(res.body), /no websocket here/);
+    } finally {
+      await relay.close();
+      await up.close();
+    }
+  }
+});
+
+Deno.test("a message over A's 32 MiB limit closes the session with 1009", async () => {
+  const { up } = wsUpstream();
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+  try {
+    const ws = await open(`${relay.url.replace("http", "ws")}/v1/responses`, {});
+    const done = closed(ws);
+    ws.send(new Uint8Array(32 * 1024 * 1024 + 1));
+    const { code } = await done;
+    assert.equal(code, 1009);
+  } finally {
+    await relay.close();
+    await up.close();
+  }
+});
+
+Deno.test("an unreachable A makes the WebSocket handshake a JSON 502", async () => {
+  const { closedPort } = await import("./helpers.ts");
+  const relay = startRelay({ UPSTREAM_SERVER_A: `http://127.0.0.1:${closedPort()}` });
+  try {
+    const res = await rawRequest(
+      relay.port,
+      "GET /v1/responses HTTP/1.1\r\nhost: b\r\nconnection: Upgrade, close\r\nupgrade: websocket\r\n" +
+        "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert.equal(res.status, 502);
+    assert.equal(JSON.parse(new TextDecoder().decode(res.body)).error.code, "upstream_unreachable");
+    assert.equal(relay.app.inFlight, 0);
+  } finally {
+    await relay.close();
+  }
+});
