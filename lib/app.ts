@@ -84,6 +84,8 @@ export interface AppDeps {
   now?: () => number;
   /** Opens upstream connections (tests inject failures). */
   connector?: Connector;
+  /** Extra CA certificates (PEM) to trust for HTTPS upstreams, besides the system's and DENO_CERT. */
+  caCerts?: string[];
   /** Request ids when the client sent none usable. */
   newId?: () => string;
   /** Called once per finished request. Must be cheap and must not throw. */
@@ -194,6 +196,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     connectTimeoutMs: config.connectTimeoutMs,
     idleTimeoutMs: config.poolIdleMs,
     connector: deps.connector,
+    caCerts: deps.caCerts,
   });
   const allUpstreams = [
     ...config.upstreams,

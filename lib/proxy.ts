@@ -32,10 +32,16 @@ export class PoolSet {
     connectTimeoutMs: number;
     idleTimeoutMs: number;
     connector?: Connector | undefined;
+    caCerts?: string[] | undefined;
   };
 
   constructor(
-    opts: { connectTimeoutMs: number; idleTimeoutMs: number; connector?: Connector | undefined },
+    opts: {
+      connectTimeoutMs: number;
+      idleTimeoutMs: number;
+      connector?: Connector | undefined;
+      caCerts?: string[] | undefined;
+    },
   ) {
     this.#opts = opts;
   }
@@ -48,6 +54,7 @@ export class PoolSet {
         connectTimeoutMs: this.#opts.connectTimeoutMs,
         idleTimeoutMs: this.#opts.idleTimeoutMs,
         ...(this.#opts.connector ? { connector: this.#opts.connector } : {}),
+        ...(this.#opts.caCerts ? { caCerts: this.#opts.caCerts } : {}),
       });
       this.#pools.set(key, pool);
     }
@@ -82,6 +89,8 @@ export interface ForwardResult {
 /** Everything `forward` needs besides the request. */
 export interface ForwardContext {
   upstreams: readonly Upstream[];
+  /** The request body to send instead of `req.body` (e.g. wrapped by `body_limit.ts`). */
+  body?: ReadableStream<Uint8Array> | null;
   /** Path and query to append to the upstream's prefix (already validated). */
   target: string;
   headers: HeaderList;
@@ -141,9 +150,10 @@ export function relayErrorFor(err: unknown): RelayError {
  */
 export async function forward(req: Request, ctx: ForwardContext): Promise<ForwardResult> {
   const length = req.headers.get("content-length");
-  const body = req.body === null
+  const src = ctx.body !== undefined ? ctx.body : req.body;
+  const body = src === null
     ? null
-    : new BodySource(req.body, length === null ? null : Number(length), ctx.retryBodyMaxBytes);
+    : new BodySource(src, length === null ? null : Number(length), ctx.retryBodyMaxBytes);
   let lastError: unknown = null;
   const upstreams = ctx.health ? ctx.health.order(ctx.upstreams) : ctx.upstreams;
   for (let i = 0; i < upstreams.length; i++) {

@@ -236,3 +236,66 @@ export async function waitFor(cond: () => boolean, ms = 3000, what = "condition"
     await delay(10);
   }
 }
+
+/** A throwaway CA and a leaf certificate for 127.0.0.1/localhost, made with openssl; null without it. */
+export async function makeTestCerts(): Promise<{ ca: string; cert: string; key: string } | null> {
+  const dir = await Deno.makeTempDir();
+  const run = async (args: string[]) =>
+    (await new Deno.Command("openssl", { args, cwd: dir, stdout: "null", stderr: "null" }).output())
+      .success;
+  try {
+    await Deno.writeTextFile(
+      `${dir}/ext.cnf`,
+      "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    );
+    const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    // rustls refuses a self-signed certificate used as its own CA: make a CA and a leaf.
+    const ok = await run([
+      "req",
+      "-x509",
+      ...ec,
+      "-days",
+      "2",
+      "-subj",
+      "/CN=proxy-forwarder test CA",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.pem",
+    ]) &&
+      await run([
+        "req",
+        ...ec,
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+      ]) &&
+      await run([
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+      ]);
+    if (!ok) return null;
+    const read = (f: string) => Deno.readTextFile(`${dir}/${f}`);
+    return { ca: await read("ca.pem"), cert: await read("cert.pem"), key: await read("key.pem") };
+  } catch {
+    return null;
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
