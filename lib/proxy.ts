@@ -181,7 +181,7 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
     ctx.health?.success(upstream);
     let response: Response;
     try {
-      response = new Response(res.body, {
+      response = new Response(res.complete ?? res.body, {
         status: res.status,
         statusText: res.statusText,
         headers: responseHeaders(res.headers),

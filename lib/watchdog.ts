@@ -49,10 +49,10 @@ export class Watchdog {
     }
   }
 
-  /** Stops watching (idempotent). */
+  /** Stops watching (idempotent). The timer stops at the next sweep that finds nothing. */
   unwatch(item: Watched): void {
+    // Not stopping here: at low concurrency that would be a setInterval/clearInterval per request.
     this.#items.delete(item);
-    if (this.#items.size === 0) this.#stop();
   }
 
   /** Stops the timer and forgets everything. */
