@@ -3,16 +3,27 @@
  * Everything else lives in `lib/` and imports without side effects.
  */
 
+import { type AccessLogHandle, openAccessLog } from "./lib/access_log.ts";
 import { createApp } from "./lib/app.ts";
 import { ConfigError, parseConfig } from "./lib/config.ts";
+import { serveResilient } from "./lib/conn_limit.ts";
 import { Logger } from "./lib/log.ts";
+import { broadPermissions, startupWarnings } from "./lib/permissions.ts";
+import { createReloader } from "./lib/reload.ts";
+import { loadTlsFiles } from "./lib/tls.ts";
 import { VERSION } from "./lib/version.ts";
 
 /** Starts the relay; resolves when the server has shut down. */
 export async function main(): Promise<number> {
+  const startEnv = Deno.env.toObject();
+  const readFile = (p: string) => Deno.readTextFileSync(p);
   let config;
+  let tls;
+  let accessLog: AccessLogHandle | null;
   try {
-    config = parseConfig(Deno.env.toObject(), { readFile: (p) => Deno.readTextFileSync(p) });
+    config = parseConfig(startEnv, { readFile });
+    tls = loadTlsFiles(config, readFile);
+    accessLog = openAccessLog(config);
   } catch (err) {
     if (err instanceof ConfigError) {
       // deno-lint-ignore no-console
@@ -21,17 +32,23 @@ export async function main(): Promise<number> {
     }
     throw err;
   }
-  const log = new Logger({ level: config.debugLog ? "debug" : "info" });
-  const app = createApp(config, { log });
-  const server = Deno.serve({
+  const log = new Logger({ level: config.debugLog ? "debug" : "info", format: config.logFormat });
+  const app = createApp(config, { log, observers: accessLog ? [accessLog.observe] : [] });
+
+  for (const w of startupWarnings(config, broadPermissions())) log.warn(w.msg, w.fields);
+
+  // Deno.serve, but a listener that dies on "too many open files" is re-created (conn_limit.ts).
+  const server = serveResilient({
     hostname: config.host,
     port: config.port,
     // DENO_SERVE_AUTOMATIC_COMPRESSION=1 would otherwise re-encode A's bodies.
     automaticCompression: false,
+    // TLS_CERT_FILE/TLS_KEY_FILE: HTTPS, with HTTP/2 offered to clients by ALPN.
+    ...(tls ?? {}),
     onListen: (addr) => {
       log.info("listening", {
         version: VERSION,
-        address: `http://${
+        address: `${tls ? "https" : "http"}://${
           addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname
         }:${addr.port}`,
         upstreams: config.upstreams.map((u) => u.url),
@@ -51,12 +68,14 @@ export async function main(): Promise<number> {
         { status: 500, headers: { "content-type": "application/json" } },
       );
     },
+    log,
   }, (req, info) => app.fetch(req, info));
 
   let stopping = false;
   const stop = (signal: Deno.Signal) => {
     if (stopping) {
       log.warn("second signal: exiting now", { signal });
+      accessLog?.flushSync();
       log.flush();
       Deno.exit(130);
     }
@@ -68,18 +87,35 @@ export async function main(): Promise<number> {
     });
     const timer = setTimeout(() => {
       log.warn("grace period over: closing remaining requests", { inFlight: app.inFlight });
+      accessLog?.flushSync();
       log.flush();
       Deno.exit(0);
     }, config.shutdownGraceMs);
     app.closeIdle();
-    server.shutdown().then(() => {
+    server.shutdown().then(async () => {
       clearTimeout(timer);
       app.close();
+      await accessLog?.close();
       log.info("stopped");
       log.flush();
     });
   };
   for (const sig of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(sig, () => stop(sig));
+  if (Deno.build.os !== "windows") {
+    // SIGHUP (systemctl reload, docker kill -s HUP): re-read .env and ROUTES_FILE; a bad file
+    // keeps the running configuration. Connections and requests in flight are not touched.
+    const reload = createReloader({
+      startEnv,
+      envFile: ".env",
+      readFile,
+      apply: (next) => app.reload(next),
+      log,
+    });
+    Deno.addSignalListener("SIGHUP", () => void reload());
+    // logrotate's postrotate `kill -HUP` too: reopen LOG_FILE by name.
+    const logFile = config.logFile !== undefined ? accessLog : null;
+    if (logFile) Deno.addSignalListener("SIGHUP", () => void logFile.reopen());
+  }
   await server.finished;
   return 0;
 }

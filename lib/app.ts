@@ -12,7 +12,7 @@
 
 import { checkAdmin } from "./admin.ts";
 import { checkAnnouncedLength, LimitedBody } from "./body_limit.ts";
-import { connectionCap, overloaded, readFdLimit } from "./conn_limit.ts";
+import { connectionCap, isOutOfDescriptors, overloaded, readFdLimit } from "./conn_limit.ts";
 import { Guards } from "./guards.ts";
 import { clientIpFrom } from "./ip.ts";
 import type { Config, Route, Upstream } from "./config.ts";
@@ -75,6 +75,8 @@ export interface RequestRecord {
   requestHeaders?: Record<string, string>;
   /** With `DEBUG_LOG=1`: A's response headers, credentials redacted. */
   responseHeaders?: Record<string, string>;
+  /** A's own `x-request-id` (what the client received instead of `id`), if short and safe. */
+  upstreamRequestId?: string;
 }
 
 /** Injected side effects. */
@@ -178,8 +180,11 @@ interface Ctx {
   failovers: number;
   requestHeaders?: Record<string, string>;
   responseHeaders?: Record<string, string>;
+  upstreamRequestId?: string;
   /** `X-Forwarded-For` as a trusted proxy sent it; undefined when the peer is not trusted. */
   forwardedFor?: string | undefined;
+  /** The trusted proxy the request came through, appended to the forwarded chain. */
+  peerIp?: string | undefined;
   /** Gives back the client's concurrency slot (guards.ts); called once by `finish`. */
   release?: (() => void) | undefined;
 }
@@ -280,6 +285,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     };
     if (ctx.requestHeaders !== undefined) record.requestHeaders = ctx.requestHeaders;
     if (ctx.responseHeaders !== undefined) record.responseHeaders = ctx.responseHeaders;
+    if (ctx.upstreamRequestId !== undefined) record.upstreamRequestId = ctx.upstreamRequestId;
     for (const observe of observers) {
       try {
         observe(record);
@@ -377,6 +383,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     let headers = requestHeaders(req.headers, {
       clientIp: ctx.clientIp,
       trustedForwardedFor: ctx.forwardedFor,
+      peerIp: ctx.peerIp,
     });
     let target = apiPath + ctx.query;
     if (route?.apiKey !== undefined && route.accessKey !== undefined) {
@@ -444,8 +451,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       health,
       ...(limited !== null ? { body: limited.stream } : {}),
     }).catch((err) => {
-      // A body cut by a limit aborts the exchange; answer with why, not as a client abort.
-      throw limited?.error ?? err;
+      // A body cut by a limit aborts the exchange; answer with why, not as a client abort. Out of
+      // descriptors, the upstream connect fails: that is the relay's overload (503), not A (502).
+      throw limited?.error ?? (isOutOfDescriptors(err) ? overloaded() : err);
     });
     ctx.headAt = now();
     counters.failovers += result.failovers;
@@ -460,8 +468,21 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     }
     if (config.debugLog) ctx.responseHeaders = redactHeaders(up.headers);
     const response = result.response;
-    if (!response.headers.has("x-request-id")) response.headers.set("x-request-id", ctx.id);
+    const aId = response.headers.get("x-request-id");
+    if (aId === null) response.headers.set("x-request-id", ctx.id);
+    else if (SAFE_ID.test(aId)) ctx.upstreamRequestId = aId;
     if (up.body === null) {
+      if (up.complete !== null) {
+        ctx.responseBytes = up.complete.byteLength;
+        if (observers.length > 0) {
+          const tap = new UsageTap(
+            response.headers.get("content-type"),
+            response.headers.get("content-encoding"),
+          );
+          tap.push(up.complete);
+          ctx.usage = tap;
+        }
+      }
       finish(ctx, up.status, undefined);
       return response;
     }
@@ -543,6 +564,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     if (config.debugLog) ctx.requestHeaders = redactHeaders(req.headers);
     if (config.trustedProxies?.contains(peer)) {
       ctx.forwardedFor = req.headers.get("x-forwarded-for") ?? undefined;
+      ctx.peerIp = peer;
     }
     inFlight++;
     try {

@@ -36,6 +36,7 @@ export type ErrorCode =
   | "too_many_concurrent"
   | "body_too_large"
   | "body_timeout"
+  | "headers_too_large"
   | "upstream_unreachable"
   | "upstream_connect_timeout"
   | "upstream_timeout"

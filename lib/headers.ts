@@ -54,6 +54,11 @@ export interface RequestHeaderOptions {
    * Undefined means the client's own value is discarded.
    */
   trustedForwardedFor?: string | undefined;
+  /**
+   * The address the relay got the request from (the trusted proxy), appended to a trusted chain
+   * as every proxy appends its own peer. Defaults to `clientIp`.
+   */
+  peerIp?: string | undefined;
 }
 
 /**
@@ -69,7 +74,10 @@ export function requestHeaders(incoming: Headers, options: RequestHeaderOptions)
   }
   out.push(["x-real-ip", options.clientIp]);
   const chain = options.trustedForwardedFor?.trim();
-  out.push(["x-forwarded-for", chain ? `${chain}, ${options.clientIp}` : options.clientIp]);
+  out.push([
+    "x-forwarded-for",
+    chain ? `${chain}, ${options.peerIp ?? options.clientIp}` : options.clientIp,
+  ]);
   return out;
 }
 

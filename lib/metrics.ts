@@ -531,6 +531,13 @@ export class RecentWindow {
     return lo === hi ? low : low + ((sorted[hi] as number) - low) * (rank - lo);
   }
 
+  /** How many held samples were recorded at or after `sinceMs`. */
+  countSince(sinceMs: number): number {
+    let n = 0;
+    for (let i = 0; i < this.#size; i++) if ((this.#times[i] as number) >= sinceMs) n++;
+    return n;
+  }
+
   /**
    * Samples per second over the `windowMs` ending at `nowMs` (samples with
    * `nowMs - windowMs < t <= nowMs`). When the buffer is full and its oldest sample is inside the

@@ -81,6 +81,11 @@ export class UpstreamSet {
     this.#opts = options;
     this.#now = options.now ?? Date.now;
     this.#probeWatchdog = new Watchdog(options.probeTimeoutMs);
+    this.add(upstreams);
+  }
+
+  /** Starts tracking upstreams not seen before (a configuration reload); known ones are kept. */
+  add(upstreams: Iterable<Upstream>): void {
     for (const u of upstreams) {
       if (!this.#states.has(u.url)) {
         this.#states.set(u.url, {

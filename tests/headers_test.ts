@@ -125,6 +125,17 @@ Deno.test("requestHeaders appends the client IP to trustedForwardedFor when a pr
   assert.deepEqual(get(out, "x-real-ip"), ["10.0.0.5"]);
 });
 
+Deno.test("requestHeaders appends the trusted proxy's address, not the client's again, to its chain", () => {
+  // A client behind a trusted proxy: the chain already ends with the client.
+  const out = requestHeaders(new Headers(), {
+    clientIp: "203.0.113.7",
+    trustedForwardedFor: "203.0.113.7",
+    peerIp: "10.0.0.2",
+  });
+  assert.deepEqual(get(out, "x-forwarded-for"), ["203.0.113.7, 10.0.0.2"]);
+  assert.deepEqual(get(out, "x-real-ip"), ["203.0.113.7"]);
+});
+
 Deno.test("requestHeaders sends only the client IP when trustedForwardedFor is blank", () => {
   for (const chain of ["", "   ", undefined]) {
     const out = requestHeaders(new Headers(), { clientIp: "::1", trustedForwardedFor: chain });

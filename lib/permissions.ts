@@ -1,0 +1,162 @@
+/**
+ * @module permissions
+ * Least privilege: the narrow Deno permissions the relay needs for a given configuration, and the
+ * start-up warnings about running with more (or listening openly).
+ *
+ * Owns: the `--allow-net` list (the listen address plus every configured upstream host:port, and a
+ * remote KV host when one is used), the read/write lists (routes file, TLS files, log file, KV
+ * file), the `deno run` argument list `scripts/start.ts` uses, and the detection of `-A`.
+ * Must never: grant a host that is not in the configuration, or put a secret (keys, tokens) into an
+ * argument list or a warning.
+ */
+
+import type { Config, Upstream } from "./config.ts";
+import { isPublicBindAddress } from "./ip.ts";
+
+/** `host:port` as `--allow-net` expects it (IPv6 literals in brackets). */
+export function netEntry(host: string, port: number): string {
+  return `${host.includes(":") ? `[${host}]` : host}:${port}`;
+}
+
+function upstreamEntries(ups: readonly Upstream[]): string[] {
+  return ups.map((u) => netEntry(u.hostname, u.port));
+}
+
+/** Hosts the relay may reach or bind: listen address, upstreams, remote KV. Deduplicated, sorted. */
+export function netAllowList(config: Config): string[] {
+  // PORT=0 (tests) picks a port at start-up; a listener re-created after a failure must get the
+  // same one back, so the whole host is allowed then.
+  const listen = config.port === 0
+    ? netEntry(config.host, 0).replace(/:0$/, "")
+    : netEntry(config.host, config.port);
+  const out = new Set<string>([listen]);
+  for (const e of upstreamEntries(config.upstreams)) out.add(e);
+  for (const r of config.routes.values()) for (const e of upstreamEntries(r.upstreams)) out.add(e);
+  const kv = remoteKv(config);
+  if (kv !== null) out.add(netEntry(kv.hostname, kv.port));
+  return [...out].sort();
+}
+
+function remoteKv(config: Config): { hostname: string; port: number } | null {
+  const url = config.rateLimit !== null && config.rateLimitStore === "kv"
+    ? config.rateLimitKvUrl
+    : undefined;
+  if (url === undefined || !/^https?:\/\//i.test(url)) return null;
+  try {
+    const u = new URL(url);
+    const hostname = u.hostname.startsWith("[") ? u.hostname.slice(1, -1) : u.hostname;
+    return { hostname, port: u.port !== "" ? Number(u.port) : u.protocol === "https:" ? 443 : 80 };
+  } catch {
+    return null;
+  }
+}
+
+function localKvPath(config: Config): string | null {
+  const path = config.rateLimit !== null && config.rateLimitStore === "kv"
+    ? config.rateLimitKvUrl
+    : undefined;
+  if (path === undefined || /^https?:\/\//i.test(path) || path === ":memory:") return null;
+  return path;
+}
+
+/** Files the relay reads: `.env` (re-read on SIGHUP), routes file, TLS files, the KV file. */
+export function readAllowList(
+  config: Config,
+  env: Readonly<Record<string, string | undefined>>,
+): string[] {
+  const out: string[] = [".env"];
+  const routesFile = env.ROUTES_FILE?.trim();
+  if (routesFile) out.push(routesFile);
+  if (config.tlsCertFile !== undefined) out.push(config.tlsCertFile);
+  if (config.tlsKeyFile !== undefined) out.push(config.tlsKeyFile);
+  const kv = localKvPath(config);
+  if (kv !== null) out.push(kv);
+  return [...new Set(out)];
+}
+
+/** Files the relay writes: the access-log file and the KV file. */
+export function writeAllowList(config: Config): string[] {
+  const out: string[] = [];
+  if (config.logFile !== undefined) out.push(config.logFile);
+  const kv = localKvPath(config);
+  if (kv !== null) out.push(kv);
+  return [...new Set(out)];
+}
+
+/** Whether the relay needs Deno KV (and so `--unstable-kv`). */
+export function needsKv(config: Config): boolean {
+  return config.rateLimit !== null && config.rateLimitStore === "kv";
+}
+
+/**
+ * The `deno` arguments that run `main` with only the permissions `config` needs: `--allow-net`
+ * for the listen address and upstreams, `--allow-env`, read/write for the files it uses.
+ * Options with commas in them cannot be expressed and are rejected by the caller's config.
+ */
+export function relayDenoArgs(
+  config: Config,
+  env: Readonly<Record<string, string | undefined>>,
+  main: string,
+): string[] {
+  const args = ["run", "--unstable-no-legacy-abort"];
+  if (needsKv(config)) args.push("--unstable-kv");
+  args.push(`--allow-net=${netAllowList(config).join(",")}`, "--allow-env");
+  const read = readAllowList(config, env);
+  if (read.length > 0) args.push(`--allow-read=${read.join(",")}`);
+  const write = writeAllowList(config);
+  if (write.length > 0) args.push(`--allow-write=${write.join(",")}`);
+  args.push(main);
+  return args;
+}
+
+/** Permissions granted beyond what the relay ever needs (non-empty when started with `-A`). */
+export function broadPermissions(
+  query: (d: Deno.PermissionDescriptor) => Deno.PermissionState = (d) =>
+    Deno.permissions.querySync(d).state,
+): string[] {
+  const probes: Array<[string, Deno.PermissionDescriptor]> = [
+    ["run", { name: "run" }],
+    ["ffi", { name: "ffi" }],
+    ["write", { name: "write" }],
+    ["net", { name: "net" }],
+    ["sys", { name: "sys" }],
+  ];
+  return probes.filter(([, d]) => {
+    try {
+      return query(d) === "granted";
+    } catch {
+      return false;
+    }
+  }).map(([name]) => name);
+}
+
+/** A start-up warning: a message and safe fields. */
+export interface Warning {
+  msg: string;
+  fields: Record<string, unknown>;
+}
+
+/** Warnings to log once at start-up: broad permissions, and an open relay on a public address. */
+export function startupWarnings(config: Config, broad: readonly string[]): Warning[] {
+  const out: Warning[] = [];
+  if (broad.length > 0) {
+    out.push({
+      msg: "running with broad permissions: start with `deno task start` (narrow --allow-net, " +
+        "no run/ffi/write) or run the command below",
+      fields: {
+        broad,
+        narrow: `deno ${relayDenoArgs(config, {}, "main.ts").join(" ")}`,
+      },
+    });
+  }
+  const anyAccessKey = [...config.routes.values()].some((r) => r.accessKey !== undefined);
+  if (isPublicBindAddress(config.host) && config.allowIps === null && !anyAccessKey) {
+    out.push({
+      msg: "OPEN RELAY: listening on a public address with neither ALLOW_IPS nor any route " +
+        "access key; anyone who can reach this port can use Server A through it. Set ALLOW_IPS, " +
+        "give routes an accessKey, or bind HOST=127.0.0.1 behind your reverse proxy",
+      fields: { host: config.host, port: config.port },
+    });
+  }
+  return out;
+}

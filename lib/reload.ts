@@ -1,0 +1,217 @@
+/**
+ * @module reload
+ * Configuration reload on SIGHUP: re-read `.env` and `ROUTES_FILE`, validate, swap.
+ *
+ * Owns: which settings a running relay takes over live (those the app reads per request: routes
+ * and upstreams above all) and which need a restart; how a fresh `.env` is merged with the
+ * environment the process started with (a variable set in the real environment keeps winning,
+ * as with `--env-file`); the log lines an operator sees.
+ * Must never: apply half of a bad configuration (a file that fails validation changes nothing),
+ * or log a secret (messages come from `ConfigError`, which never quotes keys).
+ */
+
+import { type Config, ConfigError, type Env, parseConfig } from "./config.ts";
+import { parseDotenv } from "./dotenv.ts";
+import type { Logger } from "./log.ts";
+
+/**
+ * Settings a reload applies to new requests at once. Each is read from the current config when a
+ * request arrives, so a request already in flight keeps the values it started with.
+ */
+export const LIVE_SETTINGS: ReadonlySet<keyof Config> = new Set<keyof Config>([
+  "upstreams",
+  "routes",
+  "retryBodyMaxBytes",
+  "adminToken",
+  "allowIps",
+  "trustedProxies",
+  "maxBodyBytes",
+]);
+
+/** Operator-facing names of settings, for log lines. */
+const SETTING_NAMES: Partial<Record<keyof Config, string>> = {
+  upstreams: "UPSTREAM_SERVER_A",
+  routes: "ROUTES/ROUTES_FILE",
+  host: "HOST",
+  port: "PORT",
+  debugLog: "DEBUG_LOG",
+  upstreamTimeoutMs: "UPSTREAM_TIMEOUT_SEC",
+  connectTimeoutMs: "CONNECT_TIMEOUT_SEC",
+  shutdownGraceMs: "SHUTDOWN_GRACE_SEC",
+  retryBodyMaxBytes: "RETRY_BODY_MAX_MB",
+  poolIdleMs: "UPSTREAM_POOL_IDLE_SEC",
+  keepWarmMs: "UPSTREAM_KEEPWARM_SEC",
+  healthPath: "HEALTH_CHECK_PATH",
+  healthIntervalMs: "HEALTH_CHECK_SEC",
+  downBackoffMs: "UPSTREAM_DOWN_SEC",
+  allowIps: "ALLOW_IPS",
+  trustedProxies: "TRUSTED_PROXIES",
+  rateLimit: "RATE_LIMIT",
+  rateLimitStore: "RATE_LIMIT_STORE",
+  rateLimitKvUrl: "RATE_LIMIT_KV_URL",
+  maxConcurrentPerClient: "MAX_CONCURRENT_PER_CLIENT",
+  maxBodyBytes: "MAX_BODY_MB",
+  clientBodyTimeoutMs: "CLIENT_BODY_TIMEOUT_SEC",
+  maxConnections: "MAX_CONNECTIONS",
+  adminToken: "ADMIN_TOKEN",
+  accessLog: "ACCESS_LOG",
+  logFormat: "LOG_FORMAT",
+  logFile: "LOG_FILE",
+  tlsCertFile: "TLS_CERT_FILE",
+  tlsKeyFile: "TLS_KEY_FILE",
+};
+
+/** The outcome of {@link planReload}. */
+export interface ReloadPlan {
+  /** The config to use from now on: live settings from the new one, the rest unchanged. */
+  config: Config;
+  /** Live settings that changed (operator names). */
+  applied: string[];
+  /** Settings that changed but only take effect after a restart (operator names). */
+  needsRestart: string[];
+}
+
+/** Splits the differences between two configs into live ones and ones that need a restart. */
+export function planReload(
+  current: Config,
+  next: Config,
+  live: ReadonlySet<keyof Config> = LIVE_SETTINGS,
+): ReloadPlan {
+  const merged: Record<string, unknown> = { ...current };
+  const applied: string[] = [];
+  const needsRestart: string[] = [];
+  const keys = new Set([...Object.keys(current), ...Object.keys(next)]) as Set<keyof Config>;
+  for (const key of keys) {
+    if (sameValue(current[key], next[key])) continue;
+    const name = SETTING_NAMES[key] ?? key;
+    if (live.has(key)) {
+      merged[key] = next[key];
+      applied.push(name);
+    } else {
+      needsRestart.push(name);
+    }
+  }
+  return { config: merged as unknown as Config, applied, needsRestart };
+}
+
+/** Structural equality for config values: primitives, arrays, Maps and plain or class objects. */
+export function sameValue(a: unknown, b: unknown): boolean {
+  if (Object.is(a, b)) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Object.getPrototypeOf(a) !== Object.getPrototypeOf(b)) return false;
+  if (a instanceof Map) {
+    const m = b as Map<unknown, unknown>;
+    if (a.size !== m.size) return false;
+    for (const [k, v] of a) if (!m.has(k) || !sameValue(v, m.get(k))) return false;
+    return true;
+  }
+  if (Array.isArray(a)) {
+    const l = b as unknown[];
+    return a.length === l.length && a.every((v, i) => sameValue(v, l[i]));
+  }
+  const ka = Object.keys(a);
+  const kb = Object.keys(b);
+  if (ka.length !== kb.length) return false;
+  const ra = a as Record<string, unknown>;
+  const rb = b as Record<string, unknown>;
+  return ka.every((k) => Object.hasOwn(rb, k) && sameValue(ra[k], rb[k]));
+}
+
+/**
+ * The environment for a reload. `startEnv` is the process environment at start, which already
+ * contains what `--env-file` (or systemd's `EnvironmentFile`) loaded from `startFile`. A variable
+ * whose start value equals the file's value is taken to come from the file: it follows the new
+ * file (changed, or removed when the file drops it). Any other variable came from the real
+ * environment and keeps its value, as `--env-file` never overrides one.
+ */
+export function envForReload(
+  startEnv: Env,
+  startFile: Readonly<Record<string, string>> | null,
+  newFile: Readonly<Record<string, string>> | null,
+): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(startEnv)) if (v !== undefined) out[k] = v;
+  const fromFile = (k: string) => startFile !== null && startFile[k] === startEnv[k];
+  if (startFile !== null) {
+    for (const k of Object.keys(startFile)) if (fromFile(k)) delete out[k];
+  }
+  if (newFile !== null) {
+    for (const [k, v] of Object.entries(newFile)) {
+      if (startEnv[k] === undefined || fromFile(k)) out[k] = v;
+    }
+  }
+  return out;
+}
+
+/** What a reload did, for tests and logs. */
+export type ReloadOutcome =
+  | { ok: true; plan: ReloadPlan }
+  | { ok: false; reason: string };
+
+/** Everything a reloader needs; all injectable. */
+export interface ReloaderOptions {
+  /** The process environment at start (`Deno.env.toObject()`). */
+  startEnv: Env;
+  /** The `.env` file to re-read (relative to the working directory); null to ignore `.env`. */
+  envFile: string | null;
+  readFile: (path: string) => string;
+  /** Swaps the running app's config (`app.reload`). */
+  apply: (next: Config) => ReloadPlan;
+  log: Logger;
+}
+
+/**
+ * Returns the SIGHUP handler: re-reads `.env` and `ROUTES_FILE`, validates everything, and either
+ * swaps the config for new requests or keeps the old one and logs why.
+ */
+export function createReloader(options: ReloaderOptions): () => ReloadOutcome {
+  const { startEnv, envFile, readFile, apply, log } = options;
+  const lookup = (name: string) => startEnv[name];
+  /** Why `.env` could not be read, when it exists but is off limits (e.g. NotCapable). */
+  let unreadable: string | null = null;
+  const readEnvFile = (): Record<string, string> | null => {
+    unreadable = null;
+    if (envFile === null) return null;
+    try {
+      return parseDotenv(readFile(envFile), lookup);
+    } catch (err) {
+      // No .env (Docker, Deno Deploy, a systemd EnvironmentFile elsewhere): environment only.
+      if (!(err instanceof Deno.errors.NotFound)) {
+        unreadable = err instanceof Error ? err.name : "error";
+      }
+      return null;
+    }
+  };
+  const startFile = readEnvFile();
+  return () => {
+    const newFile = readEnvFile();
+    if (unreadable !== null) {
+      log.warn(".env cannot be read: reloading with the environment the relay started with", {
+        file: envFile,
+        reason: unreadable,
+      });
+    }
+    const env = envForReload(startEnv, startFile, newFile);
+    let next: Config;
+    try {
+      next = parseConfig(env, { readFile });
+    } catch (err) {
+      const reason = err instanceof ConfigError ? err.message : "unexpected error";
+      log.warn("reload failed: keeping the current configuration", { reason });
+      return { ok: false, reason };
+    }
+    const plan = apply(next);
+    log.info("configuration reloaded", {
+      upstreams: plan.config.upstreams.map((u) => u.url),
+      routes: plan.config.routes.size,
+      changed: plan.applied,
+      ...(plan.needsRestart.length > 0 ? { needsRestart: plan.needsRestart } : {}),
+    });
+    if (plan.needsRestart.length > 0) {
+      log.warn("some changed settings need a restart to take effect", {
+        settings: plan.needsRestart,
+      });
+    }
+    return { ok: true, plan };
+  };
+}
