@@ -72,6 +72,7 @@ export async function main(): Promise<number> {
   }, (req, info) => app.fetch(req, info));
 
   let stopping = false;
+  let stopped: Promise<void> | null = null;
   const stop = (signal: Deno.Signal) => {
     if (stopping) {
       log.warn("second signal: exiting now", { signal });
@@ -92,7 +93,7 @@ export async function main(): Promise<number> {
       Deno.exit(0);
     }, config.shutdownGraceMs);
     app.closeIdle();
-    server.shutdown().then(async () => {
+    stopped = server.shutdown().then(async () => {
       clearTimeout(timer);
       app.close();
       await accessLog?.close();
@@ -117,6 +118,8 @@ export async function main(): Promise<number> {
     if (logFile) Deno.addSignalListener("SIGHUP", () => void logFile.reopen());
   }
   await server.finished;
+  // `finished` resolves before shutdown()'s own continuation: let it flush the logs first.
+  if (stopped !== null) await stopped;
   return 0;
 }
 

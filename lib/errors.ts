@@ -25,7 +25,6 @@ export type ErrorType =
 /** Stable machine-readable codes. Clients and log queries may depend on these: never rename. */
 export type ErrorCode =
   | "not_found"
-  | "method_not_allowed"
   | "invalid_path"
   | "unknown_route"
   | "invalid_api_key"
@@ -42,7 +41,6 @@ export type ErrorCode =
   | "upstream_timeout"
   | "upstream_protocol_error"
   | "upstream_stream_broken"
-  | "shutting_down"
   | "overloaded"
   | "client_closed"
   | "internal_error";

@@ -109,7 +109,10 @@ export function relayDenoArgs(
   return args;
 }
 
-/** Permissions granted beyond what the relay ever needs (non-empty when started with `-A`). */
+/**
+ * Permissions the relay never needs (non-empty when started with `-A`). Unscoped `--allow-net`
+ * alone is not reported: Docker and systemd use it on purpose, with their own sandbox around.
+ */
 export function broadPermissions(
   query: (d: Deno.PermissionDescriptor) => Deno.PermissionState = (d) =>
     Deno.permissions.querySync(d).state,
@@ -118,8 +121,6 @@ export function broadPermissions(
     ["run", { name: "run" }],
     ["ffi", { name: "ffi" }],
     ["write", { name: "write" }],
-    ["net", { name: "net" }],
-    ["sys", { name: "sys" }],
   ];
   return probes.filter(([, d]) => {
     try {

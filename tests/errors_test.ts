@@ -102,7 +102,7 @@ Deno.test("errorResponse answers with the status, JSON body and extra headers", 
 });
 
 Deno.test("errorResponse sends no x-request-id when no request id is given", async () => {
-  const res = errorResponse(new RelayError(503, "shutting_down", "The relay is shutting down."));
+  const res = errorResponse(new RelayError(503, "overloaded", "The relay is overloaded."));
   assert.equal(res.headers.has("x-request-id"), false);
   assert.equal((await res.json()).request_id, undefined);
 });

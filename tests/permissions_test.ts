@@ -107,6 +107,8 @@ Deno.test("start-up warns about an open relay on a public address, and about bro
   );
   assert.deepEqual(broadPermissions(() => "prompt"), []);
   assert.deepEqual(broadPermissions((d) => (d.name === "run" ? "granted" : "prompt")), ["run"]);
+  // Unscoped net alone is how Docker and systemd run the relay: no warning for it.
+  assert.deepEqual(broadPermissions((d) => (d.name === "net" ? "granted" : "prompt")), []);
 });
 
 function spawn(args: string[], env: Record<string, string>) {

@@ -109,6 +109,7 @@ Deno.test("SIGTERM lets a stream in flight finish, refuses new connections, then
     assert.equal(status.code, 0);
     await r.outDone;
     assert.match(r.output(), /shutting down/);
+    assert.match(r.output(), /"msg":"stopped"/, "the final log line was lost on exit");
   } finally {
     try {
       r.child.kill("SIGKILL");
