@@ -3,6 +3,7 @@
  * can see it work without a Server A. Not for production.
  */
 
+import { openAccessLog } from "./lib/access_log.ts";
 import { createApp } from "./lib/app.ts";
 import { parseConfig } from "./lib/config.ts";
 import { Logger } from "./lib/log.ts";
@@ -15,17 +16,33 @@ const config = parseConfig({
   HOST: "127.0.0.1",
   PORT: port,
   DEBUG_LOG: Deno.env.get("DEBUG_LOG"),
+  LOG_FORMAT: "pretty",
 });
 const log = new Logger({ level: config.debugLog ? "debug" : "info", format: "pretty" });
-const app = createApp(config, { log });
-Deno.serve({
-  hostname: config.host,
-  port: config.port,
-  automaticCompression: false,
-  onListen: ({ port }) => {
-    const base = `http://127.0.0.1:${port}`;
-    // deno-lint-ignore no-console
-    console.log(`
+// One readable line per request, so a first look shows what the relay saw and measured.
+const accessLog = openAccessLog(config);
+const app = createApp(config, { log, observers: accessLog ? [accessLog.observe] : [] });
+try {
+  serve();
+} catch (err) {
+  if (!(err instanceof Deno.errors.AddrInUse)) throw err;
+  // deno-lint-ignore no-console
+  console.error(
+    `proxy-forwarder demo: port ${config.port} is already in use (another relay or demo?). ` +
+      `Stop it, or pick another port: PORT=8001 deno task demo`,
+  );
+  Deno.exit(2);
+}
+
+function serve(): void {
+  Deno.serve({
+    hostname: config.host,
+    port: config.port,
+    automaticCompression: false,
+    onListen: ({ port }) => {
+      const base = `http://127.0.0.1:${port}`;
+      // deno-lint-ignore no-console
+      console.log(`
 proxy-forwarder demo: relay ${base} → mock Server A http://127.0.0.1:${mock.addr.port}
 
 Try it in another terminal:
@@ -39,5 +56,6 @@ Try it in another terminal:
 With a real Server A: cp .env.example .env, set UPSTREAM_SERVER_A, then deno task start.
 Ctrl+C stops the demo.
 `);
-  },
-}, (req, info) => app.fetch(req, info));
+    },
+  }, (req, info) => app.fetch(req, info));
+}

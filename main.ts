@@ -38,38 +38,55 @@ export async function main(): Promise<number> {
   for (const w of startupWarnings(config, broadPermissions())) log.warn(w.msg, w.fields);
 
   // Deno.serve, but a listener that dies on "too many open files" is re-created (conn_limit.ts).
-  const server = serveResilient({
-    hostname: config.host,
-    port: config.port,
-    // DENO_SERVE_AUTOMATIC_COMPRESSION=1 would otherwise re-encode A's bodies.
-    automaticCompression: false,
-    // TLS_CERT_FILE/TLS_KEY_FILE: HTTPS, with HTTP/2 offered to clients by ALPN.
-    ...(tls ?? {}),
-    onListen: (addr) => {
-      log.info("listening", {
-        version: VERSION,
-        address: `${tls ? "https" : "http"}://${
-          addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname
-        }:${addr.port}`,
-        upstreams: config.upstreams.map((u) => u.url),
-        routes: config.routes.size,
-      });
-    },
-    onError: (err) => {
-      log.error("unhandled error", { detail: err instanceof Error ? err.message : String(err) });
-      return new Response(
-        JSON.stringify({
-          error: {
-            message: "Internal relay error.",
-            type: "internal_server_error",
-            code: "internal_error",
-          },
-        }),
-        { status: 500, headers: { "content-type": "application/json" } },
-      );
-    },
-    log,
-  }, (req, info) => app.fetch(req, info));
+  let server: ReturnType<typeof serveResilient>;
+  try {
+    server = serveResilient({
+      hostname: config.host,
+      port: config.port,
+      // DENO_SERVE_AUTOMATIC_COMPRESSION=1 would otherwise re-encode A's bodies.
+      automaticCompression: false,
+      // TLS_CERT_FILE/TLS_KEY_FILE: HTTPS, with HTTP/2 offered to clients by ALPN.
+      ...(tls ?? {}),
+      onListen: (addr) => {
+        log.info("listening", {
+          version: VERSION,
+          address: `${tls ? "https" : "http"}://${
+            addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname
+          }:${addr.port}`,
+          upstreams: config.upstreams.map((u) => u.url),
+          routes: config.routes.size,
+        });
+      },
+      onError: (err) => {
+        log.error("unhandled error", { detail: err instanceof Error ? err.message : String(err) });
+        return new Response(
+          JSON.stringify({
+            error: {
+              message: "Internal relay error.",
+              type: "internal_server_error",
+              code: "internal_error",
+            },
+          }),
+          { status: 500, headers: { "content-type": "application/json" } },
+        );
+      },
+      log,
+    }, (req, info) => app.fetch(req, info));
+  } catch (err) {
+    const where = `${config.host}:${config.port}`;
+    const why = err instanceof Deno.errors.AddrInUse
+      ? "the port is already in use (another relay?): stop it or set PORT to a free port"
+      : err instanceof Deno.errors.PermissionDenied
+      ? "permission denied (ports below 1024 need privileges): use a port such as 8000"
+      : err instanceof Deno.errors.AddrNotAvailable
+      ? "no such address on this machine: check HOST"
+      : null;
+    if (why === null) throw err;
+    app.close();
+    // deno-lint-ignore no-console
+    console.error(`proxy-forwarder: cannot listen on ${where}: ${why}.`);
+    return 2;
+  }
 
   let stopping = false;
   let stopped: Promise<void> | null = null;

@@ -170,3 +170,21 @@ Deno.test("a stream outlasting SHUTDOWN_GRACE_SEC is cut and the relay still exi
   }
   await up.close();
 });
+
+Deno.test("start-up on a port already in use says so in one line and exits non-zero", async () => {
+  const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    const port = String((busy.addr as Deno.NetAddr).port);
+    const { code, stderr } = await startupError({
+      UPSTREAM_SERVER_A: "http://127.0.0.1:9",
+      PORT: port,
+    });
+    assert.equal(code, 2);
+    assert.match(
+      stderr,
+      new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port}: the port is already in use`),
+    );
+  } finally {
+    busy.close();
+  }
+});
