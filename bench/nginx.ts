@@ -1,0 +1,109 @@
+/**
+ * nginx for the benchmark: the static upstream (a fixed ~1 KB JSON via `return 200`) and the
+ * reference reverse proxy configured the way Server A's docs recommend (`proxy_buffering off`,
+ * upstream keepalive, one worker). Both run in the foreground (`daemon off`, `master_process off`:
+ * one process, so its PID is the worker whose CPU we read) with a generated config in a temp dir.
+ */
+
+import { CHAT_JSON, HOST, type Proc, spawn, waitForPort } from "./common.ts";
+
+const NGINX = "/usr/sbin/nginx";
+
+function preamble(dir: string): string {
+  return `worker_processes 1;
+daemon off;
+master_process off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log error;
+worker_rlimit_nofile 20000;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+`;
+}
+
+/** Config of the static upstream on `port`. */
+export function staticConfig(dir: string, port: number): string {
+  // The JSON has no single quotes, so it can sit in a single-quoted nginx string.
+  return `${preamble(dir)}  server {
+    listen ${HOST}:${port} backlog=4096;
+    location / {
+      default_type application/json;
+      return 200 '${CHAT_JSON}';
+    }
+  }
+}
+`;
+}
+
+/** One listening port of the reverse proxy and the upstream it forwards to. */
+export interface ProxySite {
+  listen: number;
+  upstreamPort: number;
+}
+
+/** Config of the reverse proxy, one `server` per site. */
+export function proxyConfig(dir: string, sites: ProxySite[]): string {
+  let out = preamble(dir);
+  sites.forEach((s, i) => {
+    out += `  upstream a${i} {
+    server ${HOST}:${s.upstreamPort};
+    keepalive 256;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+  }
+  server {
+    listen ${HOST}:${s.listen} backlog=4096;
+    underscores_in_headers on;
+    client_max_body_size 0;
+    location / {
+      proxy_pass http://a${i};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Real-IP $remote_addr;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_cache off;
+      proxy_read_timeout 600s;
+      proxy_send_timeout 600s;
+    }
+  }
+`;
+  });
+  return out + "}\n";
+}
+
+/** Writes `config` into `dir` and starts nginx on `cpu`; resolves once `port` accepts. */
+export async function startNginx(
+  name: string,
+  dir: string,
+  config: string,
+  opts: { cpu: string; ports: number[] },
+): Promise<Proc> {
+  Deno.mkdirSync(dir, { recursive: true });
+  Deno.writeTextFileSync(`${dir}/nginx.conf`, config);
+  const proc = spawn(
+    name,
+    [NGINX, "-p", dir, "-e", `${dir}/error.log`, "-c", `${dir}/nginx.conf`],
+    {
+      cpu: opts.cpu,
+      logFile: `${dir}/stdout.log`,
+    },
+  );
+  for (const p of opts.ports) await waitForPort(p, 15_000, proc);
+  return proc;
+}
+
+/** `nginx -v` output, e.g. "nginx/1.22.1". */
+export async function nginxVersion(): Promise<string> {
+  const out = await new Deno.Command(NGINX, { args: ["-v"], stderr: "piped" }).output();
+  return new TextDecoder().decode(out.stderr).trim().replace(/^nginx version: /, "");
+}
