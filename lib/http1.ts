@@ -320,6 +320,27 @@ function errName(err: unknown): string {
   return err instanceof Error ? err.name : "error";
 }
 
+/** Where request body chunks come from (a stream reader, or `body_limit.ts`'s checked view). */
+export interface BodyReader {
+  /** The next chunk, or null at the end. */
+  read(): Promise<Uint8Array | null>;
+  cancel(reason?: unknown): void;
+}
+
+/** A {@link BodyReader} over a stream. */
+export function streamReader(stream: ReadableStream<Uint8Array>): BodyReader {
+  const reader = stream.getReader();
+  return {
+    read: async () => {
+      const { value, done } = await reader.read();
+      return done ? null : value;
+    },
+    cancel: (reason) => {
+      reader.cancel(reason).catch(() => {});
+    },
+  };
+}
+
 /**
  * A request body that can be read again from the start, as long as it stayed under the keep limit.
  * Chunks are kept as they stream to the upstream, so nothing waits for the whole body.
@@ -327,7 +348,7 @@ function errName(err: unknown): string {
 export class BodySource {
   /** `content-length` as the client announced it; null for chunked bodies. */
   readonly length: number | null;
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #reader: BodyReader;
   readonly #keepMax: number;
   /** Chunks from index `#base` on; before overflow `#base` is 0 and this is the whole body. */
   #kept: Uint8Array[] = [];
@@ -339,8 +360,12 @@ export class BodySource {
   #generation = 0;
   #liveIndex = 0;
 
-  constructor(stream: ReadableStream<Uint8Array>, length: number | null, keepMax: number) {
-    this.#reader = stream.getReader();
+  constructor(
+    source: ReadableStream<Uint8Array> | BodyReader,
+    length: number | null,
+    keepMax: number,
+  ) {
+    this.#reader = source instanceof ReadableStream ? streamReader(source) : source;
     this.length = length;
     this.#keepMax = keepMax;
   }
@@ -388,8 +413,8 @@ export class BodySource {
 
   async #pull(): Promise<void> {
     try {
-      const { value, done } = await this.#reader.read();
-      if (done) {
+      const value = await this.#reader.read();
+      if (value === null) {
         this.#done = true;
         return;
       }
@@ -410,7 +435,7 @@ export class BodySource {
 
   /** Stops reading the client's body (the exchange failed or the client left). */
   cancel(reason?: unknown): void {
-    this.#reader.cancel(reason).catch(() => {});
+    this.#reader.cancel(reason);
   }
 }
 

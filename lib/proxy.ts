@@ -15,6 +15,7 @@ import { RelayError } from "./errors.ts";
 import type { HeaderList } from "./headers.ts";
 import { responseHeaders } from "./headers.ts";
 import {
+  type BodyReader,
   BodySource,
   type Connector,
   exchange,
@@ -89,8 +90,8 @@ export interface ForwardResult {
 /** Everything `forward` needs besides the request. */
 export interface ForwardContext {
   upstreams: readonly Upstream[];
-  /** The request body to send instead of `req.body` (e.g. wrapped by `body_limit.ts`). */
-  body?: ReadableStream<Uint8Array> | null;
+  /** The request body to send instead of `req.body` (e.g. checked by `body_limit.ts`). */
+  body?: ReadableStream<Uint8Array> | BodyReader | null;
   /** Path and query to append to the upstream's prefix (already validated). */
   target: string;
   headers: HeaderList;

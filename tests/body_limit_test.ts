@@ -131,34 +131,44 @@ Deno.test("a chunked body within MAX_BODY_MB reaches A byte-exact", async () => 
 });
 
 Deno.test("a body that stops arriving for CLIENT_BODY_TIMEOUT_SEC gets 408 and its upstream call is aborted", async () => {
-  const { up, seen } = recordingUpstream();
-  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, CLIENT_BODY_TIMEOUT_SEC: "0.3" });
-  try {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
-    const t0 = Date.now();
-    await writeAll(
-      conn,
-      "POST /v1/messages HTTP/1.1\r\nhost: b\r\ncontent-length: 1000\r\n\r\n" + "x".repeat(100),
-    );
-    const buf = new Uint8Array(4096);
-    const n = await conn.read(buf);
-    const took = Date.now() - t0;
-    const text = dec.decode(buf.subarray(0, n ?? 0));
-    conn.close();
-    assert.match(text, /^HTTP\/1\.1 408/);
-    assert.match(text, /"body_timeout"/);
-    assert.ok(took >= 250 && took < 2000, `answered after ${took} ms`);
-    await waitFor(() => seen.length === 1, 2000, "upstream saw the end");
-    assert.deepEqual(seen[0], { bytes: 100, ended: "eof" });
-    // The relay keeps serving.
-    const ok = await rawRequest(
-      relay.port,
-      "POST /v1/messages HTTP/1.1\r\nhost: b\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
-    );
-    assert.equal(ok.status, 200);
-  } finally {
-    await relay.close();
-    up.close();
+  // 1,000 bytes announced: small, so taken whole (A sees nothing); 1,000,000: streamed to A as it
+  // arrives, so A sees the first 100 bytes and then the end of the aborted call.
+  for (const length of [1000, 1_000_000]) {
+    const { up, seen } = recordingUpstream();
+    const relay = startRelay({ UPSTREAM_SERVER_A: up.url, CLIENT_BODY_TIMEOUT_SEC: "0.3" });
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+      const t0 = Date.now();
+      await writeAll(
+        conn,
+        `POST /v1/messages HTTP/1.1\r\nhost: b\r\ncontent-length: ${length}\r\n\r\n` +
+          "x".repeat(100),
+      );
+      const buf = new Uint8Array(4096);
+      const n = await conn.read(buf);
+      const took = Date.now() - t0;
+      const text = dec.decode(buf.subarray(0, n ?? 0));
+      conn.close();
+      assert.match(text, /^HTTP\/1\.1 408/);
+      assert.match(text, /"body_timeout"/);
+      assert.ok(took >= 250 && took < 2000, `answered after ${took} ms`);
+      if (length === 1000) {
+        await new Promise((r) => setTimeout(r, 100));
+        assert.deepEqual(seen, [], "a small body that never completed must not reach A");
+      } else {
+        await waitFor(() => seen.length === 1, 2000, "upstream saw the end");
+        assert.deepEqual(seen[0], { bytes: 100, ended: "eof" });
+      }
+      // The relay keeps serving.
+      const ok = await rawRequest(
+        relay.port,
+        "POST /v1/messages HTTP/1.1\r\nhost: b\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
+      );
+      assert.equal(ok.status, 200);
+    } finally {
+      await relay.close();
+      up.close();
+    }
   }
 });
 
