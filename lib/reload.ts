@@ -158,6 +158,21 @@ export interface ReloaderOptions {
   /** Swaps the running app's config (`app.reload`). */
   apply: (next: Config) => ReloadPlan;
   log: Logger;
+  /**
+   * Whether this process may connect to `host:port`. Network permissions are fixed at start
+   * (`deno task start` allows only the configured upstreams), so a reload naming a new host would
+   * only produce 502s. Defaults to asking Deno's permission state.
+   */
+  canConnect?: (hostname: string, port: number) => boolean;
+}
+
+function mayConnect(hostname: string, port: number): boolean {
+  try {
+    const host = hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
+    return Deno.permissions.querySync({ name: "net", host }).state === "granted";
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -166,6 +181,7 @@ export interface ReloaderOptions {
  */
 export function createReloader(options: ReloaderOptions): () => ReloadOutcome {
   const { startEnv, envFile, readFile, apply, log } = options;
+  const canConnect = options.canConnect ?? mayConnect;
   const lookup = (name: string) => startEnv[name];
   /** Why `.env` could not be read, when it exists but is off limits (e.g. NotCapable). */
   let unreadable: string | null = null;
@@ -197,6 +213,14 @@ export function createReloader(options: ReloaderOptions): () => ReloadOutcome {
       next = parseConfig(env, { readFile });
     } catch (err) {
       const reason = err instanceof ConfigError ? err.message : "unexpected error";
+      log.warn("reload failed: keeping the current configuration", { reason });
+      return { ok: false, reason };
+    }
+    const all = [...next.upstreams, ...[...next.routes.values()].flatMap((r) => r.upstreams)];
+    const blocked = all.find((u) => !canConnect(u.hostname, u.port));
+    if (blocked !== undefined) {
+      const reason = `${blocked.url} is not reachable under this process's network permissions ` +
+        "(fixed at start): restart the relay to use a new upstream host";
       log.warn("reload failed: keeping the current configuration", { reason });
       return { ok: false, reason };
     }

@@ -190,6 +190,34 @@ Deno.test("createReloader keeps the old configuration when the new one is invali
   assert.deepEqual(applied, [2]);
 });
 
+Deno.test("createReloader refuses a new upstream host the process may not connect to", () => {
+  const files: Record<string, string> = {
+    "routes.json": JSON.stringify({ "1": { upstream: "http://127.0.0.1:1" } }),
+  };
+  const lines: string[] = [];
+  const applied: string[][] = [];
+  const log = new Logger({ sink: (t) => lines.push(t) });
+  const reload = createReloader({
+    startEnv: { UPSTREAM_SERVER_A: "http://127.0.0.1:1", ROUTES_FILE: "routes.json" },
+    envFile: null,
+    readFile: (p) => files[p]!,
+    apply: (next) => {
+      applied.push([...next.routes.values()].map((r) => r.upstreams[0]!.url));
+      return { config: next, applied: ["ROUTES/ROUTES_FILE"], needsRestart: [] };
+    },
+    log,
+    // As under `deno task start`: --allow-net lists only the upstreams configured at start.
+    canConnect: (host, port) => host === "127.0.0.1" && port === 1,
+  });
+  files["routes.json"] = JSON.stringify({ "1": { upstream: "https://new-hub.example.com" } });
+  const refused = reload();
+  assert.equal(refused.ok, false);
+  assert.match(!refused.ok ? refused.reason : "", /new-hub\.example\.com.*restart the relay/);
+  assert.deepEqual(applied, [], "the old configuration must stay");
+  log.flush();
+  assert.ok(lines.join("").includes("reload failed"));
+});
+
 // ---------------------------------------------------------------------------------------------
 // The real process
 
