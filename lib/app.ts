@@ -176,6 +176,8 @@ interface Ctx {
   exchangeStart: number | undefined;
   returnedAt: number | undefined;
   requestBytes: number;
+  /** The client's body as the relay read it, when it had one. */
+  body?: LimitedBody | undefined;
   responseBytes: number;
   stream: boolean;
   usage: UsageTap | null;
@@ -278,7 +280,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       ttfbMs: ttfb,
       durationMs: end - ctx.start,
       relayMs: Math.max(0, untilReturn - waitedForA),
-      requestBytes: ctx.requestBytes,
+      // Counted bytes when the body streamed without a length (chunked uploads).
+      requestBytes: ctx.requestBytes || (ctx.body?.bytes ?? 0),
       responseBytes: ctx.responseBytes,
       stream: ctx.stream,
       usage: ctx.usage?.finish(),
@@ -424,6 +427,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         // A small body of known length is taken whole: one piece, no per-chunk stream layers.
         ...(announced <= WHOLE_BODY_MAX ? { whole: () => req.bytes() } : {}),
       });
+      ctx.body = limited;
     }
     counters.forwarded++;
     if (isWebSocketUpgrade(req)) {

@@ -66,6 +66,30 @@ function capture(options: AccessLogOptions = {}) {
 
 const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 
+Deno.test("a chunked upload (no content-length) logs the bytes the relay counted", async () => {
+  const up = startUpstream(async (req) =>
+    new Response(`got ${(await req.arrayBuffer()).byteLength}`)
+  );
+  const cap = capture();
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url }, { observers: [cap.log.observe] });
+  try {
+    const body = new ReadableStream<Uint8Array>({
+      start(c) {
+        c.enqueue(enc.encode("a".repeat(1000)));
+        c.enqueue(enc.encode("b".repeat(234)));
+        c.close();
+      },
+    });
+    const res = await fetch(`${relay.url}/v1/files`, { method: "POST", body });
+    assert.equal(await res.text(), "got 1234");
+    const [line] = await cap.wait(1);
+    assert.equal(line!.requestBytes, 1234);
+  } finally {
+    await relay.close();
+    await up.close();
+  }
+});
+
 Deno.test("a successful JSON request logs one line with timings, bytes, model and tokens", async () => {
   const up = startUpstream(async (req) => {
     await req.text();
