@@ -437,6 +437,24 @@ export class BodySource {
   cancel(reason?: unknown): void {
     this.#reader.cancel(reason);
   }
+
+  /** Bytes currently kept for a possible resend. */
+  get keptBytes(): number {
+    let n = 0;
+    for (const c of this.#kept) n += c.byteLength;
+    return n;
+  }
+
+  /**
+   * Drops the kept copy once it can no longer be needed (the body was sent in full and A
+   * answered). The body is no longer replayable afterwards.
+   */
+  forget(): void {
+    if (!this.#done) return;
+    this.#overflow = true;
+    this.#base += this.#kept.length;
+    this.#kept = [];
+  }
 }
 
 /** Sees every response body chunk as it passes; must be cheap and must not throw. */
@@ -524,6 +542,7 @@ class Exchange implements Watched {
   readonly #req: ExchangeRequest;
   readonly #opts: ExchangeOptions;
   #writeDone = false;
+  #headSeen = false;
   #writeError: unknown = null;
   #finished = false;
 
@@ -549,7 +568,11 @@ class Exchange implements Watched {
     watchdog.watch(this);
     signal?.addEventListener("abort", this.#onAbort);
     this.#write().then(
-      () => (this.#writeDone = true),
+      () => {
+        this.#writeDone = true;
+        // Sent in full and answered: no resend can happen any more, so keep nothing.
+        if (this.#headSeen) this.#req.body?.forget();
+      },
       (err) => {
         this.#writeError = err;
         // A client whose body broke is gone; an upstream that stopped reading is seen by the reader.
@@ -569,6 +592,10 @@ class Exchange implements Watched {
       throw this.#classify(err);
     }
     signal?.removeEventListener("abort", this.#onAbort);
+    // A stream can stay open for minutes: the kept copy of the request body (a whole Claude Code
+    // conversation, often megabytes) must not live as long as it.
+    this.#headSeen = true;
+    if (this.#writeDone) this.#req.body?.forget();
     return this.#respond(head);
   }
 

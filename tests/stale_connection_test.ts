@@ -4,7 +4,14 @@
  */
 
 import assert from "node:assert/strict";
-import { delay, readRequestHead, startRawUpstream, startRelay, writeAll } from "./helpers.ts";
+import {
+  delay,
+  readRequestHead,
+  startRawUpstream,
+  startRelay,
+  waitFor,
+  writeAll,
+} from "./helpers.ts";
 
 /** Reads a request head and, when it has a content-length, exactly that much body. */
 async function readRequest(conn: Deno.Conn): Promise<{ line: string; body: string } | null> {
@@ -129,6 +136,58 @@ Deno.test("no resend once any response byte came back", async () => {
     assert.equal(up.connections, 1);
   } finally {
     await relay.close();
+    up.close();
+  }
+});
+
+Deno.test("the kept copy of a request body is dropped once A has answered, while the stream goes on", async () => {
+  const { BodySource, exchange, Pool } = await import("../lib/http1.ts");
+  const { Watchdog } = await import("../lib/watchdog.ts");
+  const up = startRawUpstream(async (conn) => {
+    const req = await readRequest(conn);
+    if (req === null) return;
+    await writeAll(
+      conn,
+      "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
+    await writeAll(conn, `6\r\ndata: \r\n`);
+    await delay(300);
+    await writeAll(conn, "0\r\n\r\n");
+  });
+  const pool = new Pool({
+    protocol: "http:",
+    hostname: "127.0.0.1",
+    port: up.port,
+    hostHeader: `127.0.0.1:${up.port}`,
+  }, {
+    connectTimeoutMs: 1000,
+    idleTimeoutMs: 1000,
+  });
+  const watchdog = new Watchdog(5000);
+  try {
+    const big = new Uint8Array(512 * 1024).fill(120);
+    let sent = false;
+    const body = new BodySource(
+      {
+        read: () => Promise.resolve(sent ? null : (sent = true, big)),
+        cancel() {},
+      },
+      big.byteLength,
+      8 * 1024 * 1024,
+    );
+    const res = await exchange(pool, {
+      method: "POST",
+      target: "/v1/messages",
+      headers: [["content-length", String(big.byteLength)]],
+      body,
+    }, { watchdog });
+    await waitFor(() => body.keptBytes === 0, 1000, "kept body released");
+    assert.equal(body.replayable, false);
+    const text = await new Response(res.body).text();
+    assert.equal(text, "data: ");
+  } finally {
+    pool.close();
+    watchdog.close();
     up.close();
   }
 });
