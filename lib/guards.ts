@@ -55,7 +55,7 @@ export interface Admission {
 const NO_RELEASE: Admission = { release: () => {} };
 
 /** Sum of the sizes of a header section as it was on the wire (approximately: `name: value\r\n`). */
-export function headerBytes(headers: Headers): number {
+export function headerBytes(headers: Iterable<readonly [string, string]>): number {
   let n = 0;
   for (const [name, value] of headers) n += name.length + value.length + 4;
   return n;
@@ -195,7 +195,7 @@ export class Guards {
   }
 
   /** Throws 431 when the header section is larger than {@link MAX_HEADER_BYTES}. */
-  checkHeaders(headers: Headers): void {
+  checkHeaders(headers: Iterable<readonly [string, string]>): void {
     if (headerBytes(headers) > MAX_HEADER_BYTES) {
       throw new RelayError(
         431,
