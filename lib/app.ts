@@ -308,6 +308,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       version: VERSION,
       deno: Deno.version.deno,
       uptimeSec: Math.round((now() - started) / 1000),
+      memory: Deno.memoryUsage(),
       upstreams: config.upstreams.map(upstreamView),
       upstreamHealth: health.snapshot(),
       keepWarmSec: config.keepWarmMs / 1000,
