@@ -124,8 +124,8 @@ export class LimitedBody implements BodyReader {
   #waitingSince: number | null = null;
   #sweeper: IdleSweeper | null = null;
   #ended = false;
-  #tripped: Promise<never> | null = null;
-  #rejectTripped: ((err: RelayError) => void) | null = null;
+  /** Rejects the read in progress; set only while one is. */
+  #rejectPending: ((err: RelayError) => void) | null = null;
   #stream: ReadableStream<Uint8Array> | null = null;
   #wholeStarted = false;
   #wholeDone = false;
@@ -173,10 +173,6 @@ export class LimitedBody implements BodyReader {
       this.#sweeper = sweeperFor(this.#opts.idleTimeoutMs);
       this.#sweeper.add(this);
     }
-    if (this.#tripped === null) {
-      this.#tripped = new Promise<never>((_, reject) => (this.#rejectTripped = reject));
-      this.#tripped.catch(() => {});
-    }
     const whole = this.#whole;
     let chunk: Uint8Array | null;
     try {
@@ -189,8 +185,15 @@ export class LimitedBody implements BodyReader {
         this.#reader ??= this.#sourceOf().getReader();
         pending = this.#reader.read().then((r) => (r.done ? null : r.value));
       }
-      chunk = await Promise.race([pending, this.#tripped]);
+      // Not Promise.race with one long-lived "tripped" promise: every race would leave a reaction
+      // on it holding that read's result, so each body chunk would live as long as the request.
+      chunk = await new Promise<Uint8Array | null>((resolve, reject) => {
+        this.#rejectPending = reject;
+        pending.then(resolve, reject);
+      });
+      this.#rejectPending = null;
     } catch (err) {
+      this.#rejectPending = null;
       this.#waitingSince = null;
       this.#end();
       throw this.error ?? err;
@@ -230,7 +233,7 @@ export class LimitedBody implements BodyReader {
     if (this.error !== null) return;
     this.error = err;
     this.#end();
-    this.#rejectTripped?.(err);
+    this.#rejectPending?.(err);
     this.#reader?.cancel(err).catch(() => {});
   }
 
