@@ -14,6 +14,7 @@
 
 import { RelayError } from "./errors.ts";
 import type { BodyReader } from "./http1.ts";
+import { Watchdog, type Watched } from "./watchdog.ts";
 
 /** Limits for one request body. */
 export interface BodyLimitOptions {
@@ -21,8 +22,6 @@ export interface BodyLimitOptions {
   maxBytes: number;
   /** Longest wait for the next body bytes from the client, ms. */
   idleTimeoutMs: number;
-  /** Milliseconds clock (tests inject one). */
-  now?: () => number;
   /** Takes the whole body at once (`() => req.bytes()`), for a small body of announced length. */
   whole?: () => Promise<Uint8Array>;
 }
@@ -58,48 +57,16 @@ export function checkAnnouncedLength(headers: Headers, maxBytes: number): RelayE
   return Number.isFinite(n) && n > maxBytes ? bodyTooLarge(maxBytes) : null;
 }
 
-/** Checks every watched body at `limitMs / 10` (5 ms to 1 s) resolution; idle when empty. */
-class IdleSweeper {
-  readonly #items = new Set<LimitedBody>();
-  readonly #everyMs: number;
-  #timer: ReturnType<typeof setInterval> | undefined;
+/** One shared watchdog per timeout value (the same mechanism as upstream silence). */
+const watchdogs = new Map<number, Watchdog>();
 
-  constructor(limitMs: number) {
-    this.#everyMs = Math.min(1000, Math.max(5, Math.floor(limitMs / 10)));
+function watchdogFor(limitMs: number): Watchdog {
+  let w = watchdogs.get(limitMs);
+  if (w === undefined) {
+    w = new Watchdog(limitMs);
+    watchdogs.set(limitMs, w);
   }
-
-  add(body: LimitedBody): void {
-    this.#items.add(body);
-    if (this.#timer === undefined) {
-      this.#timer = setInterval(() => this.#sweep(), this.#everyMs);
-      Deno.unrefTimer(this.#timer);
-    }
-  }
-
-  delete(body: LimitedBody): void {
-    // The timer stops at the next sweep that finds nothing: stopping here would mean a
-    // setInterval/clearInterval pair per request whenever bodies do not overlap.
-    this.#items.delete(body);
-  }
-
-  #sweep(): void {
-    for (const body of this.#items) body.checkIdle();
-    if (this.#items.size === 0 && this.#timer !== undefined) {
-      clearInterval(this.#timer);
-      this.#timer = undefined;
-    }
-  }
-}
-
-const sweepers = new Map<number, IdleSweeper>();
-
-function sweeperFor(limitMs: number): IdleSweeper {
-  let s = sweepers.get(limitMs);
-  if (s === undefined) {
-    s = new IdleSweeper(limitMs);
-    sweepers.set(limitMs, s);
-  }
-  return s;
+  return w;
 }
 
 /**
@@ -111,19 +78,19 @@ function sweeperFor(limitMs: number): IdleSweeper {
  * Deno's full-body fast path instead of a chunk stream: measured here, an extra stream layer cost
  * more CPU than the rest of a small request's handling.
  */
-export class LimitedBody implements BodyReader {
+export class LimitedBody implements BodyReader, Watched {
   /** Set once a limit tripped: the error to answer the client with. */
   error: RelayError | null = null;
   /** Bytes passed so far. */
   bytes = 0;
   readonly #sourceOf: () => ReadableStream<Uint8Array>;
   #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
-  readonly #opts: Required<Omit<BodyLimitOptions, "whole">>;
+  readonly #opts: Omit<BodyLimitOptions, "whole">;
+  readonly #watchdog: Watchdog;
   #whole: (() => Promise<Uint8Array>) | undefined;
-  /** When the pending read of the client's body started; null while not waiting on the client. */
-  #waitingSince: number | null = null;
-  #sweeper: IdleSweeper | null = null;
   #ended = false;
+  /** Watchdog tick of the last activity; only watched while a read waits on the client. */
+  lastTick = 0;
   /** Rejects the read in progress; set only while one is. */
   #rejectPending: ((err: RelayError) => void) | null = null;
   #stream: ReadableStream<Uint8Array> | null = null;
@@ -141,7 +108,8 @@ export class LimitedBody implements BodyReader {
     this.#sourceOf = typeof source === "function" ? source : () => source;
     const { whole, ...rest } = options;
     this.#whole = whole;
-    this.#opts = { now: Date.now, ...rest };
+    this.#opts = rest;
+    this.#watchdog = watchdogFor(rest.idleTimeoutMs);
   }
 
   /** The checked body as a stream (a layer {@link read} avoids). */
@@ -168,11 +136,8 @@ export class LimitedBody implements BodyReader {
       this.#end();
       return null;
     }
-    this.#waitingSince = this.#opts.now();
-    if (this.#sweeper === null) {
-      this.#sweeper = sweeperFor(this.#opts.idleTimeoutMs);
-      this.#sweeper.add(this);
-    }
+    // Watched only while waiting on the client: upstream back-pressure is not client silence.
+    this.#watchdog.watch(this);
     const whole = this.#whole;
     let chunk: Uint8Array | null;
     try {
@@ -194,11 +159,10 @@ export class LimitedBody implements BodyReader {
       this.#rejectPending = null;
     } catch (err) {
       this.#rejectPending = null;
-      this.#waitingSince = null;
       this.#end();
       throw this.error ?? err;
     }
-    this.#waitingSince = null;
+    this.#watchdog.unwatch(this);
     if (chunk === null) {
       this.#end();
       return null;
@@ -220,13 +184,9 @@ export class LimitedBody implements BodyReader {
     else if (!this.#wholeStarted) this.#sourceOf().cancel(reason).catch(() => {});
   }
 
-  /** Called by the sweeper: trips the timeout when the client has been silent too long. */
-  checkIdle(): void {
-    const since = this.#waitingSince;
-    if (since === null || this.#ended) return; // not waiting on the client right now
-    if (this.#opts.now() - since >= this.#opts.idleTimeoutMs) {
-      this.#trip(bodyTimeout(this.#opts.idleTimeoutMs));
-    }
+  /** Called by the watchdog: the client has been silent for too long during a read. */
+  expire(): void {
+    if (!this.#ended) this.#trip(bodyTimeout(this.#opts.idleTimeoutMs));
   }
 
   #trip(err: RelayError): void {
@@ -239,8 +199,7 @@ export class LimitedBody implements BodyReader {
 
   #end(): void {
     this.#ended = true;
-    this.#sweeper?.delete(this);
-    this.#sweeper = null;
+    this.#watchdog.unwatch(this);
   }
 }
 
