@@ -21,6 +21,7 @@ import {
   delay,
   enc,
   readRequestHead,
+  sseResponse,
   startRawUpstream,
   startRelay,
   startUpstream,
@@ -325,14 +326,7 @@ Deno.test("a stream that stalls past the timeout is logged with A's status and u
 
 Deno.test("a client that leaves mid-stream is logged as 499 client_closed at level info", async () => {
   const up = startUpstream(() => {
-    let i = 0;
-    const body = new ReadableStream<Uint8Array>({
-      async pull(c) {
-        await delay(30);
-        c.enqueue(enc.encode(`data: ${i++}\n\n`));
-      },
-    });
-    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+    return sseResponse({ gapMs: 30 });
   });
   const cap = capture();
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url }, { observers: [cap.log.observe] });

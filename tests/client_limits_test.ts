@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { AuthFailures } from "../lib/guards.ts";
-import { delay, enc, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import { delay, enc, sseResponse, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 const ok = () => startUpstream(() => Response.json({ ok: true }));
 
@@ -136,14 +136,7 @@ Deno.test("MAX_CONCURRENT_PER_CLIENT caps in-flight requests per client until a 
 
 Deno.test("a client that goes away mid-stream gives its concurrency slot back", async () => {
   const up = startUpstream(() => {
-    let i = 0;
-    const body = new ReadableStream<Uint8Array>({
-      async pull(c) {
-        await delay(20);
-        c.enqueue(enc.encode(`data: ${i++}\n\n`));
-      },
-    });
-    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+    return sseResponse({ gapMs: 20 });
   });
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, MAX_CONCURRENT_PER_CLIENT: "1" });
   try {

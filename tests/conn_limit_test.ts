@@ -11,7 +11,7 @@ import {
   isOutOfDescriptors,
   parseFdLimit,
 } from "../lib/conn_limit.ts";
-import { delay, enc, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import { delay, enc, sseResponse, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -98,15 +98,7 @@ Deno.test("MAX_CONNECTIONS sheds requests beyond the cap with 503 and keeps serv
 Deno.test("out of descriptors, the relay stays alive, finishes its streams and listens again", async () => {
   const CHUNKS = 30;
   const up = startUpstream(() => {
-    let i = 0;
-    const body = new ReadableStream<Uint8Array>({
-      async pull(c) {
-        await delay(50);
-        c.enqueue(enc.encode(`data: ${i}\n\n`));
-        if (++i === CHUNKS) c.close();
-      },
-    });
-    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+    return sseResponse({ gapMs: 50, count: CHUNKS });
   });
   const child = new Deno.Command("bash", {
     args: [

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { deployEnv, IGNORED_ON_DEPLOY } from "../deploy.ts";
-import { closedPort, delay, enc, startUpstream } from "./helpers.ts";
+import { closedPort, delay, sseResponse, startUpstream } from "./helpers.ts";
 
 function withEnv(vars: Record<string, string>): () => void {
   const saved = new Map<string, string | undefined>();
@@ -50,16 +50,7 @@ Deno.test("deploy.ts default export relays requests, streams included, with env 
   const up = startUpstream((req) => {
     const path = new URL(req.url).pathname;
     if (path === "/v1/messages") {
-      const body = new ReadableStream<Uint8Array>({
-        async start(c) {
-          for (let i = 0; i < 3; i++) {
-            c.enqueue(enc.encode(`data: ${i}\n\n`));
-            await delay(20);
-          }
-          c.close();
-        },
-      });
-      return new Response(body, { headers: { "content-type": "text/event-stream" } });
+      return sseResponse({ gapMs: 20, count: 3 });
     }
     return Response.json({ path, ip: req.headers.get("x-real-ip") });
   });

@@ -236,3 +236,22 @@ export async function waitFor(cond: () => boolean, ms = 3000, what = "condition"
     await delay(10);
   }
 }
+
+/**
+ * A fake A's SSE answer: `data: <n>` events `gapMs` apart, the first at once; after `count` events
+ * the stream ends (endless without `count`). `onCancel` runs if the reader goes away.
+ */
+export function sseResponse(
+  opts: { gapMs: number; count?: number; onCancel?: () => void },
+): Response {
+  let i = 0;
+  const body = new ReadableStream<Uint8Array>({
+    async pull(c) {
+      if (i > 0) await delay(opts.gapMs);
+      c.enqueue(enc.encode(`data: ${i}\n\n`));
+      if (++i === opts.count) c.close();
+    },
+    cancel: () => opts.onCancel?.(),
+  });
+  return new Response(body, { headers: { "content-type": "text/event-stream" } });
+}

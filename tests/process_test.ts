@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { dec, delay, enc, startUpstream } from "./helpers.ts";
+import { dec, delay, sseResponse, startUpstream } from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -77,16 +77,7 @@ Deno.test("start-up with bad values names the variable, the value and what is ex
 
 Deno.test("SIGTERM lets a stream in flight finish, refuses new connections, then exits 0", async () => {
   const up = startUpstream(() => {
-    const body = new ReadableStream<Uint8Array>({
-      async start(c) {
-        for (let i = 0; i < 8; i++) {
-          c.enqueue(enc.encode(`data: ${i}\n\n`));
-          await delay(100);
-        }
-        c.close();
-      },
-    });
-    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+    return sseResponse({ gapMs: 100, count: 8 });
   });
   const r = spawnRelay({ UPSTREAM_SERVER_A: up.url, SHUTDOWN_GRACE_SEC: "10" });
   try {
@@ -122,14 +113,7 @@ Deno.test("SIGTERM lets a stream in flight finish, refuses new connections, then
 
 Deno.test("a stream outlasting SHUTDOWN_GRACE_SEC is cut and the relay still exits 0; a second signal exits at once", async () => {
   const up = startUpstream(() => {
-    let i = 0;
-    const body = new ReadableStream<Uint8Array>({
-      async pull(c) {
-        await delay(50);
-        c.enqueue(enc.encode(`data: ${i++}\n\n`));
-      },
-    });
-    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+    return sseResponse({ gapMs: 50 });
   });
   for (const secondSignal of [false, true]) {
     const r = spawnRelay({

@@ -9,7 +9,7 @@ import { parseConfig } from "../lib/config.ts";
 import { parseDotenv } from "../lib/dotenv.ts";
 import { Logger } from "../lib/log.ts";
 import { createReloader, envForReload, planReload, sameValue } from "../lib/reload.ts";
-import { dec, delay, enc, startUpstream, waitFor } from "./helpers.ts";
+import { dec, delay, enc, sseResponse, startUpstream, waitFor } from "./helpers.ts";
 
 const SAMPLE = `# comment
 A=plain
@@ -226,16 +226,7 @@ const MAIN = new URL("../main.ts", import.meta.url).pathname;
 Deno.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a stream in flight survives; a bad file keeps the old routes", async () => {
   const a1 = startUpstream((req) => {
     if (new URL(req.url).pathname !== "/v1/messages") return Response.json({ from: "a1" });
-    const body = new ReadableStream<Uint8Array>({
-      async start(c) {
-        for (let i = 0; i < 8; i++) {
-          c.enqueue(enc.encode(`data: ${i}\n\n`));
-          await delay(60);
-        }
-        c.close();
-      },
-    });
-    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+    return sseResponse({ gapMs: 60, count: 8 });
   });
   const a2 = startUpstream(() => Response.json({ from: "a2" }));
   const dir = await Deno.makeTempDir({ prefix: "pf-reload-" });

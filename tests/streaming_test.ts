@@ -9,6 +9,7 @@ import {
   delay,
   enc,
   readRequestHead,
+  sseResponse,
   startRawUpstream,
   startRelay,
   startUpstream,
@@ -64,16 +65,7 @@ Deno.test("each SSE event reaches the client as soon as A sends it", async () =>
 
 Deno.test("a stream longer than UPSTREAM_TIMEOUT_SEC is never cut while A keeps sending", async () => {
   const up = startUpstream(() => {
-    const body = new ReadableStream<Uint8Array>({
-      async start(c) {
-        for (let i = 0; i < 12; i++) {
-          c.enqueue(enc.encode(`data: ${i}\n\n`));
-          await delay(100);
-        }
-        c.close();
-      },
-    });
-    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+    return sseResponse({ gapMs: 100, count: 12 });
   });
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, UPSTREAM_TIMEOUT_SEC: "0.4" });
   try {
@@ -123,17 +115,7 @@ Deno.test("a client that disconnects while A holds the headers aborts the upstre
 Deno.test("a client that disconnects mid-stream cancels the upstream stream", async () => {
   let cancelled = false;
   const up = startUpstream(() => {
-    let i = 0;
-    const body = new ReadableStream<Uint8Array>({
-      async pull(c) {
-        await delay(50);
-        c.enqueue(enc.encode(`data: ${i++}\n\n`));
-      },
-      cancel() {
-        cancelled = true;
-      },
-    });
-    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+    return sseResponse({ gapMs: 50, onCancel: () => (cancelled = true) });
   });
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
