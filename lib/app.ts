@@ -151,6 +151,9 @@ function json(body: unknown, status = 200): Response {
   return new Response(JSON.stringify(body), { status, headers: { "content-type": JSON_TYPE } });
 }
 
+/** Status class names, indexed by `status / 100` (no string building per request). */
+const STATUS_CLASS = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /** Request bodies up to this size with a `Content-Length` are read in one piece. */
 const WHOLE_BODY_MAX = 256 * 1024;
 
@@ -250,7 +253,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   observers.unshift(telemetry.observe);
 
   const countStatus = (status: number): void => {
-    const cls = `${Math.floor(status / 100)}xx`;
+    const cls = STATUS_CLASS[Math.floor(status / 100)] ?? "other";
     counters.byStatusClass[cls] = (counters.byStatusClass[cls] ?? 0) + 1;
   };
 
