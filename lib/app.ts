@@ -210,6 +210,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     idleTimeoutMs: config.poolIdleMs,
     connector: deps.connector,
     caCerts: deps.caCerts,
+    http2: config.upstreamHttp2 === "auto",
   });
   const allUpstreams = [
     ...config.upstreams,

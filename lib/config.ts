@@ -62,6 +62,8 @@ export interface Config {
   readonly healthIntervalMs: number;
   /** How long an upstream stays marked down after a failure before it is tried again. */
   readonly downBackoffMs: number;
+  /** HTTPS upstreams: "auto" uses HTTP/2 when A offers it by ALPN; "off" always HTTP/1.1. */
+  readonly upstreamHttp2: "auto" | "off";
 
   // Access control and limits (issue #4).
   /** Client addresses allowed; null = everyone. */
@@ -138,6 +140,7 @@ export function parseConfig(env: Env, options: ParseOptions = {}): Config {
     healthPath: apiPath(env, "HEALTH_CHECK_PATH", "/v1/_ping"),
     healthIntervalMs: seconds(env, "HEALTH_CHECK_SEC", 5),
     downBackoffMs: seconds(env, "UPSTREAM_DOWN_SEC", 10),
+    upstreamHttp2: choice(env, "UPSTREAM_HTTP2", ["auto", "off"] as const, "auto"),
     allowIps: via(env, "ALLOW_IPS", (raw) => parseCidrList(raw, "ALLOW_IPS")),
     trustedProxies: via(env, "TRUSTED_PROXIES", (raw) => parseCidrList(raw, "TRUSTED_PROXIES")),
     rateLimit: ["0", "off"].includes(value(env, "RATE_LIMIT")?.toLowerCase() ?? "")

@@ -44,13 +44,32 @@ export class UpstreamError extends Error {
   }
 }
 
+/** What a connector is asked for besides the endpoint. */
+export interface ConnectOptions {
+  caCerts?: string[];
+  /** ALPN protocols to offer over TLS, most wanted first. Default: HTTP/1.1 only. */
+  alpnProtocols?: string[];
+}
+
 /** Opens a raw connection; injectable for tests. */
-export type Connector = (endpoint: Endpoint, options: { caCerts?: string[] }) => Promise<Deno.Conn>;
+export type Connector = (endpoint: Endpoint, options: ConnectOptions) => Promise<Deno.Conn>;
+
+/**
+ * Another protocol's client for the same endpoint (HTTP/2, see `http2.ts`), used once the TLS
+ * handshake showed the upstream prefers it.
+ */
+export interface AltTransport {
+  readonly protocol: string;
+  exchange(req: ExchangeRequest, options: ExchangeOptions): Promise<UpstreamResponse>;
+  stats(): { idle: number; active: number; created: number; reused: number };
+  closeIdle(): void;
+  close(): void;
+}
 
 /** Default connector: TCP with Nagle off, then TLS (HTTP/1.1 by ALPN) for https. */
 export async function defaultConnector(
   ep: Endpoint,
-  options: { caCerts?: string[] },
+  options: ConnectOptions,
 ): Promise<Deno.Conn> {
   const tcp = await Deno.connect({ hostname: ep.hostname, port: ep.port });
   // Nagle would hold a small request body back until the head's ACK arrives.
@@ -59,7 +78,7 @@ export async function defaultConnector(
   try {
     const tls = await Deno.startTls(tcp, {
       hostname: ep.hostname,
-      alpnProtocols: ["http/1.1"],
+      alpnProtocols: options.alpnProtocols ?? ["http/1.1"],
       ...(options.caCerts ? { caCerts: options.caCerts } : {}),
     });
     await tls.handshake();
@@ -81,6 +100,11 @@ export interface PoolOptions {
   maxIdle?: number;
   connector?: Connector;
   caCerts?: string[];
+  /**
+   * Client for a protocol the upstream may prefer over HTTP/1.1 (HTTP/2). When set, the first
+   * connection to an HTTPS upstream offers it by ALPN and the answer decides for the pool's life.
+   */
+  alternate?: (endpoint: Endpoint) => AltTransport;
 }
 
 const SMALL_READ = 4 * 1024;
@@ -96,6 +120,8 @@ export class Connection {
   #readSize = SMALL_READ;
   #buf: Uint8Array | null = null;
   closed = false;
+  /** The protocol chosen by ALPN when it was asked for, else null. */
+  alpn: string | null = null;
   /** Times this connection was handed out; > 1 means reused. */
   uses = 0;
   idleSince = 0;
@@ -187,7 +213,10 @@ export class Connection {
 /** A keep-alive pool of connections to one endpoint. */
 export class Pool {
   readonly endpoint: Endpoint;
-  readonly #opts: Required<Omit<PoolOptions, "caCerts">> & { caCerts?: string[] };
+  readonly #opts: Required<Omit<PoolOptions, "caCerts" | "alternate">> & {
+    caCerts?: string[];
+    alternate?: (endpoint: Endpoint) => AltTransport;
+  };
   readonly #idle: Connection[] = [];
   #active = 0;
   #created = 0;
@@ -205,12 +234,61 @@ export class Pool {
       maxIdle: options.maxIdle ?? 256,
       connector: options.connector ?? defaultConnector,
       ...(options.caCerts ? { caCerts: options.caCerts } : {}),
+      ...(options.alternate ? { alternate: options.alternate } : {}),
     };
+    // Plain HTTP, or no alternative offered: nothing to negotiate.
+    this.negotiated = endpoint.protocol === "http:" || options.alternate === undefined;
+  }
+
+  /** Whether the protocol spoken to this upstream is settled (see {@link transport}). */
+  negotiated: boolean;
+  #alt: AltTransport | null = null;
+  #negotiating: Promise<AltTransport | null> | null = null;
+
+  /** The upstream's preferred other protocol's client, or null while HTTP/1.1 is used. */
+  get alt(): AltTransport | null {
+    return this.#alt;
+  }
+
+  /** "http/1.1", "h2", or "unknown" before the first TLS handshake. */
+  get protocol(): string {
+    return this.#alt?.protocol ?? (this.negotiated ? "http/1.1" : "unknown");
+  }
+
+  /**
+   * Settles the protocol with one TLS handshake offering the alternative first. When the upstream
+   * picks HTTP/1.1 that connection goes to the idle pool, so it is not wasted. A failed connect
+   * leaves the question open for the next request.
+   */
+  transport(): Promise<AltTransport | null> {
+    if (this.negotiated) return Promise.resolve(this.#alt);
+    this.#negotiating ??= this.#negotiate().finally(() => (this.#negotiating = null));
+    return this.#negotiating;
+  }
+
+  async #negotiate(): Promise<AltTransport | null> {
+    const alternate = this.#opts.alternate!;
+    const c = await this.connect(["h2", "http/1.1"]);
+    if (this.negotiated) {
+      c.close();
+      return this.#alt;
+    }
+    if (c.alpn === "h2") {
+      c.close();
+      this.#alt = alternate(this.endpoint);
+    } else {
+      this.#active++;
+      this.release(c, true);
+    }
+    this.negotiated = true;
+    return this.#alt;
   }
 
   /** Counters for diagnostics. */
-  stats(): { idle: number; active: number; created: number; reused: number } {
+  stats(): { idle: number; active: number; created: number; reused: number; protocol: string } {
+    if (this.#alt !== null) return { ...this.#alt.stats(), protocol: this.#alt.protocol };
     return {
+      protocol: this.protocol,
       idle: this.#idle.length,
       active: this.#active,
       created: this.#created,
@@ -239,13 +317,19 @@ export class Pool {
     return c;
   }
 
-  /** Opens a new connection within the connect timeout. */
-  async connect(): Promise<Connection> {
+  /** Opens a new connection within the connect timeout (offering `alpn` over TLS when given). */
+  async connect(alpn?: string[]): Promise<Connection> {
     if (this.#closed) throw new UpstreamError("connect", "pool closed");
-    const pending = this.#opts.connector(
-      this.endpoint,
-      this.#opts.caCerts ? { caCerts: this.#opts.caCerts } : {},
-    );
+    const pending = this.#opts.connector(this.endpoint, {
+      ...(this.#opts.caCerts ? { caCerts: this.#opts.caCerts } : {}),
+      ...(alpn ? { alpnProtocols: alpn } : {}),
+    }).then(async (conn) => {
+      // Which protocol the upstream chose; a test connector may hand back plain TCP.
+      const chosen = alpn && "handshake" in conn
+        ? (await (conn as Deno.TlsConn).handshake()).alpnProtocol
+        : null;
+      return { conn, chosen };
+    });
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
@@ -254,12 +338,14 @@ export class Pool {
       );
     });
     try {
-      const conn = await Promise.race([pending, timeout]);
+      const { conn, chosen } = await Promise.race([pending, timeout]);
       this.#created++;
-      return new Connection(conn);
+      const c = new Connection(conn);
+      c.alpn = chosen;
+      return c;
     } catch (err) {
       // A connection that completes after the timeout must not leak.
-      pending.then((c) => c.close(), () => {});
+      pending.then((c) => c.conn.close(), () => {});
       if (err instanceof UpstreamError) throw err;
       throw new UpstreamError("connect", `connect failed: ${errName(err)}`, { cause: err });
     } finally {
@@ -288,12 +374,14 @@ export class Pool {
   /** Closes idle connections now (in-flight ones finish or fail on their own). */
   closeIdle(): void {
     for (const c of this.#idle.splice(0)) c.close();
+    this.#alt?.closeIdle();
   }
 
   /** Closes everything; later acquires fail. */
   close(): void {
     this.#closed = true;
     this.closeIdle();
+    this.#alt?.close();
     if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
     this.#sweeper = undefined;
   }
@@ -511,6 +599,12 @@ export async function exchange(
   req: ExchangeRequest,
   options: ExchangeOptions,
 ): Promise<UpstreamResponse> {
+  // A connect failure here leaves the body untouched: the caller may try another upstream.
+  const alt = pool.negotiated ? pool.alt : await pool.transport();
+  if (alt !== null) {
+    pool.lastActivity = Date.now();
+    return alt.exchange(req, options);
+  }
   let fresh = false;
   for (let attempt = 1;; attempt++) {
     if (options.signal?.aborted) throw new UpstreamError("aborted", "client went away");

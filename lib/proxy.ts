@@ -23,27 +23,26 @@ import {
   UpstreamError,
   type UpstreamResponse,
 } from "./http1.ts";
+import { H2Pool } from "./http2.ts";
 import type { UpstreamSet } from "./upstream.ts";
 import type { Watchdog } from "./watchdog.ts";
+
+/** Options for {@link PoolSet}. */
+export interface PoolSetOptions {
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  connector?: Connector | undefined;
+  caCerts?: string[] | undefined;
+  /** Use HTTP/2 with HTTPS upstreams that offer it (default true). */
+  http2?: boolean | undefined;
+}
 
 /** The pools for every upstream, created on first use. */
 export class PoolSet {
   readonly #pools = new Map<string, Pool>();
-  readonly #opts: {
-    connectTimeoutMs: number;
-    idleTimeoutMs: number;
-    connector?: Connector | undefined;
-    caCerts?: string[] | undefined;
-  };
+  readonly #opts: PoolSetOptions;
 
-  constructor(
-    opts: {
-      connectTimeoutMs: number;
-      idleTimeoutMs: number;
-      connector?: Connector | undefined;
-      caCerts?: string[] | undefined;
-    },
-  ) {
+  constructor(opts: PoolSetOptions) {
     this.#opts = opts;
   }
 
@@ -56,6 +55,14 @@ export class PoolSet {
         idleTimeoutMs: this.#opts.idleTimeoutMs,
         ...(this.#opts.connector ? { connector: this.#opts.connector } : {}),
         ...(this.#opts.caCerts ? { caCerts: this.#opts.caCerts } : {}),
+        ...(this.#opts.http2 === false ? {} : {
+          alternate: (endpoint) =>
+            new H2Pool(endpoint, {
+              connectTimeoutMs: this.#opts.connectTimeoutMs,
+              idleTimeoutMs: this.#opts.idleTimeoutMs,
+              caCerts: this.#opts.caCerts,
+            }),
+        }),
       });
       this.#pools.set(key, pool);
     }

@@ -1,0 +1,566 @@
+/**
+ * @module http2
+ * HTTP/2 to HTTPS upstreams that offer it by ALPN: a few multiplexed sessions instead of one socket
+ * per request in flight.
+ *
+ * Why `node:http2` and not `fetch`: `fetch` is Deno's other HTTP/2 client, and it decodes
+ * gzip/br/zstd bodies while keeping `content-encoding` (see `http1.ts`). Deno's `node:http2` passes
+ * the body bytes through untouched, streams DATA frames as they arrive, and reports whether the
+ * response head came back, which the stale-session resend needs.
+ *
+ * Owns: sessions per upstream (opened on demand, closed when idle, replaced after GOAWAY or an
+ * error), the mapping of one relay exchange onto one stream, and the same `UpstreamResponse`
+ * contract as the HTTP/1.1 client.
+ * Must never: decode content encodings, let a session or stream error go unhandled (an unhandled
+ * `error` event ends the process), or resend a request once A's response head arrived.
+ */
+
+import * as http2 from "node:http2";
+import type { HeaderList } from "./headers.ts";
+import {
+  type AltTransport,
+  type BodySource,
+  type Endpoint,
+  type ExchangeOptions,
+  type ExchangeRequest,
+  UpstreamError,
+  type UpstreamResponse,
+} from "./http1.ts";
+import type { Watched } from "./watchdog.ts";
+
+const { NGHTTP2_CANCEL } = http2.constants;
+
+/** Streams opened on one session before another session is opened beside it. */
+const DEFAULT_STREAMS_PER_SESSION = 100;
+/** Bytes queued from A before the stream is paused until the client reads. */
+const QUEUE_HIGH = 64 * 1024;
+
+/** Headers HTTP/2 forbids on requests (RFC 9113 §8.2.2); `te` is allowed only as "trailers". */
+const H2_FORBIDDEN = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "upgrade",
+  "host",
+  "te",
+]);
+
+/** Options for {@link H2Pool}. */
+export interface H2PoolOptions {
+  connectTimeoutMs: number;
+  /** Sessions with no open stream are closed after this long. */
+  idleTimeoutMs: number;
+  caCerts?: string[] | undefined;
+  /** Most streams per session before another one is opened (A's own limit applies too). */
+  maxStreamsPerSession?: number;
+}
+
+/** One HTTP/2 connection to A and its open stream count. */
+class Session {
+  readonly s: http2.ClientHttp2Session;
+  active = 0;
+  /** Streams started on this session so far; > 1 means a later one reuses it. */
+  uses = 0;
+  idleSince = Date.now();
+  /** GOAWAY seen, errored or closed: takes no new streams. */
+  draining = false;
+
+  constructor(s: http2.ClientHttp2Session) {
+    this.s = s;
+  }
+
+  capacity(limit: number): number {
+    const remote = this.s.remoteSettings?.maxConcurrentStreams;
+    const max = typeof remote === "number" && remote > 0 ? Math.min(remote, limit) : limit;
+    return max - this.active;
+  }
+}
+
+/** The HTTP/2 sessions to one upstream. */
+export class H2Pool implements AltTransport {
+  readonly protocol = "h2" as const;
+  readonly endpoint: Endpoint;
+  readonly #opts: H2PoolOptions;
+  readonly #sessions: Session[] = [];
+  #created = 0;
+  #reused = 0;
+  #streams = 0;
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
+  /** Sessions being opened, so concurrent first requests share one. */
+  #opening: Promise<Session> | null = null;
+
+  constructor(endpoint: Endpoint, options: H2PoolOptions) {
+    this.endpoint = endpoint;
+    this.#opts = options;
+  }
+
+  stats(): { idle: number; active: number; created: number; reused: number; sessions: number } {
+    let idle = 0;
+    for (const s of this.#sessions) if (s.active === 0 && !s.draining) idle++;
+    return {
+      idle,
+      active: this.#streams,
+      created: this.#created,
+      reused: this.#reused,
+      sessions: this.#sessions.length,
+    };
+  }
+
+  /** A session with room for one more stream (a new one when `fresh` or none has room). */
+  async acquire(fresh: boolean): Promise<Session> {
+    const limit = this.#opts.maxStreamsPerSession ?? DEFAULT_STREAMS_PER_SESSION;
+    if (!fresh) {
+      for (const s of this.#sessions) {
+        if (!s.draining && !s.s.closed && !s.s.destroyed && s.capacity(limit) > 0) return s;
+      }
+      // Concurrent requests arriving together wait for the one session being opened.
+      if (this.#opening !== null) {
+        const s = await this.#opening.catch(() => null);
+        if (s !== null && !s.draining && s.capacity(limit) > 0) return s;
+      }
+    }
+    const opening = this.#open();
+    this.#opening = opening;
+    try {
+      return await opening;
+    } finally {
+      if (this.#opening === opening) this.#opening = null;
+    }
+  }
+
+  #open(): Promise<Session> {
+    if (this.#closed) return Promise.reject(new UpstreamError("connect", "pool closed"));
+    const ep = this.endpoint;
+    const authority = `https://${
+      ep.hostname.includes(":") ? `[${ep.hostname}]` : ep.hostname
+    }:${ep.port}`;
+    const options: http2.SecureClientSessionOptions = {
+      settings: { enablePush: false },
+      ...(this.#opts.caCerts ? { ca: this.#opts.caCerts } : {}),
+      // SNI is the host name; an IP address has none.
+      ...(/^[\d.]+$|:/.test(ep.hostname) ? {} : { servername: ep.hostname }),
+    };
+    return new Promise<Session>((resolve, reject) => {
+      let settled = false;
+      const s = http2.connect(authority, options);
+      const session = new Session(s);
+      const timer = setTimeout(() => {
+        fail(new UpstreamError("connect_timeout", "connect timed out"));
+      }, this.#opts.connectTimeoutMs);
+      const fail = (err: UpstreamError) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        s.destroy();
+        reject(err);
+      };
+      s.on("error", (err: Error & { code?: string }) => {
+        session.draining = true;
+        fail(
+          new UpstreamError("connect", `connect failed: ${err.code ?? err.name}`, { cause: err }),
+        );
+      });
+      s.on("goaway", () => {
+        session.draining = true;
+      });
+      s.on("close", () => {
+        session.draining = true;
+        this.#remove(session);
+        fail(new UpstreamError("connect", "session closed before it was ready"));
+      });
+      s.once("connect", () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.#created++;
+        this.#sessions.push(session);
+        this.#startSweeper();
+        resolve(session);
+      });
+    });
+  }
+
+  #remove(session: Session): void {
+    const i = this.#sessions.indexOf(session);
+    if (i >= 0) this.#sessions.splice(i, 1);
+  }
+
+  /** Counts a stream starting on `session`. */
+  begin(session: Session): void {
+    session.active++;
+    session.uses++;
+    if (session.uses > 1) this.#reused++;
+    this.#streams++;
+  }
+
+  /** Counts a stream ending on `session`. */
+  end(session: Session): void {
+    session.active--;
+    this.#streams--;
+    if (session.active === 0) session.idleSince = Date.now();
+    if (session.active === 0 && (session.draining || this.#closed)) this.#drop(session);
+  }
+
+  #drop(session: Session): void {
+    session.draining = true;
+    this.#remove(session);
+    try {
+      session.s.close();
+    } catch { /* already closed */ }
+  }
+
+  exchange(req: ExchangeRequest, options: ExchangeOptions): Promise<UpstreamResponse> {
+    return exchange2(this, req, options);
+  }
+
+  closeIdle(): void {
+    for (const s of [...this.#sessions]) if (s.active === 0) this.#drop(s);
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.closeIdle();
+    for (const s of this.#sessions) s.draining = true;
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
+  }
+
+  #startSweeper(): void {
+    if (this.#sweeper !== undefined) return;
+    const every = Math.max(50, Math.floor(this.#opts.idleTimeoutMs / 4));
+    this.#sweeper = setInterval(() => {
+      const cutoff = Date.now() - this.#opts.idleTimeoutMs;
+      for (const s of [...this.#sessions]) {
+        if (s.active === 0 && (s.idleSince <= cutoff || s.draining || s.s.closed)) this.#drop(s);
+      }
+      if (this.#sessions.length === 0) {
+        clearInterval(this.#sweeper);
+        this.#sweeper = undefined;
+      }
+    }, every);
+    Deno.unrefTimer(this.#sweeper);
+  }
+}
+
+/**
+ * Sends one request over HTTP/2. Like `http1.exchange`: a request that failed on a reused session
+ * before A's response head arrived is sent once more on a new session, if its body is replayable
+ * (A sent GOAWAY or dropped an idle session just as the stream was opened).
+ */
+export async function exchange2(
+  pool: H2Pool,
+  req: ExchangeRequest,
+  options: ExchangeOptions,
+): Promise<UpstreamResponse> {
+  let fresh = false;
+  for (let attempt = 1;; attempt++) {
+    if (options.signal?.aborted) throw new UpstreamError("aborted", "client went away");
+    // A connect failure leaves the body untouched: the caller may try another upstream.
+    const session = await pool.acquire(fresh);
+    const ex = new StreamExchange(pool, session, req, options);
+    try {
+      const res = await ex.run();
+      res.attempts = attempt;
+      return res;
+    } catch (err) {
+      const stale = attempt === 1 && session.uses > 1 && !ex.gotHead && ex.abortKind === null &&
+        (req.body === null || req.body.replayable) &&
+        !(err instanceof UpstreamError && err.kind === "body");
+      if (!stale) {
+        req.body?.cancel();
+        throw err;
+      }
+      fresh = true;
+    }
+  }
+}
+
+/** The request's headers as an HTTP/2 header object (names are already lower-case). */
+export function h2RequestHeaders(
+  method: string,
+  target: string,
+  authority: string,
+  headers: HeaderList,
+): http2.OutgoingHttpHeaders {
+  const out: Record<string, string | string[]> = {
+    ":method": method,
+    ":path": target,
+    ":scheme": "https",
+    ":authority": authority,
+  };
+  for (const [name, value] of headers) {
+    if (H2_FORBIDDEN.has(name)) {
+      if (name !== "te" || value.trim().toLowerCase() !== "trailers") continue;
+    }
+    const prev = out[name];
+    if (prev === undefined) out[name] = value;
+    else if (Array.isArray(prev)) prev.push(value);
+    else out[name] = [prev, value];
+  }
+  return out;
+}
+
+/** A's response headers as the relay's header list (pseudo-headers dropped). */
+export function h2ResponseHeaders(headers: http2.IncomingHttpHeaders): HeaderList {
+  const out: HeaderList = [];
+  for (const name in headers) {
+    if (name.charCodeAt(0) === 58 /* ':' */) continue;
+    const v = headers[name];
+    if (v === undefined) continue;
+    if (Array.isArray(v)) { for (const one of v) out.push([name, one]); }
+    else out.push([name, String(v)]);
+  }
+  return out;
+}
+
+class StreamExchange implements Watched {
+  lastTick = 0;
+  gotHead = false;
+  abortKind: "timeout" | "aborted" | null = null;
+  readonly #pool: H2Pool;
+  readonly #session: Session;
+  readonly #req: ExchangeRequest;
+  readonly #opts: ExchangeOptions;
+  #stream: http2.ClientHttp2Stream | null = null;
+  #writeDone = false;
+  #finished = false;
+
+  constructor(pool: H2Pool, session: Session, req: ExchangeRequest, opts: ExchangeOptions) {
+    this.#pool = pool;
+    this.#session = session;
+    this.#req = req;
+    this.#opts = opts;
+  }
+
+  expire(): void {
+    this.abortKind ??= "timeout";
+    this.#cancelStream();
+  }
+
+  #onAbort = (): void => {
+    this.abortKind ??= "aborted";
+    this.#cancelStream();
+  };
+
+  #cancelStream(): void {
+    const st = this.#stream;
+    if (st !== null && !st.closed) {
+      try {
+        st.close(NGHTTP2_CANCEL);
+      } catch { /* already gone */ }
+    }
+  }
+
+  #classify(err: unknown): UpstreamError {
+    if (this.abortKind === "timeout") {
+      return new UpstreamError("timeout", "upstream silent too long");
+    }
+    if (this.abortKind === "aborted") {
+      return new UpstreamError("aborted", "client went away", { cause: err });
+    }
+    if (err instanceof UpstreamError) return err;
+    const code = (err as { code?: string } | null)?.code;
+    return new UpstreamError("reset", `stream failed: ${code ?? "error"}`, { cause: err });
+  }
+
+  run(): Promise<UpstreamResponse> {
+    const { watchdog, signal } = this.#opts;
+    const { method, target, headers, body } = this.#req;
+    const ep = this.#pool.endpoint;
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = this.#session.s.request(
+        h2RequestHeaders(method, target, ep.hostHeader, headers),
+        { endStream: body === null },
+      );
+    } catch (err) {
+      // The session went away between acquire and request: nothing reached A.
+      this.#session.draining = true;
+      return Promise.reject(new UpstreamError("reset", "session unusable", { cause: err }));
+    }
+    this.#stream = stream;
+    this.#pool.begin(this.#session);
+    watchdog.watch(this);
+    signal?.addEventListener("abort", this.#onAbort);
+
+    return new Promise<UpstreamResponse>((resolve, reject) => {
+      // Body chunks queued from A until the client's side pulls them.
+      const queue: Uint8Array[] = [];
+      let queued = 0;
+      let ended = false;
+      let failure: UpstreamError | null = null;
+      let wake: (() => void) | null = null;
+      let res: UpstreamResponse | null = null;
+      const notify = () => {
+        const w = wake;
+        wake = null;
+        w?.();
+      };
+
+      stream.on("error", (err: unknown) => {
+        const e = this.#classify(err);
+        if (res === null) {
+          // The body stays readable: exchange2() may resend it on a new session.
+          this.#finish(false);
+          signal?.removeEventListener("abort", this.#onAbort);
+          reject(e);
+          return;
+        }
+        failure ??= e;
+        notify();
+      });
+      stream.on("close", () => {
+        if (res === null) {
+          this.#finish(false);
+          signal?.removeEventListener("abort", this.#onAbort);
+          const code = stream.rstCode;
+          reject(this.#classify(new UpstreamError("reset", `stream closed (code ${code ?? "?"})`)));
+          return;
+        }
+        if (!ended && failure === null) {
+          failure = this.#classify(new UpstreamError("reset", "upstream closed mid-body"));
+        }
+        this.#finish();
+        notify();
+      });
+      stream.on("data", (chunk: Uint8Array) => {
+        this.lastTick = watchdog.tick;
+        queue.push(chunk);
+        queued += chunk.byteLength;
+        if (queued >= QUEUE_HIGH) stream.pause();
+        notify();
+      });
+      stream.on("end", () => {
+        // A stream reset (by A, or by us on a timeout or abort) also ends with "end": only a
+        // clean END_STREAM is a clean end.
+        if (this.abortKind !== null || (stream.rstCode ?? 0) > 0) {
+          failure ??= this.#classify(
+            new UpstreamError("reset", `stream reset (code ${stream.rstCode ?? "?"})`),
+          );
+        } else {
+          ended = true;
+        }
+        notify();
+      });
+      stream.on("response", (h: http2.IncomingHttpHeaders, flags: number) => {
+        this.gotHead = true;
+        this.lastTick = watchdog.tick;
+        signal?.removeEventListener("abort", this.#onAbort);
+        if (this.#writeDone) this.#req.body?.forget();
+        const status = Number(h[":status"]);
+        const noBody = (flags & 1) !== 0 || method === "HEAD" || status === 204 || status === 304;
+        res = {
+          status,
+          statusText: "",
+          headers: h2ResponseHeaders(h),
+          body: null,
+          complete: null,
+          attempts: 1,
+          reused: this.#session.uses > 1,
+          observer: null,
+        };
+        if (noBody) {
+          stream.resume();
+          // The stream closes on its own; watch nothing more.
+          this.#opts.watchdog.unwatch(this);
+          resolve(res);
+          return;
+        }
+        const r = res;
+        let done = false;
+        const end = (e: UpstreamError | null) => {
+          if (done) return;
+          done = true;
+          r.observer?.end(e);
+        };
+        r.body = new ReadableStream<Uint8Array>({
+          pull: async (ctrl) => {
+            while (true) {
+              const chunk = queue.shift();
+              if (chunk !== undefined) {
+                queued -= chunk.byteLength;
+                if (queued < QUEUE_HIGH && stream.isPaused()) stream.resume();
+                r.observer?.chunk(chunk);
+                ctrl.enqueue(chunk);
+                return;
+              }
+              if (ended) {
+                this.#finish();
+                end(null);
+                ctrl.close();
+                return;
+              }
+              if (failure !== null) {
+                const e = failure;
+                this.#finish();
+                end(e);
+                if (this.abortKind !== "aborted") {
+                  e.stack = `${e.name}: ${e.message} (client stream ended with an error)`;
+                  ctrl.error(e);
+                }
+                return;
+              }
+              await new Promise<void>((w) => (wake = w));
+            }
+          },
+          cancel: () => {
+            this.abortKind ??= "aborted";
+            this.#cancelStream();
+            this.#finish();
+            end(new UpstreamError("aborted", "client went away"));
+          },
+        }, { highWaterMark: 0 });
+        resolve(r);
+      });
+
+      if (body !== null) {
+        this.#write(stream, body).then(
+          () => {
+            this.#writeDone = true;
+            if (this.gotHead) body.forget();
+          },
+          (err) => {
+            // A client whose body broke is gone: the stream is cancelled and the caller sees why.
+            if (err instanceof UpstreamError && err.kind === "body") {
+              this.abortKind ??= "aborted";
+              this.#cancelStream();
+            }
+          },
+        );
+      } else {
+        this.#writeDone = true;
+      }
+    });
+  }
+
+  async #write(stream: http2.ClientHttp2Stream, body: BodySource): Promise<void> {
+    const next = body.cursor();
+    let c: Uint8Array | null;
+    while ((c = await next()) !== null) {
+      if (stream.closed || stream.destroyed) return;
+      this.lastTick = this.#opts.watchdog.tick;
+      if (!stream.write(c)) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            stream.off("drain", done);
+            stream.off("close", done);
+            resolve();
+          };
+          stream.on("drain", done);
+          stream.on("close", done);
+        });
+      }
+    }
+    if (!stream.closed && !stream.destroyed) stream.end();
+  }
+
+  #finish(cancelBody = true): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.#opts.watchdog.unwatch(this);
+    this.#pool.end(this.#session);
+    if (!this.#writeDone && cancelBody) this.#req.body?.cancel();
+  }
+}

@@ -1,0 +1,385 @@
+/**
+ * Integration: HTTPS upstreams that offer HTTP/2 by ALPN are spoken to over HTTP/2 (issue #3):
+ * many requests share one TLS connection, bytes pass through exactly (gzip included), SSE events
+ * are not held back, aborts reach A, and HTTP/1.1-only upstreams or UPSTREAM_HTTP2=off keep the
+ * HTTP/1.1 pool. Connections are counted by a TCP hop between the relay and A.
+ */
+
+import assert from "node:assert/strict";
+import { dec, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
+import { type TestCert, testCert } from "./tls_fixture.ts";
+
+/**
+ * A TCP forwarder in front of `port` that counts the connections it accepts. With `dropOnNextData`
+ * set, the next bytes the relay sends are not forwarded: both sockets close instead, as when A
+ * drops a connection just as a request goes out.
+ */
+function countingHop(port: number) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const open = new Set<Deno.Conn>();
+  let accepted = 0;
+  const hop = {
+    port: (listener.addr as Deno.NetAddr).port,
+    dropOnNextData: false,
+    dropped: 0,
+    get accepted() {
+      return accepted;
+    },
+    /** Drops every connection in flight, as a network path change would. */
+    dropAll() {
+      for (const c of [...open]) {
+        open.delete(c);
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+    },
+    close() {
+      listener.close();
+      this.dropAll();
+    },
+  };
+  const pump = async (from: Deno.Conn, to: Deno.Conn, close: () => void, outbound: boolean) => {
+    const buf = new Uint8Array(64 * 1024);
+    try {
+      while (true) {
+        const n = await from.read(buf);
+        if (n === null) break;
+        if (outbound && hop.dropOnNextData) {
+          hop.dropOnNextData = false;
+          hop.dropped++;
+          break;
+        }
+        let off = 0;
+        while (off < n) off += await to.write(buf.subarray(off, n));
+      }
+    } catch { /* closed */ }
+    close();
+  };
+  (async () => {
+    for await (const client of listener) {
+      accepted++;
+      open.add(client);
+      const upstream = await Deno.connect({ hostname: "127.0.0.1", port });
+      open.add(upstream);
+      const close = () => {
+        for (const c of [client, upstream]) {
+          open.delete(c);
+          try {
+            c.close();
+          } catch { /* closed */ }
+        }
+      };
+      void pump(client, upstream, close, true);
+      void pump(upstream, client, close, false);
+    }
+  })().catch(() => {});
+  return hop;
+}
+
+async function certOrSkip(t: Deno.TestContext): Promise<TestCert | null> {
+  const tls = await testCert().catch(() => null);
+  if (tls === null) {
+    if (Deno.env.get("CI")) throw new Error("openssl is needed for this test");
+    await t.step({ name: "skipped: openssl not found", ignore: true, fn: () => {} });
+  }
+  return tls;
+}
+
+type Handler = (req: Request) => Response | Promise<Response>;
+
+function h2Upstream(tls: TestCert, handler: Handler) {
+  return Deno.serve(
+    { hostname: "127.0.0.1", port: 0, cert: tls.cert, key: tls.key, onListen() {} },
+    handler,
+  );
+}
+
+async function poolStats(relay: ReturnType<typeof startRelay>) {
+  const info = await (await fetch(`${relay.url}/debug/info`)).json();
+  return Object.values(info.pools as Record<string, Record<string, unknown>>)[0]!;
+}
+
+Deno.test("an HTTP/2 upstream carries concurrent requests on one connection, bytes exact", async (t) => {
+  const tls = await certOrSkip(t);
+  if (tls === null) return;
+  const gz = new Uint8Array(
+    await new Response(
+      new Blob(["compressed payload ".repeat(200)]).stream().pipeThrough(
+        new CompressionStream("gzip"),
+      ),
+    ).arrayBuffer(),
+  );
+  const seen: { sessionId: string | null; bodyLen: number; digest: string }[] = [];
+  const server = h2Upstream(tls, async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/v1/gz") {
+      return new Response(gz, {
+        headers: { "content-encoding": "gzip", "content-length": String(gz.length) },
+      });
+    }
+    const body = new Uint8Array(await req.arrayBuffer());
+    const digest = [...new Uint8Array(await crypto.subtle.digest("SHA-256", body))]
+      .map((b) => b.toString(16).padStart(2, "0")).join("");
+    seen.push({ sessionId: req.headers.get("session_id"), bodyLen: body.length, digest });
+    const headers = new Headers({ "content-type": "application/json", "x-digest": digest });
+    headers.append("set-cookie", "a=1");
+    headers.append("set-cookie", "b=2");
+    return new Response(JSON.stringify({ ok: true, n: body.length }), { status: 201, headers });
+  });
+  const hop = countingHop(server.addr.port);
+  const relay = startRelay({ UPSTREAM_SERVER_A: `https://127.0.0.1:${hop.port}` }, {
+    caCerts: [tls.cert],
+  });
+  try {
+    const payload = crypto.getRandomValues(new Uint8Array(60_000));
+    const big = new Uint8Array(1_500_000);
+    for (let i = 0; i < big.length; i += 65_536) {
+      big.set(crypto.getRandomValues(new Uint8Array(Math.min(65_536, big.length - i))), i);
+    }
+    const expect = async (bytes: Uint8Array<ArrayBuffer>) =>
+      [...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))]
+        .map((b) => b.toString(16).padStart(2, "0")).join("");
+    const results = await Promise.all(
+      Array.from({ length: 20 }, async (_, i) => {
+        const body = i === 0 ? big : payload;
+        const res = await fetch(`${relay.url}/v1/messages?i=${i}`, {
+          method: "POST",
+          headers: { "content-type": "application/json", "session_id": `s${i}` },
+          body,
+        });
+        assert.equal(res.status, 201);
+        assert.equal(res.headers.get("x-digest"), await expect(body));
+        assert.deepEqual(res.headers.getSetCookie(), ["a=1", "b=2"]);
+        return (await res.json()).n as number;
+      }),
+    );
+    assert.equal(results[0], big.length);
+    assert.equal(results[1], payload.length);
+    assert.equal(seen.length, 20);
+    assert.deepEqual(
+      seen.map((s) => s.sessionId).sort(),
+      Array.from({ length: 20 }, (_, i) => `s${i}`).sort(),
+    );
+    // One connection to learn the protocol by ALPN, one HTTP/2 session for all twenty requests.
+    assert.equal(hop.accepted, 2, `connections to A: ${hop.accepted}`);
+    const stats = await poolStats(relay);
+    assert.equal(stats.protocol, "h2");
+
+    const raw = await rawRequest(
+      relay.port,
+      "GET /v1/gz HTTP/1.1\r\nhost: b\r\naccept-encoding: gzip\r\nconnection: close\r\n\r\n",
+    );
+    assert.deepEqual(raw.body, gz);
+    assert.equal(raw.headers.get("content-encoding"), "gzip");
+    assert.equal(raw.headers.get("content-length"), String(gz.length));
+    assert.equal(hop.accepted, 2, "later requests reuse the session");
+  } finally {
+    await relay.close();
+    hop.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("HTTP/2 upstream: SSE events pass one by one, and a client abort cancels A's stream", async (t) => {
+  const tls = await certOrSkip(t);
+  if (tls === null) return;
+  const gapMs = 150;
+  let aborted: number | null = null;
+  let abortedWaiting: number | null = null;
+  const server = h2Upstream(tls, async (req) => {
+    if (new URL(req.url).searchParams.has("slow")) {
+      // Headers are held back: the relay is still waiting for them when the client leaves.
+      req.signal.addEventListener("abort", () => (abortedWaiting = performance.now()));
+      await new Promise((r) => setTimeout(r, 1200));
+      return new Response("late");
+    }
+    const forever = new URL(req.url).searchParams.has("forever");
+    // Deno.serve over HTTP/2 shows A's side of an RST_STREAM as a cancel of the response body.
+    let i = 0;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        pull: (ctrl) =>
+          new Promise<void>((resolve) => {
+            timer = setTimeout(() => {
+              ctrl.enqueue(enc.encode(`data: {"n":${i},"t":${performance.now()}}\n\n`));
+              if (++i === 4 && !forever) ctrl.close();
+              resolve();
+            }, gapMs);
+          }),
+        cancel: () => {
+          clearTimeout(timer);
+          if (forever) aborted = performance.now();
+        },
+      }),
+      { headers: { "content-type": "text/event-stream" } },
+    );
+  });
+  const relay = startRelay({ UPSTREAM_SERVER_A: `https://127.0.0.1:${server.addr.port}` }, {
+    caCerts: [tls.cert],
+  });
+  try {
+    const res = await fetch(`${relay.url}/v1/chat/completions`, { method: "POST", body: "{}" });
+    const reader = res.body!.getReader();
+    let buffered = "";
+    const lags: number[] = [];
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += dec.decode(value, { stream: true });
+      let at: number;
+      while ((at = buffered.indexOf("\n\n")) >= 0) {
+        const event = buffered.slice(0, at);
+        buffered = buffered.slice(at + 2);
+        lags.push(performance.now() - JSON.parse(event.slice(6)).t);
+      }
+    }
+    assert.equal(lags.length, 4);
+    // Same process, same clock: each event reaches the client well before A's next one.
+    for (const lag of lags) assert.ok(lag < gapMs * 0.6, `event held back ${lag.toFixed(1)} ms`);
+
+    const ac = new AbortController();
+    const res2 = await fetch(`${relay.url}/v1/chat/completions?forever`, {
+      method: "POST",
+      body: "{}",
+      signal: ac.signal,
+    });
+    const r2 = res2.body!.getReader();
+    await r2.read();
+    const t0 = performance.now();
+    ac.abort();
+    await r2.cancel().catch(() => {});
+    await waitFor(() => aborted !== null, 2000);
+    assert.ok(aborted! - t0 < 1000, `A saw the abort after ${(aborted! - t0).toFixed(0)} ms`);
+
+    const ac2 = new AbortController();
+    const pending = fetch(`${relay.url}/v1/chat/completions?slow`, {
+      method: "POST",
+      body: "{}",
+      signal: ac2.signal,
+    }).catch(() => null);
+    await new Promise((r) => setTimeout(r, 200));
+    const t1 = performance.now();
+    ac2.abort();
+    await pending;
+    await waitFor(() => abortedWaiting !== null, 2000, "A to see the abort before its headers");
+    assert.ok(abortedWaiting! - t1 < 1000);
+
+    const deadline = Date.now() + 2000;
+    while ((await poolStats(relay)).active !== 0) {
+      assert.ok(Date.now() < deadline, "the cancelled stream is still counted as active");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  } finally {
+    await relay.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("HTTP/2 upstream: silence after the head ends the stream with an error, a dropped session is replaced", async (t) => {
+  const tls = await certOrSkip(t);
+  if (tls === null) return;
+  const server = h2Upstream(tls, (req) => {
+    if (new URL(req.url).pathname === "/v1/silent") {
+      return new Response(
+        new ReadableStream<Uint8Array>({
+          start: (ctrl) => ctrl.enqueue(enc.encode("data: first\n\n")),
+          pull: () => new Promise(() => {}),
+        }),
+        { headers: { "content-type": "text/event-stream" } },
+      );
+    }
+    return new Response("fine");
+  });
+  const hop = countingHop(server.addr.port);
+  const relay = startRelay({
+    UPSTREAM_SERVER_A: `https://127.0.0.1:${hop.port}`,
+    UPSTREAM_TIMEOUT_SEC: "1",
+  }, { caCerts: [tls.cert] });
+  try {
+    const res = await fetch(`${relay.url}/v1/silent`);
+    assert.equal(res.status, 200);
+    const t0 = performance.now();
+    await assert.rejects(res.text(), "a silent stream must end as an error, not a clean end");
+    const took = performance.now() - t0;
+    assert.ok(took > 500 && took < 5000, `cut after ${took.toFixed(0)} ms`);
+
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "fine");
+    const before = hop.accepted;
+    hop.dropAll();
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "fine");
+    assert.equal(hop.accepted, before + 1, "a new session replaces the dropped one");
+
+    // A drops the warm session as the next request goes out: no response byte came back, so the
+    // request is sent once more on a new session and the client never sees the failure.
+    hop.dropOnNextData = true;
+    const res2 = await fetch(`${relay.url}/v1/models`, { method: "POST", body: "{}" });
+    assert.equal(res2.status, 200);
+    assert.equal(await res2.text(), "fine");
+    assert.equal(hop.dropped, 1);
+    assert.equal(hop.accepted, before + 2);
+  } finally {
+    await relay.close();
+    hop.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("HTTP/1.1-only HTTPS upstreams and UPSTREAM_HTTP2=off use the HTTP/1.1 pool", async (t) => {
+  const tls = await certOrSkip(t);
+  if (tls === null) return;
+  // A TLS server that offers only http/1.1 and answers one fixed response per request.
+  const listener = Deno.listenTls({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: tls.cert,
+    key: tls.key,
+    alpnProtocols: ["http/1.1"],
+  });
+  let accepted = 0;
+  (async () => {
+    for await (const conn of listener) {
+      accepted++;
+      (async () => {
+        const buf = new Uint8Array(65536);
+        let pending = "";
+        while (true) {
+          const n = await conn.read(buf).catch(() => null);
+          if (n === null) break;
+          pending += dec.decode(buf.subarray(0, n));
+          while (pending.includes("\r\n\r\n")) {
+            pending = pending.slice(pending.indexOf("\r\n\r\n") + 4);
+            await conn.write(
+              enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nh1 ok"),
+            ).catch(() => {});
+          }
+        }
+        conn.close();
+      })().catch(() => {});
+    }
+  })().catch(() => {});
+  const server = h2Upstream(tls, () => new Response("h2 capable"));
+  const h1only = startRelay({
+    UPSTREAM_SERVER_A: `https://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+  }, { caCerts: [tls.cert] });
+  const off = startRelay({
+    UPSTREAM_SERVER_A: `https://127.0.0.1:${server.addr.port}`,
+    UPSTREAM_HTTP2: "off",
+  }, { caCerts: [tls.cert] });
+  try {
+    for (let i = 0; i < 3; i++) {
+      assert.equal(await (await fetch(`${h1only.url}/v1/models`)).text(), "h1 ok");
+    }
+    assert.equal(accepted, 1, "the connection that learned the protocol is reused");
+    assert.equal((await poolStats(h1only)).protocol, "http/1.1");
+    assert.equal(await (await fetch(`${off.url}/v1/models`)).text(), "h2 capable");
+    assert.equal((await poolStats(off)).protocol, "http/1.1");
+  } finally {
+    await h1only.close();
+    await off.close();
+    listener.close();
+    await server.shutdown();
+  }
+});
