@@ -480,3 +480,10 @@ Deno.test("parseConfig accepts an accessKey of exactly 8 characters", () => {
 Deno.test("parseConfig accepts an empty ROUTES object as no routes", () => {
   assert.equal(parse({ ROUTES: "{}" }).routes.size, 0);
 });
+
+Deno.test("UPSTREAM_HTTP2 is auto by default, accepts off, and names the allowed values otherwise", () => {
+  const base = { UPSTREAM_SERVER_A: "https://a.example.com" };
+  assert.equal(parseConfig(base).upstreamHttp2, "auto");
+  assert.equal(parseConfig({ ...base, UPSTREAM_HTTP2: "off" }).upstreamHttp2, "off");
+  rejects({ ...base, UPSTREAM_HTTP2: "yes" }, [/UPSTREAM_HTTP2/, /"yes"|yes/, /auto/, /off/]);
+});
