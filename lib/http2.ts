@@ -88,8 +88,8 @@ export class H2Pool implements AltTransport {
   #streams = 0;
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
-  /** Sessions being opened, so concurrent first requests share one. */
-  #opening: Promise<Session> | null = null;
+  /** Sessions being opened, with the slots already promised on each. */
+  readonly #opening = new Set<{ promise: Promise<Session>; reserved: number }>();
 
   constructor(endpoint: Endpoint, options: H2PoolOptions) {
     this.endpoint = endpoint;
@@ -108,25 +108,38 @@ export class H2Pool implements AltTransport {
     };
   }
 
-  /** A session with room for one more stream (a new one when `fresh` or none has room). */
+  /**
+   * A session with a stream slot reserved for the caller (who must call {@link end} once): an
+   * open session with room, else one being opened that still has room, else a new one. Slots are
+   * counted here, not when the stream starts, so a burst of requests spreads over as many sessions
+   * as it needs instead of piling onto the first.
+   */
   async acquire(fresh: boolean): Promise<Session> {
     const limit = this.#opts.maxStreamsPerSession ?? DEFAULT_STREAMS_PER_SESSION;
     if (!fresh) {
       for (const s of this.#sessions) {
-        if (!s.draining && !s.s.closed && !s.s.destroyed && s.capacity(limit) > 0) return s;
+        if (!s.draining && !s.s.closed && !s.s.destroyed && s.capacity(limit) > 0) {
+          this.#begin(s);
+          return s;
+        }
       }
-      // Concurrent requests arriving together wait for the one session being opened.
-      if (this.#opening !== null) {
-        const s = await this.#opening.catch(() => null);
-        if (s !== null && !s.draining && s.capacity(limit) > 0) return s;
+      for (const o of this.#opening) {
+        if (o.reserved < limit) {
+          o.reserved++;
+          const s = await o.promise;
+          this.#begin(s);
+          return s;
+        }
       }
     }
-    const opening = this.#open();
-    this.#opening = opening;
+    const entry = { promise: this.#open(), reserved: 1 };
+    this.#opening.add(entry);
     try {
-      return await opening;
+      const s = await entry.promise;
+      this.#begin(s);
+      return s;
     } finally {
-      if (this.#opening === opening) this.#opening = null;
+      this.#opening.delete(entry);
     }
   }
 
@@ -187,8 +200,7 @@ export class H2Pool implements AltTransport {
     if (i >= 0) this.#sessions.splice(i, 1);
   }
 
-  /** Counts a stream starting on `session`. */
-  begin(session: Session): void {
+  #begin(session: Session): void {
     session.active++;
     session.uses++;
     if (session.uses > 1) this.#reused++;
@@ -378,10 +390,10 @@ class StreamExchange implements Watched {
     } catch (err) {
       // The session went away between acquire and request: nothing reached A.
       this.#session.draining = true;
+      this.#finish(false);
       return Promise.reject(new UpstreamError("reset", "session unusable", { cause: err }));
     }
     this.#stream = stream;
-    this.#pool.begin(this.#session);
     watchdog.watch(this);
     signal?.addEventListener("abort", this.#onAbort);
 

@@ -8,6 +8,8 @@
 import assert from "node:assert/strict";
 import { dec, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
 import { type TestCert, testCert } from "./tls_fixture.ts";
+import { exchange2, H2Pool } from "../lib/http2.ts";
+import { Watchdog } from "../lib/watchdog.ts";
 
 /**
  * A TCP forwarder in front of `port` that counts the connections it accepts. With `dropOnNextData`
@@ -380,6 +382,39 @@ Deno.test("HTTP/1.1-only HTTPS upstreams and UPSTREAM_HTTP2=off use the HTTP/1.1
     await h1only.close();
     await off.close();
     listener.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("HTTP/2 pool: a burst is spread over sessions by the per-session stream cap", async (t) => {
+  const tls = await certOrSkip(t);
+  if (tls === null) return;
+  const server = h2Upstream(tls, async () => {
+    await new Promise((r) => setTimeout(r, 100));
+    return new Response("ok");
+  });
+  const pool = new H2Pool(
+    { protocol: "https:", hostname: "127.0.0.1", port: server.addr.port, hostHeader: "a" },
+    { connectTimeoutMs: 2000, idleTimeoutMs: 4000, caCerts: [tls.cert], maxStreamsPerSession: 5 },
+  );
+  const watchdog = new Watchdog(5000);
+  try {
+    const bodies = await Promise.all(Array.from({ length: 20 }, async () => {
+      const res = await exchange2(pool, {
+        method: "GET",
+        target: "/v1/models",
+        headers: [],
+        body: null,
+      }, { watchdog });
+      return res.body === null ? "" : await new Response(res.body).text();
+    }));
+    assert.deepEqual(bodies, Array(20).fill("ok"));
+    const stats = pool.stats();
+    assert.equal(stats.created, 4, `sessions opened for 20 streams at 5 each: ${stats.created}`);
+    assert.equal(stats.active, 0);
+  } finally {
+    pool.close();
+    watchdog.close();
     await server.shutdown();
   }
 });
