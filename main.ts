@@ -1,12 +1,12 @@
 /**
- * proxy-forwarder entry point: environment → config → app → `Deno.serve`, plus signals.
+ * proxy-forwarder entry point: environment → config → app → server (`listen.ts`), plus signals.
  * Everything else lives in `lib/` and imports without side effects.
  */
 
 import { type AccessLogHandle, openAccessLog } from "./lib/access_log.ts";
 import { createApp } from "./lib/app.ts";
 import { ConfigError, parseConfig } from "./lib/config.ts";
-import { serveResilient } from "./lib/conn_limit.ts";
+import { listen, type Listener } from "./lib/listen.ts";
 import { Logger } from "./lib/log.ts";
 import { broadPermissions, startupWarnings } from "./lib/permissions.ts";
 import { createReloader } from "./lib/reload.ts";
@@ -37,22 +37,23 @@ export async function main(): Promise<number> {
 
   for (const w of startupWarnings(config, broadPermissions())) log.warn(w.msg, w.fields);
 
-  // Deno.serve, but a listener that dies on "too many open files" is re-created (conn_limit.ts).
-  let server: ReturnType<typeof serveResilient>;
+  // Plain HTTP: the relay's own server (header and idle timeouts, socket cap). TLS or
+  // HTTP_SERVER=deno: Deno.serve, re-created if it dies on "too many open files" (listen.ts).
+  let server: Listener;
   try {
-    server = serveResilient({
-      hostname: config.host,
-      port: config.port,
-      // DENO_SERVE_AUTOMATIC_COMPRESSION=1 would otherwise re-encode A's bodies.
-      automaticCompression: false,
+    server = listen(config, {
+      handler: (req, info) => app.fetch(req, info),
+      log,
+      maxConnections: app.maxConnections,
       // TLS_CERT_FILE/TLS_KEY_FILE: HTTPS, with HTTP/2 offered to clients by ALPN.
-      ...(tls ?? {}),
+      tls,
       onListen: (addr) => {
         log.info("listening", {
           version: VERSION,
           address: `${tls ? "https" : "http"}://${
             addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname
           }:${addr.port}`,
+          server: tls || config.httpServer === "deno" ? "Deno.serve" : "relay",
           upstreams: config.upstreams.map((u) => u.url),
           routes: config.routes.size,
         });
@@ -70,8 +71,7 @@ export async function main(): Promise<number> {
           { status: 500, headers: { "content-type": "application/json" } },
         );
       },
-      log,
-    }, (req, info) => app.fetch(req, info));
+    });
   } catch (err) {
     const where = `${config.host}:${config.port}`;
     const why = err instanceof Deno.errors.AddrInUse

@@ -32,11 +32,13 @@ import type { Usage } from "./usage.ts";
 import { VERSION } from "./version.ts";
 import { planReload, type ReloadPlan } from "./reload.ts";
 import { Watchdog } from "./watchdog.ts";
-import { isWebSocketUpgrade, relayWebSocket } from "./websocket.ts";
+import { isWebSocketUpgrade, relayWebSocket, type Upgrader } from "./websocket.ts";
 
-/** Connection facts about the client, as `Deno.serve` passes them. */
+/** Connection facts about the client, as `Deno.serve` (or `server.ts`) passes them. */
 export interface ClientInfo {
   remoteAddr: { hostname: string; port?: number };
+  /** Hands the client's socket over after a 101 (the relay's own server only). */
+  upgrade?: Upgrader | undefined;
 }
 
 /** What happened to one request; given to observers once it is over (body included). */
@@ -114,6 +116,8 @@ export interface App {
   readonly inFlight: number;
   /** Response bodies still streaming. */
   readonly openStreams: number;
+  /** The effective `MAX_CONNECTIONS` (configured, or derived from the descriptor limit). */
+  readonly maxConnections: number;
   readonly counters: Readonly<Counters>;
   /** Metrics, dashboard numbers and recent requests (`/metrics`, `/dashboard`). */
   readonly telemetry: Telemetry;
@@ -195,6 +199,8 @@ interface Ctx {
   peerIp?: string | undefined;
   /** Gives back the client's concurrency slot (guards.ts); called once by `finish`. */
   release?: (() => void) | undefined;
+  /** The client's server can hand over its socket (WebSocket tunnel). */
+  upgrade?: Upgrader | undefined;
 }
 
 /** Builds the relay. */
@@ -442,6 +448,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       ctx.exchangeStart = now();
       ctx.stream = true;
       return await relayWebSocket(req, {
+        upgrade: ctx.upgrade,
         upstreams,
         target,
         headers,
@@ -584,6 +591,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       attempts: 0,
       failovers: 0,
     };
+    if (info.upgrade !== undefined) ctx.upgrade = info.upgrade;
     if (config.debugLog) ctx.requestHeaders = redactHeaders(req.headers);
     if (config.trustedProxies?.contains(peer)) {
       ctx.forwardedFor = req.headers.get("x-forwarded-for") ?? undefined;
@@ -623,6 +631,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     get openStreams() {
       return openStreams;
     },
+    maxConnections: cap.max,
     counters,
     telemetry,
     debugInfo,

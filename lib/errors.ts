@@ -36,6 +36,8 @@ export type ErrorCode =
   | "body_too_large"
   | "body_timeout"
   | "headers_too_large"
+  | "bad_request"
+  | "request_header_timeout"
   | "upstream_unreachable"
   | "upstream_connect_timeout"
   | "upstream_timeout"

@@ -7,8 +7,16 @@
  * header rules as HTTP), relaying A's non-101 answers unchanged so the client's fallback logic
  * sees A's real status, and the bridge: messages both ways in order, pings answered, close codes
  * and reasons passed on, either side closing closes the other, a 32 MiB message limit (A's).
- * Must never: reuse the upgraded connection for HTTP, or forward the client's handshake key or
- * extensions (the relay is a separate WebSocket client towards A, without compression).
+ * Two ways to carry a session, depending on the server the client came in on:
+ * - **Tunnel** (the relay's own HTTP/1.1 server, `server.ts`): the client's handshake goes to A as
+ *   sent (its key, version, extensions, protocols), A's 101 goes back as sent, and from then on
+ *   bytes are copied both ways untouched. Compression and every frame detail are end to end; A
+ *   enforces its own limits.
+ * - **Bridge** (`Deno.serve`, used for TLS at the relay): the relay is a WebSocket client towards A
+ *   (own key, no compression) and a server towards the client, passing messages, close codes and
+ *   reasons, with A's 32 MiB message limit.
+ * Must never: reuse the upgraded connection for HTTP, or, when bridging, forward the client's
+ * handshake key or extensions.
  */
 
 import type { Upstream } from "./config.ts";
@@ -53,8 +61,20 @@ export function isWebSocketUpgrade(req: Request): boolean {
   return req.method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket";
 }
 
+/**
+ * Switches the client's connection to a raw byte tunnel once the response is written: the
+ * server writes `101 Switching Protocols` with `headers`, then hands over the socket and any bytes
+ * it had already read past the request head.
+ */
+export type Upgrader = (
+  onSocket: (conn: Deno.Conn, buffered: Uint8Array) => void,
+  headers: Headers,
+) => Response;
+
 /** What the bridge needs. */
 export interface WebSocketContext {
+  /** Present when the client's server can hand over its socket: the session is then tunnelled. */
+  upgrade?: Upgrader | undefined;
   upstreams: readonly Upstream[];
   /** Path and query, validated, without the upstream prefix. */
   target: string;
@@ -97,13 +117,14 @@ async function handshake(
   upstream: Upstream,
   ctx: WebSocketContext,
 ): Promise<Response> {
+  const tunnel = ctx.upgrade;
   const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
   let head = `GET ${upstream.prefix}${ctx.target} HTTP/1.1\r\nhost: ${upstream.hostHeader}\r\n`;
   for (const [name, value] of ctx.headers) {
-    if (!HANDSHAKE_OWN.has(name)) head += `${name}: ${value}\r\n`;
+    if (tunnel || !HANDSHAKE_OWN.has(name)) head += `${name}: ${value}\r\n`;
   }
-  head += `connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n` +
-    `sec-websocket-key: ${key}\r\n\r\n`;
+  head += `connection: Upgrade\r\nupgrade: websocket\r\n` +
+    (tunnel ? "" : `sec-websocket-version: 13\r\nsec-websocket-key: ${key}\r\n`) + "\r\n";
   const timer = setTimeout(() => conn.close(), ctx.timeoutMs);
   const onAbort = () => conn.close();
   req.signal.addEventListener("abort", onAbort);
@@ -128,6 +149,13 @@ async function handshake(
     conn.close();
     ctx.onEnd(answer.status, undefined);
     return new Response(body, { status: answer.status, headers: responseHeaders(answer.headers) });
+  }
+  if (tunnel) {
+    // The client checks A's sec-websocket-accept against its own key: pass A's answer on as is.
+    const headers = responseHeaders(answer.headers);
+    headers.set("connection", "Upgrade");
+    headers.set("upgrade", "websocket");
+    return tunnel((client, buffered) => void splice(client, buffered, conn, ctx), headers);
   }
   const headers = new Map(answer.headers);
   const expected = btoa(String.fromCharCode(
@@ -167,6 +195,47 @@ async function readSmallBody(
   } catch { /* keep what arrived */ }
   const body = concat(parts);
   return body.slice(0, Math.min(body.byteLength, limit));
+}
+
+/**
+ * Copies bytes both ways between the client's socket and A's connection until either side ends,
+ * then closes both. Bytes A sent right after its 101 are already in `up` and go first.
+ */
+async function splice(
+  client: Deno.Conn,
+  buffered: Uint8Array,
+  up: Connection,
+  ctx: WebSocketContext,
+): Promise<void> {
+  let error: string | undefined;
+  let closed = false;
+  const closeBoth = () => {
+    closed = true;
+    up.close();
+    try {
+      client.close();
+    } catch { /* already closed */ }
+  };
+  const toClient = async () => {
+    let c: Uint8Array | null;
+    while ((c = await up.read()) !== null) {
+      let off = 0;
+      while (off < c.byteLength) off += await client.write(c.subarray(off));
+    }
+  };
+  const toUpstream = async () => {
+    if (buffered.byteLength > 0) await up.write(buffered);
+    const buf = new Uint8Array(64 * 1024);
+    let n: number | null;
+    while ((n = await client.read(buf)) !== null) await up.write(buf.slice(0, n));
+  };
+  const settle = (p: Promise<void>) =>
+    p.catch((err) => {
+      // Once one side has ended, the other's read fails because we closed it: not an error.
+      if (!closed) error ??= err instanceof Error ? err.name : "error";
+    }).finally(closeBoth);
+  await Promise.all([settle(toClient()), settle(toUpstream())]);
+  ctx.onEnd(101, error);
 }
 
 /** Relays messages between the client socket and the upstream connection until either closes. */

@@ -95,73 +95,83 @@ Deno.test("MAX_CONNECTIONS sheds requests beyond the cap with 503 and keeps serv
   }
 });
 
-Deno.test("out of descriptors, the relay stays alive, finishes its streams and listens again", async () => {
-  const CHUNKS = 30;
-  const up = startUpstream(() => {
-    return sseResponse({ gapMs: 50, count: CHUNKS });
-  });
-  const child = new Deno.Command("bash", {
-    args: [
-      "-c",
-      `ulimit -n 200 && exec "$0" run --unstable-no-legacy-abort --allow-net=127.0.0.1 --allow-env "$1"`,
-      Deno.execPath(),
-      MAIN,
-    ],
-    env: { HOST: "127.0.0.1", PORT: "0", UPSTREAM_SERVER_A: up.url, UPSTREAM_KEEPWARM_SEC: "0" },
-    clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let out = "";
-  const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
-    new WritableStream({ write: (t) => void (out += t) }),
-  );
-  const errText = new Response(child.stderr).text();
-  const flood: Deno.Conn[] = [];
-  try {
-    await waitFor(() => /"address":"http:\/\/127\.0\.0\.1:\d+"/.test(out), 10_000, "start");
-    const port = Number(/"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(out)![1]);
-    const stream = await fetch(`http://127.0.0.1:${port}/v1/messages`, {
-      method: "POST",
-      body: "{}",
+for (const HTTP_SERVER of ["relay", "deno"] as const) {
+  Deno.test(`${HTTP_SERVER} server: out of descriptors, the relay stays alive, finishes its streams and accepts again`, async () => {
+    const CHUNKS = 30;
+    const up = startUpstream(() => {
+      return sseResponse({ gapMs: 50, count: CHUNKS });
     });
-    const text = stream.text();
-    // Idle connections until accept fails with EMFILE (the kernel backlog takes some more).
-    for (let i = 0; i < 400; i++) {
-      try {
-        flood.push(await Deno.connect({ hostname: "127.0.0.1", port }));
-      } catch {
-        break;
-      }
-    }
-    await waitFor(() => out.includes("listener failed"), 5000, "the listener failure log");
-    assert.match(out, /Too many open files/);
-    // The stream in flight is served to the end, byte for byte.
-    const expected = Array.from({ length: CHUNKS }, (_, i) => `data: ${i}\n\n`).join("");
-    assert.equal(await text, expected);
-    for (const c of flood.splice(0)) c.close();
-    // New connections are served again once descriptors are free.
-    const end = Date.now() + 10_000;
-    let status = 0;
-    while (Date.now() < end && status !== 200) {
-      await delay(100);
-      status = await fetch(`http://127.0.0.1:${port}/v1/models`)
-        .then(async (r) => (await r.body?.cancel(), r.status), () => 0);
-    }
-    assert.equal(status, 200, "the relay did not come back");
-    assert.match(out, /listening again/);
-    child.kill("SIGTERM");
-    const st = await child.status;
-    assert.equal(st.code, 0, await errText);
-  } finally {
-    for (const c of flood) c.close();
+    const child = new Deno.Command("bash", {
+      args: [
+        "-c",
+        `ulimit -n 200 && exec "$0" run --unstable-no-legacy-abort --allow-net=127.0.0.1 --allow-env "$1"`,
+        Deno.execPath(),
+        MAIN,
+      ],
+      env: {
+        HOST: "127.0.0.1",
+        PORT: "0",
+        UPSTREAM_SERVER_A: up.url,
+        UPSTREAM_KEEPWARM_SEC: "0",
+        HTTP_SERVER,
+      },
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let out = "";
+    const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
+      new WritableStream({ write: (t) => void (out += t) }),
+    );
+    const errText = new Response(child.stderr).text();
+    const flood: Deno.Conn[] = [];
     try {
-      child.kill("SIGKILL");
-    } catch { /* exited */ }
-    await child.status;
-    await outDone;
-    const stderr = await errText;
-    assert.ok(!/Uncaught/.test(stderr), stderr);
-    await up.close();
-  }
-});
+      await waitFor(() => /"address":"http:\/\/127\.0\.0\.1:\d+"/.test(out), 10_000, "start");
+      const port = Number(/"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(out)![1]);
+      const stream = await fetch(`http://127.0.0.1:${port}/v1/messages`, {
+        method: "POST",
+        body: "{}",
+      });
+      const text = stream.text();
+      // Idle connections until accept fails with EMFILE (the kernel backlog takes some more).
+      for (let i = 0; i < 400; i++) {
+        try {
+          flood.push(await Deno.connect({ hostname: "127.0.0.1", port }));
+        } catch {
+          break;
+        }
+      }
+      // Deno.serve's serve loop dies and is re-created; the relay's own server retries its accept.
+      const failed = HTTP_SERVER === "deno" ? "listener failed" : "accepting a connection failed";
+      await waitFor(() => out.includes(failed), 5000, "the accept failure log");
+      assert.match(out, /Too many open files/);
+      // The stream in flight is served to the end, byte for byte.
+      const expected = Array.from({ length: CHUNKS }, (_, i) => `data: ${i}\n\n`).join("");
+      assert.equal(await text, expected);
+      for (const c of flood.splice(0)) c.close();
+      // New connections are served again once descriptors are free.
+      const end = Date.now() + 10_000;
+      let status = 0;
+      while (Date.now() < end && status !== 200) {
+        await delay(100);
+        status = await fetch(`http://127.0.0.1:${port}/v1/models`)
+          .then(async (r) => (await r.body?.cancel(), r.status), () => 0);
+      }
+      assert.equal(status, 200, "the relay did not come back");
+      if (HTTP_SERVER === "deno") assert.match(out, /listening again/);
+      child.kill("SIGTERM");
+      const st = await child.status;
+      assert.equal(st.code, 0, await errText);
+    } finally {
+      for (const c of flood) c.close();
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await child.status;
+      await outDone;
+      const stderr = await errText;
+      assert.ok(!/Uncaught/.test(stderr), stderr);
+      await up.close();
+    }
+  });
+}

@@ -6,6 +6,7 @@
 import { createApp } from "../lib/app.ts";
 import type { App, AppDeps } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
+import { listen } from "../lib/listen.ts";
 import { Logger } from "../lib/log.ts";
 
 export const enc = new TextEncoder();
@@ -111,7 +112,11 @@ export async function writeAll(conn: Deno.Conn, data: string | Uint8Array): Prom
   while (off < bytes.length) off += await conn.write(bytes.subarray(off));
 }
 
-/** A relay running in this process behind Deno.serve on 127.0.0.1:0. */
+/**
+ * A relay running in this process on 127.0.0.1:0, on the server `listen.ts` picks (the relay's
+ * own HTTP/1.1 server unless the env says `HTTP_SERVER=deno`). `PF_TEST_HTTP_SERVER=deno` runs
+ * every test that does not choose on Deno.serve instead.
+ */
 export interface TestRelay {
   url: string;
   port: number;
@@ -121,23 +126,32 @@ export interface TestRelay {
 }
 
 export function startRelay(env: Record<string, string>, deps: AppDeps = {}): TestRelay {
-  const config = parseConfig({ HOST: "127.0.0.1", PORT: "0", ...env });
+  const choice = Deno.env.get("PF_TEST_HTTP_SERVER");
+  const config = parseConfig({
+    HOST: "127.0.0.1",
+    PORT: "0",
+    ...(choice ? { HTTP_SERVER: choice } : {}),
+    ...env,
+  });
   const logs: string[] = [];
   const log = deps.log ??
     new Logger({ level: config.debugLog ? "debug" : "info", sink: (t) => logs.push(t) });
   // Background probes would add requests the tests count: on only when a test asks.
   const app = createApp(config, { background: false, ...deps, log });
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, automaticCompression: false, onListen() {} },
-    (req, info) => app.fetch(req, info),
-  );
+  const listener = listen(config, {
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: (req, info) => app.fetch(req, info),
+    log,
+    maxConnections: app.maxConnections,
+  });
   return {
-    url: `http://127.0.0.1:${server.addr.port}`,
-    port: server.addr.port,
+    url: `http://127.0.0.1:${listener.addr.port}`,
+    port: listener.addr.port,
     app,
     logs,
     async close() {
-      await server.shutdown();
+      await listener.shutdown();
       app.close();
     },
   };

@@ -63,6 +63,7 @@ Deno.test("invalid request lines and framing get a 4xx or a closed connection, n
       "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", // a TLS ClientHello on the plain port
       "\r\n\r\n\r\n",
     ];
+    const t0 = Date.now();
     for (const req of bad) {
       const res = await rawRequest(relay.port, req);
       assert.ok(
@@ -70,6 +71,8 @@ Deno.test("invalid request lines and framing get a 4xx or a closed connection, n
         `${JSON.stringify(req.slice(0, 40))} → ${res.status}`,
       );
     }
+    // Answered at once, not after the header timeout (a ClientHello never ends its "head").
+    assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
     assert.equal(up.seen.length, 0);
     await stillServes(relay.port);
   } finally {
@@ -107,6 +110,111 @@ Deno.test("slowloris sockets and half-sent bodies do not stop the relay serving 
         c.close();
       } catch { /* closed */ }
     }
+    await relay.close();
+    await up.close();
+  }
+});
+
+/** Resolves with how the socket ended: the status line the relay sent, or "closed". */
+async function ending(c: Deno.Conn, limitMs: number): Promise<string> {
+  const buf = new Uint8Array(4096);
+  let text = "";
+  const timer = setTimeout(() => c.close(), limitMs);
+  try {
+    while (true) {
+      const n = await c.read(buf);
+      if (n === null) break;
+      text += new TextDecoder().decode(buf.subarray(0, n));
+    }
+  } catch {
+    return "still open";
+  } finally {
+    clearTimeout(timer);
+  }
+  return text === "" ? "closed" : text.split("\r\n")[0]!;
+}
+
+Deno.test("slowloris sockets get 408 and are closed after CLIENT_HEADER_TIMEOUT_SEC; idle keep-alive after CLIENT_IDLE_TIMEOUT_SEC", async () => {
+  const up = okUpstream();
+  const relay = startRelay({
+    UPSTREAM_SERVER_A: up.url,
+    CLIENT_HEADER_TIMEOUT_SEC: "0.6",
+    CLIENT_IDLE_TIMEOUT_SEC: "0.8",
+    HTTP_SERVER: "relay",
+  });
+  const conns: Deno.Conn[] = [];
+  try {
+    for (let i = 0; i < 20; i++) {
+      conns.push(await Deno.connect({ hostname: "127.0.0.1", port: relay.port }));
+    }
+    // Half of them drip a header byte every 100 ms (never finishing); the rest send nothing.
+    let dripping = true;
+    const drip = (async () => {
+      for (const c of conns.slice(0, 10)) {
+        await c.write(enc.encode("GET /v1/models HTTP/1.1\r\nx-a: ")).catch(() => 0);
+      }
+      while (dripping) {
+        for (const c of conns.slice(0, 10)) await c.write(enc.encode("a")).catch(() => 0);
+        await delay(100);
+      }
+    })();
+    const t0 = Date.now();
+    const ends = await Promise.all(conns.map((c) => ending(c, 5000)));
+    dripping = false;
+    await drip;
+    const took = Date.now() - t0;
+    assert.deepEqual(ends.slice(0, 10), Array(10).fill("HTTP/1.1 408 Request Timeout"));
+    assert.deepEqual(ends.slice(10), Array(10).fill("closed"));
+    assert.ok(took < 3000, `sockets closed after ${took} ms`);
+    await stillServes(relay.port);
+
+    // A kept-alive connection that goes quiet after its response is closed by the relay.
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    conns.push(c);
+    await c.write(enc.encode("GET /v1/models HTTP/1.1\r\nhost: b\r\n\r\n"));
+    const idleStart = Date.now();
+    const end = await ending(c, 5000);
+    assert.match(end, /^HTTP\/1\.1 200/);
+    const idle = Date.now() - idleStart;
+    assert.ok(idle >= 600 && idle < 3000, `idle connection closed after ${idle} ms`);
+  } finally {
+    for (const c of conns) {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    }
+    await relay.close();
+    await up.close();
+  }
+});
+
+Deno.test("MAX_CONNECTIONS caps open client sockets: one more gets 503 at once and is closed", async () => {
+  const up = okUpstream();
+  const relay = startRelay({
+    UPSTREAM_SERVER_A: up.url,
+    MAX_CONNECTIONS: "3",
+    HTTP_SERVER: "relay",
+  });
+  const held: Deno.Conn[] = [];
+  try {
+    // Three idle sockets (they never send a request) fill the cap.
+    for (let i = 0; i < 3; i++) {
+      held.push(await Deno.connect({ hostname: "127.0.0.1", port: relay.port }));
+    }
+    await delay(50);
+    const res = await rawRequest(
+      relay.port,
+      "GET /v1/models HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n",
+    );
+    assert.equal(res.status, 503);
+    assert.equal(JSON.parse(new TextDecoder().decode(res.body)).error.code, "overloaded");
+    assert.equal(up.seen.length, 0);
+    // One socket freed: the next client is served.
+    held.pop()!.close();
+    await delay(50);
+    await stillServes(relay.port);
+  } finally {
+    for (const c of held) c.close();
     await relay.close();
     await up.close();
   }

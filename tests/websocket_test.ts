@@ -64,81 +64,91 @@ function closed(ws: WebSocket): Promise<{ code: number; reason: string }> {
   ) => (ws.onclose = (e) => resolve({ code: e.code, reason: e.reason })));
 }
 
-Deno.test("WebSocket on /v1/responses relays messages both ways in order, with headers and client IP", async () => {
-  const { up, seen } = wsUpstream();
-  const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
-  try {
-    const ws = await open(`${relay.url.replace("http", "ws")}/v1/responses?x=1`, {
-      authorization: "Bearer sk-codex",
-      session_id: "sess-9",
-      "x-forwarded-for": "6.6.6.6",
-    }, ["responses-v1"]);
-    assert.equal(ws.protocol, "responses-v1");
-    const replies: Array<string | number[]> = [];
-    ws.onmessage = (e) =>
-      replies.push(typeof e.data === "string" ? e.data : [...new Uint8Array(e.data)]);
-    for (let i = 0; i < 20; i++) ws.send(`m${i}`);
-    ws.send(new Uint8Array([1, 2, 3, 250]));
-    await waitFor(() => replies.length === 21, 3000, "21 replies");
-    assert.deepEqual(replies.slice(0, 20), Array.from({ length: 20 }, (_, i) => `echo:m${i}`));
-    assert.deepEqual(replies[20], [1, 2, 3, 250]);
-    assert.equal(seen.headers.get("authorization"), "Bearer sk-codex");
-    assert.equal(seen.headers.get("session_id"), "sess-9");
-    assert.equal(seen.headers.get("x-real-ip"), "127.0.0.1");
-    assert.equal(seen.headers.get("x-forwarded-for"), "127.0.0.1");
-    assert.equal(new URL(up.seen[0]!.url).search, "?x=1");
-    const done = closed(ws);
-    ws.close(4001, "client bye");
-    await done;
-    await waitFor(() => seen.closed !== null, 3000, "upstream close");
-    assert.deepEqual(seen.closed, { code: 4001, reason: "client bye" });
-    await waitFor(() => relay.app.inFlight === 0, 3000, "in-flight back to 0");
-  } finally {
-    await relay.close();
-    await up.close();
-  }
-});
-
-Deno.test("A closing the WebSocket passes its close code and reason to the client", async () => {
-  for (
-    const [code, reason] of [[4002, "done here"], [1011, "server error"], [1000, "normal"]] as const
-  ) {
-    const { up } = wsUpstream({ closeWith: [code, reason] });
-    const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+// The relay's own server tunnels the upgraded connection byte for byte; Deno.serve (TLS at the
+// relay, or HTTP_SERVER=deno) bridges messages. Both must behave the same for a client.
+for (
+  const [HTTP_SERVER, label] of [["relay", "tunnel"], ["deno", "bridge"]] as const
+) {
+  Deno.test(`${label}: WebSocket on /v1/responses relays messages both ways in order, with headers and client IP`, async () => {
+    const { up, seen } = wsUpstream();
+    const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER });
     try {
-      const ws = await open(`${relay.url.replace("http", "ws")}/v1/responses`, {});
+      const ws = await open(`${relay.url.replace("http", "ws")}/v1/responses?x=1`, {
+        authorization: "Bearer sk-codex",
+        session_id: "sess-9",
+        "x-forwarded-for": "6.6.6.6",
+      }, ["responses-v1"]);
+      assert.equal(ws.protocol, "responses-v1");
+      const replies: Array<string | number[]> = [];
+      ws.onmessage = (e) =>
+        replies.push(typeof e.data === "string" ? e.data : [...new Uint8Array(e.data)]);
+      for (let i = 0; i < 20; i++) ws.send(`m${i}`);
+      ws.send(new Uint8Array([1, 2, 3, 250]));
+      await waitFor(() => replies.length === 21, 3000, "21 replies");
+      assert.deepEqual(replies.slice(0, 20), Array.from({ length: 20 }, (_, i) => `echo:m${i}`));
+      assert.deepEqual(replies[20], [1, 2, 3, 250]);
+      assert.equal(seen.headers.get("authorization"), "Bearer sk-codex");
+      assert.equal(seen.headers.get("session_id"), "sess-9");
+      assert.equal(seen.headers.get("x-real-ip"), "127.0.0.1");
+      assert.equal(seen.headers.get("x-forwarded-for"), "127.0.0.1");
+      assert.equal(new URL(up.seen[0]!.url).search, "?x=1");
       const done = closed(ws);
-      ws.send("bye please");
-      assert.deepEqual(await done, { code, reason });
+      ws.close(4001, "client bye");
+      await done;
+      await waitFor(() => seen.closed !== null, 3000, "upstream close");
+      assert.deepEqual(seen.closed, { code: 4001, reason: "client bye" });
+      await waitFor(() => relay.app.inFlight === 0, 3000, "in-flight back to 0");
     } finally {
       await relay.close();
       await up.close();
     }
-  }
-});
+  });
 
-Deno.test("A refusing the upgrade (426, 404) reaches the client as that HTTP answer", async () => {
-  for (const status of [426, 404, 405]) {
-    const { up } = wsUpstream({ refuse: status });
-    const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
-    try {
-      const res = await rawRequest(
-        relay.port,
-        "GET /v1/responses HTTP/1.1\r\nhost: b\r\nconnection: Upgrade, close\r\nupgrade: websocket\r\n" +
-          "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-      );
-      assert.equal(res.status, status);
-      assert.match(new TextDecoder().decode(res.body), /no websocket here/);
-    } finally {
-      await relay.close();
-      await up.close();
+  Deno.test(`${label}: A closing the WebSocket passes its close code and reason to the client`, async () => {
+    for (
+      const [code, reason] of [[4002, "done here"], [1011, "server error"], [
+        1000,
+        "normal",
+      ]] as const
+    ) {
+      const { up } = wsUpstream({ closeWith: [code, reason] });
+      const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER });
+      try {
+        const ws = await open(`${relay.url.replace("http", "ws")}/v1/responses`, {});
+        const done = closed(ws);
+        ws.send("bye please");
+        assert.deepEqual(await done, { code, reason });
+      } finally {
+        await relay.close();
+        await up.close();
+      }
     }
-  }
-});
+  });
 
-Deno.test("a message over A's 32 MiB limit closes the session with 1009", async () => {
+  Deno.test(`${label}: A refusing the upgrade (426, 404) reaches the client as that HTTP answer`, async () => {
+    for (const status of [426, 404, 405]) {
+      const { up } = wsUpstream({ refuse: status });
+      const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER });
+      try {
+        const res = await rawRequest(
+          relay.port,
+          "GET /v1/responses HTTP/1.1\r\nhost: b\r\nconnection: Upgrade, close\r\nupgrade: websocket\r\n" +
+            "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        );
+        assert.equal(res.status, status);
+        assert.match(new TextDecoder().decode(res.body), /no websocket here/);
+      } finally {
+        await relay.close();
+        await up.close();
+      }
+    }
+  });
+}
+
+Deno.test("bridge: a message over A's 32 MiB limit closes the session with 1009", async () => {
+  // Only the bridge reads messages; in a tunnel A's own limit applies.
   const { up } = wsUpstream();
-  const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER: "deno" });
   try {
     const ws = await open(`${relay.url.replace("http", "ws")}/v1/responses`, {});
     const done = closed(ws);
@@ -165,5 +175,49 @@ Deno.test("an unreachable A makes the WebSocket handshake a JSON 502", async () 
     assert.equal(relay.app.inFlight, 0);
   } finally {
     await relay.close();
+  }
+});
+
+Deno.test("tunnel: the client's handshake reaches A as sent and A's 101 comes back as sent", async () => {
+  const { up } = wsUpstream();
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER: "relay" });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+  try {
+    const key = "dGhlIHNhbXBsZSBub25jZQ==";
+    await conn.write(
+      new TextEncoder().encode(
+        "GET /v1/responses HTTP/1.1\r\nhost: b\r\nconnection: Upgrade\r\nupgrade: websocket\r\n" +
+          `sec-websocket-version: 13\r\nsec-websocket-key: ${key}\r\n` +
+          "sec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+      ),
+    );
+    const buf = new Uint8Array(4096);
+    let head = "";
+    while (!head.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      assert.ok(n !== null, "relay closed before its 101");
+      head += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    assert.match(head, /^HTTP\/1\.1 101 /);
+    // RFC 6455's example key: A answered the client's own key, not one made up by the relay.
+    assert.match(head, /sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK\+xOo=/i);
+    assert.equal(up.seen[0]!.headers.get("sec-websocket-key"), key);
+    assert.match(up.seen[0]!.headers.get("sec-websocket-extensions") ?? "", /permessage-deflate/);
+    // A masked text frame "hi" goes through byte for byte and A's echo comes back.
+    const mask = [1, 2, 3, 4];
+    const payload = [..."hi"].map((c, i) => c.charCodeAt(0) ^ mask[i % 4]!);
+    await conn.write(new Uint8Array([0x81, 0x80 | 2, ...mask, ...payload]));
+    const n = await conn.read(buf);
+    assert.ok(n !== null);
+    const frame = buf.subarray(0, n);
+    assert.equal(frame[0], 0x81);
+    assert.equal(new TextDecoder().decode(frame.subarray(2, 2 + frame[1]!)), "echo:hi");
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed */ }
+    await waitFor(() => relay.app.inFlight === 0, 3000, "in-flight back to 0");
+    await relay.close();
+    await up.close();
   }
 });

@@ -1,0 +1,100 @@
+/**
+ * @module listen
+ * Starts the client-facing server the configuration asks for.
+ *
+ * Plain HTTP runs on the relay's own HTTP/1.1 server (`server.ts`) by default: it closes sockets
+ * that never finish their request head (slowloris) or idle too long between requests, and caps
+ * open sockets at `MAX_CONNECTIONS`. TLS at the relay, or `HTTP_SERVER=deno`, runs on `Deno.serve`
+ * (`conn_limit.ts`'s resilient wrapper), which offers HTTP/2 to TLS clients but has neither
+ * timeout nor socket cap.
+ * Must never: let a listener failure become an unhandled rejection.
+ */
+
+import type { ClientInfo } from "./app.ts";
+import type { Config } from "./config.ts";
+import { serveResilient } from "./conn_limit.ts";
+import type { Logger } from "./log.ts";
+import { serveHttp1 } from "./server.ts";
+
+/** The running server, whichever it is. */
+export interface Listener {
+  readonly addr: Deno.NetAddr;
+  readonly finished: Promise<void>;
+  /** "relay" (own HTTP/1.1 server) or "deno" (Deno.serve). */
+  readonly kind: "relay" | "deno";
+  /** Open client sockets (own server only; null when Deno.serve does not tell). */
+  readonly connections: number | null;
+  shutdown(): Promise<void>;
+}
+
+/** What {@link listen} needs besides the config. */
+export interface ListenOptions {
+  handler: (req: Request, info: ClientInfo) => Response | Promise<Response>;
+  log?: Logger | undefined;
+  /** The socket cap (the app's effective `MAX_CONNECTIONS`). */
+  maxConnections: number;
+  /** TLS certificate and key (PEM) when the relay serves HTTPS itself. */
+  tls?: { cert: string; key: string } | null | undefined;
+  onListen?: (addr: Deno.NetAddr) => void;
+  onError?: (err: unknown) => Response | Promise<Response>;
+  /** Overrides the config's host and port (tests listen on 127.0.0.1:0). */
+  hostname?: string;
+  port?: number;
+}
+
+/** Listens on the configured address with the configured server. Throws like `Deno.listen`. */
+export function listen(config: Config, o: ListenOptions): Listener {
+  const hostname = o.hostname ?? config.host;
+  const port = o.port ?? config.port;
+  if (o.tls || config.httpServer === "deno") {
+    const server = serveResilient({
+      hostname,
+      port,
+      // DENO_SERVE_AUTOMATIC_COMPRESSION=1 would otherwise re-encode A's bodies.
+      automaticCompression: false,
+      ...(o.tls ?? {}),
+      ...(o.onListen ? { onListen: o.onListen } : { onListen: () => {} }),
+      ...(o.onError ? { onError: o.onError } : {}),
+      log: o.log,
+    }, o.handler);
+    return {
+      get addr() {
+        return server.addr;
+      },
+      finished: server.finished,
+      kind: "deno",
+      connections: null,
+      shutdown: () => server.shutdown(),
+    };
+  }
+  const server = serveHttp1({
+    hostname,
+    port,
+    headerTimeoutMs: config.clientHeaderTimeoutMs,
+    idleTimeoutMs: config.clientIdleTimeoutMs,
+    maxConnections: o.maxConnections,
+    ...(o.onListen ? { onListen: o.onListen } : {}),
+    ...(o.onError ? { onError: o.onError } : {}),
+    onAcceptError: (err) => {
+      const emfile = err instanceof Error && /too many open files/i.test(err.message);
+      o.log?.[emfile ? "warn" : "error"]("accepting a connection failed; retrying", {
+        detail: err instanceof Error ? `${err.name}: ${err.message.slice(0, 200)}` : "error",
+        ...(emfile
+          ? {
+            hint: "raise the descriptor limit (systemd LimitNOFILE, docker --ulimit nofile) or " +
+              "lower MAX_CONNECTIONS",
+          }
+          : {}),
+      });
+    },
+  }, o.handler);
+  return {
+    addr: server.addr,
+    finished: server.finished,
+    kind: "relay",
+    get connections() {
+      return server.connections;
+    },
+    shutdown: () => server.shutdown(),
+  };
+}

@@ -1,0 +1,1026 @@
+/**
+ * lib/server.ts: our HTTP/1.1 server on Deno.listen. Pure head parsing against tables, everything
+ * else over real sockets on 127.0.0.1 with a raw client (so framing, timing and closes are seen
+ * exactly as sent) or `fetch`.
+ */
+
+import assert from "node:assert/strict";
+import {
+  type Http1Handler,
+  type Http1Server,
+  type Http1ServerOptions,
+  parseRequestHead,
+  requestUrl,
+  serveHttp1,
+  type ServeInfo,
+  upgradeResponse,
+} from "../lib/server.ts";
+import { RelayError } from "../lib/errors.ts";
+import { concat, dec, delay, enc, sha256, waitFor } from "./helpers.ts";
+
+// ---- fixtures ----
+
+function start(
+  handler: Http1Handler,
+  opts: Partial<Http1ServerOptions> = {},
+): { server: Http1Server; port: number } {
+  const server = serveHttp1({ hostname: "127.0.0.1", port: 0, ...opts }, handler);
+  return { server, port: server.addr.port };
+}
+
+/** A parsed response as it arrived. */
+interface Res {
+  status: number;
+  head: string;
+  headers: Map<string, string>;
+  /** De-chunked payload. */
+  body: Uint8Array;
+  /** The body bytes as framed on the wire. */
+  wire: Uint8Array;
+}
+
+/** A raw HTTP/1.1 client on one socket, reading responses one at a time. */
+class Raw {
+  readonly conn: Deno.TcpConn;
+  #buf: Uint8Array = new Uint8Array(0);
+  #eof = false;
+
+  private constructor(conn: Deno.TcpConn) {
+    this.conn = conn;
+  }
+
+  static async open(port: number): Promise<Raw> {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    conn.setNoDelay(true);
+    return new Raw(conn);
+  }
+
+  async send(data: string | Uint8Array): Promise<void> {
+    const bytes = typeof data === "string" ? enc.encode(data) : data;
+    let off = 0;
+    while (off < bytes.length) off += await this.conn.write(bytes.subarray(off));
+  }
+
+  async #fill(): Promise<boolean> {
+    if (this.#eof) return false;
+    const chunk = new Uint8Array(65536);
+    const n = await this.conn.read(chunk).catch(() => null);
+    if (n === null) {
+      this.#eof = true;
+      return false;
+    }
+    this.#buf = concat([this.#buf, chunk.subarray(0, n)]);
+    return true;
+  }
+
+  /** Waits until `n` bytes are buffered (or EOF); returns and consumes them. */
+  async take(n: number): Promise<Uint8Array> {
+    while (this.#buf.length < n && (await this.#fill()));
+    const out = this.#buf.slice(0, n);
+    this.#buf = this.#buf.subarray(out.length);
+    return out;
+  }
+
+  async #line(): Promise<string> {
+    while (true) {
+      const i = this.#buf.indexOf(10);
+      if (i >= 0) {
+        const line = dec.decode(this.#buf.subarray(0, i)).replace(/\r$/, "");
+        this.#buf = this.#buf.subarray(i + 1);
+        return line;
+      }
+      if (!(await this.#fill())) throw new Error("connection closed mid-line");
+    }
+  }
+
+  /** Reads one response (`head: true` for a response to HEAD: no body whatever the headers say). */
+  async response(opts: { head?: boolean } = {}): Promise<Res> {
+    const lines: string[] = [];
+    while (true) {
+      const line = await this.#line();
+      if (line === "") break;
+      lines.push(line);
+    }
+    const headers = new Map<string, string>();
+    for (const l of lines.slice(1)) {
+      const i = l.indexOf(":");
+      headers.set(l.slice(0, i).toLowerCase(), l.slice(i + 1).trim());
+    }
+    const status = Number(lines[0]!.split(" ")[1]);
+    let body: Uint8Array = new Uint8Array(0);
+    let wire: Uint8Array = new Uint8Array(0);
+    const noBody = opts.head || status === 204 || status === 304 || status < 200;
+    if (noBody) {
+      // nothing
+    } else if (headers.get("transfer-encoding") === "chunked") {
+      const pieces: Uint8Array[] = [];
+      const wires: Uint8Array[] = [];
+      while (true) {
+        const sizeLine = await this.#line();
+        wires.push(enc.encode(sizeLine + "\r\n"));
+        const size = parseInt(sizeLine, 16);
+        if (size === 0) {
+          assert.equal(await this.#line(), "");
+          wires.push(enc.encode("\r\n"));
+          break;
+        }
+        const data = await this.take(size);
+        pieces.push(data);
+        wires.push(data, await this.take(2));
+      }
+      body = concat(pieces);
+      wire = concat(wires);
+    } else if (headers.has("content-length")) {
+      body = wire = await this.take(Number(headers.get("content-length")));
+    } else {
+      body = wire = await this.rest();
+    }
+    return { status, head: lines.join("\r\n"), headers, body, wire };
+  }
+
+  /** Everything until the server closes. */
+  async rest(): Promise<Uint8Array> {
+    while (await this.#fill());
+    const out = this.#buf;
+    this.#buf = new Uint8Array(0);
+    return out;
+  }
+
+  /** Resolves true when the server closes the connection within `ms`. */
+  async closedWithin(ms: number): Promise<boolean> {
+    const timer = setTimeout(() => this.close(), ms);
+    try {
+      while (await this.#fill());
+      return true;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  get ended(): boolean {
+    return this.#eof;
+  }
+
+  close(): void {
+    try {
+      this.conn.close();
+    } catch { /* closed */ }
+  }
+}
+
+const get = (path = "/", extra = "") => `GET ${path} HTTP/1.1\r\nhost: t\r\n${extra}\r\n`;
+
+function json(res: Res): { error: { message: string; type: string; code: string } } {
+  return JSON.parse(dec.decode(res.body));
+}
+
+function randomBytes(n: number): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(n);
+  for (let off = 0; off < n; off += 65536) {
+    crypto.getRandomValues(out.subarray(off, Math.min(n, off + 65536)));
+  }
+  return out;
+}
+
+// ---- pure ----
+
+Deno.test("parseRequestHead accepts the request forms clients send", () => {
+  const h = parseRequestHead(
+    "POST /v1/x?y=1 HTTP/1.1\r\nHost: a:1\r\nsession_id:  abc \t\r\nContent-Length: 5\r\n",
+  );
+  assert.equal(h.method, "POST");
+  assert.equal(h.target, "/v1/x?y=1");
+  assert.equal(h.http10, false);
+  assert.equal(h.host, "a:1");
+  assert.equal(h.contentLength, 5);
+  assert.deepEqual(h.headers[1], ["session_id", "abc"]);
+  assert.equal(h.keepAlive, true);
+  // Bare LF line ends (hyper accepts them), HTTP/1.0 keep-alive, chunked, expect, upgrade.
+  const g = parseRequestHead("GET / HTTP/1.0\nConnection: Keep-Alive\n");
+  assert.equal(g.http10, true);
+  assert.equal(g.keepAlive, true);
+  assert.equal(parseRequestHead("GET / HTTP/1.0\r\n").keepAlive, false);
+  assert.equal(parseRequestHead("GET / HTTP/1.1\r\nConnection: foo, close\r\n").keepAlive, false);
+  const c = parseRequestHead(
+    "PUT / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nExpect: 100-Continue\r\nUpgrade: x\r\n",
+  );
+  assert.equal(c.chunked, true);
+  assert.equal(c.expectContinue, true);
+  assert.equal(c.upgrade, true);
+  assert.equal(
+    parseRequestHead("POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n")
+      .contentLength,
+    3,
+  );
+  assert.deepEqual(parseRequestHead("GET / HTTP/1.1\r\nx-latin: \xe9\r\n").headers[0], [
+    "x-latin",
+    "\xe9",
+  ]);
+});
+
+Deno.test("parseRequestHead refuses malformed and ambiguous heads with 400 bad_request", () => {
+  const bad = [
+    "GARBAGE",
+    "GET / HTTP/2.0",
+    "GET  / HTTP/1.1",
+    "GET / HTTP/1.1 x",
+    "G(T / HTTP/1.1",
+    "GET / HTTP/1.1\r\n folded: x",
+    "GET / HTTP/1.1\r\nx-a : 1",
+    "GET / HTTP/1.1\r\nno colon",
+    "GET / HTTP/1.1\r\n: empty name",
+    "GET / HTTP/1.1\r\nx-a: a\x00b",
+    "GET / HTTP/1.1\r\nx-a: a\rb",
+    "GET / HTTP/1.1\r\nx-a: a\x7fb",
+    "GET / HTTP/1.1\r\nhost: a\r\nhost: b",
+    "POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked",
+    "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4",
+    "POST / HTTP/1.1\r\ncontent-length: 3, 3",
+    "POST / HTTP/1.1\r\ncontent-length: -1",
+    "POST / HTTP/1.1\r\ntransfer-encoding: gzip",
+    "POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip",
+  ];
+  for (const text of bad) {
+    assert.throws(
+      () => parseRequestHead(text),
+      (e: unknown) =>
+        e instanceof RelayError && e.status === 400 && String(e.code) === "bad_request",
+      JSON.stringify(text),
+    );
+  }
+});
+
+Deno.test("requestUrl builds http://host+target and refuses hosts that would change the URL", () => {
+  const head = (target: string, host: string | null) => ({
+    ...parseRequestHead(`GET ${target} HTTP/1.1\r\n`),
+    host,
+  });
+  assert.equal(requestUrl(head("/a?b", "x:1"), "fb:9"), "http://x:1/a?b");
+  assert.equal(requestUrl(head("/a", null), "127.0.0.1:9"), "http://127.0.0.1:9/a");
+  assert.equal(requestUrl(head("/a", ""), "[::1]:9"), "http://[::1]:9/a");
+  assert.equal(requestUrl(head("http://evil/p?q", "x"), "fb"), "http://x/p?q");
+  assert.equal(requestUrl(head("HTTPS://evil", "x"), "fb"), "http://x/");
+  assert.equal(requestUrl(head("http://evil?q", "x"), "fb"), "http://x/?q");
+  assert.equal(requestUrl(head("*", "x"), "fb"), "http://x/*");
+  assert.equal(requestUrl(head("/v1/../x", "[::1]:80"), "fb"), "http://[::1]:80/v1/../x");
+  for (const host of ["a/b", "u@x", "a?b", "a#b", "a\\b", "a b", "\xe9"]) {
+    assert.throws(() => requestUrl(head("/", host), "fb"), RelayError, host);
+  }
+  assert.throws(() => requestUrl(head("example.com:443", "x"), "fb"), RelayError);
+});
+
+// ---- bodies ----
+
+Deno.test("a 5 MB binary body round-trips byte for byte, with content-length and chunked", async () => {
+  const seen: Array<string | null> = [];
+  const { server, port } = start((req) => {
+    seen.push(req.headers.get("transfer-encoding") ?? req.headers.get("content-length"));
+    return new Response(req.body);
+  });
+  try {
+    const data = randomBytes(5 * 1024 * 1024);
+    const want = await sha256(data);
+    const a = await fetch(`http://127.0.0.1:${port}/echo`, { method: "POST", body: data });
+    assert.equal(a.headers.get("transfer-encoding"), "chunked");
+    assert.equal(await sha256(await a.bytes()), want);
+    // Chunked upload, in uneven pieces.
+    let off = 0;
+    const stream = new ReadableStream<Uint8Array>({
+      pull(c) {
+        if (off >= data.length) return c.close();
+        const n = Math.min(data.length - off, 1 + Math.floor(Math.random() * 200_000));
+        c.enqueue(data.slice(off, off + n));
+        off += n;
+      },
+    });
+    const b = await fetch(`http://127.0.0.1:${port}/echo`, {
+      method: "POST",
+      body: stream,
+      duplex: "half",
+    } as RequestInit);
+    assert.equal(await sha256(await b.bytes()), want);
+    assert.deepEqual(seen, [String(data.length), "chunked"]);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("GET without a body gets req.body null; POST with a small body reads it whole", async () => {
+  const { server, port } = start(async (req) => {
+    if (req.method === "GET") return Response.json({ bodyNull: req.body === null });
+    return new Response(`got ${await req.text()}`);
+  });
+  const c = await Raw.open(port);
+  try {
+    await c.send(get());
+    assert.deepEqual(JSON.parse(dec.decode((await c.response()).body)), { bodyNull: true });
+    await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n\r\nhello");
+    const r = await c.response();
+    assert.equal(dec.decode(r.body), "got hello");
+    assert.equal(r.headers.get("content-length"), "9");
+    await c.send(
+      "POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n" +
+        "3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\ntrailer: x\r\n\r\n",
+    );
+    assert.equal(dec.decode((await c.response()).body), "got abcde");
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("the session_id header (underscore) reaches the handler", async () => {
+  const { server, port } = start((req) => new Response(req.headers.get("session_id") ?? "none"));
+  const c = await Raw.open(port);
+  try {
+    await c.send(get("/", "session_id: s-123\r\n"));
+    assert.equal(dec.decode((await c.response()).body), "s-123");
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("req.url keeps the target as sent (no dot-segment or escape normalisation)", async () => {
+  const { server, port } = start((req) => new Response(req.url));
+  const c = await Raw.open(port);
+  try {
+    await c.send(get("/v1/../x/%2e%2e/a?b=<q>", "").replace("host: t", "host: Example.COM:80"));
+    assert.equal(
+      dec.decode((await c.response()).body),
+      "http://Example.COM:80/v1/../x/%2e%2e/a?b=<q>",
+    );
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("a request body the handler leaves unread is drained and the connection kept", async () => {
+  const { server, port } = start(() => new Response("early"));
+  const c = await Raw.open(port);
+  try {
+    await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 10000\r\n\r\n");
+    const r = await c.response();
+    assert.equal(dec.decode(r.body), "early");
+    assert.equal(r.headers.get("connection"), undefined);
+    await c.send("x".repeat(10000));
+    await c.send(get());
+    assert.equal((await c.response()).status, 200);
+    // Over the 1 MiB drain limit: answered with connection: close, then closed.
+    await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 5000000\r\n\r\n");
+    const big = await c.response();
+    assert.equal(big.headers.get("connection"), "close");
+    assert.ok(await c.closedWithin(2000));
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+// ---- connections ----
+
+Deno.test("keep-alive: three requests on one socket, pipelined requests answered in order", async () => {
+  const ports = new Set<number>();
+  const { server, port } = start(async (req, info) => {
+    ports.add(info.remoteAddr.port);
+    const n = new URL(req.url).pathname.slice(1);
+    if (n === "slow") await delay(50);
+    return new Response(`r${n}`);
+  });
+  const c = await Raw.open(port);
+  try {
+    for (const n of [1, 2, 3]) {
+      await c.send(get(`/${n}`));
+      assert.equal(dec.decode((await c.response()).body), `r${n}`);
+    }
+    assert.equal(ports.size, 1);
+    assert.equal(server.connections, 1);
+    // Pipelined, the first one slow: answers still come in request order.
+    await c.send(
+      get("/slow") + get("/4") + "POST /5 HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi" +
+        get("/6"),
+    );
+    for (const want of ["rslow", "r4", "r5", "r6"]) {
+      assert.equal(dec.decode((await c.response()).body), want);
+    }
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("HEAD gets headers without a body; 204 gets neither body nor content-length", async () => {
+  const { server, port } = start((req) => {
+    if (new URL(req.url).pathname === "/204") return new Response(null, { status: 204 });
+    return new Response("hello", { headers: { "x-a": "1" } });
+  });
+  const c = await Raw.open(port);
+  try {
+    await c.send(`HEAD / HTTP/1.1\r\nhost: t\r\n\r\n`);
+    const h = await c.response({ head: true });
+    assert.equal(h.status, 200);
+    assert.equal(h.headers.get("content-length"), "5");
+    assert.equal(h.headers.get("x-a"), "1");
+    await c.send(get("/204"));
+    const n = await c.response();
+    assert.equal(n.status, 204);
+    assert.match(n.head, /^HTTP\/1\.1 204 No Content\r\n/);
+    assert.equal(n.headers.get("content-length"), undefined);
+    assert.ok(n.headers.get("date"));
+    // Had the HEAD response carried a body, this would parse it as a status line.
+    await c.send(get("/"));
+    assert.equal(dec.decode((await c.response()).body), "hello");
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("fetch as a client works, and reuses one kept-alive connection", async () => {
+  const ports = new Set<number>();
+  const { server, port } = start(async (req, info) => {
+    ports.add(info.remoteAddr.port);
+    return Response.json({ method: req.method, body: req.body ? await req.text() : null });
+  });
+  try {
+    for (let i = 0; i < 5; i++) {
+      const r = await fetch(`http://127.0.0.1:${port}/x`, { method: "POST", body: `b${i}` });
+      assert.deepEqual(await r.json(), { method: "POST", body: `b${i}` });
+    }
+    const g = await fetch(`http://127.0.0.1:${port}/x`);
+    assert.deepEqual(await g.json(), { method: "GET", body: null });
+    assert.equal(ports.size, 1, "fetch opened more than one connection");
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("HTTP/1.0: a streamed body is close-delimited; keep-alive only when asked", async () => {
+  const { server, port } = start(() =>
+    new Response(
+      new ReadableStream({
+        async pull(c) {
+          await delay(5);
+          c.enqueue(enc.encode("ab"));
+          c.close();
+        },
+      }),
+    )
+  );
+  try {
+    const a = await Raw.open(port);
+    await a.send("GET / HTTP/1.0\r\n\r\n");
+    const r = await a.response();
+    assert.match(r.head, /^HTTP\/1\.0 200 OK/);
+    assert.equal(r.headers.get("transfer-encoding"), undefined);
+    assert.equal(dec.decode(r.body), "ab");
+    a.close();
+    const s = start(() => new Response("static"));
+    const b = await Raw.open(s.port);
+    try {
+      await b.send("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n");
+      const k = await b.response();
+      assert.equal(k.headers.get("connection"), "keep-alive");
+      assert.equal(k.headers.get("content-length"), "6");
+      await b.send("GET / HTTP/1.0\r\n\r\n");
+      assert.equal(dec.decode((await b.response()).body), "static");
+      assert.ok(await b.closedWithin(1000), "HTTP/1.0 without keep-alive stayed open");
+    } finally {
+      b.close();
+      await s.server.shutdown();
+    }
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("header bytes above 0x7f arrive as Latin-1 chars; repeated response fields stay separate", async () => {
+  const { server, port } = start((req) => {
+    const v = req.headers.get("x-a") ?? "";
+    const h = new Headers({ "x-codes": [...v].map((c) => c.charCodeAt(0)).join(",") });
+    h.append("set-cookie", "a=1");
+    h.append("set-cookie", "b=2");
+    const res = new Response("ok", { headers: h });
+    // Appended to a response's headers, repeated fields stay separate lines, as with Deno.serve.
+    res.headers.append("www-authenticate", 'Bearer realm="r"');
+    res.headers.append("www-authenticate", 'Basic realm="r"');
+    return res;
+  });
+  const c = await Raw.open(port);
+  try {
+    await c.send(
+      concat([
+        enc.encode("GET / HTTP/1.1\r\nhost: t\r\nx-a: "),
+        new Uint8Array([0xe9, 0x80]),
+        enc.encode("\r\n\r\n"),
+      ]),
+    );
+    const r = await c.response();
+    assert.equal(r.headers.get("x-codes"), "233,128");
+    assert.equal(r.head.match(/^set-cookie: /gm)?.length, 2);
+    assert.deepEqual(r.head.match(/^www-authenticate: .*$/gm), [
+      'www-authenticate: Bearer realm="r"',
+      'www-authenticate: Basic realm="r"',
+    ]);
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("a handler that throws gets the JSON 500, a RelayError its own status, onError its answer", async () => {
+  const handler: Http1Handler = (req) => {
+    const p = new URL(req.url).pathname;
+    if (p === "/relay") throw new RelayError(429, "rate_limited", "slow down");
+    if (p === "/async") return Promise.reject(new Error("secret internal detail"));
+    throw new Error("secret internal detail");
+  };
+  const a = start(handler);
+  const b = start(handler, { onError: () => new Response("custom", { status: 502 }) });
+  const c = await Raw.open(a.port);
+  const d = await Raw.open(b.port);
+  try {
+    for (const path of ["/sync", "/async"]) {
+      await c.send(get(path));
+      const r = await c.response();
+      assert.equal(r.status, 500);
+      assert.equal(json(r).error.code, "internal_error");
+      assert.ok(!dec.decode(r.body).includes("secret"));
+    }
+    await c.send(get("/relay"));
+    const limited = await c.response();
+    assert.equal(limited.status, 429);
+    assert.equal(json(limited).error.code, "rate_limited");
+    await d.send(get("/sync"));
+    const custom = await d.response();
+    assert.equal(custom.status, 502);
+    assert.equal(dec.decode(custom.body), "custom");
+  } finally {
+    c.close();
+    d.close();
+    await a.server.shutdown();
+    await b.server.shutdown();
+  }
+});
+
+// ---- streaming and aborts ----
+
+Deno.test("SSE: each chunk reaches the client within 50 ms of being enqueued", async () => {
+  let ctrl!: ReadableStreamDefaultController<Uint8Array>;
+  const { server, port } = start(() =>
+    new Response(new ReadableStream<Uint8Array>({ start: (c) => void (ctrl = c) }), {
+      headers: { "content-type": "text/event-stream" },
+    })
+  );
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/sse`);
+    assert.equal(res.headers.get("transfer-encoding"), "chunked");
+    const reader = res.body!.getReader();
+    for (let i = 0; i < 5; i++) {
+      await delay(60);
+      const t0 = performance.now();
+      ctrl.enqueue(enc.encode(`data: ${i}\n\n`));
+      const { value } = await reader.read();
+      const ms = performance.now() - t0;
+      assert.equal(dec.decode(value), `data: ${i}\n\n`);
+      assert.ok(ms < 50, `chunk ${i} took ${ms.toFixed(1)} ms`);
+    }
+    ctrl.close();
+    assert.ok((await reader.read()).done);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("a body stream that errors mid-way ends the response without the last chunk", async () => {
+  const { server, port } = start(() =>
+    new Response(
+      new ReadableStream({
+        async start(c) {
+          c.enqueue(enc.encode("partial"));
+          await delay(20);
+          c.error(new Error("upstream broke"));
+        },
+      }),
+    )
+  );
+  const c = await Raw.open(port);
+  try {
+    await c.send(get());
+    const all = dec.decode(await c.rest());
+    assert.match(all, /^HTTP\/1\.1 200 OK\r\n/);
+    assert.match(all, /transfer-encoding: chunked\r\n/);
+    assert.ok(all.endsWith("7\r\npartial\r\n"), JSON.stringify(all));
+    assert.ok(!all.includes("0\r\n\r\n"));
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("a client that disconnects while the handler waits aborts req.signal within 1 s", async () => {
+  let aborted = 0;
+  let started = 0;
+  let cancelled = false;
+  const completed: string[] = [];
+  const { server, port } = start((req, info) => {
+    started = performance.now();
+    info.completed.then(() => completed.push("done"));
+    return new Promise((resolve) => {
+      req.signal.addEventListener("abort", () => {
+        aborted = performance.now();
+        resolve(new Response("too late"));
+      });
+    });
+  });
+  const s = start(() =>
+    new Response(
+      new ReadableStream({
+        start: (c) => c.enqueue(enc.encode("data: 1\n\n")),
+        cancel: () => void (cancelled = true),
+      }),
+    )
+  );
+  try {
+    const c = await Raw.open(port);
+    await c.send(get());
+    await waitFor(() => started > 0, 2000, "handler start");
+    const closedAt = performance.now();
+    c.close();
+    await waitFor(() => aborted > 0, 1000, "req.signal abort");
+    assert.ok(aborted - closedAt < 1000);
+    await waitFor(() => completed.length === 1, 1000, "info.completed");
+    await waitFor(() => server.connections === 0, 1000, "connection gone");
+    // While streaming: the response body is cancelled (the relay then stops reading upstream).
+    const d = await Raw.open(s.port);
+    await d.send(get());
+    await d.take(20);
+    d.close();
+    await waitFor(() => cancelled, 1000, "body cancel");
+  } finally {
+    await server.shutdown();
+    await s.server.shutdown();
+  }
+});
+
+Deno.test("a client that leaves mid-upload fails the body read and aborts req.signal", async () => {
+  let readError = "";
+  let aborted = false;
+  const { server, port } = start(async (req) => {
+    req.signal.addEventListener("abort", () => (aborted = true));
+    try {
+      await req.arrayBuffer();
+    } catch (err) {
+      readError = String(err);
+    }
+    return new Response("unreachable");
+  });
+  const c = await Raw.open(port);
+  try {
+    await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n" + "x".repeat(1000));
+    await delay(50);
+    c.close();
+    await waitFor(() => readError !== "" && aborted, 1000, "body error and abort");
+    assert.match(readError, /closed the connection/);
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("req.signal does not abort after a complete response, even when the client then leaves", async () => {
+  const signals: AbortSignal[] = [];
+  const { server, port } = start(async (req) => {
+    signals.push(req.signal);
+    return new Response(req.method === "POST" ? await req.text() : "ok");
+  });
+  try {
+    const c = await Raw.open(port);
+    await c.send(get());
+    await c.response();
+    await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nhi");
+    await c.response();
+    c.close();
+    const f = await fetch(`http://127.0.0.1:${port}/`);
+    await f.text();
+    await waitFor(() => server.connections <= 1, 1000, "close seen");
+    await delay(100);
+    assert.equal(signals.length, 3);
+    assert.deepEqual(signals.map((s) => s.aborted), [false, false, false]);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+// ---- abusive clients ----
+
+Deno.test("slowloris (a header byte every 200 ms) is cut off after headerTimeoutMs with 408", async () => {
+  const { server, port } = start(() => new Response("never"), { headerTimeoutMs: 500 });
+  const c = await Raw.open(port);
+  const silent = await Raw.open(port);
+  try {
+    const t0 = performance.now();
+    const text = get("/", "x-a: " + "b".repeat(50) + "\r\n");
+    const dripping = (async () => {
+      for (const ch of text) {
+        if (c.ended) return;
+        await c.send(ch).catch(() => {});
+        await delay(200);
+      }
+    })();
+    const r = await c.response();
+    const ms = performance.now() - t0;
+    assert.equal(r.status, 408);
+    assert.equal(json(r).error.code, "request_header_timeout");
+    assert.equal(r.headers.get("connection"), "close");
+    assert.ok(ms >= 450 && ms < 1500, `closed after ${ms.toFixed(0)} ms`);
+    assert.ok(await c.closedWithin(1000));
+    // A socket that never sends a byte is closed without an answer.
+    assert.ok(await silent.closedWithin(1500));
+    assert.equal((await silent.rest()).length, 0);
+    await dripping;
+  } finally {
+    c.close();
+    silent.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("an idle kept-alive connection is closed after idleTimeoutMs", async () => {
+  const { server, port } = start(() => new Response("ok"), { idleTimeoutMs: 300 });
+  const c = await Raw.open(port);
+  try {
+    await c.send(get());
+    await c.response();
+    const t0 = performance.now();
+    assert.ok(await c.closedWithin(2000));
+    const ms = performance.now() - t0;
+    assert.ok(ms >= 250 && ms < 1500, `closed after ${ms.toFixed(0)} ms`);
+    await waitFor(() => server.connections === 0, 1000, "count");
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("maxConnections=2: a third socket gets 503 and is closed while the first two work", async () => {
+  const { server, port } = start(() => new Response("ok"), { maxConnections: 2 });
+  const a = await Raw.open(port);
+  const b = await Raw.open(port);
+  try {
+    await a.send(get());
+    await b.send(get());
+    assert.equal((await a.response()).status, 200);
+    assert.equal((await b.response()).status, 200);
+    const c = await Raw.open(port);
+    await c.send(get());
+    const r = await c.response();
+    assert.equal(r.status, 503);
+    assert.equal(r.headers.get("connection"), "close");
+    assert.equal(r.headers.get("retry-after"), "1");
+    assert.equal(json(r).error.code, "overloaded");
+    assert.ok(await c.closedWithin(2000));
+    c.close();
+    await a.send(get());
+    await b.send(get());
+    assert.equal((await a.response()).status, 200);
+    assert.equal((await b.response()).status, 200);
+    assert.equal(server.connections, 2);
+    // A slot freed is a slot for the next client.
+    a.close();
+    await waitFor(() => server.connections === 1, 1000, "slot freed");
+    const d = await Raw.open(port);
+    await d.send(get());
+    assert.equal((await d.response()).status, 200);
+    d.close();
+  } finally {
+    a.close();
+    b.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("a request head over 64 KiB gets 431", async () => {
+  const { server, port } = start(() => new Response("ok"));
+  const c = await Raw.open(port);
+  try {
+    const big = Array.from({ length: 70 }, (_, i) => `x-h${i}: ${"v".repeat(1000)}\r\n`).join("");
+    await c.send(get("/", big)).catch(() => {});
+    const r = await c.response();
+    assert.equal(r.status, 431);
+    assert.equal(json(r).error.code, "headers_too_large");
+    assert.ok(await c.closedWithin(2000));
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+  // A complete head over the limit that arrives in one packet is refused too.
+  const s = start(() => new Response("ok"), { maxHeadBytes: 1000 });
+  const d = await Raw.open(s.port);
+  try {
+    await d.send(get("/", `x-a: ${"v".repeat(980)}\r\n`));
+    assert.equal((await d.response()).status, 431);
+  } finally {
+    d.close();
+    await s.server.shutdown();
+  }
+});
+
+Deno.test("an invalid request gets 400 JSON and closes, and the server keeps serving others", async () => {
+  const { server, port } = start(() => new Response("ok"));
+  try {
+    for (
+      const bad of [
+        "GARBAGE\r\n\r\n",
+        "POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: a/b\r\n\r\n",
+        "TRACE / HTTP/1.1\r\nhost: t\r\n\r\n",
+      ]
+    ) {
+      const c = await Raw.open(port);
+      await c.send(bad);
+      const r = await c.response();
+      assert.equal(r.status, 400, bad);
+      assert.deepEqual(Object.keys(json(r).error).sort(), ["code", "message", "type"]);
+      assert.equal(json(r).error.type, "invalid_request_error");
+      assert.ok(await c.closedWithin(2000));
+      c.close();
+    }
+    // Bad chunked framing: the handler's read fails, the connection is not reused.
+    const c = await Raw.open(port);
+    await c.send("POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n");
+    assert.ok(await c.closedWithin(2000));
+    c.close();
+    const ok = await Raw.open(port);
+    await ok.send(get());
+    assert.equal((await ok.response()).status, 200);
+    ok.close();
+  } finally {
+    await server.shutdown();
+  }
+});
+
+// ---- protocol features ----
+
+Deno.test("Expect: 100-continue gets 100 when the body is first read, and no 100 when never read", async () => {
+  const { server, port } = start(async (req) => {
+    if (new URL(req.url).pathname === "/ignore") return new Response("no thanks");
+    return new Response(`echo ${await req.text()}`);
+  });
+  const c = await Raw.open(port);
+  const d = await Raw.open(port);
+  try {
+    await c.send(
+      "POST / HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
+    );
+    assert.equal(dec.decode(await c.take(25)), "HTTP/1.1 100 Continue\r\n\r\n");
+    await c.send("hello");
+    const r = await c.response();
+    assert.equal(dec.decode(r.body), "echo hello");
+    // Not read: no 100, and the connection closes (the body may never come).
+    await d.send(
+      "POST /ignore HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
+    );
+    const n = await d.response();
+    assert.equal(n.status, 200);
+    assert.equal(n.headers.get("connection"), "close");
+    assert.ok(await d.closedWithin(2000));
+  } finally {
+    c.close();
+    d.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("shutdown closes idle connections at once and lets a request in flight finish", async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let entered = false;
+  const { server, port } = start(async () => {
+    entered = true;
+    await gate;
+    return new Response("finished");
+  });
+  const idle = await Raw.open(port);
+  const busy = await Raw.open(port);
+  try {
+    await busy.send(get());
+    await waitFor(() => entered, 2000, "handler");
+    let done = false;
+    const finished = server.shutdown().then(() => (done = true));
+    assert.ok(await idle.closedWithin(1000), "idle connection not closed");
+    await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port }));
+    await delay(50);
+    assert.equal(done, false);
+    release();
+    const r = await busy.response();
+    assert.equal(dec.decode(r.body), "finished");
+    assert.equal(r.headers.get("connection"), "close");
+    assert.ok(await busy.closedWithin(1000));
+    await finished;
+    assert.equal(server.connections, 0);
+  } finally {
+    release();
+    idle.close();
+    busy.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("upgradeResponse switches the socket to a raw tunnel (echo), bytes already sent included", async () => {
+  let info: ServeInfo | null = null;
+  const { server, port } = start((req, i) => {
+    info = i;
+    assert.equal(req.headers.get("upgrade"), "echo");
+    return upgradeResponse((conn, buffered) => {
+      (async () => {
+        try {
+          if (buffered.length > 0) await conn.write(buffered);
+          const buf = new Uint8Array(1024);
+          while (true) {
+            const n = await conn.read(buf);
+            if (n === null) break;
+            await conn.write(buf.subarray(0, n));
+          }
+        } catch { /* closed */ }
+        conn.close();
+      })();
+    }, { upgrade: "echo", connection: "Upgrade" });
+  }, { idleTimeoutMs: 200, headerTimeoutMs: 200 });
+  const c = await Raw.open(port);
+  try {
+    // The first tunnel bytes travel in the same packet as the request head.
+    await c.send(get("/tunnel", "upgrade: echo\r\nconnection: upgrade\r\n") + "early;");
+    const head = await c.response({ head: true });
+    assert.equal(head.status, 101);
+    assert.match(head.head, /^HTTP\/1\.1 101 Switching Protocols/);
+    assert.equal(head.headers.get("upgrade"), "echo");
+    assert.equal(dec.decode(await c.take(6)), "early;");
+    // No HTTP timeouts apply any more.
+    await delay(500);
+    await c.send("ping");
+    assert.equal(dec.decode(await c.take(4)), "ping");
+    assert.equal(server.connections, 1);
+    await info!.completed;
+    c.close();
+    await waitFor(() => server.connections === 0, 1000, "tunnel closed");
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("accept failures (EMFILE) are reported and the server keeps accepting", async () => {
+  const code = `
+    import { serveHttp1 } from ${JSON.stringify(new URL("../lib/server.ts", import.meta.url).href)};
+    let errors = 0;
+    const s = serveHttp1({
+      hostname: "127.0.0.1", port: 0,
+      onAcceptError: (e) => { if (errors++ === 0) console.log("accept error: " + e.message); },
+    }, () => new Response("alive"));
+    console.log("port " + s.addr.port);
+  `;
+  const child = new Deno.Command("bash", {
+    args: ["-c", `ulimit -n 64 && exec "$0" eval "$1"`, Deno.execPath(), code],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let out = "";
+  const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
+    new WritableStream({ write: (t) => void (out += t) }),
+  );
+  const errText = new Response(child.stderr).text();
+  const flood: Deno.Conn[] = [];
+  try {
+    await waitFor(() => /port \d+/.test(out), 10_000, "child start");
+    const port = Number(/port (\d+)/.exec(out)![1]);
+    for (let i = 0; i < 120 && !/accept error/.test(out); i++) {
+      try {
+        flood.push(await Deno.connect({ hostname: "127.0.0.1", port }));
+      } catch {
+        break;
+      }
+      if (i > 50) await delay(5);
+    }
+    await waitFor(() => /accept error/.test(out), 5000, "an accept error");
+    assert.match(out, /Too many open files/);
+    for (const c of flood.splice(0)) c.close();
+    const end = Date.now() + 8000;
+    let body = "";
+    while (Date.now() < end && body !== "alive") {
+      await delay(100);
+      body = await fetch(`http://127.0.0.1:${port}/`).then((r) => r.text(), () => "");
+    }
+    assert.equal(body, "alive", "the server did not accept again");
+  } finally {
+    for (const c of flood) c.close();
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await child.status;
+    await outDone;
+    const stderr = await errText;
+    assert.ok(!/Uncaught/.test(stderr), stderr);
+  }
+});
