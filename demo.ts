@@ -6,6 +6,7 @@
 import { openAccessLog } from "./lib/access_log.ts";
 import { createApp } from "./lib/app.ts";
 import { parseConfig } from "./lib/config.ts";
+import { listen } from "./lib/listen.ts";
 import { Logger } from "./lib/log.ts";
 import { mockHandler } from "./lib/mock_upstream.ts";
 
@@ -35,10 +36,11 @@ try {
 }
 
 function serve(): void {
-  Deno.serve({
-    hostname: config.host,
-    port: config.port,
-    automaticCompression: false,
+  // The same server main.ts runs (listen.ts): the relay's own HTTP/1.1 server on plain HTTP.
+  listen(config, {
+    handler: (req, info) => app.fetch(req, info),
+    log,
+    maxConnections: app.maxConnections,
     onListen: ({ port }) => {
       const base = `http://127.0.0.1:${port}`;
       // deno-lint-ignore no-console
@@ -57,5 +59,5 @@ With a real Server A: cp .env.example .env, set UPSTREAM_SERVER_A, then deno tas
 Ctrl+C stops the demo.
 `);
     },
-  }, (req, info) => app.fetch(req, info));
+  });
 }

@@ -487,3 +487,23 @@ Deno.test("UPSTREAM_HTTP2 is auto by default, accepts off, and names the allowed
   assert.equal(parseConfig({ ...base, UPSTREAM_HTTP2: "off" }).upstreamHttp2, "off");
   rejects({ ...base, UPSTREAM_HTTP2: "yes" }, [/UPSTREAM_HTTP2/, /"yes"|yes/, /auto/, /off/]);
 });
+
+Deno.test("HTTP_SERVER, CLIENT_HEADER_TIMEOUT_SEC and CLIENT_IDLE_TIMEOUT_SEC: defaults, values, errors", () => {
+  const base = { UPSTREAM_SERVER_A: "http://a.example.com" };
+  const d = parseConfig(base);
+  assert.equal(d.httpServer, "relay");
+  assert.equal(d.clientHeaderTimeoutMs, 20_000);
+  assert.equal(d.clientIdleTimeoutMs, 75_000);
+  const c = parseConfig({
+    ...base,
+    HTTP_SERVER: "deno",
+    CLIENT_HEADER_TIMEOUT_SEC: "2.5",
+    CLIENT_IDLE_TIMEOUT_SEC: "30",
+  });
+  assert.equal(c.httpServer, "deno");
+  assert.equal(c.clientHeaderTimeoutMs, 2500);
+  assert.equal(c.clientIdleTimeoutMs, 30_000);
+  rejects({ ...base, HTTP_SERVER: "nginx" }, [/HTTP_SERVER/, /relay/, /deno/]);
+  rejects({ ...base, CLIENT_HEADER_TIMEOUT_SEC: "0" }, [/CLIENT_HEADER_TIMEOUT_SEC/, /seconds/]);
+  rejects({ ...base, CLIENT_IDLE_TIMEOUT_SEC: "soon" }, [/CLIENT_IDLE_TIMEOUT_SEC/, /seconds/]);
+});
