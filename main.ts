@@ -6,6 +6,7 @@
 import { type AccessLogHandle, openAccessLog } from "./lib/access_log.ts";
 import { createApp } from "./lib/app.ts";
 import { ConfigError, parseConfig } from "./lib/config.ts";
+import { UpstreamError } from "./lib/http1.ts";
 import { listen, type Listener } from "./lib/listen.ts";
 import { Logger } from "./lib/log.ts";
 import { broadPermissions, startupWarnings } from "./lib/permissions.ts";
@@ -59,7 +60,15 @@ export async function main(): Promise<number> {
         });
       },
       onError: (err) => {
-        log.error("unhandled error", { detail: err instanceof Error ? err.message : String(err) });
+        // Deno.serve also reports a response body that broke mid-stream here; that was already
+        // logged as "upstream body broke" and is no relay bug.
+        if (err instanceof UpstreamError) {
+          log.debug("response body ended with an error", { detail: err.message });
+        } else {
+          log.error("unhandled error", {
+            detail: err instanceof Error ? err.message : String(err),
+          });
+        }
         return new Response(
           JSON.stringify({
             error: {
