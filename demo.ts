@@ -37,10 +37,11 @@ try {
 
 function serve(): void {
   // The same server main.ts runs (listen.ts): the relay's own HTTP/1.1 server on plain HTTP.
-  listen(config, {
+  const server = listen(config, {
     handler: (req, info) => app.fetch(req, info),
     log,
     maxConnections: app.maxConnections,
+    onDrop: (reason) => app.clientDropped(reason),
     onListen: ({ port }) => {
       const base = `http://127.0.0.1:${port}`;
       // deno-lint-ignore no-console
@@ -60,4 +61,5 @@ Ctrl+C stops the demo.
 `);
     },
   });
+  app.attachServer(server);
 }

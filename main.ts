@@ -46,6 +46,7 @@ export async function main(): Promise<number> {
       handler: (req, info) => app.fetch(req, info),
       log,
       maxConnections: app.maxConnections,
+      onDrop: (reason) => app.clientDropped(reason),
       // TLS_CERT_FILE/TLS_KEY_FILE: HTTPS, with HTTP/2 offered to clients by ALPN.
       tls,
       onListen: (addr) => {
@@ -97,6 +98,7 @@ export async function main(): Promise<number> {
     return 2;
   }
 
+  app.attachServer(server);
   let stopping = false;
   let stopped: Promise<void> | null = null;
   const stop = (signal: Deno.Signal) => {

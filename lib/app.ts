@@ -41,6 +41,13 @@ export interface ClientInfo {
   upgrade?: Upgrader | undefined;
 }
 
+/** What the app shows about the client-facing server (`listen.ts`'s Listener fits). */
+export interface ServerView {
+  readonly kind: string;
+  /** Open client sockets, or null when the server does not count them. */
+  readonly connections: number | null;
+}
+
 /** What happened to one request; given to observers once it is over (body included). */
 export interface RequestRecord {
   id: string;
@@ -118,6 +125,10 @@ export interface App {
   readonly openStreams: number;
   /** The effective `MAX_CONNECTIONS` (configured, or derived from the descriptor limit). */
   readonly maxConnections: number;
+  /** Tells the app which server it runs behind, for `/debug/info` and `/metrics`. */
+  attachServer(server: ServerView): void;
+  /** Counts a client connection the server closed on its own (header timeout, idle, cap...). */
+  clientDropped(reason: string): void;
   readonly counters: Readonly<Counters>;
   /** Metrics, dashboard numbers and recent requests (`/metrics`, `/dashboard`). */
   readonly telemetry: Telemetry;
@@ -235,6 +246,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   if (deps.background !== false) health.start();
   let inFlight = 0;
   let openStreams = 0;
+  /** The client-facing server, once attached: its socket count shows in metrics. */
+  let server: ServerView | null = null;
+  const dropped: Record<string, number> = {};
   // Access control and abuse limits (issue #4): built once; ALLOW_IPS is read live from `config`.
   const guards = new Guards(config, { now: deps.now ?? Date.now, log });
   const cap = connectionCap(
@@ -252,7 +266,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   const telemetry = new Telemetry({
     upstreams: allUpstreams.map((u) => u.url),
     isRoute: (id) => config.routes.has(id),
-    state: () => ({ inFlight, openStreams }),
+    state: () => ({ inFlight, openStreams, clientConnections: server?.connections ?? null }),
     health: () => health.snapshot(),
     now,
     version: VERSION,
@@ -335,6 +349,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       },
       inFlight,
       openStreams,
+      clientConnections: server === null
+        ? null
+        : { server: server.kind, open: server.connections, closedByRelay: { ...dropped } },
       counters,
       pools: pools.stats(),
       limits: {
@@ -632,6 +649,13 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       return openStreams;
     },
     maxConnections: cap.max,
+    attachServer: (s) => {
+      server = s;
+    },
+    clientDropped: (reason) => {
+      dropped[reason] = (dropped[reason] ?? 0) + 1;
+      telemetry.clientDropped(reason);
+    },
     counters,
     telemetry,
     debugInfo,

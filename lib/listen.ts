@@ -14,7 +14,7 @@ import type { ClientInfo } from "./app.ts";
 import type { Config } from "./config.ts";
 import { serveResilient } from "./conn_limit.ts";
 import type { Logger } from "./log.ts";
-import { serveHttp1 } from "./server.ts";
+import { type DropReason, serveHttp1 } from "./server.ts";
 
 /** The running server, whichever it is. */
 export interface Listener {
@@ -37,6 +37,8 @@ export interface ListenOptions {
   tls?: { cert: string; key: string } | null | undefined;
   onListen?: (addr: Deno.NetAddr) => void;
   onError?: (err: unknown) => Response | Promise<Response>;
+  /** Client sockets the own server closed itself, and why (metrics). */
+  onDrop?: (reason: DropReason) => void;
   /** Overrides the config's host and port (tests listen on 127.0.0.1:0). */
   hostname?: string;
   port?: number;
@@ -75,6 +77,7 @@ export function listen(config: Config, o: ListenOptions): Listener {
     maxConnections: o.maxConnections,
     ...(o.onListen ? { onListen: o.onListen } : {}),
     ...(o.onError ? { onError: o.onError } : {}),
+    ...(o.onDrop ? { onDrop: o.onDrop } : {}),
     onAcceptError: (err) => {
       const emfile = err instanceof Error && /too many open files/i.test(err.message);
       o.log?.[emfile ? "warn" : "error"]("accepting a connection failed; retrying", {

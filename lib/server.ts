@@ -85,7 +85,17 @@ export interface Http1ServerOptions {
    * waits (100 ms, doubling up to 2 s) and accepts again.
    */
   onAcceptError?: (err: unknown) => void;
+  /** Told each time the server closes a client socket on its own, and why (for metrics). */
+  onDrop?: (reason: DropReason) => void;
 }
+
+/** Why the server closed a client socket itself. */
+export type DropReason =
+  | "header_timeout"
+  | "idle_timeout"
+  | "over_capacity"
+  | "bad_request"
+  | "headers_too_large";
 
 /** A running server. */
 export interface Http1Server {
@@ -233,6 +243,7 @@ class Server implements Http1Server {
   readonly #listener: Deno.TcpListener;
   readonly #onError: ((err: unknown) => Response | Promise<Response>) | undefined;
   readonly #onAcceptError: ((err: unknown) => void) | undefined;
+  readonly #onDrop: ((reason: DropReason) => void) | undefined;
   closing = false;
   #acceptDone = false;
   #resolveFinished!: () => void;
@@ -246,6 +257,7 @@ class Server implements Http1Server {
     this.idleDog = new Watchdog(options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
     this.#onError = options.onError;
     this.#onAcceptError = options.onAcceptError;
+    this.#onDrop = options.onDrop;
     this.finished = new Promise((r) => (this.#resolveFinished = r));
     this.#listener = Deno.listen({ hostname: options.hostname, port: options.port });
     this.addr = this.#listener.addr;
@@ -257,6 +269,13 @@ class Server implements Http1Server {
 
   get connections(): number {
     return this.conns.size;
+  }
+
+  /** Reports a socket the server closed on its own; a failing reporter is ignored. */
+  dropped(reason: DropReason): void {
+    try {
+      this.#onDrop?.(reason);
+    } catch { /* metrics must not break serving */ }
   }
 
   async #acceptLoop(): Promise<void> {
@@ -279,6 +298,7 @@ class Server implements Http1Server {
       }
       delay = 100;
       if (this.maxConnections > 0 && this.conns.size >= this.maxConnections) {
+        this.dropped("over_capacity");
         this.linger(conn, errorBytes(overloaded()));
         continue;
       }
@@ -616,6 +636,8 @@ class Connection implements Watched {
   /** Called by the header, drain and idle watchdogs. */
   expire(): void {
     if (this.#closed) return;
+    if (this.#state === State.Head) this.#server.dropped("header_timeout");
+    else if (this.#state === State.Idle) this.#server.dropped("idle_timeout");
     if (this.#state === State.Head && this.#end > this.#start) {
       this.#ending = true;
       this.#state = State.Closed;
@@ -667,6 +689,7 @@ class Connection implements Watched {
 
   /** Answers with an error and hands the socket to the server's lingering close. */
   #refuse(err: RelayError): void {
+    this.#server.dropped(err.status === 431 ? "headers_too_large" : "bad_request");
     this.#closed = true;
     this.#state = State.Closed;
     this.#server.headerDog.unwatch(this);

@@ -37,6 +37,8 @@ export interface HealthView {
 export interface RelayState {
   inFlight: number;
   openStreams: number;
+  /** Open client sockets, when the server counts them (the relay's own server). */
+  clientConnections: number | null;
 }
 
 /** Options for {@link Telemetry}. */
@@ -286,6 +288,7 @@ export class Telemetry {
   readonly #upstreamResponses;
   readonly #failovers: CounterChild;
   readonly #retries: CounterChild;
+  readonly #dropped;
 
   readonly #routeCells = new Map<string, RouteCells>();
   readonly #upstreamCells = new Map<string, UpstreamCells>();
@@ -320,7 +323,8 @@ export class Telemetry {
 
   constructor(options: TelemetryOptions) {
     this.#now = options.now ?? Date.now;
-    this.#state = options.state ?? (() => ({ inFlight: 0, openStreams: 0 }));
+    this.#state = options.state ??
+      (() => ({ inFlight: 0, openStreams: 0, clientConnections: null }));
     this.#isRoute = options.isRoute ?? (() => false);
     this.#upstreamUrls = [...new Set(options.upstreams)];
     this.health = options.health ??
@@ -356,6 +360,21 @@ export class Telemetry {
       "Response bodies from Server A still being relayed.",
       [],
       () => this.#state().openStreams,
+    );
+    r.gauge(
+      "relay_client_connections",
+      "Open client connections (the relay's own HTTP/1.1 server; absent on Deno.serve).",
+      [],
+      () => {
+        const n = this.#state().clientConnections;
+        return n === null ? [] : [[{}, n]];
+      },
+    );
+    this.#dropped = r.counter(
+      "relay_client_connections_closed_total",
+      "Client connections the relay closed on its own: header_timeout, idle_timeout, " +
+        "over_capacity, bad_request, headers_too_large.",
+      ["reason"],
     );
     this.#ttfb = r.histogram(
       "relay_upstream_ttfb_seconds",
@@ -433,6 +452,11 @@ export class Telemetry {
       [],
       () => Deno.memoryUsage().rss,
     );
+  }
+
+  /** Counts a client connection the relay's own server closed itself (see `server.ts`). */
+  clientDropped(reason: string): void {
+    this.#dropped.inc({ reason });
   }
 
   /** The observer to register for finished requests. Cheap; never throws. */

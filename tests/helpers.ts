@@ -144,7 +144,9 @@ export function startRelay(env: Record<string, string>, deps: AppDeps = {}): Tes
     handler: (req, info) => app.fetch(req, info),
     log,
     maxConnections: app.maxConnections,
+    onDrop: (reason) => app.clientDropped(reason),
   });
+  app.attachServer(listener);
   return {
     url: `http://127.0.0.1:${listener.addr.port}`,
     port: listener.addr.port,

@@ -167,6 +167,13 @@ Deno.test("slowloris sockets get 408 and are closed after CLIENT_HEADER_TIMEOUT_
     assert.deepEqual(ends.slice(10), Array(10).fill("closed"));
     assert.ok(took < 3000, `sockets closed after ${took} ms`);
     await stillServes(relay.port);
+    // Operators see it: counted by reason in /metrics and /debug/info.
+    const metrics = await (await fetch(`${relay.url}/metrics`)).text();
+    assert.match(metrics, /^relay_client_connections_closed_total\{reason="header_timeout"\} 20$/m);
+    assert.match(metrics, /^relay_client_connections \d+$/m);
+    const info = await (await fetch(`${relay.url}/debug/info`)).json();
+    assert.equal(info.clientConnections.server, "relay");
+    assert.equal(info.clientConnections.closedByRelay.header_timeout, 20);
 
     // A kept-alive connection that goes quiet after its response is closed by the relay.
     const c = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
