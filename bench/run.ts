@@ -5,7 +5,8 @@
  * `bench/results/<stamp>.json` and `bench/results/<stamp>.md`, and prints the markdown.
  *
  * Sections (all by default, in this order):
- *   http       latency at c=1 and saturated req/s + CPU per request, one core; idle/load RSS
+ *   http       latency at c=1 and saturated req/s + CPU per request, one core; idle/load RSS;
+ *              the relay on its own HTTP/1.1 server and on Deno.serve (`HTTP_SERVER=deno`)
  *   observers  the cost of access logging and usage parsing (on vs off)
  *   profile    `--cpu-prof` of the relay under load, top self-time functions
  *   sse        per-event delay with 1,000 concurrent streams
@@ -322,6 +323,16 @@ async function sectionHttp(): Promise<void> {
     logFile: relayLog("relay-http"),
   });
   procs.push(relay);
+  // The same relay on Deno.serve instead of its own HTTP/1.1 server (lib/listen.ts).
+  const relayDenoPort = freePort();
+  const relayDeno = await startRelay("relay-deno-serve", {
+    port: relayDenoPort,
+    upstream: base,
+    cpu: PROXY_CPU,
+    env: { ACCESS_LOG: "0", HTTP_SERVER: "deno" },
+    logFile: relayLog("relay-deno-serve-http"),
+  });
+  procs.push(relayDeno);
   const nginxPort = freePort();
   const nginx = await startNginx(
     "nginx-proxy",
@@ -342,6 +353,7 @@ async function sectionHttp(): Promise<void> {
   await sleep(3000);
   const idle: Record<string, number> = {
     relay: memory(relay.pid).rssMb,
+    "relay (Deno.serve)": memory(relayDeno.pid).rssMb,
     nginx: memory(nginx.pid).rssMb,
     "deno-minimal": memory(minimal.pid).rssMb,
   };
@@ -351,6 +363,11 @@ async function sectionHttp(): Promise<void> {
   const rows: Row[] = [
     { name: "direct", url: `${base}${path}`, pid: () => upstreamNginx!.pid },
     { name: "relay", url: `http://${HOST}:${relayPort}${path}`, pid: () => relay.pid },
+    {
+      name: "relay (Deno.serve)",
+      url: `http://${HOST}:${relayDenoPort}${path}`,
+      pid: () => relayDeno.pid,
+    },
     { name: "nginx", url: `http://${HOST}:${nginxPort}${path}`, pid: () => nginx.pid },
     {
       name: "deno-minimal",
@@ -384,6 +401,7 @@ async function sectionHttp(): Promise<void> {
   await sleep(2000);
   const after: Record<string, number> = {
     relay: memory(relay.pid).rssMb,
+    "relay (Deno.serve)": memory(relayDeno.pid).rssMb,
     nginx: memory(nginx.pid).rssMb,
     "deno-minimal": memory(minimal.pid).rssMb,
   };
@@ -438,6 +456,7 @@ async function sectionHttp(): Promise<void> {
   }.${portkeyNote ? ` ${portkeyNote}` : ""}\n`;
   md.push(t);
   await relay.stop();
+  await relayDeno.stop();
   await nginx.stop();
   await minimal.stop();
 }

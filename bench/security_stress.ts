@@ -14,8 +14,13 @@
  * in an error, never a clean end). Afterwards: the relay is alive and its descriptor count is back
  * to the baseline.
  *
+ * Slowloris sockets are closed by the relay after CLIENT_HEADER_TIMEOUT_SEC (default 20 s), which
+ * is longer than the default stream phase (~10 s): they are then still open at the end. Pass
+ * `--header-timeout-sec=N` (N shorter than the stream phase) to see the relay close them; the side
+ * reports how many it closed and how long after connecting (`closedByRelay`, `msToClose`).
+ *
  *   deno run -A bench/security_stress.ts [--streams=3000] [--chunks=24] [--gap-ms=60] [--slowloris=300]
- *     [--half-bodies=50] [--fd-limit=0] [--max-sec=180]
+ *     [--half-bodies=50] [--fd-limit=0] [--header-timeout-sec=0 (relay default)] [--max-sec=180]
  *
  * Every child is stopped by its PID; `--max-sec` bounds the whole run.
  */
@@ -37,6 +42,7 @@ const GAP_MS = num("gap-ms", 60);
 const SLOWLORIS = num("slowloris", 300);
 const HALF_BODIES = num("half-bodies", 50);
 const FD_LIMIT = num("fd-limit", 0);
+const HEADER_TIMEOUT_SEC = num("header-timeout-sec", 0);
 const MAX_SEC = num("max-sec", 180);
 const BODY_TIMEOUT_SEC = 3;
 const SELF = new URL(import.meta.url).pathname;
@@ -187,12 +193,18 @@ async function runSide(port: number): Promise<never> {
   const slowloris = (async () => {
     const conns: Deno.Conn[] = [];
     let refused = 0;
+    // When the relay closed each socket (its header timeout), ms after connecting.
+    const closedAfter: number[] = [];
     for (let k = 0; k < SLOWLORIS; k++) {
       try {
+        const t = performance.now();
         const c = await Deno.connect({ hostname: "127.0.0.1", port });
         await c.write(enc.encode("GET /v1/models HTTP/1.1\r\n"));
         conns.push(c);
         hostile.push(c);
+        // Any answer (408) or end of stream means the relay gave up on the socket.
+        const seen = () => void (running && closedAfter.push(performance.now() - t));
+        c.read(new Uint8Array(256)).then(seen, seen);
       } catch {
         refused++;
       }
@@ -206,7 +218,14 @@ async function runSide(port: number): Promise<never> {
       }
       await sleep(1000);
     }
-    return { opened: conns.length, refused, headerBytesTrickled: bytes, openAtEnd: stillOpen };
+    return {
+      opened: conns.length,
+      refused,
+      headerBytesTrickled: bytes,
+      openAtEnd: stillOpen,
+      closedByRelay: closedAfter.length,
+      msToClose: quantiles(closedAfter),
+    };
   })();
 
   const halfBodies = Promise.all(Array.from({ length: HALF_BODIES }, async () => {
@@ -340,6 +359,7 @@ async function runMain(): Promise<boolean> {
     CLIENT_BODY_TIMEOUT_SEC: String(BODY_TIMEOUT_SEC),
     ACCESS_LOG: "0",
   };
+  if (HEADER_TIMEOUT_SEC) env.CLIENT_HEADER_TIMEOUT_SEC = String(HEADER_TIMEOUT_SEC);
   // What `deno task start` derives from the descriptor limit (9,500 for 20,000).
   env.MAX_CONNECTIONS = String(connectionCap(0, FD_LIMIT || 20_000).max);
   const args = relayDenoArgs(parseConfig(env), {}, new URL("../main.ts", import.meta.url).pathname);
@@ -481,7 +501,10 @@ async function runMain(): Promise<boolean> {
     }
   };
 
-  note(`${STREAMS} streams × ${CHUNKS} chunks, ${SLOWLORIS} slowloris, ${HALF_BODIES} half bodies`);
+  note(
+    `${STREAMS} streams × ${CHUNKS} chunks, ${SLOWLORIS} slowloris, ${HALF_BODIES} half bodies; ` +
+      `header timeout ${HEADER_TIMEOUT_SEC ? `${HEADER_TIMEOUT_SEC} s` : "relay default"}`,
+  );
   const streamStart = performance.now();
   const all: Promise<void>[] = [];
   for (let i = 0; i < STREAMS; i++) {
