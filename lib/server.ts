@@ -144,6 +144,69 @@ function eachHeader(headers: Headers, fn: (value: string, name: string) => void)
   headers.forEach(fn);
 }
 
+/** Request bodies up to this size that arrived with their head are handed over as bytes. */
+const WHOLE_BODY_MAX = 64 * 1024;
+
+/**
+ * Where Deno keeps a Response's inner state and a lazily made static body, found once and checked
+ * with known responses: a body given as bytes or a string can then be written directly instead of
+ * through a stream made just to be read once. Null when a Deno upgrade changes them: streams then.
+ */
+const RESPONSE_INTERNALS: { inner: symbol; lazy: symbol | undefined } | null = (() => {
+  try {
+    const probe = new Response(new Uint8Array([7, 8]));
+    const syms = Object.getOwnPropertySymbols(probe);
+    const inner = syms.find((x) => x.description === "response");
+    const lazy = syms.find((x) => x.description === "lazy static body");
+    if (inner === undefined) return null;
+    const internals = { inner, lazy };
+    const bytes = staticBodyWith(probe, internals);
+    if (bytes === null || bytes.byteLength !== 2 || bytes[1] !== 8) return null;
+    const text = staticBodyWith(new Response("hé"), internals);
+    if (text !== null && (text.byteLength !== 3 || text[2] !== 0xa9)) return null;
+    const streamed = new Response(new ReadableStream());
+    if (staticBodyWith(streamed, internals) !== null) return null;
+    return internals;
+  } catch {
+    return null;
+  }
+})();
+
+const utf8 = new TextEncoder();
+
+function staticBodyWith(
+  res: Response,
+  internals: { inner: symbol; lazy: symbol | undefined },
+): Uint8Array | null {
+  const r = res as unknown as Record<symbol, unknown>;
+  const inner = r[internals.inner] as { body?: unknown } | undefined;
+  const body = inner?.body as
+    | { streamOrStatic?: unknown; source?: unknown }
+    | null
+    | undefined;
+  if (body === null || body === undefined) {
+    const lazy = internals.lazy === undefined ? undefined : r[internals.lazy];
+    if (typeof lazy === "string") return utf8.encode(lazy);
+    if (lazy instanceof Uint8Array) return lazy;
+    return null;
+  }
+  const sos = body.streamOrStatic as { body?: unknown; consumed?: unknown } | undefined;
+  if (
+    sos === undefined || sos === null || sos instanceof ReadableStream || sos.consumed !== false
+  ) {
+    return null;
+  }
+  return sos.body instanceof Uint8Array ? sos.body : null;
+}
+
+/** The response's body when it was given as bytes or text (not yet read), else null. */
+function staticBody(res: Response): Uint8Array | null {
+  if (RESPONSE_INTERNALS === null) return null;
+  // `bodyUsed` covers a body someone already read through the public API.
+  if (res.bodyUsed) return null;
+  return staticBodyWith(res, RESPONSE_INTERNALS);
+}
+
 /** A request handler. */
 export type Http1Handler = (req: Request, info: ServeInfo) => Response | Promise<Response>;
 
@@ -864,7 +927,18 @@ class Connection implements Watched {
     const m = head.method;
     const bodiless = m === "GET" || m === "HEAD" ||
       (m.length <= 4 && (m.toUpperCase() === "GET" || m.toUpperCase() === "HEAD"));
-    const framed = head.chunked || head.contentLength > 0;
+    let framed = head.chunked || head.contentLength > 0;
+    // A small body that arrived with its head (a typical JSON request) is handed over as bytes:
+    // no stream to build and drain, and `req.bytes()` is a copy. Nothing waits for it.
+    let whole: Uint8Array<ArrayBuffer> | null = null;
+    if (
+      framed && !head.chunked && !head.expectContinue && head.contentLength <= WHOLE_BODY_MAX &&
+      this.#end - this.#start >= head.contentLength
+    ) {
+      whole = this.#buf.slice(this.#start, this.#start + head.contentLength);
+      this.#start += head.contentLength;
+      framed = false;
+    }
     const ex = new Exchange(this.#remoteAddr);
     const body = framed ? new RequestBody(head) : null;
     ex.body = body;
@@ -874,7 +948,8 @@ class Connection implements Watched {
     if (hook === null) init.signal = ex.signal();
     if (!bodiless) {
       // Like Deno.serve: GET/HEAD get no body; other methods an empty one when none was framed.
-      if (body === null) init.body = EMPTY;
+      if (whole !== null) init.body = whole;
+      else if (body === null) init.body = EMPTY;
       else {
         init.body = this.#bodyStream(body);
         init.duplex = "half";
@@ -1171,8 +1246,21 @@ class Connection implements Watched {
       }
       text += `${name}: ${value}\r\n`;
     });
-    const stream = res.body;
     const noBody = status === 204 || status === 304 || status < 200;
+    // A body given as bytes or text goes out with the head in one write, without a stream.
+    const fixed = noBody ? null : staticBody(res);
+    if (fixed !== null) {
+      if (isHead) {
+        text += `content-length: ${declared >= 0 ? declared : fixed.byteLength}\r\n`;
+        return await this.#writeHead(text, hasDate, keep, http10, ex) && keep;
+      }
+      text += `content-length: ${fixed.byteLength}\r\n`;
+      text += headTail(hasDate, keep, http10);
+      if (ex.body !== null) ex.body.headSent = true;
+      const ok = await this.#flush([text, fixed], text.length + fixed.byteLength);
+      return ok && keep;
+    }
+    const stream = res.body;
     if (stream === null || noBody) {
       stream?.cancel().catch(noop);
       if (isHead || noBody) {
