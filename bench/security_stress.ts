@@ -21,6 +21,7 @@
  *
  *   deno run -A bench/security_stress.ts [--streams=3000] [--chunks=24] [--gap-ms=60] [--slowloris=300]
  *     [--half-bodies=50] [--fd-limit=0] [--header-timeout-sec=0 (relay default)] [--max-sec=180]
+ *     [--http-server=relay|deno]
  *
  * Every child is stopped by its PID; `--max-sec` bounds the whole run.
  */
@@ -43,6 +44,8 @@ const SLOWLORIS = num("slowloris", 300);
 const HALF_BODIES = num("half-bodies", 50);
 const FD_LIMIT = num("fd-limit", 0);
 const HEADER_TIMEOUT_SEC = num("header-timeout-sec", 0);
+/** `relay` (own HTTP/1.1 server, the default) or `deno` (Deno.serve), as HTTP_SERVER. */
+const HTTP_SERVER = Deno.args.find((a) => a.startsWith("--http-server="))?.split("=")[1] ?? "relay";
 const MAX_SEC = num("max-sec", 180);
 const BODY_TIMEOUT_SEC = 3;
 const SELF = new URL(import.meta.url).pathname;
@@ -360,6 +363,7 @@ async function runMain(): Promise<boolean> {
     ACCESS_LOG: "0",
   };
   if (HEADER_TIMEOUT_SEC) env.CLIENT_HEADER_TIMEOUT_SEC = String(HEADER_TIMEOUT_SEC);
+  env.HTTP_SERVER = HTTP_SERVER;
   // What `deno task start` derives from the descriptor limit (9,500 for 20,000).
   env.MAX_CONNECTIONS = String(connectionCap(0, FD_LIMIT || 20_000).max);
   const args = relayDenoArgs(parseConfig(env), {}, new URL("../main.ts", import.meta.url).pathname);
