@@ -604,6 +604,16 @@ async function sectionSse(): Promise<void> {
     logFile: relayLog("relay-sse"),
   });
   procs.push(relay);
+  // The same relay on Deno.serve, to compare the client-facing servers on streams.
+  const relayDenoPort = freePort();
+  const relayDeno = await startRelay("relay-sse-deno-serve", {
+    port: relayDenoPort,
+    upstream: sseBase,
+    cpu: PROXY_CPU,
+    env: { ACCESS_LOG: "0", HTTP_SERVER: "deno" },
+    logFile: relayLog("relay-sse-deno-serve"),
+  });
+  procs.push(relayDeno);
   const nginxPort = freePort();
   const nginx = await startNginx(
     "nginx-proxy-sse",
@@ -617,6 +627,7 @@ async function sectionSse(): Promise<void> {
   const targets = [
     { name: "direct", url: `${sseBase}${path}` },
     { name: "relay", url: `http://${HOST}:${relayPort}${path}` },
+    { name: "relay (Deno.serve)", url: `http://${HOST}:${relayDenoPort}${path}` },
     { name: "nginx", url: `http://${HOST}:${nginxPort}${path}` },
   ];
   if (havePortkey) targets.push({ name: "portkey", url: `http://${HOST}:${portkeyPort}${path}` });
@@ -628,7 +639,11 @@ async function sectionSse(): Promise<void> {
     progress(`sse round ${k + 1}/${rounds}: ${streams} streams × ${events} events per target`);
     bg.push(await waitQuiet());
     const rss = rssSampler(relay.pid, 100);
-    const cpu0 = { relay: cpuSeconds(relay.pid), nginx: cpuSeconds(nginx.pid) };
+    const cpu0 = {
+      relay: cpuSeconds(relay.pid),
+      relayDeno: cpuSeconds(relayDeno.pid),
+      nginx: cpuSeconds(nginx.pid),
+    };
     const out = await runToEnd("sse-load", [
       "deno",
       "run",
@@ -650,6 +665,7 @@ async function sectionSse(): Promise<void> {
       ...JSON.parse(out),
       cpuUsPerEvent: {
         relay: perEvent(relay.pid, cpu0.relay),
+        "relay (Deno.serve)": perEvent(relayDeno.pid, cpu0.relayDeno),
         nginx: perEvent(nginx.pid, cpu0.nginx),
       },
     });
@@ -686,6 +702,7 @@ async function sectionSse(): Promise<void> {
   }\n`;
   md.push(t);
   await relay.stop();
+  await relayDeno.stop();
   await nginx.stop();
 }
 
