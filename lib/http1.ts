@@ -605,17 +605,43 @@ export async function exchange(
     pool.lastActivity = Date.now();
     return alt.exchange(req, options);
   }
+  return await resendIfStale(req, options, async (fresh) => {
+    const conn = await pool.acquire(fresh);
+    return new Exchange(pool, conn, req, options);
+  });
+}
+
+/** One try at an exchange, as {@link resendIfStale} sees it. */
+export interface Attempt {
+  /** The connection (or session) had carried a request before this one. */
+  readonly reused: boolean;
+  /** Some of A's response arrived: the request must never be sent again. */
+  readonly answered: boolean;
+  readonly abortKind: "timeout" | "aborted" | null;
+  run(): Promise<UpstreamResponse>;
+}
+
+/**
+ * Runs an exchange, and once more on a fresh connection when the first try failed on a reused
+ * one before any of A's response arrived (A closed it as the request went out), the caller did not
+ * abort, and the body is still replayable. `start(fresh)` opens the try; a failure to connect
+ * is thrown as is and leaves the body untouched, so the caller may try another upstream.
+ */
+export async function resendIfStale(
+  req: ExchangeRequest,
+  options: ExchangeOptions,
+  start: (fresh: boolean) => Promise<Attempt>,
+): Promise<UpstreamResponse> {
   let fresh = false;
   for (let attempt = 1;; attempt++) {
     if (options.signal?.aborted) throw new UpstreamError("aborted", "client went away");
-    const conn = await pool.acquire(fresh);
-    const ex = new Exchange(pool, conn, req, options);
+    const a = await start(fresh);
     try {
-      const res = await ex.run();
+      const res = await a.run();
       res.attempts = attempt;
       return res;
     } catch (err) {
-      const stale = attempt === 1 && conn.uses > 1 && !ex.gotBytes && ex.abortKind === null &&
+      const stale = attempt === 1 && a.reused && !a.answered && a.abortKind === null &&
         (req.body === null || req.body.replayable) &&
         !(err instanceof UpstreamError && err.kind === "body");
       if (!stale) {
@@ -627,7 +653,7 @@ export async function exchange(
   }
 }
 
-class Exchange implements Watched {
+class Exchange implements Watched, Attempt {
   lastTick = 0;
   gotBytes = false;
   abortKind: "timeout" | "aborted" | null = null;
@@ -645,6 +671,14 @@ class Exchange implements Watched {
     this.#conn = conn;
     this.#req = req;
     this.#opts = opts;
+  }
+
+  get reused(): boolean {
+    return this.#conn.uses > 1;
+  }
+
+  get answered(): boolean {
+    return this.gotBytes;
   }
 
   expire(): void {

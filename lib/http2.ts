@@ -19,10 +19,12 @@ import * as http2 from "node:http2";
 import type { HeaderList } from "./headers.ts";
 import {
   type AltTransport,
+  type Attempt,
   type BodySource,
   type Endpoint,
   type ExchangeOptions,
   type ExchangeRequest,
+  resendIfStale,
   UpstreamError,
   type UpstreamResponse,
 } from "./http1.ts";
@@ -266,27 +268,10 @@ export async function exchange2(
   req: ExchangeRequest,
   options: ExchangeOptions,
 ): Promise<UpstreamResponse> {
-  let fresh = false;
-  for (let attempt = 1;; attempt++) {
-    if (options.signal?.aborted) throw new UpstreamError("aborted", "client went away");
-    // A connect failure leaves the body untouched: the caller may try another upstream.
+  return await resendIfStale(req, options, async (fresh) => {
     const session = await pool.acquire(fresh);
-    const ex = new StreamExchange(pool, session, req, options);
-    try {
-      const res = await ex.run();
-      res.attempts = attempt;
-      return res;
-    } catch (err) {
-      const stale = attempt === 1 && session.uses > 1 && !ex.gotHead && ex.abortKind === null &&
-        (req.body === null || req.body.replayable) &&
-        !(err instanceof UpstreamError && err.kind === "body");
-      if (!stale) {
-        req.body?.cancel();
-        throw err;
-      }
-      fresh = true;
-    }
-  }
+    return new StreamExchange(pool, session, req, options);
+  });
 }
 
 /** The request's headers as an HTTP/2 header object (names are already lower-case). */
@@ -327,7 +312,7 @@ export function h2ResponseHeaders(headers: http2.IncomingHttpHeaders): HeaderLis
   return out;
 }
 
-class StreamExchange implements Watched {
+class StreamExchange implements Watched, Attempt {
   lastTick = 0;
   gotHead = false;
   abortKind: "timeout" | "aborted" | null = null;
@@ -344,6 +329,14 @@ class StreamExchange implements Watched {
     this.#session = session;
     this.#req = req;
     this.#opts = opts;
+  }
+
+  get reused(): boolean {
+    return this.#session.uses > 1;
+  }
+
+  get answered(): boolean {
+    return this.gotHead;
   }
 
   expire(): void {
