@@ -147,6 +147,8 @@ function eachHeader(headers: Headers, fn: (value: string, name: string) => void)
 /** Request bodies up to this size that arrived with their head are handed over as bytes. */
 const WHOLE_BODY_MAX = 64 * 1024;
 
+const utf8 = new TextEncoder();
+
 /**
  * Where Deno keeps a Response's inner state and a lazily made static body, found once and checked
  * with known responses: a body given as bytes or a string can then be written directly instead of
@@ -171,8 +173,6 @@ const RESPONSE_INTERNALS: { inner: symbol; lazy: symbol | undefined } | null = (
     return null;
   }
 })();
-
-const utf8 = new TextEncoder();
 
 function staticBodyWith(
   res: Response,
@@ -1760,3 +1760,16 @@ function errorBytes(err: RelayError): Uint8Array {
   head += `date: ${httpDate()}\r\nconnection: close\r\n\r\n`;
   return concat([encodeLatin1(head), body]);
 }
+
+/**
+ * Which of the Deno internals the server relies on were found on this Deno version (each has a
+ * public-API fallback, slower or less exact). For tests and diagnostics: a Deno upgrade that
+ * changes one shows up here first.
+ */
+export const internalsFound: Readonly<
+  { headerList: boolean; staticBody: boolean; cancelHook: boolean }
+> = {
+  headerList: HEADER_LIST !== null,
+  staticBody: RESPONSE_INTERNALS !== null,
+  cancelHook: cancelHook() !== null,
+};

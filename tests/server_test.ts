@@ -9,6 +9,7 @@ import {
   type Http1Handler,
   type Http1Server,
   type Http1ServerOptions,
+  internalsFound,
   parseRequestHead,
   requestUrl,
   serveHttp1,
@@ -1066,4 +1067,10 @@ Deno.test("bodies given as bytes or text, and small request bodies that came wit
     c.close();
     await server.shutdown();
   }
+});
+
+Deno.test("the Deno internals the server relies on are found on this Deno version", () => {
+  // Each has a fallback, but a silent fallback would cost speed or exactness unnoticed: a Deno
+  // upgrade that changes one must fail here and be looked at.
+  assert.deepEqual(internalsFound, { headerList: true, staticBody: true, cancelHook: true });
 });
