@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { dec, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
+import { dec, delay, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
 import { type TestCert, testCert } from "./tls_fixture.ts";
 import { exchange2, H2Pool } from "../lib/http2.ts";
 import { Watchdog } from "../lib/watchdog.ts";
@@ -415,6 +415,40 @@ Deno.test("HTTP/2 pool: a burst is spread over sessions by the per-session strea
   } finally {
     pool.close();
     watchdog.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("HTTP/2 upstream: keep-warm pings go over the session and keep it for the next request", async (t) => {
+  const tls = await certOrSkip(t);
+  if (tls === null) return;
+  const paths: string[] = [];
+  const server = h2Upstream(tls, (req) => {
+    paths.push(new URL(req.url).pathname);
+    return new Response("ok");
+  });
+  const hop = countingHop(server.addr.port);
+  const relay = startRelay({
+    UPSTREAM_SERVER_A: `https://127.0.0.1:${hop.port}`,
+    UPSTREAM_KEEPWARM_SEC: "0.2",
+    // Idle sessions would be closed after 0.5 s: only the pings keep this one.
+    UPSTREAM_POOL_IDLE_SEC: "0.5",
+    HEALTH_CHECK_SEC: "60",
+  }, { caCerts: [tls.cert], background: true });
+  try {
+    await waitFor(() => paths.includes("/v1/_ping"), 3000, "the start-up probe");
+    await delay(1500);
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
+    const pings = paths.filter((p) => p === "/v1/_ping").length;
+    assert.ok(pings >= 4, `pings: ${pings}`);
+    // The ALPN connection, then one session for every ping and the request.
+    assert.equal(hop.accepted, 2, `connections to A: ${hop.accepted}`);
+    const stats = await poolStats(relay);
+    assert.equal(stats.protocol, "h2");
+    assert.equal(stats.created, 1);
+  } finally {
+    await relay.close();
+    hop.close();
     await server.shutdown();
   }
 });
