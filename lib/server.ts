@@ -72,7 +72,8 @@ export interface Http1ServerOptions {
   idleTimeoutMs?: number;
   /**
    * Most open client sockets (upgraded ones included). A socket accepted above it gets `503` with
-   * `connection: close` at once, without its request being read, and is closed. 0 = unlimited.
+   * `connection: close` once its request head is in (at most 1 s), and is closed; its request is
+   * never handled. 0 = unlimited.
    */
   maxConnections?: number;
   /** Largest request head (request line and headers) in bytes; over it `431`. Default 64 KiB. */
@@ -362,7 +363,7 @@ class Server implements Http1Server {
       delay = 100;
       if (this.maxConnections > 0 && this.conns.size >= this.maxConnections) {
         this.dropped("over_capacity");
-        this.linger(conn, errorBytes(overloaded()));
+        this.linger(conn, errorBytes(overloaded()), true);
         continue;
       }
       try {
@@ -391,16 +392,39 @@ class Server implements Http1Server {
    * Sends `bytes` (an error answer), then reads and drops what the client sends for a short while
    * before closing: closing with unread data would reset the connection, and the client could lose
    * the answer. Bounded by {@link LINGER_MS} and {@link LINGER_BYTES}.
+   *
+   * With `afterHead` (a socket refused at accept), the answer waits until the client's request
+   * head has arrived (or the same bounds run out): an HTTP client that gets a response before it
+   * has sent its request treats it as a broken connection (hyper: "received unexpected message
+   * from connection") instead of reading the 503.
    */
-  linger(conn: Deno.Conn, bytes: Uint8Array): void {
+  linger(conn: Deno.Conn, bytes: Uint8Array, afterHead = false): void {
     this.#lingering.add(conn);
     const item: Watched = { lastTick: 0, expire: () => closeQuietly(conn) };
     this.lingerDog.watch(item);
     (async () => {
       try {
+        let total = 0;
+        if (afterHead) {
+          // A blank line ends the head: count line feeds with nothing but CR between them.
+          let lf = 0;
+          scan: while (total < LINGER_BYTES) {
+            const n = await conn.read(DISCARD);
+            if (n === null) break;
+            total += n;
+            for (let i = 0; i < n; i++) {
+              const b = DISCARD[i];
+              if (b === 10) {
+                if (++lf === 2) break scan;
+              } else if (b !== 13) {
+                lf = 0;
+              }
+            }
+          }
+        }
         await writeAll(conn, bytes);
         await conn.closeWrite();
-        for (let total = 0; total < LINGER_BYTES;) {
+        while (total < LINGER_BYTES) {
           const n = await conn.read(DISCARD);
           if (n === null) break;
           total += n;

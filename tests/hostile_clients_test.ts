@@ -195,7 +195,7 @@ Deno.test("slowloris sockets get 408 and are closed after CLIENT_HEADER_TIMEOUT_
   }
 });
 
-Deno.test("MAX_CONNECTIONS caps open client sockets: one more gets 503 at once and is closed", async () => {
+Deno.test("MAX_CONNECTIONS caps open client sockets: one more gets 503 once its request is in, and is closed", async () => {
   const up = okUpstream();
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -215,6 +215,13 @@ Deno.test("MAX_CONNECTIONS caps open client sockets: one more gets 503 at once a
     );
     assert.equal(res.status, 503);
     assert.equal(JSON.parse(new TextDecoder().decode(res.body)).error.code, "overloaded");
+    // Real HTTP clients (fetch is hyper) read the 503 too: it is sent once their request is in.
+    const statuses = await Promise.all(Array.from({ length: 200 }, async () => {
+      const r = await fetch(`${relay.url}/v1/messages`, { method: "POST", body: "{}" });
+      await r.body?.cancel();
+      return r.status;
+    }));
+    assert.deepEqual(statuses, Array(200).fill(503));
     assert.equal(up.seen.length, 0);
     // One socket freed: the next client is served.
     held.pop()!.close();
