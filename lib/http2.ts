@@ -30,7 +30,10 @@ import {
 } from "./http1.ts";
 import type { Watched } from "./watchdog.ts";
 
-const { NGHTTP2_CANCEL } = http2.constants;
+const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
+
+/** Longest wait after connect for A's SETTINGS (its stream limit) before a new session is used. */
+const SETTINGS_WAIT_MS = 300;
 
 /** Streams opened on one session before another session is opened beside it. */
 const DEFAULT_STREAMS_PER_SESSION = 100;
@@ -87,6 +90,8 @@ export class H2Pool implements AltTransport {
   readonly #sessions: Session[] = [];
   #created = 0;
   #reused = 0;
+  /** A's SETTINGS_MAX_CONCURRENT_STREAMS, as last seen on any session. */
+  #remoteMax: number | null = null;
   #streams = 0;
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
@@ -117,22 +122,33 @@ export class H2Pool implements AltTransport {
    * as it needs instead of piling onto the first.
    */
   async acquire(fresh: boolean): Promise<Session> {
-    const limit = this.#opts.maxStreamsPerSession ?? DEFAULT_STREAMS_PER_SESSION;
-    if (!fresh) {
+    const configured = this.#opts.maxStreamsPerSession ?? DEFAULT_STREAMS_PER_SESSION;
+    const usable = (s: Session) =>
+      !s.draining && !s.s.closed && !s.s.destroyed && s.capacity(configured) > 0;
+    while (!fresh) {
       for (const s of this.#sessions) {
-        if (!s.draining && !s.s.closed && !s.s.destroyed && s.capacity(limit) > 0) {
+        if (usable(s)) {
           this.#begin(s);
           return s;
         }
       }
+      // A session being opened takes as many streams as A allowed on earlier sessions.
+      const limit = Math.min(configured, this.#remoteMax ?? configured);
+      let joined: { promise: Promise<Session>; reserved: number } | null = null;
       for (const o of this.#opening) {
         if (o.reserved < limit) {
-          o.reserved++;
-          const s = await o.promise;
-          this.#begin(s);
-          return s;
+          joined = o;
+          break;
         }
       }
+      if (joined === null) break;
+      joined.reserved++;
+      const s = await joined.promise;
+      if (usable(s)) {
+        this.#begin(s);
+        return s;
+      }
+      // A allows fewer streams than were counted on: look again.
     }
     const entry = { promise: this.#open(), reserved: 1 };
     this.#opening.add(entry);
@@ -185,14 +201,28 @@ export class H2Pool implements AltTransport {
         this.#remove(session);
         fail(new UpstreamError("connect", "session closed before it was ready"));
       });
-      s.once("connect", () => {
+      let connected = false;
+      let settingsTimer: ReturnType<typeof setTimeout> | undefined;
+      const ready = () => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        clearTimeout(settingsTimer);
         this.#created++;
         this.#sessions.push(session);
         this.#startSweeper();
         resolve(session);
+      };
+      s.on("remoteSettings", (settings: http2.Settings) => {
+        const max = settings.maxConcurrentStreams;
+        if (typeof max === "number" && max > 0) this.#remoteMax = max;
+        if (connected) ready();
+      });
+      // The stream limit comes in A's first SETTINGS, just after the handshake: wait for it
+      // (briefly), so that a burst does not open more streams than A accepts.
+      s.once("connect", () => {
+        connected = true;
+        settingsTimer = setTimeout(ready, SETTINGS_WAIT_MS);
       });
     });
   }
@@ -336,7 +366,24 @@ class StreamExchange implements Watched, Attempt {
   }
 
   get answered(): boolean {
-    return this.gotHead;
+    return this.gotHead || this.#peerReset;
+  }
+
+  /**
+   * A reset the stream itself, on a session that is still alive, with a code other than
+   * REFUSED_STREAM: A saw the request (and may have acted on it), so it is never sent again.
+   */
+  #peerReset = false;
+
+  #notePeerReset(stream: http2.ClientHttp2Stream): void {
+    const code = stream.rstCode;
+    const session = this.#session.s;
+    if (
+      this.abortKind === null && typeof code === "number" && code !== 0 &&
+      code !== NGHTTP2_REFUSED_STREAM && !session.closed && !session.destroyed
+    ) {
+      this.#peerReset = true;
+    }
   }
 
   expire(): void {
@@ -407,6 +454,7 @@ class StreamExchange implements Watched, Attempt {
       stream.on("error", (err: unknown) => {
         const e = this.#classify(err);
         if (res === null) {
+          this.#notePeerReset(stream);
           // The body stays readable: exchange2() may resend it on a new session.
           this.#finish(false);
           signal?.removeEventListener("abort", this.#onAbort);
@@ -418,6 +466,7 @@ class StreamExchange implements Watched, Attempt {
       });
       stream.on("close", () => {
         if (res === null) {
+          this.#notePeerReset(stream);
           this.#finish(false);
           signal?.removeEventListener("abort", this.#onAbort);
           const code = stream.rstCode;

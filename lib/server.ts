@@ -265,6 +265,12 @@ const POOL_KEEP = 64;
 /** After an error answer: how long and how much of the client's data is read before closing. */
 const LINGER_MS = 1000;
 const LINGER_BYTES = 64 * 1024;
+/**
+ * Most sockets kept lingering at once. Each holds a descriptor for up to {@link LINGER_MS}; past
+ * this a refused socket is closed at once, without its error answer, so that a client reconnecting
+ * in a loop cannot hold more descriptors than the cap allows.
+ */
+const LINGER_MAX = 256;
 /** Microtask turns to wait for a body chunk that a stream produces without real I/O. */
 const SETTLE_TURNS = 6;
 
@@ -399,6 +405,10 @@ class Server implements Http1Server {
    * from connection") instead of reading the 503.
    */
   linger(conn: Deno.Conn, bytes: Uint8Array, afterHead = false): void {
+    if (this.#lingering.size >= LINGER_MAX) {
+      closeQuietly(conn);
+      return;
+    }
     this.#lingering.add(conn);
     const item: Watched = { lastTick: 0, expire: () => closeQuietly(conn) };
     this.lingerDog.watch(item);
@@ -1017,9 +1027,10 @@ class Connection implements Watched {
       return false;
     }
     // Decided before the head goes out, so that it can say `connection: close`.
-    let keep = head.keepAlive && !server.closing && (body === null || body.done || body.started ||
-      (!body.broken && !(body.expect && !body.continueSent) &&
-        (body.decoder !== null || body.remaining <= MAX_DRAIN_BYTES)));
+    // A broken body (bad chunked framing) ends the connection whoever was reading it.
+    let keep = head.keepAlive && !server.closing && (body === null || body.done ||
+      (!body.broken && (body.started || (!(body.expect && !body.continueSent) &&
+        (body.decoder !== null || body.remaining <= MAX_DRAIN_BYTES)))));
     keep = await this.#respond(res, head.http10, req.method === "HEAD", keep, ex);
     this.#watching = false;
     ex.finish();

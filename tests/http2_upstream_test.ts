@@ -10,6 +10,7 @@ import { dec, delay, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
 import { type TestCert, testCert } from "./tls_fixture.ts";
 import { exchange2, H2Pool } from "../lib/http2.ts";
 import { Watchdog } from "../lib/watchdog.ts";
+import { BodySource } from "../lib/http1.ts";
 
 /**
  * A TCP forwarder in front of `port` that counts the connections it accepts. With `dropOnNextData`
@@ -450,5 +451,74 @@ Deno.test("HTTP/2 upstream: keep-warm pings go over the session and keep it for 
     await relay.close();
     hop.close();
     await server.shutdown();
+  }
+});
+
+Deno.test("HTTP/2 pool: a stream A resets is not sent again, and a burst keeps to A's stream limit", async (t) => {
+  const tls = await certOrSkip(t);
+  if (tls === null) return;
+  const { createSecureServer, constants } = await import("node:http2");
+  const hits: string[] = [];
+  const server = createSecureServer({
+    key: tls.key,
+    cert: tls.cert,
+    settings: { maxConcurrentStreams: 2 },
+  });
+  server.on("stream", (stream, headers) => {
+    const path = String(headers[":path"]);
+    hits.push(`${headers[":method"]} ${path}`);
+    stream.on("error", () => {});
+    stream.on("data", () => {});
+    if (path === "/v1/reset") {
+      // A read the request, then reset the stream: it saw it, so it must not get it twice.
+      stream.on("end", () => stream.close(constants.NGHTTP2_INTERNAL_ERROR));
+      return;
+    }
+    setTimeout(() => {
+      try {
+        stream.respond({ ":status": 200 });
+        stream.end("ok");
+      } catch { /* client gone */ }
+    }, path === "/v1/slow" ? 100 : 0);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  const port = (server.address() as { port: number }).port;
+  const pool = new H2Pool(
+    { protocol: "https:", hostname: "127.0.0.1", port, hostHeader: "a" },
+    { connectTimeoutMs: 2000, idleTimeoutMs: 4000, caCerts: [tls.cert] },
+  );
+  const watchdog = new Watchdog(5000);
+  const send = async (method: string, target: string) => {
+    const body = method === "POST"
+      ? new BodySource(
+        new ReadableStream({
+          start: (c) => {
+            c.enqueue(enc.encode("{}"));
+            c.close();
+          },
+        }),
+        2,
+        65536,
+      )
+      : null;
+    const res = await exchange2(pool, { method, target, headers: [], body }, { watchdog });
+    await res.body?.cancel();
+    return res;
+  };
+  try {
+    await send("GET", "/v1/models"); // the session is now a reused one
+    await assert.rejects(send("POST", "/v1/reset"));
+    assert.deepEqual(hits.filter((h) => h === "POST /v1/reset"), ["POST /v1/reset"]);
+
+    const results = await Promise.all(Array.from({ length: 12 }, () => send("GET", "/v1/slow")));
+    assert.ok(results.every((r) => r.status === 200 && r.attempts === 1), "no stream was refused");
+    assert.ok(
+      pool.stats().created >= 6,
+      `sessions for 12 streams at 2 each: ${pool.stats().created}`,
+    );
+  } finally {
+    pool.close();
+    watchdog.close();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 });

@@ -1074,3 +1074,26 @@ Deno.test("the Deno internals the server relies on are found on this Deno versio
   // upgrade that changes one must fail here and be looked at.
   assert.deepEqual(internalsFound, { headerList: true, staticBody: true, cancelHook: true });
 });
+
+Deno.test("a request body with broken chunked framing ends the connection, and the response says so", async () => {
+  const { server, port } = start(async (req) => {
+    try {
+      await req.text();
+      return new Response("read");
+    } catch {
+      return new Response("bad body", { status: 400 });
+    }
+  });
+  const c = await Raw.open(port);
+  try {
+    await c.send(
+      "POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffffff1\r\nx\r\n",
+    );
+    const r = await c.response();
+    assert.equal(r.status, 400);
+    assert.equal(r.headers.get("connection"), "close");
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
