@@ -1583,6 +1583,8 @@ export function parseRequestHead(text: string): RequestHead {
   let chunked = false;
   if (te !== null) {
     if (contentLength >= 0) throw badRequest("Both content-length and transfer-encoding.");
+    // RFC 9112 §6.1: an HTTP/1.0 message with transfer-encoding has faulty framing.
+    if (http10) throw badRequest("Transfer-encoding on an HTTP/1.0 request.");
     if (te.slice(te.lastIndexOf(",") + 1).trim().toLowerCase() !== "chunked") {
       throw badRequest("Unsupported transfer-encoding (the last coding must be chunked).");
     }

@@ -240,6 +240,7 @@ Deno.test("parseRequestHead refuses malformed and ambiguous heads with 400 bad_r
     "POST / HTTP/1.1\r\ncontent-length: -1",
     "POST / HTTP/1.1\r\ntransfer-encoding: gzip",
     "POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip",
+    "POST / HTTP/1.0\r\ntransfer-encoding: chunked",
   ];
   for (const text of bad) {
     assert.throws(
