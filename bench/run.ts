@@ -310,29 +310,38 @@ interface Row {
   pid: () => number;
 }
 
+/**
+ * The relay under test twice, pinned alike: on its own HTTP/1.1 server and on Deno.serve
+ * (`HTTP_SERVER=deno`, see lib/listen.ts), so a section can compare the client-facing servers.
+ */
+async function startRelayPair(section: string, upstream: string): Promise<{
+  relay: Proc;
+  relayPort: number;
+  relayDeno: Proc;
+  relayDenoPort: number;
+}> {
+  const start = async (name: string, env: Record<string, string>) => {
+    const port = freePort();
+    const proc = await startRelay(name, {
+      port,
+      upstream,
+      cpu: PROXY_CPU,
+      env: { ACCESS_LOG: "0", ...env },
+      logFile: relayLog(`${name}-${section}`),
+    });
+    procs.push(proc);
+    return { proc, port };
+  };
+  const own = await start("relay", {});
+  const deno = await start("relay-deno-serve", { HTTP_SERVER: "deno" });
+  return { relay: own.proc, relayPort: own.port, relayDeno: deno.proc, relayDenoPort: deno.port };
+}
+
 async function sectionHttp(): Promise<void> {
   await ensureUpstream();
   const base = `http://${HOST}:${upstreamPort}`;
   const script = wrkScript(base);
-  const relayPort = freePort();
-  const relay = await startRelay("relay", {
-    port: relayPort,
-    upstream: base,
-    cpu: PROXY_CPU,
-    env: { ACCESS_LOG: "0" },
-    logFile: relayLog("relay-http"),
-  });
-  procs.push(relay);
-  // The same relay on Deno.serve instead of its own HTTP/1.1 server (lib/listen.ts).
-  const relayDenoPort = freePort();
-  const relayDeno = await startRelay("relay-deno-serve", {
-    port: relayDenoPort,
-    upstream: base,
-    cpu: PROXY_CPU,
-    env: { ACCESS_LOG: "0", HTTP_SERVER: "deno" },
-    logFile: relayLog("relay-deno-serve-http"),
-  });
-  procs.push(relayDeno);
+  const { relay, relayPort, relayDeno, relayDenoPort } = await startRelayPair("http", base);
   const nginxPort = freePort();
   const nginx = await startNginx(
     "nginx-proxy",
@@ -595,25 +604,7 @@ async function sectionProfile(): Promise<void> {
 async function sectionSse(): Promise<void> {
   const ssePort = freePort();
   const sseBase = `http://${HOST}:${ssePort}`;
-  const relayPort = freePort();
-  const relay = await startRelay("relay-sse", {
-    port: relayPort,
-    upstream: sseBase,
-    cpu: PROXY_CPU,
-    env: { ACCESS_LOG: "0" },
-    logFile: relayLog("relay-sse"),
-  });
-  procs.push(relay);
-  // The same relay on Deno.serve, to compare the client-facing servers on streams.
-  const relayDenoPort = freePort();
-  const relayDeno = await startRelay("relay-sse-deno-serve", {
-    port: relayDenoPort,
-    upstream: sseBase,
-    cpu: PROXY_CPU,
-    env: { ACCESS_LOG: "0", HTTP_SERVER: "deno" },
-    logFile: relayLog("relay-sse-deno-serve"),
-  });
-  procs.push(relayDeno);
+  const { relay, relayPort, relayDeno, relayDenoPort } = await startRelayPair("sse", sseBase);
   const nginxPort = freePort();
   const nginx = await startNginx(
     "nginx-proxy-sse",

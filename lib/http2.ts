@@ -40,17 +40,6 @@ const DEFAULT_STREAMS_PER_SESSION = 100;
 /** Bytes queued from A before the stream is paused until the client reads. */
 const QUEUE_HIGH = 64 * 1024;
 
-/** Headers HTTP/2 forbids on requests (RFC 9113 §8.2.2); `te` is allowed only as "trailers". */
-const H2_FORBIDDEN = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "upgrade",
-  "host",
-  "te",
-]);
-
 /** Options for {@link H2Pool}. */
 export interface H2PoolOptions {
   connectTimeoutMs: number;
@@ -304,7 +293,11 @@ export async function exchange2(
   });
 }
 
-/** The request's headers as an HTTP/2 header object (names are already lower-case). */
+/**
+ * The request's headers as an HTTP/2 header object. `headers` is the list `headers.ts` built: names
+ * lower-case, and already without `host` and the hop-by-hop fields HTTP/2 forbids (RFC 9113
+ * §8.2.2), as for the HTTP/1.1 client.
+ */
 export function h2RequestHeaders(
   method: string,
   target: string,
@@ -318,9 +311,6 @@ export function h2RequestHeaders(
     ":authority": authority,
   };
   for (const [name, value] of headers) {
-    if (H2_FORBIDDEN.has(name)) {
-      if (name !== "te" || value.trim().toLowerCase() !== "trailers") continue;
-    }
     const prev = out[name];
     if (prev === undefined) out[name] = value;
     else if (Array.isArray(prev)) prev.push(value);
