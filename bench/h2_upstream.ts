@@ -60,7 +60,7 @@ import {
   waitForPort,
 } from "./common.ts";
 import { buildRequest, Client, parseTarget } from "./http_client.ts";
-import { startNginx } from "./nginx.ts";
+import { preamble, startNginx } from "./nginx.ts";
 import { makeCert } from "./route_sim/fake_a.ts";
 
 const SELF = `${BENCH}/h2_upstream.ts`;
@@ -136,23 +136,7 @@ function fakeAConfig(
   o: { port: number; backendPort: number; certFile: string; keyFile: string },
 ): string {
   // The JSON has no single quotes, so it can sit in a single-quoted nginx string.
-  return `worker_processes 1;
-daemon off;
-master_process off;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log error;
-worker_rlimit_nofile 20000;
-events { worker_connections 19000; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  tcp_nodelay on;
+  return `${preamble(dir)}  tcp_nodelay on;
   upstream sse {
     server ${HOST}:${o.backendPort};
     keepalive 256;

@@ -9,7 +9,8 @@ import { CHAT_JSON, HOST, type Proc, spawn, waitForPort } from "./common.ts";
 
 const NGINX = "/usr/sbin/nginx";
 
-function preamble(dir: string): string {
+/** The common head of every generated config, up to inside `http {`. */
+export function preamble(dir: string): string {
   return `worker_processes 1;
 daemon off;
 master_process off;
