@@ -282,7 +282,6 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   function finish(ctx: Ctx, status: number, errorCode: string | undefined): void {
     ctx.release?.();
     ctx.release = undefined;
-    if (observers.length === 0) return;
     const end = now();
     const ttfb = ctx.headAt !== undefined && ctx.exchangeStart !== undefined
       ? ctx.headAt - ctx.exchangeStart
@@ -443,18 +442,18 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     // creates a stream and turns off Deno's full-body fast path. (HTTP/2 bodies may come with
     // neither header.)
     const cl = req.headers.get("content-length");
+    const announced = cl === null ? null : Number(cl);
     const hasBody = cl !== null
       ? cl !== "0"
       : req.headers.has("transfer-encoding") || req.body !== null;
     if (hasBody) {
-      const tooLarge = checkAnnouncedLength(req.headers, config.maxBodyBytes);
+      const tooLarge = checkAnnouncedLength(announced, config.maxBodyBytes);
       if (tooLarge !== null) throw tooLarge;
-      const announced = cl === null ? NaN : Number(cl);
       limited = new LimitedBody(() => req.body!, {
         maxBytes: config.maxBodyBytes,
         idleTimeoutMs: config.clientBodyTimeoutMs,
         // A small body of known length is taken whole: one piece, no per-chunk stream layers.
-        ...(announced <= WHOLE_BODY_MAX ? { whole: () => req.bytes() } : {}),
+        ...(announced !== null && announced <= WHOLE_BODY_MAX ? { whole: () => req.bytes() } : {}),
       });
       ctx.body = limited;
     }
@@ -485,10 +484,10 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         throw relayErrorFor(err);
       });
     }
-    const length = req.headers.get("content-length");
-    if (length !== null) ctx.requestBytes = Number(length) || 0;
+    if (announced !== null) ctx.requestBytes = announced || 0;
     ctx.exchangeStart = now();
     const result = await forward(req, {
+      length: announced,
       upstreams,
       target,
       headers,
@@ -518,26 +517,20 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const aId = response.headers.get("x-request-id");
     if (aId === null) response.headers.set("x-request-id", ctx.id);
     else if (SAFE_ID.test(aId)) ctx.upstreamRequestId = aId;
+    const contentType = response.headers.get("content-type");
+    const contentEncoding = response.headers.get("content-encoding");
     if (up.body === null) {
       if (up.complete !== null) {
         ctx.responseBytes = up.complete.byteLength;
-        if (observers.length > 0) {
-          const tap = new UsageTap(
-            response.headers.get("content-type"),
-            response.headers.get("content-encoding"),
-          );
-          tap.push(up.complete);
-          ctx.usage = tap;
-        }
+        const tap = new UsageTap(contentType, contentEncoding);
+        tap.push(up.complete);
+        ctx.usage = tap;
       }
       finish(ctx, up.status, undefined);
       return response;
     }
-    const contentType = response.headers.get("content-type");
     ctx.stream = contentType?.startsWith("text/event-stream") ?? false;
-    if (observers.length > 0) {
-      ctx.usage = new UsageTap(contentType, response.headers.get("content-encoding"));
-    }
+    ctx.usage = new UsageTap(contentType, contentEncoding);
     openStreams++;
     inFlight++;
     const usage = ctx.usage;

@@ -49,12 +49,13 @@ export function bodyTimeout(idleTimeoutMs: number): RelayError {
   );
 }
 
-/** Null when the announced `Content-Length` (if any) is within `maxBytes`, else the 413. */
-export function checkAnnouncedLength(headers: Headers, maxBytes: number): RelayError | null {
-  const raw = headers.get("content-length");
-  if (raw === null) return null;
-  const n = Number(raw);
-  return Number.isFinite(n) && n > maxBytes ? bodyTooLarge(maxBytes) : null;
+/** Null when the announced `Content-Length` (null: none) is within `maxBytes`, else the 413. */
+export function checkAnnouncedLength(
+  announced: number | null,
+  maxBytes: number,
+): RelayError | null {
+  if (announced === null) return null;
+  return Number.isFinite(announced) && announced > maxBytes ? bodyTooLarge(maxBytes) : null;
 }
 
 /** One shared watchdog per timeout value (the same mechanism as upstream silence). */

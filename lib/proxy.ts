@@ -99,6 +99,8 @@ export interface ForwardContext {
   upstreams: readonly Upstream[];
   /** The request body to send instead of `req.body` (e.g. checked by `body_limit.ts`). */
   body?: ReadableStream<Uint8Array> | BodyReader | null;
+  /** The request's announced `Content-Length` (null: none, e.g. chunked). */
+  length: number | null;
   /** Path and query to append to the upstream's prefix (already validated). */
   target: string;
   headers: HeaderList;
@@ -157,11 +159,8 @@ export function relayErrorFor(err: unknown): RelayError {
  * with the body still streaming. Throws RelayError.
  */
 export async function forward(req: Request, ctx: ForwardContext): Promise<ForwardResult> {
-  const length = req.headers.get("content-length");
   const src = ctx.body !== undefined ? ctx.body : req.body;
-  const body = src === null
-    ? null
-    : new BodySource(src, length === null ? null : Number(length), ctx.retryBodyMaxBytes);
+  const body = src === null ? null : new BodySource(src, ctx.length, ctx.retryBodyMaxBytes);
   let lastError: unknown = null;
   const upstreams = ctx.health ? ctx.health.order(ctx.upstreams) : ctx.upstreams;
   for (let i = 0; i < upstreams.length; i++) {
