@@ -6,6 +6,7 @@
 import { type AccessLogHandle, openAccessLog } from "./lib/access_log.ts";
 import { createApp } from "./lib/app.ts";
 import { ConfigError, parseConfig } from "./lib/config.ts";
+import { errorResponse, toRelayError } from "./lib/errors.ts";
 import { UpstreamError } from "./lib/http1.ts";
 import { listen, type Listener } from "./lib/listen.ts";
 import { Logger } from "./lib/log.ts";
@@ -70,16 +71,7 @@ export async function main(): Promise<number> {
             detail: err instanceof Error ? err.message : String(err),
           });
         }
-        return new Response(
-          JSON.stringify({
-            error: {
-              message: "Internal relay error.",
-              type: "internal_server_error",
-              code: "internal_error",
-            },
-          }),
-          { status: 500, headers: { "content-type": "application/json" } },
-        );
+        return errorResponse(toRelayError(err));
       },
     });
   } catch (err) {
