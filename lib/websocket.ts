@@ -45,6 +45,8 @@ import {
   WsProtocolError,
 } from "./ws_frames.ts";
 
+const utf8 = new TextEncoder();
+
 /** A's limit on a WebSocket message. */
 export const MAX_MESSAGE_BYTES = 32 * 1024 * 1024;
 
@@ -159,7 +161,7 @@ async function handshake(
   }
   const headers = new Map(answer.headers);
   const expected = btoa(String.fromCharCode(
-    ...new Uint8Array(await crypto.subtle.digest("SHA-1", new TextEncoder().encode(key + GUID))),
+    ...new Uint8Array(await crypto.subtle.digest("SHA-1", utf8.encode(key + GUID))),
   ));
   if (headers.get("sec-websocket-accept") !== expected) {
     conn.close();
@@ -227,7 +229,7 @@ async function splice(
     if (buffered.byteLength > 0) await up.write(buffered);
     const buf = new Uint8Array(64 * 1024);
     let n: number | null;
-    while ((n = await client.read(buf)) !== null) await up.write(buf.slice(0, n));
+    while ((n = await client.read(buf)) !== null) await up.write(buf.subarray(0, n));
   };
   const settle = (p: Promise<void>) =>
     p.catch((err) => {
@@ -280,7 +282,7 @@ function bridge(socket: WebSocket, conn: Connection, ctx: WebSocketContext): voi
 
   socket.onmessage = (e) => {
     if (typeof e.data === "string") {
-      const bytes = new TextEncoder().encode(e.data);
+      const bytes = utf8.encode(e.data);
       if (bytes.byteLength > MAX_MESSAGE_BYTES) return closeClient(1009, "message too large");
       send(OP.text, bytes);
     } else {
