@@ -118,10 +118,6 @@ export interface ResilientServer {
   readonly addr: Deno.NetAddr;
   /** Resolves after {@link shutdown} once every listener has finished. */
   readonly finished: Promise<void>;
-  /** How many times the listener was re-created after a failure. */
-  readonly restarts: number;
-  /** Whether a listener is up right now. */
-  readonly listening: boolean;
   /** Stops accepting, lets requests in flight finish (on every listener, old and current). */
   shutdown(): Promise<void>;
 }
@@ -208,12 +204,6 @@ export function serveResilient(
   return {
     addr,
     finished,
-    get restarts() {
-      return restarts;
-    },
-    get listening() {
-      return current !== null;
-    },
     async shutdown() {
       stopping = true;
       if (timer !== undefined) clearTimeout(timer);

@@ -1007,7 +1007,7 @@ export function parseHead(bytes: Uint8Array): Head {
     if (colon <= 0) throw new UpstreamError("protocol", "bad header line");
     const name = line.slice(0, colon).toLowerCase();
     if (!TOKEN.test(name)) throw new UpstreamError("protocol", "bad header name");
-    const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "");
+    const value = trimOws(line, colon + 1);
     if (/[\r\n\0]/.test(value)) throw new UpstreamError("protocol", "bad header value");
     if (name === "content-length") {
       if (!/^\d{1,15}$/.test(value)) throw new UpstreamError("protocol", "bad content-length");
@@ -1164,7 +1164,17 @@ export function encodeLatin1(s: string): Uint8Array {
 
 const asciiDecoder = new TextDecoder();
 
-function decodeLatin1(bytes: Uint8Array): string {
+/** `text` from `start` without leading and trailing spaces and tabs (RFC 9110 OWS). */
+function trimOws(text: string, start: number): string {
+  let end = text.length;
+  let c: number;
+  while (start < end && ((c = text.charCodeAt(start)) === 32 || c === 9)) start++;
+  while (end > start && ((c = text.charCodeAt(end - 1)) === 32 || c === 9)) end--;
+  return text.slice(start, end);
+}
+
+/** Bytes as a Latin-1 string (one char per byte). */
+export function decodeLatin1(bytes: Uint8Array): string {
   // Nearly every head is ASCII: decode natively; only bytes >= 0x80 need the Latin-1 mapping.
   let ascii = true;
   for (let i = 0; i < bytes.byteLength; i++) {

@@ -41,7 +41,7 @@
 
 import { overloaded } from "./conn_limit.ts";
 import { errorBody, errorResponse, RelayError, toRelayError } from "./errors.ts";
-import { ChunkedDecoder, concat, encodeLatin1 } from "./http1.ts";
+import { ChunkedDecoder, concat, decodeLatin1, encodeLatin1 } from "./http1.ts";
 import { Watchdog, type Watched } from "./watchdog.ts";
 
 /** What the handler learns about the exchange besides the request. */
@@ -1650,14 +1650,6 @@ export function requestUrl(head: RequestHead, fallbackHost: string): string {
     }
   }
   return `http://${host}${target}`;
-}
-
-function decodeLatin1(bytes: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < bytes.byteLength; i += 8192) {
-    s += String.fromCharCode(...bytes.subarray(i, Math.min(i + 8192, bytes.byteLength)));
-  }
-  return s;
 }
 
 function parseLength(value: string): number {
