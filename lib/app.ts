@@ -250,7 +250,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   let server: ServerView | null = null;
   const dropped: Record<string, number> = {};
   // Access control and abuse limits (issue #4): built once; ALLOW_IPS is read live from `config`.
-  const guards = new Guards(config, { now: deps.now ?? Date.now, log });
+  const guards = new Guards(() => config, { now: deps.now ?? Date.now, log });
   const cap = connectionCap(
     config.maxConnections,
     config.maxConnections > 0 ? null : readFdLimit(),
@@ -385,7 +385,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   async function relay(req: Request, ctx: Ctx): Promise<Response> {
     // Shed before opening anything upstream: this request is already counted in `inFlight`.
     if (inFlight > cap.max) throw overloaded();
-    guards.checkAllowed(ctx.clientIp, config.allowIps);
+    guards.checkAllowed(ctx.clientIp);
     let upstreams = config.upstreams;
     let route: Route | undefined;
     let apiPath = ctx.path;

@@ -15,7 +15,6 @@
 
 import type { Config, Route } from "./config.ts";
 import { RelayError } from "./errors.ts";
-import type { CidrList } from "./ip.ts";
 import type { Logger } from "./log.ts";
 import {
   ConcurrencyLimiter,
@@ -134,11 +133,19 @@ export class Guards {
   readonly #store: Promise<RateLimitStore> | null;
   #storeReady: RateLimitStore | null = null;
   #storeFailed = false;
-  /** Route id → digest of its access key (computed once, on first use). */
-  readonly #routeKeys = new Map<string, Promise<string>>();
+  /** The configuration in force now: a reload swaps it (ALLOW_IPS, TRUSTED_PROXIES, routes). */
+  readonly #current: () => Config;
+  /** Route → digest of its access key (computed once, on first use; a reload makes new routes). */
+  readonly #routeKeys = new WeakMap<Route, Promise<string>>();
 
-  constructor(config: Config, deps: GuardDeps = {}) {
+  /**
+   * `current` returns the configuration in force (it changes on reload); limits that hold state
+   * (rate store, concurrency) are built once from the configuration at start.
+   */
+  constructor(current: () => Config, deps: GuardDeps = {}) {
+    const config = current();
     this.#config = config;
+    this.#current = current;
     this.#now = deps.now ?? Date.now;
     this.#log = deps.log;
     this.#concurrency = config.maxConcurrentPerClient > 0
@@ -180,11 +187,9 @@ export class Guards {
     });
   }
 
-  /**
-   * Throws 403 when an allow-list is set and `clientIp` is not in it. `allow` defaults to the
-   * config's ALLOW_IPS; the app passes its current (reloadable) value.
-   */
-  checkAllowed(clientIp: string, allow: CidrList | null = this.#config.allowIps): void {
+  /** Throws 403 when an allow-list (ALLOW_IPS, as currently configured) excludes `clientIp`. */
+  checkAllowed(clientIp: string): void {
+    const allow = this.#current().allowIps;
     if (allow !== null && !allow.contains(clientIp)) {
       throw new RelayError(
         403,
@@ -231,10 +236,10 @@ export class Guards {
   /** The key a client is limited under: its route's access key (digested) or its IP. */
   async clientKey(clientIp: string, route: Route | undefined): Promise<string> {
     if (route?.accessKey === undefined) return `ip:${clientIp}`;
-    let digest = this.#routeKeys.get(route.id);
+    let digest = this.#routeKeys.get(route);
     if (digest === undefined) {
       digest = sha256Hex(route.accessKey);
-      this.#routeKeys.set(route.id, digest);
+      this.#routeKeys.set(route, digest);
     }
     return `key:${await digest}`;
   }
@@ -284,8 +289,8 @@ export class Guards {
   /** Diagnostics (no keys, no addresses). */
   stats(): Record<string, unknown> {
     return {
-      allowIps: this.#config.allowIps?.size ?? null,
-      trustedProxies: this.#config.trustedProxies?.size ?? null,
+      allowIps: this.#current().allowIps?.size ?? null,
+      trustedProxies: this.#current().trustedProxies?.size ?? null,
       rateLimit: this.#config.rateLimit,
       rateLimitStore: this.#config.rateLimit === null ? null : this.#config.rateLimitStore,
       maxConcurrentPerClient: this.#config.maxConcurrentPerClient,

@@ -153,10 +153,42 @@ Deno.test("app.reload applies ALLOW_IPS and MAX_BODY_MB to the next request", as
     const denied = await app.fetch(new Request("http://relay/v1/models"), info);
     assert.equal(denied.status, 403);
     await denied.body?.cancel();
+    // Diagnostics show the allow-list in force, not the one at start.
+    assert.equal((app.debugInfo().limits as { allowIps: number | null }).allowIps, 1);
     app.reload(parseConfig({ ...env, MAX_BODY_MB: "1" }));
     const tooLarge = await post();
     assert.equal(tooLarge.status, 413);
     await tooLarge.body?.cancel();
+  } finally {
+    app.close();
+    await up.close();
+  }
+});
+
+Deno.test("app.reload with a new access key for a route rate-limits that key on its own", async () => {
+  const up = startUpstream(() => Response.json({ ok: true }));
+  const routes = (key: string) =>
+    JSON.stringify({ "1": { apiKey: "sk-real-key-000000", accessKey: key } });
+  const env = { UPSTREAM_SERVER_A: up.url, UPSTREAM_KEEPWARM_SEC: "0", RATE_LIMIT: "1/minute" };
+  const app = createApp(parseConfig({ ...env, ROUTES: routes("access-key-old-0000") }), {
+    log: new Logger({ sink: () => {} }),
+    background: false,
+  });
+  const info = { remoteAddr: { hostname: "127.0.0.1" } };
+  const get = async (key: string) => {
+    const res = await app.fetch(
+      new Request("http://relay/u1/v1/models", { headers: { authorization: `Bearer ${key}` } }),
+      info,
+    );
+    await res.body?.cancel();
+    return res.status;
+  };
+  try {
+    assert.equal(await get("access-key-old-0000"), 200);
+    assert.equal(await get("access-key-old-0000"), 429);
+    app.reload(parseConfig({ ...env, ROUTES: routes("access-key-new-0000") }));
+    // A new key is a new client: its bucket is full, not the old key's empty one.
+    assert.equal(await get("access-key-new-0000"), 200);
   } finally {
     app.close();
     await up.close();
