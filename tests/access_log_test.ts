@@ -290,7 +290,8 @@ Deno.test("a timeout waiting for A is logged as 504 and the wait is not counted 
     assert.equal(line!.error, "upstream_timeout");
     assert.equal(line!.level, "warn");
     assert.ok((line!.durationMs as number) >= 250, cap.lines[0]);
-    assert.ok((line!.relayMs as number) < 100, `relay time excludes A's wait: ${cap.lines[0]}`);
+    // Counting A's wait would make it 300 ms or more.
+    assert.ok((line!.relayMs as number) < 200, `relay time excludes A's wait: ${cap.lines[0]}`);
   } finally {
     await relay.close();
     up.close();

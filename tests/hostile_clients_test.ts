@@ -83,7 +83,9 @@ Deno.test("invalid request lines and framing get a 4xx or a closed connection, n
 
 Deno.test("slowloris sockets and half-sent bodies do not stop the relay serving others", async () => {
   const up = okUpstream();
-  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, CLIENT_BODY_TIMEOUT_SEC: "0.5" });
+  // The body timeout is well above the bound below, so a served request is never mistaken for one
+  // that waited for the half-sent bodies to time out.
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, CLIENT_BODY_TIMEOUT_SEC: "5" });
   const conns: Deno.Conn[] = [];
   try {
     for (let i = 0; i < 50; i++) {
@@ -101,7 +103,7 @@ Deno.test("slowloris sockets and half-sent bodies do not stop the relay serving 
       for (const c of conns.slice(0, 25)) await c.write(enc.encode("x")).catch(() => 0);
       const t0 = Date.now();
       await stillServes(relay.port);
-      assert.ok(Date.now() - t0 < 500, "a normal request was slowed down");
+      assert.ok(Date.now() - t0 < 2000, "a normal request was slowed down");
       await delay(50);
     }
   } finally {

@@ -9,7 +9,7 @@ import { parseConfig } from "../lib/config.ts";
 import { parseDotenv } from "../lib/dotenv.ts";
 import { Logger } from "../lib/log.ts";
 import { createReloader, envForReload, planReload, sameValue } from "../lib/reload.ts";
-import { dec, delay, enc, sseResponse, startUpstream, waitFor } from "./helpers.ts";
+import { dec, delay, enc, startUpstream, waitFor } from "./helpers.ts";
 
 const SAMPLE = `# comment
 A=plain
@@ -256,9 +256,24 @@ Deno.test("createReloader refuses a new upstream host the process may not connec
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 Deno.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a stream in flight survives; a bad file keeps the old routes", async () => {
+  // A's stream sends half its events, then holds until the reload is done: it is surely in
+  // flight across the SIGHUP, however slow the machine.
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
   const a1 = startUpstream((req) => {
     if (new URL(req.url).pathname !== "/v1/messages") return Response.json({ from: "a1" });
-    return sseResponse({ gapMs: 60, count: 8 });
+    const event = (i: number) => new TextEncoder().encode(`data: ${i}\n\n`);
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        async start(ctrl) {
+          for (let i = 0; i < 4; i++) ctrl.enqueue(event(i));
+          await released;
+          for (let i = 4; i < 8; i++) ctrl.enqueue(event(i));
+          ctrl.close();
+        },
+      }),
+      { headers: { "content-type": "text/event-stream" } },
+    );
   });
   const a2 = startUpstream(() => Response.json({ from: "a2" }));
   const dir = await Deno.makeTempDir({ prefix: "pf-reload-" });
@@ -313,6 +328,7 @@ Deno.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a stream in
     await waitFor(() => out.includes("configuration reloaded"), 5000, "reload log");
     assert.match((await get(port, "/u2/v1/models")).body, /a2/);
     assert.match((await get(port, "/u1/v1/models")).body, /a2/);
+    release();
     assert.equal((await streamText).split("\n\n").filter((s) => s).length, 8, "stream was cut");
 
     // A broken file: the relay says why and keeps serving the routes it has.
@@ -322,6 +338,7 @@ Deno.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a stream in
     assert.match(out, /reload failed: keeping the current configuration.*not valid JSON/);
     assert.match((await get(port, "/u2/v1/models")).body, /a2/);
   } finally {
+    release();
     try {
       child.kill("SIGKILL");
     } catch { /* exited */ }

@@ -586,7 +586,9 @@ Deno.test("SSE: each chunk reaches the client within 50 ms of being enqueued", a
       const { value } = await reader.read();
       const ms = performance.now() - t0;
       assert.equal(dec.decode(value), `data: ${i}\n\n`);
-      assert.ok(ms < 50, `chunk ${i} took ${ms.toFixed(1)} ms`);
+      // Normal is under 1 ms; a buffering server would not deliver at all (the next chunk is
+      // only enqueued after this read).
+      assert.ok(ms < 500, `chunk ${i} took ${ms.toFixed(1)} ms`);
     }
     ctrl.close();
     assert.ok((await reader.read()).done);

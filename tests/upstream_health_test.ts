@@ -56,13 +56,17 @@ Deno.test("a dead first upstream is skipped after one failure: later requests go
 
 Deno.test("a request never waits on a known-dead upstream's connect timeout when a live one exists", async () => {
   const live = startUpstream(() => new Response("live"));
+  let blackholeTries = 0;
   const relay = startRelay(
     { UPSTREAM_SERVER_A: `http://blackhole.invalid:81,${live.url}`, CONNECT_TIMEOUT_SEC: "0.5" },
     {
-      connector: (ep) =>
-        ep.hostname === "blackhole.invalid"
-          ? new Promise<Deno.Conn>(() => {})
-          : Deno.connect({ hostname: ep.hostname, port: ep.port }),
+      connector: (ep) => {
+        if (ep.hostname !== "blackhole.invalid") {
+          return Deno.connect({ hostname: ep.hostname, port: ep.port });
+        }
+        blackholeTries++;
+        return new Promise<Deno.Conn>(() => {});
+      },
     },
   );
   try {
@@ -75,7 +79,9 @@ Deno.test("a request never waits on a known-dead upstream's connect timeout when
     t0 = performance.now();
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "live");
     const second = performance.now() - t0;
-    assert.ok(second < 250, `second request took ${second.toFixed(0)} ms`);
+    // The dead upstream was not tried again (it went last), so no second connect timeout.
+    assert.equal(blackholeTries, 1);
+    assert.ok(second < 1000, `second request took ${second.toFixed(0)} ms`);
   } finally {
     await relay.close();
     await live.close();
@@ -147,7 +153,7 @@ function shortKeepAlive(idleMs: number) {
 
 Deno.test("keep-warm keeps a connection to A open across idle periods longer than A's keep-alive", async () => {
   for (const keepWarm of ["0.25", "0"]) {
-    const { up, paths } = shortKeepAlive(800);
+    const { up, paths } = shortKeepAlive(1200);
     const relay = startRelay(
       { UPSTREAM_SERVER_A: up.url, UPSTREAM_KEEPWARM_SEC: keepWarm, HEALTH_CHECK_SEC: "60" },
       { background: true },
@@ -155,7 +161,7 @@ Deno.test("keep-warm keeps a connection to A open across idle periods longer tha
     try {
       await waitFor(() => up.connections >= 1, 2000, "start-up warm-up connection");
       assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
-      await delay(1500);
+      await delay(2000);
       assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
       if (keepWarm === "0") {
         assert.equal(
