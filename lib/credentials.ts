@@ -42,10 +42,11 @@ export function swapKey(
 ): { headers: HeaderList; query: string } {
   let found = 0;
   let ok = true;
-  const out: HeaderList = headers.map(([name, value]) => {
+  const out: HeaderList = headers.map((entry) => {
+    const [name, value] = entry;
     if (name === "authorization") {
       const m = BEARER.exec(value);
-      if (m === null) return [name, value];
+      if (m === null) return entry;
       found++;
       ok = timingSafeEqual(value.slice(m[0].length).trim(), keys.accessKey) && ok;
       return [name, `${m[0]}${keys.apiKey}`];
@@ -55,7 +56,7 @@ export function swapKey(
       ok = timingSafeEqual(value.trim(), keys.accessKey) && ok;
       return [name, keys.apiKey];
     }
-    return [name, value];
+    return entry;
   });
   let newQuery = query;
   if (query.length > 1) {

@@ -296,6 +296,7 @@ export class Telemetry {
   readonly #modelCells = new Map<string, ModelCells>();
   readonly #modelByName = new Map<string, ModelCells>();
   readonly #errorCells = new Map<string, CounterChild>();
+  readonly #rateLimitedCells = new Map<string, CounterChild>();
 
   readonly #ttfbWindow = new RecentWindow(2048);
   readonly #relayWindow = new RecentWindow(2048);
@@ -454,6 +455,20 @@ export class Telemetry {
     );
   }
 
+  /** The child of a `code`-labelled counter, found once per code (a flood of 429s allocates nothing). */
+  #cell(
+    cells: Map<string, CounterChild>,
+    counter: { labels(l: { code: string }): CounterChild },
+    code: string,
+  ): CounterChild {
+    let cell = cells.get(code);
+    if (cell === undefined) {
+      cell = counter.labels({ code });
+      cells.set(code, cell);
+    }
+    return cell;
+  }
+
   /** Counts a client connection the relay's own server closed itself (see `server.ts`). */
   clientDropped(reason: string): void {
     this.#dropped.inc({ reason });
@@ -523,16 +538,11 @@ export class Telemetry {
 
     const code = rec.errorCode;
     if (code !== undefined) {
-      let cell = this.#errorCells.get(code);
-      if (cell === undefined) {
-        cell = this.#errors.labels({ code });
-        this.#errorCells.set(code, cell);
-      }
-      cell.inc();
+      this.#cell(this.#errorCells, this.#errors, code).inc();
       this.#errorsByCode[code] = (this.#errorsByCode[code] ?? 0) + 1;
       if (code === "client_closed") t.clientClosed++;
       if (RATE_LIMIT_CODES.has(code)) {
-        this.#rateLimited.inc({ code });
+        this.#cell(this.#rateLimitedCells, this.#rateLimited, code).inc();
         t.rateLimited++;
       }
     }

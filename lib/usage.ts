@@ -20,6 +20,7 @@
  * ```
  */
 
+import { concat } from "./http1.ts";
 import { createParser, type EventSourceMessage, type EventSourceParser } from "eventsource-parser";
 
 /**
@@ -73,6 +74,9 @@ interface Acc {
   total: number | undefined;
 }
 
+// `fatal: false`: a stray invalid byte becomes U+FFFD instead of stopping the count.
+const jsonDecoder = new TextDecoder("utf-8", { fatal: false });
+
 /**
  * Watches one response body chunk by chunk and reports the token usage it carried.
  *
@@ -93,11 +97,12 @@ export class UsageTap {
     cacheWrite: undefined,
     total: undefined,
   };
-  // `fatal: false`: a stray invalid byte becomes U+FFFD instead of stopping the count.
-  readonly #decoder = new TextDecoder("utf-8", { fatal: false });
+  /** Streaming decoder for SSE (events arrive split anywhere); JSON is decoded once at the end. */
+  #decoder: TextDecoder | undefined;
   #parser: EventSourceParser | undefined;
   #overflowed = false;
-  #jsonParts: string[] = [];
+  /** Copies of the JSON body's chunks (never the caller's buffers). */
+  #jsonParts: Uint8Array[] = [];
   #jsonBytes = 0;
 
   /**
@@ -109,6 +114,7 @@ export class UsageTap {
   constructor(contentType: string | null, contentEncoding: string | null) {
     this.#mode = pickMode(contentType, contentEncoding);
     if (this.#mode === "sse") {
+      this.#decoder = new TextDecoder("utf-8", { fatal: false });
       this.#parser = createParser({
         onEvent: (event) => this.#onEvent(event),
         onError: (error) => {
@@ -127,14 +133,14 @@ export class UsageTap {
     if (this.#finished || this.#mode === "off" || chunk.byteLength === 0) return;
     try {
       if (this.#mode === "sse") {
-        this.#feed(this.#decoder.decode(chunk, { stream: true }));
+        this.#feed(this.#decoder!.decode(chunk, { stream: true }));
       } else {
         this.#jsonBytes += chunk.byteLength;
         if (this.#jsonBytes > MAX_JSON_BYTES) {
           this.#giveUp();
           return;
         }
-        this.#jsonParts.push(this.#decoder.decode(chunk, { stream: true }));
+        this.#jsonParts.push(chunk.slice());
       }
     } catch {
       // Only a bug could land here; counting is best-effort and must never break the relay.
@@ -152,15 +158,15 @@ export class UsageTap {
     this.#finished = true;
     try {
       if (this.#mode === "sse") {
-        const rest = this.#decoder.decode();
+        const rest = this.#decoder!.decode();
         // A stream cut off (or badly terminated) after its last data line would otherwise lose
         // that event: the SSE spec drops an event without its blank line, but for counting a
         // complete data line is as good as a terminated one. Incomplete JSON still fails to parse.
         this.#feed(rest + "\n\n");
       } else if (this.#mode === "json") {
-        this.#jsonParts.push(this.#decoder.decode());
-        const text = this.#jsonParts.join("");
+        const parts = this.#jsonParts;
         this.#jsonParts = [];
+        const text = jsonDecoder.decode(parts.length === 1 ? parts[0] : concat(parts));
         applyTop(this.#acc, JSON.parse(text));
       }
       this.#result = this.#mode === "off" ? undefined : toUsage(this.#acc);
