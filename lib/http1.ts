@@ -782,7 +782,7 @@ class Exchange implements Watched, Attempt {
       body: null,
       complete: null,
       attempts: 1,
-      reused: this.#conn.uses > 1,
+      reused: this.reused,
       observer: null,
     };
     const framing = bodyFraming(this.#req.method, head);
@@ -819,22 +819,12 @@ class Exchange implements Watched, Attempt {
         conn.unread(left);
       }
     }
-    let ended = false;
-    const end = (e: UpstreamError | null): void => {
-      if (ended) return;
-      ended = true;
-      res.observer?.end(e);
-    };
+    const end = endOnce(res);
     const fail = (ctrl: ReadableStreamDefaultController<Uint8Array>, err: unknown): void => {
       const e = this.#classify(err);
       this.#finish(false);
       end(e);
-      // After a cancel the stream is already closed: erroring it again is not allowed.
-      if (this.abortKind !== "aborted") {
-        // Deno.serve prints a body stream's error to stderr: one line, not an internal stack.
-        e.stack = `${e.name}: ${e.message} (client stream ended with an error)`;
-        ctrl.error(e);
-      }
+      errorBody(ctrl, e, this.abortKind);
     };
     const done = (ctrl: ReadableStreamDefaultController<Uint8Array>, reusable: boolean): void => {
       this.#finish(reusable && head.keepAlive);
@@ -907,6 +897,29 @@ class Exchange implements Watched, Attempt {
     }
     this.#pool.release(this.#conn, ok);
   }
+}
+
+/** `res.observer.end`, called at most once however many ways the body ends. */
+export function endOnce(res: UpstreamResponse): (e: UpstreamError | null) => void {
+  let ended = false;
+  return (e) => {
+    if (ended) return;
+    ended = true;
+    res.observer?.end(e);
+  };
+}
+
+/** Ends a response body stream with `e`, unless the client's cancel already closed it. */
+export function errorBody(
+  ctrl: ReadableStreamDefaultController<Uint8Array>,
+  e: UpstreamError,
+  abortKind: "timeout" | "aborted" | null,
+): void {
+  // After a cancel the stream is already closed: erroring it again is not allowed.
+  if (abortKind === "aborted") return;
+  // Deno.serve prints a body stream's error to stderr: one line, not an internal stack.
+  e.stack = `${e.name}: ${e.message} (client stream ended with an error)`;
+  ctrl.error(e);
 }
 
 /**

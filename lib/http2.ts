@@ -21,7 +21,9 @@ import {
   type AltTransport,
   type Attempt,
   type BodySource,
+  endOnce,
   type Endpoint,
+  errorBody,
   type ExchangeOptions,
   type ExchangeRequest,
   resendIfStale,
@@ -502,7 +504,7 @@ class StreamExchange implements Watched, Attempt {
           body: null,
           complete: null,
           attempts: 1,
-          reused: this.#session.uses > 1,
+          reused: this.reused,
           observer: null,
         };
         if (noBody) {
@@ -513,12 +515,7 @@ class StreamExchange implements Watched, Attempt {
           return;
         }
         const r = res;
-        let done = false;
-        const end = (e: UpstreamError | null) => {
-          if (done) return;
-          done = true;
-          r.observer?.end(e);
-        };
+        const end = endOnce(r);
         r.body = new ReadableStream<Uint8Array>({
           pull: async (ctrl) => {
             while (true) {
@@ -540,10 +537,7 @@ class StreamExchange implements Watched, Attempt {
                 const e = failure;
                 this.#finish();
                 end(e);
-                if (this.abortKind !== "aborted") {
-                  e.stack = `${e.name}: ${e.message} (client stream ended with an error)`;
-                  ctrl.error(e);
-                }
+                errorBody(ctrl, e, this.abortKind);
                 return;
               }
               await new Promise<void>((w) => (wake = w));
