@@ -11,7 +11,15 @@ import {
   isOutOfDescriptors,
   parseFdLimit,
 } from "../lib/conn_limit.ts";
-import { delay, enc, sseResponse, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import {
+  delay,
+  enc,
+  spawnCaptured,
+  sseResponse,
+  startRelay,
+  startUpstream,
+  waitFor,
+} from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -101,7 +109,7 @@ for (const HTTP_SERVER of ["relay", "deno"] as const) {
     const up = startUpstream(() => {
       return sseResponse({ gapMs: 50, count: CHUNKS });
     });
-    const child = new Deno.Command("bash", {
+    const { child, output, outDone, errText } = spawnCaptured("bash", {
       args: [
         "-c",
         `ulimit -n 200 && exec "$0" run --unstable-no-legacy-abort --allow-net=127.0.0.1 --allow-env "$1"`,
@@ -116,18 +124,11 @@ for (const HTTP_SERVER of ["relay", "deno"] as const) {
         HTTP_SERVER,
       },
       clearEnv: true,
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    let out = "";
-    const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
-      new WritableStream({ write: (t) => void (out += t) }),
-    );
-    const errText = new Response(child.stderr).text();
+    });
     const flood: Deno.Conn[] = [];
     try {
-      await waitFor(() => /"address":"http:\/\/127\.0\.0\.1:\d+"/.test(out), 10_000, "start");
-      const port = Number(/"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(out)![1]);
+      await waitFor(() => /"address":"http:\/\/127\.0\.0\.1:\d+"/.test(output()), 10_000, "start");
+      const port = Number(/"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(output())![1]);
       const stream = await fetch(`http://127.0.0.1:${port}/v1/messages`, {
         method: "POST",
         body: "{}",
@@ -143,8 +144,8 @@ for (const HTTP_SERVER of ["relay", "deno"] as const) {
       }
       // Deno.serve's serve loop dies and is re-created; the relay's own server retries its accept.
       const failed = HTTP_SERVER === "deno" ? "listener failed" : "accepting a connection failed";
-      await waitFor(() => out.includes(failed), 5000, "the accept failure log");
-      assert.match(out, /Too many open files/);
+      await waitFor(() => output().includes(failed), 5000, "the accept failure log");
+      assert.match(output(), /Too many open files/);
       // The stream in flight is served to the end, byte for byte.
       const expected = Array.from({ length: CHUNKS }, (_, i) => `data: ${i}\n\n`).join("");
       assert.equal(await text, expected);
@@ -158,7 +159,7 @@ for (const HTTP_SERVER of ["relay", "deno"] as const) {
           .then(async (r) => (await r.body?.cancel(), r.status), () => 0);
       }
       assert.equal(status, 200, "the relay did not come back");
-      if (HTTP_SERVER === "deno") assert.match(out, /listening again/);
+      if (HTTP_SERVER === "deno") assert.match(output(), /listening again/);
       child.kill("SIGTERM");
       const st = await child.status;
       assert.equal(st.code, 0, await errText);

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { deployEnv, IGNORED_ON_DEPLOY } from "../deploy.ts";
-import { closedPort, delay, sseResponse, startUpstream } from "./helpers.ts";
+import { closedPort, delay, spawnCaptured, sseResponse, startUpstream } from "./helpers.ts";
 
 function withEnv(vars: Record<string, string>): () => void {
   const saved = new Map<string, string | undefined>();
@@ -137,7 +137,7 @@ Deno.test("deploy.ts runs under `deno serve` with no write or read permission an
   const up = startUpstream(() => Response.json({ ok: "upstream" }));
   const entry = new URL("../deploy.ts", import.meta.url).pathname;
   const port = closedPort();
-  const child = new Deno.Command(Deno.execPath(), {
+  const { child, output, outDone, errText } = spawnCaptured(Deno.execPath(), {
     args: [
       "serve",
       "--unstable-no-legacy-abort",
@@ -153,14 +153,7 @@ Deno.test("deploy.ts runs under `deno serve` with no write or read permission an
     ],
     env: { UPSTREAM_SERVER_A: up.url, UPSTREAM_KEEPWARM_SEC: "0", PORT: "1" },
     clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let out = "";
-  const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
-    new WritableStream({ write: (t) => void (out += t) }),
-  );
-  const errText = new Response(child.stderr).text();
+  });
   try {
     let res: Response | null = null;
     const end = Date.now() + 10_000;
@@ -168,7 +161,7 @@ Deno.test("deploy.ts runs under `deno serve` with no write or read permission an
       res = await fetch(`http://127.0.0.1:${port}/v1/models`).catch(() => null);
       if (res === null) await delay(30);
     }
-    assert.ok(res, `deno serve did not start: ${out}`);
+    assert.ok(res, `deno serve did not start: ${output()}`);
     assert.deepEqual(await res.json(), { ok: "upstream" });
   } finally {
     // `deno serve` waits for idle keep-alive connections on SIGTERM: no need here.

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { closedPort, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import { closedPort, spawnCaptured, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const dockerfile = Deno.readTextFileSync(`${ROOT}Dockerfile`);
@@ -178,22 +178,15 @@ Deno.test("Dockerfile: its build steps and CMD work in a copy laid out like /app
 
     // CMD, with /app pointing at the copy.
     const cmd = execForm(last("CMD")!.args).map((a) => a.replace("=/app", `=${app}`));
-    const child = new Deno.Command(Deno.execPath(), {
+    const { child, output, outDone, errText: err } = spawnCaptured(Deno.execPath(), {
       args: cmd,
       cwd: app,
       env: { UPSTREAM_SERVER_A: up.url, HOST: "127.0.0.1", PORT: "0", UPSTREAM_KEEPWARM_SEC: "0" },
       clearEnv: true,
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    let out = "";
-    const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
-      new WritableStream({ write: (t) => void (out += t) }),
-    );
-    const err = new Response(child.stderr).text();
+    });
     try {
-      await waitFor(() => /"address":"http:\/\/127\.0\.0\.1:\d+"/.test(out), 10_000, "start");
-      const port = /"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(out)![1];
+      await waitFor(() => /"address":"http:\/\/127\.0\.0\.1:\d+"/.test(output()), 10_000, "start");
+      const port = /"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(output())![1];
       const res = await fetch(`http://127.0.0.1:${port}/v1/models`);
       assert.deepEqual(await res.json(), { path: "/v1/models" });
     } finally {

@@ -271,3 +271,27 @@ export function sseResponse(
   });
   return new Response(body, { headers: { "content-type": "text/event-stream" } });
 }
+
+/** A child process with its stdout collected as it arrives (to wait for log lines). */
+export interface CapturedChild {
+  child: Deno.ChildProcess;
+  /** Everything the child has written to stdout so far. */
+  output(): string;
+  /** Settles once stdout has ended. */
+  outDone: Promise<void>;
+  /** The child's whole stderr, once it exits. */
+  errText: Promise<string>;
+}
+
+/** Spawns `cmd` with stdout and stderr piped and captured. */
+export function spawnCaptured(
+  cmd: string,
+  options: Omit<Deno.CommandOptions, "stdout" | "stderr">,
+): CapturedChild {
+  const child = new Deno.Command(cmd, { ...options, stdout: "piped", stderr: "piped" }).spawn();
+  let out = "";
+  const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
+    new WritableStream({ write: (t) => void (out += t) }),
+  );
+  return { child, output: () => out, outDone, errText: new Response(child.stderr).text() };
+}

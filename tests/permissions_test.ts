@@ -16,6 +16,7 @@ import {
   closedPort,
   delay,
   rawRequest,
+  spawnCaptured,
   startRawUpstream,
   startUpstream,
   waitFor,
@@ -112,24 +113,21 @@ Deno.test("start-up warns about an open relay on a public address, and about bro
 });
 
 function spawn(args: string[], env: Record<string, string>) {
-  const child = new Deno.Command(Deno.execPath(), {
+  const { child, output, outDone, errText: err } = spawnCaptured(Deno.execPath(), {
     args,
     env,
     clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let out = "";
-  const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
-    new WritableStream({ write: (t) => void (out += t) }),
-  );
-  const err = new Response(child.stderr).text();
+  });
   return {
     child,
-    output: () => out,
+    output,
     async port(): Promise<number> {
-      await waitFor(() => /"address":"http:\/\/127\.0\.0\.1:\d+"/.test(out), 10_000, "listening");
-      return Number(/"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(out)![1]);
+      await waitFor(
+        () => /"address":"http:\/\/127\.0\.0\.1:\d+"/.test(output()),
+        10_000,
+        "listening",
+      );
+      return Number(/"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(output())![1]);
     },
     async stop(): Promise<{ code: number; stderr: string }> {
       try {

@@ -9,7 +9,7 @@ import { parseConfig } from "../lib/config.ts";
 import { parseDotenv } from "../lib/dotenv.ts";
 import { Logger } from "../lib/log.ts";
 import { createReloader, envForReload, planReload, sameValue } from "../lib/reload.ts";
-import { dec, delay, enc, startUpstream, waitFor } from "./helpers.ts";
+import { dec, delay, enc, spawnCaptured, startUpstream, waitFor } from "./helpers.ts";
 
 const SAMPLE = `# comment
 A=plain
@@ -279,7 +279,7 @@ Deno.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a stream in
   const dir = await Deno.makeTempDir({ prefix: "pf-reload-" });
   await Deno.writeTextFile(`${dir}/routes.json`, JSON.stringify({ "1": { upstream: a1.url } }));
   await Deno.writeTextFile(`${dir}/.env`, `UPSTREAM_SERVER_A=${a1.url}\nROUTES_FILE=routes.json\n`);
-  const child = new Deno.Command(Deno.execPath(), {
+  const { child, output, outDone, errText } = spawnCaptured(Deno.execPath(), {
     args: [
       "run",
       "--unstable-no-legacy-abort",
@@ -292,21 +292,18 @@ Deno.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a stream in
     cwd: dir,
     env: { HOST: "127.0.0.1", PORT: "0", UPSTREAM_KEEPWARM_SEC: "0" },
     clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let out = "";
-  const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
-    new WritableStream({ write: (t) => void (out += t) }),
-  );
-  const errText = new Response(child.stderr).text();
+  });
   const get = async (port: number, path: string) => {
     const res = await fetch(`http://127.0.0.1:${port}${path}`);
     return { status: res.status, body: await res.text() };
   };
   try {
-    await waitFor(() => /"address":"http:\/\/127\.0\.0\.1:\d+"/.test(out), 10_000, "relay start");
-    const port = Number(/"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(out)![1]);
+    await waitFor(
+      () => /"address":"http:\/\/127\.0\.0\.1:\d+"/.test(output()),
+      10_000,
+      "relay start",
+    );
+    const port = Number(/"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(output())![1]);
     assert.match((await get(port, "/u1/v1/models")).body, /a1/);
     assert.equal((await get(port, "/u2/v1/models")).status, 404);
 
@@ -325,7 +322,7 @@ Deno.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a stream in
       `UPSTREAM_SERVER_A=${a1.url}\nROUTES_FILE=routes2.json\n`,
     );
     child.kill("SIGHUP");
-    await waitFor(() => out.includes("configuration reloaded"), 5000, "reload log");
+    await waitFor(() => output().includes("configuration reloaded"), 5000, "reload log");
     assert.match((await get(port, "/u2/v1/models")).body, /a2/);
     assert.match((await get(port, "/u1/v1/models")).body, /a2/);
     release();
@@ -334,8 +331,8 @@ Deno.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a stream in
     // A broken file: the relay says why and keeps serving the routes it has.
     await Deno.writeTextFile(`${dir}/routes2.json`, '{"2": {"upstream": ');
     child.kill("SIGHUP");
-    await waitFor(() => out.includes("reload failed"), 5000, "reload failure log");
-    assert.match(out, /reload failed: keeping the current configuration.*not valid JSON/);
+    await waitFor(() => output().includes("reload failed"), 5000, "reload failure log");
+    assert.match(output(), /reload failed: keeping the current configuration.*not valid JSON/);
     assert.match((await get(port, "/u2/v1/models")).body, /a2/);
   } finally {
     release();

@@ -17,7 +17,7 @@ import {
   upgradeResponse,
 } from "../lib/server.ts";
 import { RelayError } from "../lib/errors.ts";
-import { concat, dec, delay, enc, sha256, waitFor } from "./helpers.ts";
+import { concat, dec, delay, enc, sha256, spawnCaptured, waitFor } from "./helpers.ts";
 
 // ---- fixtures ----
 
@@ -985,21 +985,14 @@ Deno.test("accept failures (EMFILE) are reported and the server keeps accepting"
     }, () => new Response("alive"));
     console.log("port " + s.addr.port);
   `;
-  const child = new Deno.Command("bash", {
+  const { child, output, outDone, errText } = spawnCaptured("bash", {
     args: ["-c", `ulimit -n 64 && exec "$0" eval "$1"`, Deno.execPath(), code],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let out = "";
-  const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
-    new WritableStream({ write: (t) => void (out += t) }),
-  );
-  const errText = new Response(child.stderr).text();
+  });
   const flood: Deno.Conn[] = [];
   try {
-    await waitFor(() => /port \d+/.test(out), 10_000, "child start");
-    const port = Number(/port (\d+)/.exec(out)![1]);
-    for (let i = 0; i < 120 && !/accept error/.test(out); i++) {
+    await waitFor(() => /port \d+/.test(output()), 10_000, "child start");
+    const port = Number(/port (\d+)/.exec(output())![1]);
+    for (let i = 0; i < 120 && !/accept error/.test(output()); i++) {
       try {
         flood.push(await Deno.connect({ hostname: "127.0.0.1", port }));
       } catch {
@@ -1007,8 +1000,8 @@ Deno.test("accept failures (EMFILE) are reported and the server keeps accepting"
       }
       if (i > 50) await delay(5);
     }
-    await waitFor(() => /accept error/.test(out), 5000, "an accept error");
-    assert.match(out, /Too many open files/);
+    await waitFor(() => /accept error/.test(output()), 5000, "an accept error");
+    assert.match(output(), /Too many open files/);
     for (const c of flood.splice(0)) c.close();
     const end = Date.now() + 8000;
     let body = "";

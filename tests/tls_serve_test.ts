@@ -6,24 +6,17 @@
 import assert from "node:assert/strict";
 import { ConfigError } from "../lib/config.ts";
 import { loadTlsFiles } from "../lib/tls.ts";
-import { startUpstream, waitFor } from "./helpers.ts";
+import { spawnCaptured, startUpstream, waitFor } from "./helpers.ts";
 import { testCert } from "./tls_fixture.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 function spawnMain(env: Record<string, string>) {
-  const child = new Deno.Command(Deno.execPath(), {
+  return spawnCaptured(Deno.execPath(), {
     args: ["run", "--unstable-no-legacy-abort", "--allow-net", "--allow-env", "--allow-read", MAIN],
     env: { HOST: "127.0.0.1", PORT: "0", UPSTREAM_KEEPWARM_SEC: "0", ...env },
     clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let out = "";
-  const outDone = child.stdout.pipeThrough(new TextDecoderStream()).pipeTo(
-    new WritableStream({ write: (t) => void (out += t) }),
-  );
-  return { child, output: () => out, outDone, errText: new Response(child.stderr).text() };
+  });
 }
 
 Deno.test("TLS_CERT_FILE/TLS_KEY_FILE serve HTTPS with HTTP/2 by ALPN, streaming included", async () => {
