@@ -192,6 +192,9 @@ Deno.test("A's own x-request-id reaches the client and is logged as upstreamId b
 });
 
 Deno.test("a streamed response is logged once its body ends, with stream=true and SSE usage", async () => {
+  // A holds the rest of its stream until the test has looked: the stream is surely still open.
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
   const up = startUpstream(() => {
     const events = [
       `data: {"type":"message_start","message":{"model":"claude-test","usage":{"input_tokens":25}}}`,
@@ -200,8 +203,9 @@ Deno.test("a streamed response is logged once its body ends, with stream=true an
     ];
     const body = new ReadableStream<Uint8Array>({
       async start(c) {
-        for (const e of events) {
+        for (const [i, e] of events.entries()) {
           c.enqueue(enc.encode(`${e}\n\n`));
+          if (i === 0) await released;
           await delay(20);
         }
         c.close();
@@ -217,6 +221,7 @@ Deno.test("a streamed response is logged once its body ends, with stream=true an
     await reader.read();
     await delay(10);
     assert.equal(cap.lines.length, 0, "no line while the stream is open");
+    release();
     while (!(await reader.read()).done) { /* drain */ }
     const [line] = await cap.wait(1);
     assert.equal(line!.status, 200);
@@ -227,6 +232,7 @@ Deno.test("a streamed response is logged once its body ends, with stream=true an
     assert.ok((line!.durationMs as number) >= 40, "duration covers the whole body");
     assert.ok((line!.durationMs as number) > (line!.ttfbMs as number));
   } finally {
+    release();
     await relay.close();
     await up.close();
   }

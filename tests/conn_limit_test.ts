@@ -11,15 +11,7 @@ import {
   isOutOfDescriptors,
   parseFdLimit,
 } from "../lib/conn_limit.ts";
-import {
-  delay,
-  enc,
-  spawnCaptured,
-  sseResponse,
-  startRelay,
-  startUpstream,
-  waitFor,
-} from "./helpers.ts";
+import { delay, enc, spawnCaptured, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -106,8 +98,23 @@ Deno.test("MAX_CONNECTIONS sheds requests beyond the cap with 503 and keeps serv
 for (const HTTP_SERVER of ["relay", "deno"] as const) {
   Deno.test(`${HTTP_SERVER} server: out of descriptors, the relay stays alive, finishes its streams and accepts again`, async () => {
     const CHUNKS = 30;
+    // The stream sends half its chunks, then holds until descriptors have run out: it is surely
+    // in flight when accept fails, however slow the machine.
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
     const up = startUpstream(() => {
-      return sseResponse({ gapMs: 50, count: CHUNKS });
+      let i = 0;
+      return new Response(
+        new ReadableStream<Uint8Array>({
+          async pull(c) {
+            if (i === CHUNKS / 2) await released;
+            else if (i > 0) await delay(20);
+            c.enqueue(enc.encode(`data: ${i}\n\n`));
+            if (++i === CHUNKS) c.close();
+          },
+        }),
+        { headers: { "content-type": "text/event-stream" } },
+      );
     });
     const { child, output, outDone, errText } = spawnCaptured("bash", {
       args: [
@@ -146,6 +153,7 @@ for (const HTTP_SERVER of ["relay", "deno"] as const) {
       const failed = HTTP_SERVER === "deno" ? "listener failed" : "accepting a connection failed";
       await waitFor(() => output().includes(failed), 5000, "the accept failure log");
       assert.match(output(), /Too many open files/);
+      release();
       // The stream in flight is served to the end, byte for byte.
       const expected = Array.from({ length: CHUNKS }, (_, i) => `data: ${i}\n\n`).join("");
       assert.equal(await text, expected);
@@ -164,6 +172,7 @@ for (const HTTP_SERVER of ["relay", "deno"] as const) {
       const st = await child.status;
       assert.equal(st.code, 0, await errText);
     } finally {
+      release();
       for (const c of flood) c.close();
       try {
         child.kill("SIGKILL");
