@@ -444,8 +444,17 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const cl = req.headers.get("content-length");
     const announced = cl === null ? null : Number(cl);
     const hasBody = cl !== null
-      ? cl !== "0"
+      ? announced !== 0
       : req.headers.has("transfer-encoding") || req.body !== null;
+    if (hasBody && (req.method === "GET" || req.method === "HEAD")) {
+      // A Request cannot carry a GET or HEAD body (Deno.serve drops it), and one forwarded without
+      // its bytes would be read by A from the next request on the connection.
+      throw new RelayError(
+        400,
+        "body_not_allowed",
+        `A ${req.method} request cannot have a body here; send it with POST.`,
+      );
+    }
     if (hasBody) {
       const tooLarge = checkAnnouncedLength(announced, config.maxBodyBytes);
       if (tooLarge !== null) throw tooLarge;

@@ -161,6 +161,8 @@ export class LimitedBody implements BodyReader, Watched {
     } catch (err) {
       this.#rejectPending = null;
       this.#end();
+      // The server's own refusal of the body (malformed chunked framing) is the answer to give.
+      if (this.error === null && err instanceof RelayError) this.error = err;
       throw this.error ?? err;
     }
     this.#watchdog.unwatch(this);

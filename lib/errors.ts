@@ -37,6 +37,8 @@ export type ErrorCode =
   | "body_timeout"
   | "headers_too_large"
   | "bad_request"
+  | "body_not_allowed"
+  | "bad_header_value"
   | "request_header_timeout"
   | "upstream_unreachable"
   | "upstream_connect_timeout"

@@ -25,8 +25,19 @@ const HOP_BY_HOP = new Set([
   "http2-settings",
 ]);
 
-/** Request headers the relay itself decides (host, framing, client identity). */
-const REQUEST_OWN = new Set(["host", "expect", "x-real-ip", "x-forwarded-for", "forwarded"]);
+/**
+ * Request headers the relay itself decides (host, framing, client identity). Framing above all:
+ * the upstream writer states the length of the bytes it actually sends, so a client's
+ * `content-length` is never copied, whatever `Connection` names.
+ */
+const REQUEST_OWN = new Set([
+  "host",
+  "content-length",
+  "expect",
+  "x-real-ip",
+  "x-forwarded-for",
+  "forwarded",
+]);
 
 /** Headers whose values are secrets: never logged or shown. */
 const SECRET = new Set([
@@ -41,7 +52,7 @@ const SECRET = new Set([
 
 function connectionTokens(value: string | null): Set<string> | null {
   if (value === null || value === "") return null;
-  const names = value.toLowerCase().split(",").map((s) => s.trim()).filter((s) => s !== "");
+  const names = value.toLowerCase().split(",").map(trimOws).filter((s) => s !== "");
   return names.length === 0 ? null : new Set(names);
 }
 
@@ -84,12 +95,16 @@ export function requestHeaders(incoming: Headers, options: RequestHeaderOptions)
 /**
  * The headers to send to the client for Server A's response: everything but hop-by-hop ones and
  * those named by `Connection`. `content-encoding` and `content-length` stay: the body bytes are
- * passed through exactly as A sent them.
+ * passed through exactly as A sent them. A `content-length` that does not describe the body goes
+ * (RFC 9112 §6.3): beside `transfer-encoding`, which wins, and on a 1xx, 204 or 304, which has
+ * no body.
  */
-export function responseHeaders(incoming: HeaderList): Headers {
+export function responseHeaders(incoming: HeaderList, status: number): Headers {
   // Every Connection line counts: an upstream may send several.
   let named: Set<string> | null = null;
+  let dropLength = status < 200 || status === 204 || status === 304;
   for (const [name, value] of incoming) {
+    if (name === "transfer-encoding") dropLength = true;
     if (name !== "connection") continue;
     const tokens = connectionTokens(value);
     if (tokens !== null) named = named === null ? tokens : new Set([...named, ...tokens]);
@@ -97,9 +112,23 @@ export function responseHeaders(incoming: HeaderList): Headers {
   const out = new Headers();
   for (const [name, value] of incoming) {
     if (HOP_BY_HOP.has(name) || named?.has(name)) continue;
+    if (dropLength && name === "content-length") continue;
     out.append(name, value);
   }
   return out;
+}
+
+/**
+ * `s` without leading and trailing spaces and tabs: RFC 9110 OWS. Not `String.prototype.trim`,
+ * which also strips `\xa0` and other Unicode spaces, so `chunked\xa0` would pass for `chunked`.
+ */
+export function trimOws(s: string): string {
+  let start = 0;
+  let end = s.length;
+  let c: number;
+  while (start < end && ((c = s.charCodeAt(start)) === 32 || c === 9)) start++;
+  while (end > start && ((c = s.charCodeAt(end - 1)) === 32 || c === 9)) end--;
+  return start === 0 && end === s.length ? s : s.slice(start, end);
 }
 
 /** Whether a header carries a credential. */

@@ -13,7 +13,7 @@
  * what one socket read delivered, or reuse a connection whose exchange did not end cleanly.
  */
 
-import type { HeaderList } from "./headers.ts";
+import { type HeaderList, trimOws } from "./headers.ts";
 import type { Watchdog, Watched } from "./watchdog.ts";
 
 /** Where to connect: the subset of an upstream's config the client needs. */
@@ -32,7 +32,8 @@ export type UpstreamErrorKind =
   | "aborted" // the caller aborted (client went away)
   | "protocol" // the upstream sent something that is not HTTP/1.1
   | "reset" // the connection broke after the request may have been seen
-  | "body"; // reading the client's request body failed
+  | "body" // reading the client's request body failed
+  | "request"; // the request cannot be written as HTTP (nothing was sent)
 
 /** A failure talking to an upstream; `message` is internal (never sent to clients). */
 export class UpstreamError extends Error {
@@ -643,7 +644,7 @@ export async function resendIfStale(
     } catch (err) {
       const stale = attempt === 1 && a.reused && !a.answered && a.abortKind === null &&
         (req.body === null || req.body.replayable) &&
-        !(err instanceof UpstreamError && err.kind === "body");
+        !(err instanceof UpstreamError && (err.kind === "body" || err.kind === "request"));
       if (!stale) {
         req.body?.cancel();
         throw err;
@@ -693,9 +694,18 @@ class Exchange implements Watched, Attempt {
 
   async run(): Promise<UpstreamResponse> {
     const { watchdog, signal } = this.#opts;
+    let head: Uint8Array;
+    try {
+      head = requestHead(this.#req, this.#pool.endpoint.hostHeader);
+    } catch (err) {
+      // Nothing was written: the connection is as good as before.
+      this.#writeDone = true;
+      this.#finish(true, false);
+      throw err;
+    }
     watchdog.watch(this);
     signal?.addEventListener("abort", this.#onAbort);
-    this.#write().then(
+    this.#write(head).then(
       () => {
         this.#writeDone = true;
         // Sent in full and answered: no resend can happen any more, so keep nothing.
@@ -710,9 +720,9 @@ class Exchange implements Watched, Attempt {
         }
       },
     );
-    let head: Head;
+    let answer: Head;
     try {
-      head = await this.#readHead();
+      answer = await this.#readHead();
     } catch (err) {
       signal?.removeEventListener("abort", this.#onAbort);
       // The body stays readable: exchange() may resend it on a new connection.
@@ -724,7 +734,7 @@ class Exchange implements Watched, Attempt {
     // conversation, often megabytes) must not live as long as it.
     this.#headSeen = true;
     if (this.#writeDone) this.#req.body?.forget();
-    return this.#respond(head);
+    return this.#respond(answer);
   }
 
   #classify(err: unknown): UpstreamError {
@@ -738,28 +748,39 @@ class Exchange implements Watched, Attempt {
     return new UpstreamError("reset", `connection failed: ${errName(err)}`, { cause: err });
   }
 
-  async #write(): Promise<void> {
-    const { method, target, headers, body } = this.#req;
-    const next = body?.cursor();
-    const chunked = body !== null && body.length === null;
-    let head = `${method} ${target} HTTP/1.1\r\nhost: ${this.#pool.endpoint.hostHeader}\r\n`;
-    for (const [name, value] of headers) head += `${name}: ${value}\r\n`;
-    if (chunked) head += "transfer-encoding: chunked\r\n";
-    head += "\r\n";
+  /**
+   * Writes the request. The framing is ours alone: `content-length` of the bytes that go out, or
+   * chunked when their number is not known. A body source that gives more or fewer bytes than the
+   * length stated fails the exchange and the connection is closed, so A never reads a body as
+   * the start of another request.
+   */
+  async #write(head: Uint8Array): Promise<void> {
+    const body = this.#req.body;
+    if (body === null) return await this.#send(head);
+    const next = body.cursor();
+    const chunked = body.length === null;
+    let left = body.length ?? 0;
+    const take = (c: Uint8Array): Uint8Array[] => {
+      if (chunked) return frame(c, true);
+      left -= c.byteLength;
+      if (left < 0) throw new UpstreamError("body", "request body longer than its length");
+      return [c];
+    };
     // Head and the first body chunk in one write: one packet for a typical JSON request.
-    const first = next ? await next() : null;
-    const parts: Uint8Array[] = [encodeLatin1(head)];
-    if (first !== null) parts.push(...frame(first, chunked));
-    if (next && first === null && chunked) parts.push(LAST_CHUNK);
+    const first = await next();
+    const parts: Uint8Array[] = [head];
+    if (first !== null) parts.push(...take(first));
+    else if (chunked) parts.push(LAST_CHUNK);
     await this.#send(concat(parts));
-    if (next && first !== null) {
+    if (first !== null) {
       let c: Uint8Array | null;
       while ((c = await next()) !== null) {
         if (this.#conn.closed) return;
-        await this.#send(chunked ? concat(frame(c, true)) : c);
+        await this.#send(concat(take(c)));
       }
       if (chunked) await this.#send(LAST_CHUNK);
     }
+    if (left !== 0) throw new UpstreamError("body", "request body shorter than its length");
   }
 
   async #send(bytes: Uint8Array): Promise<void> {
@@ -899,6 +920,38 @@ class Exchange implements Watched, Attempt {
   }
 }
 
+/** Methods whose requests mean nothing by a body: no `content-length: 0` when they have none. */
+export const BODILESS_METHODS: ReadonlySet<string> = new Set([
+  "GET",
+  "HEAD",
+  "DELETE",
+  "OPTIONS",
+  "TRACE",
+]);
+
+/**
+ * The request head as it goes on the wire: request line, `host`, the headers `headers.ts` kept,
+ * then the framing of the body this client will send. Throws UpstreamError("request") for a
+ * header that cannot be written as HTTP/1.1 bytes.
+ */
+export function requestHead(req: ExchangeRequest, hostHeader: string): Uint8Array {
+  const { method, target, headers, body } = req;
+  let head = `${method} ${target} HTTP/1.1\r\nhost: ${hostHeader}\r\n`;
+  for (const [name, value] of headers) head += `${name}: ${value}\r\n`;
+  if (body === null) {
+    if (!BODILESS_METHODS.has(method)) head += "content-length: 0\r\n";
+  } else if (body.length === null) head += "transfer-encoding: chunked\r\n";
+  else head += `content-length: ${body.length}\r\n`;
+  head += "\r\n";
+  try {
+    return encodeLatin1(head);
+  } catch (err) {
+    throw new UpstreamError("request", "a request header has a character above U+00FF", {
+      cause: err,
+    });
+  }
+}
+
 /** `res.observer.end`, called at most once however many ways the body ends. */
 export function endOnce(res: UpstreamResponse): (e: UpstreamError | null) => void {
   let ended = false;
@@ -936,20 +989,21 @@ export async function readHead(
   let searchFrom = 0;
   let gotBytes = false;
   while (true) {
-    const chunk = await conn.read();
-    if (chunk === null) {
-      throw new UpstreamError(
-        gotBytes ? "protocol" : "reset",
-        "upstream closed the connection before a response head",
-      );
-    }
-    gotBytes = true;
-    onBytes();
-    buf = buf.byteLength === 0 ? chunk : concat([buf, chunk]);
+    // A final head may already be in the buffer, behind an interim one that came in the same read.
     const end = indexOfHeadEnd(buf, searchFrom);
     if (end < 0) {
       if (buf.byteLength > MAX_HEAD) throw new UpstreamError("protocol", "response head too large");
       searchFrom = Math.max(0, buf.byteLength - 3);
+      const chunk = await conn.read();
+      if (chunk === null) {
+        throw new UpstreamError(
+          gotBytes ? "protocol" : "reset",
+          "upstream closed the connection before a response head",
+        );
+      }
+      gotBytes = true;
+      onBytes();
+      buf = buf.byteLength === 0 ? chunk : concat([buf, chunk]);
       continue;
     }
     const head = parseHead(buf.subarray(0, end));
@@ -1020,7 +1074,7 @@ export function parseHead(bytes: Uint8Array): Head {
     if (colon <= 0) throw new UpstreamError("protocol", "bad header line");
     const name = line.slice(0, colon).toLowerCase();
     if (!TOKEN.test(name)) throw new UpstreamError("protocol", "bad header name");
-    const value = trimOws(line, colon + 1);
+    const value = trimOws(line.slice(colon + 1));
     if (/[\r\n\0]/.test(value)) throw new UpstreamError("protocol", "bad header value");
     if (name === "content-length") {
       if (!/^\d{1,15}$/.test(value)) throw new UpstreamError("protocol", "bad content-length");
@@ -1036,14 +1090,16 @@ export function parseHead(bytes: Uint8Array): Head {
     }
     headers.push([name, value]);
   }
-  const codings = te?.toLowerCase().split(",").map((s) => s.trim()).filter((s) => s !== "") ?? [];
+  const codings = te?.toLowerCase().split(",").map(trimOws).filter((s) => s !== "") ?? [];
   const conn = connection.toLowerCase();
+  // An HTTP/1.0 answer's connection is never reused, keep-alive or not: 1.0 keep-alive is an
+  // old extension whose framing rules servers and proxies have disagreed on.
   const http10 = m[1] === "0";
   return {
     status: Number(m[2]),
     statusText: m[3] ?? "",
     headers,
-    keepAlive: http10 ? /\bkeep-alive\b/.test(conn) : !/\bclose\b/.test(conn),
+    keepAlive: !http10 && !/\bclose\b/.test(conn),
     contentLength: te === null ? contentLength : null,
     chunked: codings[codings.length - 1] === "chunked",
     hasTransferEncoding: te !== null,
@@ -1166,25 +1222,23 @@ function indexOfHeadEnd(buf: Uint8Array, from: number): number {
   return -1;
 }
 
-/** Header bytes are Latin-1 on the wire; TextEncoder would turn é into two bytes. */
+/**
+ * Header bytes are Latin-1 on the wire; TextEncoder would turn é into two bytes. Throws a
+ * RangeError for a character above U+00FF: masking it to a byte would write a different header.
+ */
 export function encodeLatin1(s: string): Uint8Array {
   // deno-lint-ignore no-control-regex
   if (/^[\x00-\x7f]*$/.test(s)) return encoder.encode(s);
   const out = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i) & 0xff;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 0xff) throw new RangeError("character above U+00FF in a header");
+    out[i] = c;
+  }
   return out;
 }
 
 const asciiDecoder = new TextDecoder();
-
-/** `text` from `start` without leading and trailing spaces and tabs (RFC 9110 OWS). */
-function trimOws(text: string, start: number): string {
-  let end = text.length;
-  let c: number;
-  while (start < end && ((c = text.charCodeAt(start)) === 32 || c === 9)) start++;
-  while (end > start && ((c = text.charCodeAt(end - 1)) === 32 || c === 9)) end--;
-  return text.slice(start, end);
-}
 
 /** Bytes as a Latin-1 string (one char per byte). */
 export function decodeLatin1(bytes: Uint8Array): string {

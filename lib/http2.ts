@@ -20,6 +20,7 @@ import type { HeaderList } from "./headers.ts";
 import {
   type AltTransport,
   type Attempt,
+  BODILESS_METHODS,
   type BodySource,
   endOnce,
   type Endpoint,
@@ -297,26 +298,29 @@ export async function exchange2(
 
 /**
  * The request's headers as an HTTP/2 header object. `headers` is the list `headers.ts` built: names
- * lower-case, and already without `host` and the hop-by-hop fields HTTP/2 forbids (RFC 9113
- * §8.2.2), as for the HTTP/1.1 client.
+ * lower-case, and already without `host`, the client's framing and the hop-by-hop fields HTTP/2
+ * forbids (RFC 9113 §8.2.2), as for the HTTP/1.1 client. `content-length` is the writer's, as
+ * over HTTP/1.1: the length of the body that will be sent, when it is known.
  */
 export function h2RequestHeaders(
-  method: string,
-  target: string,
+  req: ExchangeRequest,
   authority: string,
-  headers: HeaderList,
 ): http2.OutgoingHttpHeaders {
   const out: Record<string, string | string[]> = {
-    ":method": method,
-    ":path": target,
+    ":method": req.method,
+    ":path": req.target,
     ":scheme": "https",
     ":authority": authority,
   };
-  for (const [name, value] of headers) {
+  for (const [name, value] of req.headers) {
     const prev = out[name];
     if (prev === undefined) out[name] = value;
     else if (Array.isArray(prev)) prev.push(value);
     else out[name] = [prev, value];
+  }
+  const length = req.body === null ? 0 : req.body.length;
+  if (length !== null && (length > 0 || !BODILESS_METHODS.has(req.method))) {
+    out["content-length"] = String(length);
   }
   return out;
 }
@@ -411,12 +415,12 @@ class StreamExchange implements Watched, Attempt {
 
   run(): Promise<UpstreamResponse> {
     const { watchdog, signal } = this.#opts;
-    const { method, target, headers, body } = this.#req;
+    const { method, body } = this.#req;
     const ep = this.#pool.endpoint;
     let stream: http2.ClientHttp2Stream;
     try {
       stream = this.#session.s.request(
-        h2RequestHeaders(method, target, ep.hostHeader, headers),
+        h2RequestHeaders(this.#req, ep.hostHeader),
         { endStream: body === null },
       );
     } catch (err) {

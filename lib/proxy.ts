@@ -136,6 +136,13 @@ export function relayErrorFor(err: unknown): RelayError {
       case "aborted":
       case "body":
         return new RelayError(499, "client_closed", "The client closed the request.", cause);
+      case "request":
+        return new RelayError(
+          400,
+          "bad_header_value",
+          "A request header has a character that cannot be sent in HTTP/1.1 (above U+00FF).",
+          cause,
+        );
       case "protocol":
       case "reset":
         return new RelayError(
@@ -191,7 +198,7 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
       response = new Response(res.complete ?? res.body, {
         status: res.status,
         statusText: res.statusText,
-        headers: responseHeaders(res.headers),
+        headers: responseHeaders(res.headers, res.status),
       });
     } catch (err) {
       await res.body?.cancel();

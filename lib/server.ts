@@ -42,6 +42,7 @@
 import { overloaded } from "./conn_limit.ts";
 import { errorBody, errorResponse, RelayError, toRelayError } from "./errors.ts";
 import { ChunkedDecoder, concat, decodeLatin1, encodeLatin1 } from "./http1.ts";
+import { trimOws } from "./headers.ts";
 import { Watchdog, type Watched } from "./watchdog.ts";
 
 /** What the handler learns about the exchange besides the request. */
@@ -1103,7 +1104,8 @@ class Connection implements Watched {
         try {
           chunk = this.#takeBody(body, true);
         } catch {
-          body.fail(new Error("malformed chunked request body"));
+          // A RelayError, so that the handler reading the body answers 400 rather than 499.
+          body.fail(badRequest("Malformed chunked request body."));
           return;
         }
         if (body.ctrl === null) return; // cancelled meanwhile
@@ -1298,7 +1300,10 @@ class Connection implements Watched {
     const stream = res.body;
     if (stream === null || noBody) {
       stream?.cancel().catch(noop);
-      if (isHead || noBody) {
+      if (noBody) {
+        // RFC 9110 §8.6: no content-length on a 1xx or 204; on a 304 it would only describe a
+        // body that is not there, and some clients wait for it.
+      } else if (isHead) {
         if (declared >= 0) text += `content-length: ${declared}\r\n`;
       } else {
         text += "content-length: 0\r\n";
@@ -1585,11 +1590,13 @@ export function parseRequestHead(text: string): RequestHead {
     if (contentLength >= 0) throw badRequest("Both content-length and transfer-encoding.");
     // RFC 9112 §6.1: an HTTP/1.0 message with transfer-encoding has faulty framing.
     if (http10) throw badRequest("Transfer-encoding on an HTTP/1.0 request.");
-    if (te.slice(te.lastIndexOf(",") + 1).trim().toLowerCase() !== "chunked") {
+    if (trimOws(te.slice(te.lastIndexOf(",") + 1)).toLowerCase() !== "chunked") {
       throw badRequest("Unsupported transfer-encoding (the last coding must be chunked).");
     }
     chunked = true;
   }
+  // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request with no Host.
+  if (host === null && !http10) throw badRequest("Missing Host header.");
   const conn = connection?.toLowerCase() ?? "";
   const keepAlive = http10
     ? hasToken(conn, "keep-alive") && !hasToken(conn, "close")
@@ -1610,7 +1617,7 @@ export function parseRequestHead(text: string): RequestHead {
 
 function hasToken(list: string, token: string): boolean {
   if (!list.includes(token)) return false;
-  for (const t of list.split(",")) if (t.trim() === token) return true;
+  for (const t of list.split(",")) if (trimOws(t) === token) return true;
   return false;
 }
 

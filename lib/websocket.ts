@@ -150,11 +150,14 @@ async function handshake(
     const body = await readSmallBody(conn, answer);
     conn.close();
     ctx.onEnd(answer.status, undefined);
-    return new Response(body, { status: answer.status, headers: responseHeaders(answer.headers) });
+    return new Response(body, {
+      status: answer.status,
+      headers: responseHeaders(answer.headers, answer.status),
+    });
   }
   if (tunnel) {
     // The client checks A's sec-websocket-accept against its own key: pass A's answer on as is.
-    const headers = responseHeaders(answer.headers);
+    const headers = responseHeaders(answer.headers, answer.status);
     headers.set("connection", "Upgrade");
     headers.set("upgrade", "websocket");
     return tunnel((client, buffered) => void splice(client, buffered, conn, ctx), headers);

@@ -23,7 +23,14 @@ const HOP_BY_HOP = [
 ] as const;
 
 /** Headers the relay writes itself on the request side. */
-const REQUEST_OWN = ["host", "expect", "x-real-ip", "x-forwarded-for", "forwarded"] as const;
+const REQUEST_OWN = [
+  "host",
+  "content-length",
+  "expect",
+  "x-real-ip",
+  "x-forwarded-for",
+  "forwarded",
+] as const;
 
 const IP = { clientIp: "203.0.113.7" };
 
@@ -47,7 +54,6 @@ Deno.test("requestHeaders keeps end-to-end headers A reads, exactly as sent", ()
     ["openai-beta", "responses=experimental"],
     ["content-encoding", "zstd"],
     ["content-type", "application/json"],
-    ["content-length", "1234"],
     ["idempotency-key", "idem-1"],
     ["authorization", "Bearer sk-client"],
     ["x-api-key", "sk-client-2"],
@@ -58,6 +64,22 @@ Deno.test("requestHeaders keeps end-to-end headers A reads, exactly as sent", ()
   const out = requestHeaders(new Headers(sent), IP);
   for (const [name, value] of sent) {
     assert.deepEqual(get(out, name), [value], name);
+  }
+});
+
+Deno.test("requestHeaders never copies the client's framing, whatever Connection names", () => {
+  // The upstream writer frames what it sends; a copied content-length, or one removed because
+  // Connection named it, let a body be read by A as a second request.
+  for (
+    const connection of ["content-length", "close, Content-Length", "keep-alive, content-length"]
+  ) {
+    const out = requestHeaders(
+      new Headers([["connection", connection], ["content-length", "38"], ["x-a", "1"]]),
+      IP,
+    );
+    assert.deepEqual(get(out, "content-length"), [], connection);
+    assert.deepEqual(get(out, "transfer-encoding"), [], connection);
+    assert.deepEqual(get(out, "x-a"), ["1"], connection);
   }
 });
 
@@ -155,7 +177,7 @@ Deno.test("responseHeaders keeps content-encoding, content-length and every set-
     ["set-cookie", "b=2; HttpOnly"],
     ["retry-after", "30"],
     ["x-ratelimit-remaining", "0"],
-  ]);
+  ], 200);
   assert.equal(out.get("content-encoding"), "gzip");
   assert.equal(out.get("content-length"), "321");
   assert.deepEqual(out.getSetCookie(), ["a=1; Path=/", "b=2; HttpOnly"]);
@@ -173,7 +195,7 @@ Deno.test("responseHeaders drops hop-by-hop headers and those named by Connectio
     ["proxy-authenticate", "Basic"],
     ["x-upstream-hop", "internal"],
     ["x-request-id", "req_1"],
-  ]);
+  ], 200);
   for (const h of HOP_BY_HOP) assert.equal(out.has(h), false, h);
   assert.equal(out.has("x-upstream-hop"), false);
   assert.equal(out.get("x-request-id"), "req_1");
@@ -193,7 +215,7 @@ Deno.test({
       ["x-a", "1"],
       ["x-b", "2"],
       ["x-c", "3"],
-    ]);
+    ], 200);
     assert.equal(out.has("x-a"), false);
     assert.equal(out.has("x-b"), false);
     assert.equal(out.get("x-c"), "3");
@@ -386,10 +408,12 @@ Deno.test("responseHeaders never emits hop-by-hop names and keeps every other pa
       const named = new Set(
         (connection?.[1] ?? "").toLowerCase().split(",").map((s) => s.trim()),
       );
-      const out = responseHeaders(list);
+      const out = responseHeaders(list, 200);
       for (const h of HOP_BY_HOP) assert.equal(out.has(h), false, h);
+      const chunked = list.some(([n]) => n === "transfer-encoding");
       const kept = list.filter(([n]) =>
-        !(HOP_BY_HOP as readonly string[]).includes(n) && !named.has(n)
+        !(HOP_BY_HOP as readonly string[]).includes(n) && !named.has(n) &&
+        !(chunked && n === "content-length")
       );
       assert.deepEqual([...out], [...new Headers(kept)]);
       assert.deepEqual(

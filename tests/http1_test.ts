@@ -129,8 +129,9 @@ const KEEP_ALIVE: ReadonlyArray<readonly [string, boolean]> = [
   ["HTTP/1.1 200 OK\r\nConnection: x-foo\r\nConnection: close", false],
   ["HTTP/1.0 200 OK", false],
   ["HTTP/1.0 200 OK\r\nConnection: close", false],
-  ["HTTP/1.0 200 OK\r\nConnection: keep-alive", true],
-  ["HTTP/1.0 200 OK\r\nConnection: Keep-Alive", true],
+  // An HTTP/1.0 answer's connection is never reused, even when it says keep-alive.
+  ["HTTP/1.0 200 OK\r\nConnection: keep-alive", false],
+  ["HTTP/1.0 200 OK\r\nConnection: Keep-Alive", false],
   ["HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5", false],
 ];
 

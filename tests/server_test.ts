@@ -201,19 +201,22 @@ Deno.test("parseRequestHead accepts the request forms clients send", () => {
   assert.equal(g.http10, true);
   assert.equal(g.keepAlive, true);
   assert.equal(parseRequestHead("GET / HTTP/1.0\r\n").keepAlive, false);
-  assert.equal(parseRequestHead("GET / HTTP/1.1\r\nConnection: foo, close\r\n").keepAlive, false);
+  assert.equal(
+    parseRequestHead("GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n").keepAlive,
+    false,
+  );
   const c = parseRequestHead(
-    "PUT / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nExpect: 100-Continue\r\nUpgrade: x\r\n",
+    "PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip,\tchunked \r\nExpect: 100-Continue\r\nUpgrade: x\r\n",
   );
   assert.equal(c.chunked, true);
   assert.equal(c.expectContinue, true);
   assert.equal(c.upgrade, true);
   assert.equal(
-    parseRequestHead("POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n")
+    parseRequestHead("POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\ncontent-length: 3\r\n")
       .contentLength,
     3,
   );
-  assert.deepEqual(parseRequestHead("GET / HTTP/1.1\r\nx-latin: \xe9\r\n").headers[0], [
+  assert.deepEqual(parseRequestHead("GET / HTTP/1.1\r\nx-latin: \xe9\r\nHost: a\r\n").headers[0], [
     "x-latin",
     "\xe9",
   ]);
@@ -241,6 +244,11 @@ Deno.test("parseRequestHead refuses malformed and ambiguous heads with 400 bad_r
     "POST / HTTP/1.1\r\ntransfer-encoding: gzip",
     "POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip",
     "POST / HTTP/1.0\r\ntransfer-encoding: chunked",
+    // RFC 9112 §3.2: HTTP/1.1 without Host.
+    "GET / HTTP/1.1\r\nx-a: 1",
+    // Only space and tab are whitespace around a coding, not NBSP or other Unicode spaces.
+    "POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\xa0",
+    "POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: \xa0chunked",
   ];
   for (const text of bad) {
     assert.throws(
@@ -254,7 +262,7 @@ Deno.test("parseRequestHead refuses malformed and ambiguous heads with 400 bad_r
 
 Deno.test("requestUrl builds http://host+target and refuses hosts that would change the URL", () => {
   const head = (target: string, host: string | null) => ({
-    ...parseRequestHead(`GET ${target} HTTP/1.1\r\n`),
+    ...parseRequestHead(`GET ${target} HTTP/1.1\r\nHost: h\r\n`),
     host,
   });
   assert.equal(requestUrl(head("/a?b", "x:1"), "fb:9"), "http://x:1/a?b");
@@ -400,7 +408,7 @@ Deno.test("keep-alive: three requests on one socket, pipelined requests answered
     assert.equal(server.connections, 1);
     // Pipelined, the first one slow: answers still come in request order.
     await c.send(
-      get("/slow") + get("/4") + "POST /5 HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi" +
+      get("/slow") + get("/4") + "POST /5 HTTP/1.1\r\nHost: x\r\ncontent-length: 2\r\n\r\nhi" +
         get("/6"),
     );
     for (const want of ["rslow", "r4", "r5", "r6"]) {

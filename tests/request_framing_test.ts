@@ -1,0 +1,256 @@
+/**
+ * The relay's own framing, both directions: the upstream writer frames what it sends whatever the
+ * client's headers say, and what reaches the client is framed by the relay's server from what A
+ * actually sent. Upstream bytes are captured by a raw TCP fake A. The full vector corpus, through
+ * the real entry point, is in the framing corpus tests; these are the quick checks of each rule.
+ */
+
+import assert from "node:assert/strict";
+import { BodySource, encodeLatin1, type ExchangeRequest, requestHead } from "../lib/http1.ts";
+import { UpstreamError } from "../lib/http1.ts";
+import {
+  concat,
+  dec,
+  delay,
+  rawRequest,
+  readRequestHead,
+  startRawUpstream,
+  startRelay,
+  waitFor,
+  writeAll,
+} from "./helpers.ts";
+
+function req(method: string, body: BodySource | null): ExchangeRequest {
+  return { method, target: "/v1/x", headers: [["x-a", "1"]], body };
+}
+
+function bodyOf(length: number | null): BodySource {
+  return new BodySource(new ReadableStream({ start: (c) => c.close() }), length, 0);
+}
+
+Deno.test("requestHead frames the body the writer sends, never a header the client sent", () => {
+  const text = (r: ExchangeRequest) => dec.decode(requestHead(r, "a:1"));
+  assert.equal(text(req("GET", null)), "GET /v1/x HTTP/1.1\r\nhost: a:1\r\nx-a: 1\r\n\r\n");
+  assert.equal(
+    text(req("POST", null)),
+    "POST /v1/x HTTP/1.1\r\nhost: a:1\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n",
+  );
+  assert.match(text(req("POST", bodyOf(38))), /\r\ncontent-length: 38\r\n\r\n$/);
+  assert.match(text(req("PATCH", bodyOf(null))), /\r\ntransfer-encoding: chunked\r\n\r\n$/);
+  assert.match(text(req("DELETE", bodyOf(5))), /\r\ncontent-length: 5\r\n\r\n$/);
+  assert.doesNotMatch(text(req("DELETE", null)), /content-length/);
+});
+
+Deno.test("requestHead refuses a header character above U+00FF instead of masking it", () => {
+  const r = { ...req("POST", null), headers: [["x-key", "sk-\u0101"]] as [string, string][] };
+  assert.throws(
+    () => requestHead(r, "a"),
+    (e: unknown) => e instanceof UpstreamError && e.kind === "request",
+  );
+  assert.throws(() => encodeLatin1("\u0141"), RangeError);
+  assert.deepEqual([...encodeLatin1("\xe9")], [0xe9]);
+});
+
+/** A fake A that records each request (head, and body by content-length) and answers it. */
+function recordingUpstream(answer: (head: string, index: number) => string | string[]) {
+  const seen: Array<{ head: string; body: string; conn: number }> = [];
+  const latin1 = new TextDecoder("latin1");
+  const up = startRawUpstream(async (conn, connIndex) => {
+    let buf: Uint8Array = new Uint8Array(0);
+    const chunk = new Uint8Array(65536);
+    const more = async () => {
+      const n = await conn.read(chunk);
+      if (n === null) return false;
+      buf = concat([buf, chunk.subarray(0, n)]);
+      return true;
+    };
+    while (true) {
+      let end: number;
+      while ((end = latin1.decode(buf).indexOf("\r\n\r\n")) < 0) if (!(await more())) return;
+      const head = latin1.decode(buf.subarray(0, end));
+      buf = buf.subarray(end + 4);
+      const m = /\r\ncontent-length: (\d+)/i.exec(head);
+      const length = m === null ? 0 : Number(m[1]);
+      while (buf.byteLength < length) if (!(await more())) return;
+      seen.push({ head, body: dec.decode(buf.subarray(0, length)), conn: connIndex });
+      buf = buf.subarray(length);
+      // Parts go out in separate writes, apart, so the relay reads them separately.
+      const parts = [answer(head, seen.length - 1)].flat();
+      for (let i = 0; i < parts.length; i++) {
+        if (i > 0) await delay(30);
+        await writeAll(conn, parts[i]!);
+      }
+    }
+  });
+  return { up, seen };
+}
+
+const OK = (text: string) => `HTTP/1.1 200 OK\r\ncontent-length: ${text.length}\r\n\r\n${text}`;
+
+Deno.test("a POST whose Connection names content-length reaches A with its length and body only (desync 1)", async () => {
+  const { up, seen } = recordingUpstream((_h, i) => OK(`a${i}`));
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, UPSTREAM_TIMEOUT_SEC: "5" });
+  try {
+    const smuggled = "GET /admin/slow HTTP/1.1\r\nHost: up\r\n\r\n";
+    for (const connection of ["content-length", "close, Content-Length"]) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+      await writeAll(
+        conn,
+        `POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nConnection: ${connection}\r\n` +
+          `Content-Length: ${smuggled.length}\r\n\r\n${smuggled}`,
+      );
+      const got = await readRequestHead(conn); // a response head reads the same way
+      conn.close();
+      assert.match(got?.head ?? "", /^HTTP\/1\.1 200 /, connection);
+    }
+    // A victim on another socket gets its own answer.
+    const victim = await fetch(`${relay.url}/v1/models`);
+    assert.equal(await victim.text(), "a2");
+    assert.equal(seen.length, 3);
+    for (const s of seen.slice(0, 2)) {
+      assert.match(s.head, /^POST \/v1\/chat\/completions /);
+      assert.match(s.head, new RegExp(`\r\ncontent-length: ${smuggled.length}(\r\n|$)`));
+      assert.equal(s.body, smuggled);
+    }
+    assert.ok(seen.every((s) => !s.head.startsWith("GET /admin")));
+  } finally {
+    await relay.close();
+    up.close();
+  }
+});
+
+Deno.test("a GET with a body is refused with 400 body_not_allowed and A sees nothing of it (desync 2)", async () => {
+  const { up, seen } = recordingUpstream((_h, i) => OK(`a${i}`));
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, UPSTREAM_TIMEOUT_SEC: "5" });
+  try {
+    for (
+      const framing of [
+        "Content-Length: 5\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+      ]
+    ) {
+      const res = await rawRequest(
+        relay.port,
+        `GET /v1/models HTTP/1.1\r\nHost: r\r\nConnection: close\r\n${framing}`,
+      );
+      assert.equal(res.status, 400, framing);
+      assert.equal(JSON.parse(dec.decode(res.body)).error.code, "body_not_allowed");
+    }
+    const res = await rawRequest(
+      relay.port,
+      "HEAD /v1/models HTTP/1.1\r\nHost: r\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert.equal(res.status, 400);
+    // Content-Length: 0 is no body.
+    const ok = await rawRequest(
+      relay.port,
+      "GET /v1/models HTTP/1.1\r\nHost: r\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert.equal(ok.status, 200);
+    assert.equal(seen.length, 1);
+    assert.doesNotMatch(seen[0]!.head, /content-length/i);
+  } finally {
+    await relay.close();
+    up.close();
+  }
+});
+
+// Deno.serve (hyper) closes such a connection without an answer: only the own server can say why.
+Deno.test("malformed chunk framing from a client gets a JSON 400 from the own server, not a silent close", async () => {
+  const { up } = recordingUpstream((_h, i) => OK(`a${i}`));
+  const relay = startRelay({
+    UPSTREAM_SERVER_A: up.url,
+    UPSTREAM_TIMEOUT_SEC: "5",
+    HTTP_SERVER: "relay",
+  });
+  try {
+    const res = await rawRequest(
+      relay.port,
+      "POST /v1/x HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    );
+    assert.equal(res.status, 400);
+    assert.equal(JSON.parse(dec.decode(res.body)).error.type, "invalid_request_error");
+  } finally {
+    await relay.close();
+    up.close();
+  }
+});
+
+/** A fake A answering every request with `raw`, counting connections. */
+async function throughRelay(
+  raw: string | string[],
+  request = "GET /v1/models HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n",
+) {
+  const { up, seen } = recordingUpstream(() => raw);
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, UPSTREAM_TIMEOUT_SEC: "5" });
+  try {
+    const first = await rawRequest(relay.port, request);
+    // A second request shows whether the first connection to A was kept.
+    await rawRequest(relay.port, request).catch(() => null);
+    await waitFor(() => seen.length >= 2, 3000, "second request at A");
+    return { first, connections: up.connections };
+  } finally {
+    await relay.close();
+    up.close();
+  }
+}
+
+Deno.test("a 100 or 103 in the same read as the final answer is skipped, not waited on", async () => {
+  const started = Date.now();
+  const { first } = await throughRelay(
+    "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK("done"),
+  );
+  assert.equal(first.status, 200);
+  assert.equal(dec.decode(first.body), "done");
+  assert.ok(Date.now() - started < 4000, "answered before the upstream timeout");
+});
+
+Deno.test("transfer-encoding wins over content-length from A, and the length is not passed on", async () => {
+  const { first } = await throughRelay([
+    "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+    "5\r\nhello\r\n0\r\n\r\n",
+  ]);
+  assert.equal(dec.decode(first.body), "hello");
+  // The relay's server may frame a body it has whole by its real length, never by A's 3.
+  assert.ok([undefined, "5"].includes(first.headers.get("content-length")));
+});
+
+Deno.test("a 204 from A with a length and stray bytes reaches the client bare, and its connection is dropped", async () => {
+  const { first, connections } = await throughRelay(
+    "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello",
+  );
+  assert.equal(first.status, 204);
+  assert.equal(first.headers.has("content-length"), false);
+  assert.equal(first.body.byteLength, 0);
+  assert.equal(connections, 2);
+});
+
+Deno.test("an HTTP/1.0 answer's connection to A is never reused, even when it says keep-alive", async () => {
+  const { first, connections } = await throughRelay(
+    "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
+  );
+  assert.equal(dec.decode(first.body), "ok");
+  await delay(0);
+  assert.equal(connections, 2);
+});
+
+// Deno.serve (hyper) accepts it; the relay's target checks do not depend on Host either way.
+Deno.test("an HTTP/1.1 request without Host gets a 400 from the own server", async () => {
+  const { up, seen } = recordingUpstream((_h, i) => OK(`a${i}`));
+  const relay = startRelay({
+    UPSTREAM_SERVER_A: up.url,
+    UPSTREAM_TIMEOUT_SEC: "5",
+    HTTP_SERVER: "relay",
+  });
+  try {
+    const res = await rawRequest(
+      relay.port,
+      "GET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert.equal(res.status, 400);
+    assert.equal(seen.length, 0);
+  } finally {
+    await relay.close();
+    up.close();
+  }
+});
