@@ -83,12 +83,22 @@ export interface Config {
   readonly clientBodyTimeoutMs: number;
   /** Concurrent client connections; 0 = derive from the descriptor limit. */
   readonly maxConnections: number;
+  /**
+   * Open client sockets per client address (own server), or requests in flight per address
+   * (Deno.serve); 0 = unlimited. The address is the socket's peer, never a forwarded header.
+   */
+  readonly maxConnectionsPerIp: number;
   /** Client-facing server for plain HTTP: the relay's own ("relay") or Deno.serve ("deno"). */
   readonly httpServer: "relay" | "deno";
   /** A request head must arrive within this long (own server only). */
   readonly clientHeaderTimeoutMs: number;
   /** An idle keep-alive client connection is closed after this long (own server only). */
   readonly clientIdleTimeoutMs: number;
+  /**
+   * A client that takes no response byte for this long is closed (own server) and its stream from
+   * A aborted (both servers).
+   */
+  readonly clientSendTimeoutMs: number;
   /** Bearer token for /debug/info, /metrics, /dashboard; undefined = loopback and ALLOW_IPS only. */
   readonly adminToken: string | undefined;
 
@@ -158,9 +168,11 @@ export function parseConfig(env: Env, options: ParseOptions = {}): Config {
     maxBodyBytes: megabytes(env, "MAX_BODY_MB", 100),
     clientBodyTimeoutMs: seconds(env, "CLIENT_BODY_TIMEOUT_SEC", 60),
     maxConnections: count(env, "MAX_CONNECTIONS", 0),
+    maxConnectionsPerIp: count(env, "MAX_CONNECTIONS_PER_IP", 0),
     httpServer: choice(env, "HTTP_SERVER", ["relay", "deno"] as const, "relay"),
     clientHeaderTimeoutMs: seconds(env, "CLIENT_HEADER_TIMEOUT_SEC", 20),
     clientIdleTimeoutMs: seconds(env, "CLIENT_IDLE_TIMEOUT_SEC", 75),
+    clientSendTimeoutMs: seconds(env, "CLIENT_SEND_TIMEOUT_SEC", 60),
     adminToken: secret(env, "ADMIN_TOKEN", 16),
     accessLog: bool(env, "ACCESS_LOG", true),
     logFormat: choice(env, "LOG_FORMAT", ["json", "pretty"] as const, "json"),

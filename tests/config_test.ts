@@ -507,3 +507,17 @@ Deno.test("HTTP_SERVER, CLIENT_HEADER_TIMEOUT_SEC and CLIENT_IDLE_TIMEOUT_SEC: d
   rejects({ ...base, CLIENT_HEADER_TIMEOUT_SEC: "0" }, [/CLIENT_HEADER_TIMEOUT_SEC/, /seconds/]);
   rejects({ ...base, CLIENT_IDLE_TIMEOUT_SEC: "soon" }, [/CLIENT_IDLE_TIMEOUT_SEC/, /seconds/]);
 });
+
+Deno.test("CLIENT_SEND_TIMEOUT_SEC and MAX_CONNECTIONS_PER_IP: defaults, values, errors naming the variable and value", () => {
+  const base = { UPSTREAM_SERVER_A: "http://a.example.com" };
+  const d = parseConfig(base);
+  assert.equal(d.clientSendTimeoutMs, 60_000);
+  assert.equal(d.maxConnectionsPerIp, 0);
+  const c = parseConfig({ ...base, CLIENT_SEND_TIMEOUT_SEC: "1.5", MAX_CONNECTIONS_PER_IP: "20" });
+  assert.equal(c.clientSendTimeoutMs, 1500);
+  assert.equal(c.maxConnectionsPerIp, 20);
+  rejects({ ...base, CLIENT_SEND_TIMEOUT_SEC: "0" }, [/CLIENT_SEND_TIMEOUT_SEC/, /"0"/, /seconds/]);
+  rejects({ ...base, CLIENT_SEND_TIMEOUT_SEC: "1m" }, [/CLIENT_SEND_TIMEOUT_SEC/, /"1m"/]);
+  rejects({ ...base, MAX_CONNECTIONS_PER_IP: "-1" }, [/MAX_CONNECTIONS_PER_IP/, /"-1"/, /whole/]);
+  rejects({ ...base, MAX_CONNECTIONS_PER_IP: "ten" }, [/MAX_CONNECTIONS_PER_IP/, /"ten"/]);
+});
