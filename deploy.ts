@@ -22,6 +22,7 @@ export const IGNORED_ON_DEPLOY: readonly string[] = [
   "TLS_KEY_FILE",
   "LOG_FILE",
   "MAX_CONNECTIONS",
+  "MAX_CONNECTIONS_PER_IP",
 ];
 
 /** The environment as the relay sees it on Deno Deploy (pure: tests call it with plain objects). */

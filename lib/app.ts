@@ -357,6 +357,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         ...guards.stats(),
         maxConnections: cap.max,
         maxConnectionsFrom: cap.source,
+        maxConnectionsPerIp: config.maxConnectionsPerIp,
         maxBodyBytes: config.maxBodyBytes,
         clientBodyTimeoutSec: config.clientBodyTimeoutMs / 1000,
       },

@@ -9,7 +9,9 @@
  *
  * Owns: `MAX_CONNECTIONS` (its default from the descriptor limit, leaving room for one upstream
  * socket per client plus a reserve) enforced as a cap on client requests in flight, answered with
- * 503 before anything is opened upstream; and {@link serveResilient}, which serves like
+ * 503 before anything is opened upstream; `MAX_CONNECTIONS_PER_IP` ({@link PerIpCap}, answered with
+ * 429 `too_many_connections`), so that one address cannot take every slot; and
+ * {@link serveResilient}, which serves like
  * `Deno.serve` but, when the serve loop dies on an accept error, logs it and listens again with
  * back-off while the requests in flight finish. Between the failure and the new listener, new
  * connections are refused by the kernel.
@@ -86,6 +88,61 @@ export function overloaded(): RelayError {
     "The relay is at its connection limit (MAX_CONNECTIONS); retry shortly.",
     { headers: { "Retry-After": "1", connection: "close" } },
   );
+}
+
+/** The 429 answered to an address that already holds `MAX_CONNECTIONS_PER_IP` connections. */
+export function tooManyConnections(max: number): RelayError {
+  return new RelayError(
+    429,
+    "too_many_connections",
+    `Too many connections from this address (MAX_CONNECTIONS_PER_IP is ${max}); close one or ` +
+      "retry shortly.",
+    { headers: { "Retry-After": "1", connection: "close" } },
+  );
+}
+
+/**
+ * Counts what each client address holds (sockets on the relay's own server, requests in flight on
+ * `Deno.serve`) against `MAX_CONNECTIONS_PER_IP`. The address is the socket's peer: behind a
+ * reverse proxy every client shares the proxy's address.
+ */
+export class PerIpCap {
+  /** The cap; 0 = off (every take succeeds and nothing is counted). */
+  readonly max: number;
+  readonly #held = new Map<string, number>();
+
+  constructor(max: number) {
+    this.max = max;
+  }
+
+  /** Takes a slot for `ip`; false (nothing taken) when it already holds `max`. */
+  take(ip: string): boolean {
+    if (this.max <= 0) return true;
+    const n = this.#held.get(ip) ?? 0;
+    if (n >= this.max) return false;
+    this.#held.set(ip, n + 1);
+    return true;
+  }
+
+  /** Gives back a slot taken with {@link take}; call once per successful take. */
+  release(ip: string): void {
+    if (this.max <= 0) return;
+    const n = this.#held.get(ip);
+    if (n === undefined) return;
+    // Addresses that hold nothing are forgotten: the map never grows with past clients.
+    if (n <= 1) this.#held.delete(ip);
+    else this.#held.set(ip, n - 1);
+  }
+
+  /** Slots `ip` holds now. */
+  held(ip: string): number {
+    return this.#held.get(ip) ?? 0;
+  }
+
+  /** Addresses holding at least one slot. */
+  get addresses(): number {
+    return this.#held.size;
+  }
 }
 
 /**

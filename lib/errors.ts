@@ -33,6 +33,7 @@ export type ErrorCode =
   | "unauthorized"
   | "rate_limited"
   | "too_many_concurrent"
+  | "too_many_connections"
   | "body_too_large"
   | "body_timeout"
   | "headers_too_large"

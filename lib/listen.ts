@@ -4,15 +4,18 @@
  *
  * Plain HTTP runs on the relay's own HTTP/1.1 server (`server.ts`) by default: it closes sockets
  * that never finish their request head (slowloris) or idle too long between requests, and caps
- * open sockets at `MAX_CONNECTIONS`. TLS at the relay, or `HTTP_SERVER=deno`, runs on `Deno.serve`
- * (`conn_limit.ts`'s resilient wrapper), which offers HTTP/2 to TLS clients but has neither
- * timeout nor socket cap.
+ * open sockets at `MAX_CONNECTIONS`, and per client address at `MAX_CONNECTIONS_PER_IP`. TLS at
+ * the relay, or `HTTP_SERVER=deno`, runs on `Deno.serve` (`conn_limit.ts`'s resilient wrapper),
+ * which offers HTTP/2 to TLS clients but has neither timeout nor socket cap: there
+ * `MAX_CONNECTIONS_PER_IP` caps requests in flight per address (counted here, until
+ * `info.completed`).
  * Must never: let a listener failure become an unhandled rejection.
  */
 
 import type { ClientInfo } from "./app.ts";
 import type { Config } from "./config.ts";
-import { serveResilient } from "./conn_limit.ts";
+import { PerIpCap, serveResilient, tooManyConnections } from "./conn_limit.ts";
+import { errorResponse } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { type DropReason, serveHttp1 } from "./server.ts";
 
@@ -49,6 +52,19 @@ export function listen(config: Config, o: ListenOptions): Listener {
   const hostname = o.hostname ?? config.host;
   const port = o.port ?? config.port;
   if (o.tls || config.httpServer === "deno") {
+    const perIp = new PerIpCap(config.maxConnectionsPerIp);
+    const handler: ListenOptions["handler"] = perIp.max === 0 ? o.handler : (req, info) => {
+      // Deno.serve shows no sockets: what one address holds is its requests in flight (a stream
+      // until its body has been sent), refused before the app sees them.
+      const ip = info.remoteAddr.hostname;
+      if (!perIp.take(ip)) {
+        o.onDrop?.("over_ip_capacity");
+        return errorResponse(tooManyConnections(perIp.max));
+      }
+      const release = () => perIp.release(ip);
+      (info as Partial<Deno.ServeHandlerInfo>).completed?.then(release, release) ?? release();
+      return o.handler(req, info);
+    };
     const server = serveResilient({
       hostname,
       port,
@@ -58,7 +74,7 @@ export function listen(config: Config, o: ListenOptions): Listener {
       ...(o.onListen ? { onListen: o.onListen } : { onListen: () => {} }),
       ...(o.onError ? { onError: o.onError } : {}),
       log: o.log,
-    }, o.handler);
+    }, handler);
     return {
       get addr() {
         return server.addr;
@@ -75,6 +91,7 @@ export function listen(config: Config, o: ListenOptions): Listener {
     headerTimeoutMs: config.clientHeaderTimeoutMs,
     idleTimeoutMs: config.clientIdleTimeoutMs,
     maxConnections: o.maxConnections,
+    maxConnectionsPerIp: config.maxConnectionsPerIp,
     ...(o.onListen ? { onListen: o.onListen } : {}),
     ...(o.onError ? { onError: o.onError } : {}),
     ...(o.onDrop ? { onDrop: o.onDrop } : {}),

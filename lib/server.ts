@@ -9,10 +9,11 @@
  * accept, has a deadline while a request head arrives and while it idles between requests, and
  * accept failures are retried with back-off. TLS stays on `Deno.serve`.
  *
- * Owns: accepting and the socket cap; request-head reading, parsing and validation; request-body
- * framing (content-length, chunked) with back-pressure and `Expect: 100-continue`; response framing
- * (content-length, chunked, close-delimited for HTTP/1.0); keep-alive and pipelining; the
- * client-gone signal; upgrades (101); graceful shutdown.
+ * Owns: accepting, the socket cap and the per-address socket cap; request-head reading, parsing
+ * and validation; request-body framing (content-length, chunked) with back-pressure and
+ * `Expect: 100-continue`; response framing (content-length, chunked, close-delimited for
+ * HTTP/1.0); keep-alive and pipelining; the client-gone signal; upgrades (101); graceful
+ * shutdown.
  * Must never: read a request body ahead of its consumer; hold back a response chunk that has
  * arrived (SSE is written chunk by chunk); end a broken response body cleanly (the terminating
  * chunk is withheld, so the client sees a truncated body); abort `req.signal` once a response was
@@ -23,7 +24,8 @@
  * dot-segment or escape normalisation; the relay's own path checks depend on that); GET/HEAD have
  * `req.body === null`, other methods an empty body when none was framed; `req.signal` aborts only
  * when the client leaves before the response was written in full (`--unstable-no-legacy-abort`).
- * Differences a client can see: abusive sockets are closed (408, 431, idle close, 503 at the cap);
+ * Differences a client can see: abusive sockets are closed (408, 431, idle close, 503 at the cap,
+ * 429 over the per-address cap);
  * methods are normalised by `new Request` (`get` → `GET`) and `CONNECT`/`TRACE`/`TRACK` get 400;
  * a Host header that would change the URL's structure (`a/b`, `u@x`) gets 400; an absolute-form
  * target contributes only its path and query (the Host header names the host); header bytes above
@@ -39,7 +41,7 @@
  * with `new Request(req)` see the normalised URL).
  */
 
-import { overloaded } from "./conn_limit.ts";
+import { overloaded, PerIpCap, tooManyConnections } from "./conn_limit.ts";
 import { errorBody, errorResponse, RelayError, toRelayError } from "./errors.ts";
 import { ChunkedDecoder, concat, decodeLatin1, encodeLatin1 } from "./http1.ts";
 import { trimOws } from "./headers.ts";
@@ -77,6 +79,12 @@ export interface Http1ServerOptions {
    * never handled. 0 = unlimited.
    */
   maxConnections?: number;
+  /**
+   * Most open sockets from one client address (the socket's peer address). One more gets
+   * `429 too_many_connections` with `connection: close`, like a socket over `maxConnections`.
+   * 0 = unlimited.
+   */
+  maxConnectionsPerIp?: number;
   /** Largest request head (request line and headers) in bytes; over it `431`. Default 64 KiB. */
   maxHeadBytes?: number;
   onListen?: (addr: Deno.NetAddr) => void;
@@ -96,6 +104,7 @@ export type DropReason =
   | "header_timeout"
   | "idle_timeout"
   | "over_capacity"
+  | "over_ip_capacity"
   | "bad_request"
   | "headers_too_large";
 
@@ -305,6 +314,7 @@ class Server implements Http1Server {
   readonly fallbackHost: string;
   readonly headerDog: Watchdog;
   readonly idleDog: Watchdog;
+  readonly perIp: PerIpCap;
   readonly lingerDog: Watchdog = new Watchdog(LINGER_MS);
   readonly conns: Set<Connection> = new Set();
   /** See {@link cancelHook}. */
@@ -326,6 +336,7 @@ class Server implements Http1Server {
     this.maxHeadBytes = options.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES;
     this.headerDog = new Watchdog(options.headerTimeoutMs ?? DEFAULT_HEADER_TIMEOUT_MS);
     this.idleDog = new Watchdog(options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
+    this.perIp = new PerIpCap(options.maxConnectionsPerIp ?? 0);
     this.#onError = options.onError;
     this.#onAcceptError = options.onAcceptError;
     this.#onDrop = options.onDrop;
@@ -371,6 +382,11 @@ class Server implements Http1Server {
       if (this.maxConnections > 0 && this.conns.size >= this.maxConnections) {
         this.dropped("over_capacity");
         this.linger(conn, errorBytes(overloaded()), true);
+        continue;
+      }
+      if (this.perIp.max > 0 && !this.perIp.take(conn.remoteAddr.hostname)) {
+        this.dropped("over_ip_capacity");
+        this.linger(conn, errorBytes(tooManyConnections(this.perIp.max)), true);
         continue;
       }
       try {
@@ -458,7 +474,8 @@ class Server implements Http1Server {
   }
 
   remove(c: Connection): void {
-    this.conns.delete(c);
+    // Exactly once per connection, whichever path closes it.
+    if (this.conns.delete(c) && this.perIp.max > 0) this.perIp.release(c.ip);
     if (this.closing) this.#checkFinished();
   }
 
@@ -715,6 +732,11 @@ class Connection implements Watched {
     this.#conn = conn;
     this.#remoteAddr = conn.remoteAddr;
     server.headerDog.watch(this);
+  }
+
+  /** The client's address, as counted by the per-address cap. */
+  get ip(): string {
+    return this.#remoteAddr.hostname;
   }
 
   /** Serves requests until the connection ends; never rejects. */
