@@ -12,6 +12,7 @@ import { listen, type Listener } from "./lib/listen.ts";
 import { Logger } from "./lib/log.ts";
 import { broadPermissions, startupWarnings } from "./lib/permissions.ts";
 import { createReloader } from "./lib/reload.ts";
+import { SendTimeoutError } from "./lib/send_watch.ts";
 import { loadTlsFiles } from "./lib/tls.ts";
 import { VERSION } from "./lib/version.ts";
 
@@ -63,8 +64,8 @@ export async function main(): Promise<number> {
       },
       onError: (err) => {
         // Deno.serve also reports a response body that broke mid-stream here; that was already
-        // logged as "upstream body broke" and is no relay bug.
-        if (err instanceof UpstreamError) {
+        // logged as "upstream body broke" (or counted as a send timeout) and is no relay bug.
+        if (err instanceof UpstreamError || err instanceof SendTimeoutError) {
           log.debug("response body ended with an error", { detail: err.message });
         } else {
           log.error("unhandled error", {

@@ -31,6 +31,7 @@ import { UsageTap } from "./usage.ts";
 import type { Usage } from "./usage.ts";
 import { VERSION } from "./version.ts";
 import { planReload, type ReloadPlan } from "./reload.ts";
+import { SendWatch } from "./send_watch.ts";
 import { Watchdog } from "./watchdog.ts";
 import { isWebSocketUpgrade, relayWebSocket, type Upgrader } from "./websocket.ts";
 
@@ -249,6 +250,15 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   /** The client-facing server, once attached: its socket count shows in metrics. */
   let server: ServerView | null = null;
   const dropped: Record<string, number> = {};
+  const clientDropped = (reason: string): void => {
+    dropped[reason] = (dropped[reason] ?? 0) + 1;
+    telemetry.clientDropped(reason);
+  };
+  // The relay's own server watches its socket writes; behind Deno.serve (or with no server
+  // attached: Deno Deploy) the send deadline watches the response body instead.
+  const sendWatch = new SendWatch(config.clientSendTimeoutMs);
+  const watchBody = (body: ReadableStream<Uint8Array>) =>
+    sendWatch.wrap(body, () => clientDropped("send_timeout"));
   // Access control and abuse limits (issue #4): built once; ALLOW_IPS is read live from `config`.
   const guards = new Guards(() => config, { now: deps.now ?? Date.now, log });
   const cap = connectionCap(
@@ -358,6 +368,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         maxConnections: cap.max,
         maxConnectionsFrom: cap.source,
         maxConnectionsPerIp: config.maxConnectionsPerIp,
+        clientSendTimeoutSec: config.clientSendTimeoutMs / 1000,
         maxBodyBytes: config.maxBodyBytes,
         clientBodyTimeoutSec: config.clientBodyTimeoutMs / 1000,
       },
@@ -506,6 +517,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       retryBodyMaxBytes: config.retryBodyMaxBytes,
       health,
       body: limited,
+      watchBody: server?.kind === "relay" ? undefined : watchBody,
     }).catch((err) => {
       // A body cut by a limit aborts the exchange; answer with why, not as a client abort. Out of
       // descriptors, the upstream connect fails: that is the relay's overload (503), not A (502).
@@ -655,10 +667,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     attachServer: (s) => {
       server = s;
     },
-    clientDropped: (reason) => {
-      dropped[reason] = (dropped[reason] ?? 0) + 1;
-      telemetry.clientDropped(reason);
-    },
+    clientDropped,
     counters,
     telemetry,
     debugInfo,
@@ -678,6 +687,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       health.close();
       pools.close();
       watchdog.close();
+      sendWatch.close();
     },
   };
 }

@@ -3,12 +3,13 @@
  * Starts the client-facing server the configuration asks for.
  *
  * Plain HTTP runs on the relay's own HTTP/1.1 server (`server.ts`) by default: it closes sockets
- * that never finish their request head (slowloris) or idle too long between requests, and caps
- * open sockets at `MAX_CONNECTIONS`, and per client address at `MAX_CONNECTIONS_PER_IP`. TLS at
- * the relay, or `HTTP_SERVER=deno`, runs on `Deno.serve` (`conn_limit.ts`'s resilient wrapper),
- * which offers HTTP/2 to TLS clients but has neither timeout nor socket cap: there
- * `MAX_CONNECTIONS_PER_IP` caps requests in flight per address (counted here, until
- * `info.completed`).
+ * that never finish their request head (slowloris), idle too long between requests or take no
+ * response bytes (`CLIENT_SEND_TIMEOUT_SEC`), and caps open sockets at `MAX_CONNECTIONS`, and per
+ * client address at `MAX_CONNECTIONS_PER_IP`. TLS at the relay, or `HTTP_SERVER=deno`, runs on
+ * `Deno.serve` (`conn_limit.ts`'s resilient wrapper), which offers HTTP/2 to TLS clients but has
+ * neither timeout nor socket cap: there `MAX_CONNECTIONS_PER_IP` caps requests in flight per
+ * address (counted here, until `info.completed`), and the send deadline watches response bodies
+ * (`send_watch.ts`, set up by the app).
  * Must never: let a listener failure become an unhandled rejection.
  */
 
@@ -90,6 +91,7 @@ export function listen(config: Config, o: ListenOptions): Listener {
     port,
     headerTimeoutMs: config.clientHeaderTimeoutMs,
     idleTimeoutMs: config.clientIdleTimeoutMs,
+    sendTimeoutMs: config.clientSendTimeoutMs,
     maxConnections: o.maxConnections,
     maxConnectionsPerIp: config.maxConnectionsPerIp,
     ...(o.onListen ? { onListen: o.onListen } : {}),

@@ -109,6 +109,11 @@ export interface ForwardContext {
   retryBodyMaxBytes: number;
   /** Health state: orders upstreams and learns from failures. */
   health?: UpstreamSet | undefined;
+  /**
+   * Wraps a streaming response body before it goes to the client (the send deadline where the
+   * server cannot watch its own writes, `send_watch.ts`). Must pass bytes through unchanged.
+   */
+  watchBody?: ((body: ReadableStream<Uint8Array>) => ReadableStream<Uint8Array>) | undefined;
 }
 
 /** Maps an upstream failure to the relay's client-facing error. */
@@ -194,14 +199,17 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
     }
     ctx.health?.success(upstream);
     let response: Response;
+    const stream = res.body !== null && ctx.watchBody !== undefined
+      ? ctx.watchBody(res.body)
+      : res.body;
     try {
-      response = new Response(res.complete ?? res.body, {
+      response = new Response(res.complete ?? stream, {
         status: res.status,
         statusText: res.statusText,
         headers: responseHeaders(res.headers, res.status),
       });
     } catch (err) {
-      await res.body?.cancel();
+      await stream?.cancel();
       throw new RelayError(
         502,
         "upstream_protocol_error",

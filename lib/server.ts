@@ -12,28 +12,36 @@
  * Owns: accepting, the socket cap and the per-address socket cap; request-head reading, parsing
  * and validation; request-body framing (content-length, chunked) with back-pressure and
  * `Expect: 100-continue`; response framing (content-length, chunked, close-delimited for
- * HTTP/1.0); keep-alive and pipelining; the client-gone signal; upgrades (101); graceful
- * shutdown.
+ * HTTP/1.0); keep-alive and pipelining; the client-gone signal; the send deadline; upgrades (101);
+ * graceful shutdown.
  * Must never: read a request body ahead of its consumer; hold back a response chunk that has
  * arrived (SSE is written chunk by chunk); end a broken response body cleanly (the terminating
  * chunk is withheld, so the client sees a truncated body); abort `req.signal` once a response was
  * written in full; let an accept or socket error become an unhandled rejection; use a timer per
- * request (three shared {@link Watchdog} sweeps cover every deadline).
+ * request (four shared {@link Watchdog} sweeps cover every deadline).
  *
  * Like `Deno.serve`: `req.url` is `http://<Host><target>` with the target exactly as sent (no
  * dot-segment or escape normalisation; the relay's own path checks depend on that); GET/HEAD have
  * `req.body === null`, other methods an empty body when none was framed; `req.signal` aborts only
  * when the client leaves before the response was written in full (`--unstable-no-legacy-abort`).
  * Differences a client can see: abusive sockets are closed (408, 431, idle close, 503 at the cap,
- * 429 over the per-address cap);
+ * 429 over the per-address cap, no progress on a response write);
  * methods are normalised by `new Request` (`get` → `GET`) and `CONNECT`/`TRACE`/`TRACK` get 400;
  * a Host header that would change the URL's structure (`a/b`, `u@x`) gets 400; an absolute-form
  * target contributes only its path and query (the Host header names the host); header bytes above
  * 0x7f arrive as Latin-1 characters; a body that a stream delivers whole at once is sent with
  * `content-length` instead of chunked.
  *
- * Not covered here: a client that sends its body slowly (the relay's body timeout watches that) or
- * reads its response slowly (writes wait on TCP back-pressure, with no deadline).
+ * A client that stops taking response bytes (a write makes no progress for `sendTimeoutMs`, like
+ * nginx's `send_timeout`) is closed and its exchange aborted, so that it cannot hold the response
+ * body's source (a stream from Server A) open. Progress is a write, or part of one, completing as
+ * the kernel reports it (like nginx): Linux wakes a blocked writer once about a third of the send
+ * buffer has drained, so a reader must take about that much per `sendTimeoutMs` (measured on
+ * loopback: ~2.5 MB/s of reading resumed blocked writes every 0.6–0.7 s). A response that waits
+ * for its source (SSE between events) has no write pending, so it is not watched.
+ *
+ * Not covered here: a client that sends its body slowly (the relay's body timeout watches that);
+ * sockets after a 101 (their new owner reads and writes them).
  *
  * One Deno internal is used, checked once at start with a public-API fallback: the Request's lazy
  * signal is driven through its inner `onCancel` hook ({@link cancelHook}). When `new Request`
@@ -85,6 +93,12 @@ export interface Http1ServerOptions {
    * 0 = unlimited.
    */
   maxConnectionsPerIp?: number;
+  /**
+   * A response write that makes no progress for this many ms (the client takes none of the bytes
+   * offered) closes the socket and aborts the exchange: `req.signal` aborts and the response body
+   * is cancelled. Default 60,000; 0 = no deadline.
+   */
+  sendTimeoutMs?: number;
   /** Largest request head (request line and headers) in bytes; over it `431`. Default 64 KiB. */
   maxHeadBytes?: number;
   onListen?: (addr: Deno.NetAddr) => void;
@@ -105,6 +119,7 @@ export type DropReason =
   | "idle_timeout"
   | "over_capacity"
   | "over_ip_capacity"
+  | "send_timeout"
   | "bad_request"
   | "headers_too_large";
 
@@ -257,6 +272,7 @@ export function serveHttp1(options: Http1ServerOptions, handler: Http1Handler): 
 
 const DEFAULT_HEADER_TIMEOUT_MS = 20_000;
 const DEFAULT_IDLE_TIMEOUT_MS = 75_000;
+const DEFAULT_SEND_TIMEOUT_MS = 60_000;
 const DEFAULT_MAX_HEAD_BYTES = 64 * 1024;
 /** An unread request body up to this size is read and dropped after the response, to keep the connection. */
 const MAX_DRAIN_BYTES = 1024 * 1024;
@@ -314,6 +330,8 @@ class Server implements Http1Server {
   readonly fallbackHost: string;
   readonly headerDog: Watchdog;
   readonly idleDog: Watchdog;
+  /** Watches response writes in progress; null when there is no send deadline. */
+  readonly sendDog: Watchdog | null;
   readonly perIp: PerIpCap;
   readonly lingerDog: Watchdog = new Watchdog(LINGER_MS);
   readonly conns: Set<Connection> = new Set();
@@ -336,6 +354,8 @@ class Server implements Http1Server {
     this.maxHeadBytes = options.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES;
     this.headerDog = new Watchdog(options.headerTimeoutMs ?? DEFAULT_HEADER_TIMEOUT_MS);
     this.idleDog = new Watchdog(options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
+    const sendMs = options.sendTimeoutMs ?? DEFAULT_SEND_TIMEOUT_MS;
+    this.sendDog = sendMs > 0 ? new Watchdog(sendMs) : null;
     this.perIp = new PerIpCap(options.maxConnectionsPerIp ?? 0);
     this.#onError = options.onError;
     this.#onAcceptError = options.onAcceptError;
@@ -485,6 +505,7 @@ class Server implements Http1Server {
     }
     this.headerDog.close();
     this.idleDog.close();
+    this.sendDog?.close();
     this.lingerDog.close();
     this.#resolveFinished();
   }
@@ -726,6 +747,8 @@ class Connection implements Watched {
   #watching = false;
   /** The current request asks to switch protocols: no read may be pending when it does. */
   #noWatch = false;
+  /** Watched by the server's send watchdog while a write is in flight. */
+  readonly #send: Watched = { lastTick: 0, expire: () => this.#sendTimedOut() };
 
   constructor(server: Server, conn: Deno.TcpConn) {
     this.#server = server;
@@ -799,6 +822,17 @@ class Connection implements Watched {
     this.#server.idleDog.unwatch(this);
     closeQuietly(this.#conn);
     this.#server.remove(this);
+  }
+
+  /**
+   * A write made no progress for the send timeout: the client takes no bytes. Closing the socket
+   * fails the pending write; the exchange is aborted as if the client had left, which cancels the
+   * response body and with it the stream from A (its connection is closed, not pooled).
+   */
+  #sendTimedOut(): void {
+    if (this.#closed) return;
+    this.#server.dropped("send_timeout");
+    this.#gone();
   }
 
   /** The client is gone (EOF, reset, failed write): abort the exchange and close. */
@@ -1220,14 +1254,23 @@ class Connection implements Watched {
 
   /** Writes all of `bytes`; false (and the exchange aborted) if the client is gone. */
   async #write(bytes: Uint8Array): Promise<boolean> {
+    const dog = this.#server.sendDog;
+    const send = this.#send;
     try {
       const conn = this.#conn;
+      dog?.watch(send);
       let off = await conn.write(bytes);
-      while (off < bytes.byteLength) off += await conn.write(bytes.subarray(off));
+      while (off < bytes.byteLength) {
+        // Part of it was taken: the client reads, so its deadline starts again.
+        if (dog !== null) send.lastTick = dog.tick;
+        off += await conn.write(bytes.subarray(off));
+      }
       return true;
     } catch {
       this.#gone();
       return false;
+    } finally {
+      dog?.unwatch(send);
     }
   }
 

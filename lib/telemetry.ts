@@ -374,7 +374,7 @@ export class Telemetry {
     this.#dropped = r.counter(
       "relay_client_connections_closed_total",
       "Client connections the relay closed on its own: header_timeout, idle_timeout, " +
-        "over_capacity, bad_request, headers_too_large.",
+        "over_capacity, over_ip_capacity, send_timeout, bad_request, headers_too_large.",
       ["reason"],
     );
     this.#ttfb = r.histogram(
