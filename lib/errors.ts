@@ -67,12 +67,23 @@ const TYPE_BY_STATUS: Record<number, ErrorType> = {
   504: "gateway_timeout_error",
 };
 
+/**
+ * The relay's own refusals that no retry can change (wrong key, forbidden, no such route, too
+ * large). Claude Code retries a 401 for as long as it is let, Codex and the SDKs back off and
+ * resend; `x-should-retry: false` makes them give up at once. Never added to A's answers: those
+ * pass through untouched and A's own retry advice stands.
+ */
+export const FINAL_STATUSES: ReadonlySet<number> = new Set([401, 403, 404, 413, 431]);
+
 /** A refusal or failure produced by the relay itself, safe to show to the client. */
 export class RelayError extends Error {
   readonly status: number;
   readonly code: ErrorCode;
   readonly type: ErrorType;
-  /** Extra response headers, e.g. `Retry-After` on 429. */
+  /**
+   * Extra response headers, e.g. `Retry-After` on 429, `x-should-retry: false` on the final
+   * refusals ({@link FINAL_STATUSES}).
+   */
   readonly headers: Record<string, string> | undefined;
 
   constructor(
@@ -87,7 +98,9 @@ export class RelayError extends Error {
     this.code = code;
     this.type = TYPE_BY_STATUS[status] ??
       (status >= 500 ? "internal_server_error" : "invalid_request_error");
-    this.headers = options.headers;
+    this.headers = FINAL_STATUSES.has(status)
+      ? { "x-should-retry": "false", ...options.headers }
+      : options.headers;
   }
 }
 
