@@ -493,11 +493,22 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         health,
         timeoutMs: config.upstreamTimeoutMs,
         log,
-        onEnd: (status, error) => {
+        onHead: (upstream) => {
+          // The 101 (or A's refusal) is the session's first byte; the session may last hours.
+          ctx.headAt = now();
+          ctx.upstream = upstream;
+        },
+        onEnd: (end) => {
           inFlight--;
           openStreams--;
-          if (ctx.headAt === undefined) ctx.headAt = now();
-          finish(ctx, status, error === undefined ? undefined : "upstream_stream_broken");
+          ctx.requestBytes = end.bytesUp;
+          ctx.responseBytes = end.bytesDown;
+          // A client that drops the socket is a client leaving (499), as with an HTTP stream:
+          // not a failure of A.
+          if (end.outcome === "client_gone") finish(ctx, 499, "client_closed");
+          else if (end.outcome === "upstream_broken") {
+            finish(ctx, end.status, "upstream_stream_broken");
+          } else finish(ctx, end.status, undefined);
         },
       }).catch((err) => {
         inFlight--;

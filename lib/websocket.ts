@@ -36,6 +36,7 @@ import type { PoolSet } from "./proxy.ts";
 import type { UpstreamSet } from "./upstream.ts";
 import {
   closePayload,
+  CloseWatcher,
   encodeFrame,
   FrameDecoder,
   MessageAssembler,
@@ -87,8 +88,27 @@ export interface WebSocketContext {
   /** Longest wait for A's handshake answer. */
   timeoutMs: number;
   log: Logger;
+  /** Called once A's answer to the handshake (101 or a refusal) has arrived. */
+  onHead?(upstream: Upstream, status: number): void;
   /** Called once when the session (or the refused handshake) is over. */
-  onEnd(status: number, error: string | undefined): void;
+  onEnd(end: WebSocketEnd): void;
+}
+
+/** How a session (or a refused handshake) ended, for the access log. */
+export interface WebSocketEnd {
+  /** A's status: 101, or its refusal. */
+  status: number;
+  /**
+   * `closed`: over with a close frame (either way), or ended by A; `client_gone`: the client
+   * dropped its connection with no close frame; `upstream_broken`: A's side failed.
+   */
+  outcome: "closed" | "client_gone" | "upstream_broken";
+  /** Error name or message behind `upstream_broken`. */
+  detail?: string;
+  /** Bytes after the handshake, client to A. */
+  bytesUp: number;
+  /** Bytes after the handshake (or a refusal's body), A to client. */
+  bytesDown: number;
 }
 
 /** Performs the upstream handshake and, on 101, upgrades the client and bridges the two. */
@@ -145,11 +165,17 @@ async function handshake(
     clearTimeout(timer);
     req.signal.removeEventListener("abort", onAbort);
   }
+  ctx.onHead?.(upstream, answer.status);
   if (answer.status !== 101) {
     // A refused the upgrade: its answer goes to the client as is (Codex falls back on 426).
     const body = await readSmallBody(conn, answer);
     conn.close();
-    ctx.onEnd(answer.status, undefined);
+    ctx.onEnd({
+      status: answer.status,
+      outcome: "closed",
+      bytesUp: 0,
+      bytesDown: body?.byteLength ?? 0,
+    });
     return new Response(body, {
       status: answer.status,
       headers: responseHeaders(answer.headers, answer.status),
@@ -212,35 +238,82 @@ async function splice(
   up: Connection,
   ctx: WebSocketContext,
 ): Promise<void> {
-  let error: string | undefined;
-  let closed = false;
-  const closeBoth = () => {
-    closed = true;
+  /** The side whose read or write ended the session first, and how. */
+  let first: { side: "client" | "upstream"; error: unknown } | null = null;
+  let bytesUp = 0;
+  let bytesDown = 0;
+  const fromClient = new CloseWatcher();
+  const fromUpstream = new CloseWatcher();
+  const end = (side: "client" | "upstream", error: unknown) => {
+    // Once one side has ended, the other fails because we closed it: only the first counts.
+    first ??= { side, error };
     up.close();
     try {
       client.close();
     } catch { /* already closed */ }
   };
   const toClient = async () => {
-    let c: Uint8Array | null;
-    while ((c = await up.read()) !== null) {
-      let off = 0;
-      while (off < c.byteLength) off += await client.write(c.subarray(off));
+    while (true) {
+      let c: Uint8Array | null;
+      try {
+        c = await up.read();
+      } catch (err) {
+        return end("upstream", err);
+      }
+      if (c === null) return end("upstream", null);
+      fromUpstream.push(c);
+      bytesDown += c.byteLength;
+      try {
+        let off = 0;
+        while (off < c.byteLength) off += await client.write(c.subarray(off));
+      } catch (err) {
+        return end("client", err);
+      }
     }
   };
   const toUpstream = async () => {
-    if (buffered.byteLength > 0) await up.write(buffered);
     const buf = new Uint8Array(64 * 1024);
-    let n: number | null;
-    while ((n = await client.read(buf)) !== null) await up.write(buf.subarray(0, n));
+    let chunk = buffered;
+    while (true) {
+      if (chunk.byteLength > 0) {
+        fromClient.push(chunk);
+        bytesUp += chunk.byteLength;
+        try {
+          await up.write(chunk);
+        } catch (err) {
+          return end("upstream", err);
+        }
+      }
+      let n: number | null;
+      try {
+        n = await client.read(buf);
+      } catch (err) {
+        return end("client", err);
+      }
+      if (n === null) return end("client", null);
+      chunk = buf.subarray(0, n);
+    }
   };
-  const settle = (p: Promise<void>) =>
-    p.catch((err) => {
-      // Once one side has ended, the other's read fails because we closed it: not an error.
-      if (!closed) error ??= err instanceof Error ? err.name : "error";
-    }).finally(closeBoth);
-  await Promise.all([settle(toClient()), settle(toUpstream())]);
-  ctx.onEnd(101, error);
+  await Promise.all([toClient(), toUpstream()]);
+  const closeSeen = fromClient.sawClose || fromUpstream.sawClose;
+  const by = first as { side: "client" | "upstream"; error: unknown } | null;
+  // A client that leaves without a close frame is gone, as an HTTP client that leaves mid-body;
+  // A ending the connection is how a WebSocket session normally ends (RFC 6455 §7.1.1).
+  const outcome = closeSeen || by === null
+    ? "closed"
+    : by.side === "client"
+    ? "client_gone"
+    : by.error === null
+    ? "closed"
+    : "upstream_broken";
+  const detail = by?.error instanceof Error ? by.error.name : undefined;
+  ctx.onEnd({
+    status: 101,
+    outcome,
+    ...(outcome === "upstream_broken" && detail !== undefined ? { detail } : {}),
+    bytesUp,
+    bytesDown,
+  });
 }
 
 /** Relays messages between the client socket and the upstream connection until either closes. */
@@ -250,10 +323,12 @@ function bridge(socket: WebSocket, conn: Connection, ctx: WebSocketContext): voi
   let upstreamClosed = false;
   let sentClose = false;
   let ended = false;
-  const end = (error: string | undefined) => {
+  let bytesUp = 0;
+  let bytesDown = 0;
+  const end = (outcome: WebSocketEnd["outcome"], detail?: string) => {
     if (ended) return;
     ended = true;
-    ctx.onEnd(101, error);
+    ctx.onEnd({ status: 101, outcome, ...(detail ? { detail } : {}), bytesUp, bytesDown });
   };
   const send = (opcode: number, payload: Uint8Array) => {
     const frame = encodeFrame(opcode, payload, newMask());
@@ -287,16 +362,21 @@ function bridge(socket: WebSocket, conn: Connection, ctx: WebSocketContext): voi
     if (typeof e.data === "string") {
       const bytes = utf8.encode(e.data);
       if (bytes.byteLength > MAX_MESSAGE_BYTES) return closeClient(1009, "message too large");
+      bytesUp += bytes.byteLength;
       send(OP.text, bytes);
     } else {
       const bytes = new Uint8Array(e.data as ArrayBuffer);
       if (bytes.byteLength > MAX_MESSAGE_BYTES) return closeClient(1009, "message too large");
+      bytesUp += bytes.byteLength;
       send(OP.binary, bytes);
     }
   };
   socket.onclose = (e) => {
-    if (!upstreamClosed) closeUpstream(e.code === 1006 ? 1001 : e.code, e.reason);
-    end(undefined);
+    // Not clean: the client's connection ended without a close frame, i.e. the client is gone.
+    // Deno then reports code 0 (or 1006), neither of which may be sent on the wire: say 1001.
+    const dropped = !e.wasClean || e.code === 1006 || e.code === 0;
+    if (!upstreamClosed) closeUpstream(dropped ? 1001 : e.code, e.reason);
+    end(dropped && !upstreamClosed ? "client_gone" : "closed");
   };
   socket.onerror = () => {
     if (!upstreamClosed) closeUpstream(1001, "");
@@ -328,6 +408,7 @@ function bridge(socket: WebSocket, conn: Connection, ctx: WebSocketContext): voi
             const msg = assembler.push(frame);
             if (msg === null) continue;
             if (socket.readyState !== WebSocket.OPEN) continue;
+            bytesDown += msg.data.byteLength;
             if (msg.opcode === OP.text) socket.send(text.decode(msg.data));
             else socket.send(msg.data);
           }
@@ -345,7 +426,7 @@ function bridge(socket: WebSocket, conn: Connection, ctx: WebSocketContext): voi
         conn.close();
         closeClient(1011, "Server A connection failed");
       }
-      end(err instanceof Error ? err.message : "error");
+      end("upstream_broken", err instanceof Error ? err.message : "error");
     }
   };
 }

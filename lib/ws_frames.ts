@@ -185,3 +185,48 @@ export function parseClosePayload(payload: Uint8Array): { code: number; reason: 
 
 /** The opcodes RFC 6455 defines: continuation, text, binary, close, ping, pong. */
 const OPCODES = new Set([0, 1, 2, 8, 9, 10]);
+
+/**
+ * Follows a stream of frames without keeping any of it, to learn whether a close frame went by.
+ * The tunnel copies bytes untouched; this tells a session that was closed (a close frame either
+ * way) from one a peer simply dropped. Only frame headers are read: payloads are skipped, so
+ * compressed or masked frames cost nothing more.
+ */
+export class CloseWatcher {
+  /** A close frame has passed. */
+  sawClose = false;
+  readonly #head = new Uint8Array(14);
+  #headLen = 0;
+  /** Payload bytes of the current frame still to pass. */
+  #skip = 0;
+
+  push(bytes: Uint8Array): void {
+    let i = 0;
+    while (i < bytes.byteLength && !this.sawClose) {
+      if (this.#skip > 0) {
+        const n = Math.min(this.#skip, bytes.byteLength - i);
+        this.#skip -= n;
+        i += n;
+        continue;
+      }
+      this.#head[this.#headLen++] = bytes[i++]!;
+      if (this.#headLen < 2) continue;
+      const len7 = this.#head[1]! & 0x7f;
+      const ext = len7 === 126 ? 2 : len7 === 127 ? 8 : 0;
+      const size = 2 + ext + ((this.#head[1]! & 0x80) !== 0 ? 4 : 0);
+      if (this.#headLen < size) continue;
+      if ((this.#head[0]! & 0x0f) === OP.close) {
+        this.sawClose = true;
+        return;
+      }
+      let len = len7;
+      if (ext === 2) len = (this.#head[2]! << 8) | this.#head[3]!;
+      if (ext === 8) {
+        len = 0;
+        for (let k = 2; k < 10; k++) len = len * 256 + this.#head[k]!;
+      }
+      this.#skip = len;
+      this.#headLen = 0;
+    }
+  }
+}

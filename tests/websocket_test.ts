@@ -4,7 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import type { RequestRecord } from "../lib/app.ts";
+import { delay, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 interface Seen {
   headers: Headers;
@@ -56,6 +57,23 @@ function open(
     ws.onopen = () => resolve(ws);
     ws.onerror = (e) => reject(new Error(`websocket failed: ${(e as ErrorEvent).message}`));
   });
+}
+
+const HANDSHAKE =
+  "GET /v1/responses HTTP/1.1\r\nhost: b\r\nconnection: Upgrade\r\nupgrade: websocket\r\n" +
+  "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/** Reads a response head from a raw connection. */
+async function readHead(conn: Deno.Conn): Promise<string> {
+  const buf = new Uint8Array(4096);
+  let head = "";
+  while (!head.includes("\r\n\r\n")) {
+    const n = await conn.read(buf);
+    assert.ok(n !== null, "relay closed before its answer");
+    head += new TextDecoder().decode(buf.subarray(0, n));
+  }
+  assert.match(head, /^HTTP\/1\.1 101 /);
+  return head;
 }
 
 function closed(ws: WebSocket): Promise<{ code: number; reason: string }> {
@@ -122,6 +140,69 @@ for (
         await relay.close();
         await up.close();
       }
+    }
+  });
+
+  Deno.test(`${label}: a client that drops its socket without a close frame is logged as client_closed (499)`, async () => {
+    const { up, seen } = wsUpstream();
+    const records: RequestRecord[] = [];
+    const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER }, {
+      observers: [(r) => records.push(r)],
+    });
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    try {
+      await conn.write(new TextEncoder().encode(HANDSHAKE));
+      await readHead(conn);
+      const mask = [9, 8, 7, 6];
+      const payload = [..."hi"].map((c, i) => c.charCodeAt(0) ^ mask[i % 4]!);
+      await conn.write(new Uint8Array([0x81, 0x80 | 2, ...mask, ...payload]));
+      await waitFor(() => seen.messages.length === 1, 3000, "A to get the message");
+      conn.close();
+      await waitFor(() => records.length === 1, 3000, "the session's record");
+      assert.equal(records[0]!.errorCode, "client_closed");
+      assert.equal(records[0]!.status, 499);
+      await waitFor(() => seen.closed !== null, 3000, "A's side to close");
+    } finally {
+      try {
+        conn.close();
+      } catch { /* closed */ }
+      await relay.close();
+      await up.close();
+    }
+  });
+
+  Deno.test(`${label}: a WebSocket session's record has the 101's time as ttfb, the upstream and the bytes each way`, async () => {
+    const { up } = wsUpstream();
+    const records: RequestRecord[] = [];
+    const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER }, {
+      observers: [(r) => records.push(r)],
+    });
+    try {
+      const ws = await open(`${relay.url.replace("http", "ws")}/v1/responses`, {});
+      const replies: unknown[] = [];
+      ws.onmessage = (e) => replies.push(e.data);
+      ws.send("x".repeat(1000));
+      await waitFor(() => replies.length === 1, 3000, "the echo");
+      // The session lasts well beyond its handshake: ttfb must not grow with it.
+      await delay(300);
+      const done = closed(ws);
+      ws.close(1000, "bye");
+      await done;
+      await waitFor(() => records.length === 1, 3000, "the session's record");
+      const r = records[0]!;
+      assert.equal(r.status, 101);
+      assert.equal(r.errorCode, undefined);
+      assert.equal(r.upstream, up.url);
+      assert.ok(
+        r.ttfbMs !== undefined && r.ttfbMs < r.durationMs - 250,
+        `ttfb ${r.ttfbMs} of ${r.durationMs} ms`,
+      );
+      assert.ok(r.requestBytes >= 1000, `request bytes ${r.requestBytes}`);
+      assert.ok(r.responseBytes >= 1005, `response bytes ${r.responseBytes}`);
+      assert.equal(r.stream, true);
+    } finally {
+      await relay.close();
+      await up.close();
     }
   });
 

@@ -5,11 +5,15 @@
  */
 
 import assert from "node:assert/strict";
+import { concat } from "../lib/http1.ts";
 import {
+  closePayload,
+  CloseWatcher,
   encodeFrame,
   type Frame,
   FrameDecoder,
   MessageAssembler,
+  newMask,
   OP,
   WsProtocolError,
 } from "../lib/ws_frames.ts";
@@ -86,4 +90,23 @@ Deno.test("a 32 MiB frame in 64 KiB reads is joined once, not once per read", ()
   // Joined once it takes ~50 ms here; joining on every read (512 copies of a growing buffer)
   // took ~5 s. The bound sits between the two with room for a busy machine.
   assert.ok(ms < 2000, `decoding took ${ms.toFixed(0)} ms`);
+});
+
+Deno.test("CloseWatcher sees a close frame only at a frame boundary, however the bytes are split", () => {
+  // Payloads full of 0x88 (what a close frame's first byte looks like) must be skipped, not read.
+  const lure = new Uint8Array(70_000).fill(0x88);
+  const stream = concat([
+    encodeFrame(OP.text, lure.subarray(0, 100), newMask()),
+    encodeFrame(OP.binary, lure.subarray(0, 300), null),
+    encodeFrame(OP.binary, lure, newMask()),
+    encodeFrame(OP.ping, lure.subarray(0, 5), null),
+  ]);
+  const close = encodeFrame(OP.close, closePayload(1000, "bye"), newMask());
+  for (const step of [1, 2, 3, 7, 1000, stream.byteLength]) {
+    const w = new CloseWatcher();
+    for (let i = 0; i < stream.byteLength; i += step) w.push(stream.subarray(i, i + step));
+    assert.equal(w.sawClose, false, `step ${step}: no close yet`);
+    for (let i = 0; i < close.byteLength; i += step) w.push(close.subarray(i, i + step));
+    assert.equal(w.sawClose, true, `step ${step}: the close frame`);
+  }
 });
