@@ -18,7 +18,7 @@ import { clientIpFrom } from "./ip.ts";
 import type { Config, Route, Upstream } from "./config.ts";
 import { swapKey } from "./credentials.ts";
 import { errorResponse, RelayError, toRelayError } from "./errors.ts";
-import { redactHeaders, redactQuery, requestHeaders } from "./headers.ts";
+import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "./headers.ts";
 import type { Connector } from "./http1.ts";
 import { Logger } from "./log.ts";
 import { forward, PoolSet, relayErrorFor } from "./proxy.ts";
@@ -552,6 +552,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     else if (SAFE_ID.test(aId)) ctx.upstreamRequestId = aId;
     const contentType = response.headers.get("content-type");
     const contentEncoding = response.headers.get("content-encoding");
+    // Every event stream is a stream, also one that arrived whole in the first read.
+    ctx.stream = isEventStream(up.headers);
     if (up.body === null) {
       if (up.complete !== null) {
         ctx.responseBytes = up.complete.byteLength;
@@ -562,7 +564,6 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       finish(ctx, up.status, undefined);
       return response;
     }
-    ctx.stream = contentType?.startsWith("text/event-stream") ?? false;
     ctx.usage = new UsageTap(contentType, contentEncoding);
     openStreams++;
     inFlight++;

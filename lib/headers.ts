@@ -169,3 +169,16 @@ export function isKeyParam(rawName: string): boolean {
   name = name.toLowerCase();
   return name === "key" || name === "api_key" || name === "access_token";
 }
+
+/**
+ * Whether a response is an event stream (`text/event-stream`, any case, any parameters). Its
+ * framing is passed on as A chose it, and it is logged as a stream, however fast it arrived.
+ */
+export function isEventStream(headers: Iterable<[string, string]>): boolean {
+  for (const [name, value] of headers) {
+    if (name.toLowerCase() === "content-type") {
+      return value.trimStart().toLowerCase().startsWith("text/event-stream");
+    }
+  }
+  return false;
+}

@@ -13,7 +13,7 @@
  * what one socket read delivered, or reuse a connection whose exchange did not end cleanly.
  */
 
-import { type HeaderList, trimOws } from "./headers.ts";
+import { type HeaderList, isEventStream, trimOws } from "./headers.ts";
 import type { Watchdog, Watched } from "./watchdog.ts";
 
 /** Where to connect: the subset of an upstream's config the client needs. */
@@ -831,7 +831,9 @@ class Exchange implements Watched, Attempt {
           early = [];
           decoder.poison();
         }
-        if (decoder.done && !decoder.poisoned) {
+        // An event stream stays a stream even when it all came at once: served whole, it would
+        // leave the client with content-length where A sent chunked.
+        if (decoder.done && !decoder.poisoned && !isEventStream(head.headers)) {
           res.complete = concat(early).slice();
           this.#finish(head.keepAlive && decoder.rest === null);
           return res;

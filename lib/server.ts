@@ -1330,8 +1330,12 @@ class Connection implements Watched {
     let text = statusLine(status, http10);
     let declared = -1;
     let hasDate = false;
+    let eventStream = false;
     eachHeader(res.headers, (value, name) => {
       switch (name) {
+        case "content-type":
+          eventStream = value.trimStart().toLowerCase().startsWith("text/event-stream");
+          break;
         case "content-length": {
           const n = parseLength(value);
           if (n >= 0) declared = n;
@@ -1390,7 +1394,8 @@ class Connection implements Watched {
     let mode = Mode.Length;
     if (declared < 0) {
       mode = http10 ? Mode.Close : Mode.Chunked;
-      if (pk.ready && !pk.failed) {
+      // An event stream keeps the chunked framing A sent, even when it is all there already.
+      if (pk.ready && !pk.failed && !eventStream) {
         if (pk.done) {
           declared = 0;
           mode = Mode.Length;
