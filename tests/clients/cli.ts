@@ -129,7 +129,13 @@ export function plan(
 export function startClient(
   inst: Installed,
   target: Target,
-  options: { deadlineMs: number; scratch: string; trapProxy?: string },
+  options: {
+    deadlineMs: number;
+    scratch: string;
+    trapProxy?: string;
+    /** More environment, e.g. a CA certificate to trust. */
+    env?: Record<string, string>;
+  },
 ): Running {
   const home = Deno.makeTempDirSync({ dir: options.scratch, prefix: `${inst.name}-` });
   const work = `${home}/work`;
@@ -163,6 +169,7 @@ export function startClient(
           http_proxy: options.trapProxy,
         }
         : {}),
+      ...options.env,
       ...env,
     },
     stdin: "null",

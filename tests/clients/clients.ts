@@ -19,6 +19,7 @@ import { cacheRoot, type ClientName, ensureClient, type Installed, PINNED } from
 import { type RelayProcess, startRelayProcess } from "./relay_process.ts";
 import { startTap, type Tap } from "./tap.ts";
 import { startTrapProxy, type TrapProxy } from "./trap_proxy.ts";
+import { testCert } from "../tls_fixture.ts";
 
 const CLIENT_KEY = "sk-client-own-key-0001";
 const A_KEY = "sk-server-a-key-0002";
@@ -34,8 +35,8 @@ const ABORT_LIMIT_MS = 1000;
 /** Claude Code must give up on the relay's 401 within this. */
 const REFUSAL_LIMIT_MS = 2000;
 
-type Column = "direct" | "relay" | "UID" | "abort";
-const COLUMNS: Column[] = ["direct", "relay", "UID", "abort"];
+type Column = "direct" | "relay" | "UID" | "abort" | "HTTPS";
+const COLUMNS: Column[] = ["direct", "relay", "UID", "abort", "HTTPS"];
 
 /** One row of the table: a client and how it talks to A. */
 interface Row {
@@ -106,6 +107,35 @@ function setup(): Promise<Fixture> {
   return fixture;
 }
 
+/** The relay serving HTTPS itself (`TLS_CERT_FILE`), with a self-signed certificate. */
+interface TlsRelay {
+  relay: RelayProcess;
+  url: string;
+  /** What each client needs to trust the certificate. */
+  env: Record<string, string>;
+}
+
+let tlsFixture: Promise<TlsRelay> | null = null;
+function tlsSetup(): Promise<TlsRelay> {
+  tlsFixture ??= (async () => {
+    const f = await setup();
+    const cert = await testCert();
+    const relay = await startRelayProcess({
+      UPSTREAM_SERVER_A: f.a.url,
+      ROUTES: JSON.stringify({ [UID]: { apiKey: A_KEY, accessKey: ACCESS_KEY } }),
+      TLS_CERT_FILE: cert.certFile,
+      TLS_KEY_FILE: cert.keyFile,
+    });
+    return {
+      relay,
+      url: `https://127.0.0.1:${relay.port}`,
+      // Node (Gemini CLI) and Claude Code read NODE_EXTRA_CA_CERTS; Codex CODEX_CA_CERTIFICATE.
+      env: { NODE_EXTRA_CA_CERTS: cert.certFile, CODEX_CA_CERTIFICATE: cert.certFile },
+    };
+  })();
+  return tlsFixture;
+}
+
 function keyAs(row: Row, key: string): string {
   return row.auth === "authorization" ? `Bearer ${key}` : key;
 }
@@ -144,20 +174,29 @@ function tapRequests(tap: Tap, fromConn: number): Outcome["sent"] {
 }
 
 /** Runs one client to the end (not the abort case). */
-async function runOnce(row: Row, col: "direct" | "relay" | "UID"): Promise<Outcome> {
+async function runOnce(row: Row, col: Exclude<Column, "abort">): Promise<Outcome> {
   const f = await setup();
+  const tls = col === "HTTPS" ? await tlsSetup() : null;
+  const relay = tls?.relay ?? f.relay;
   const inst = (await clients())[row.client];
   const aFrom = f.a.requests.length;
   const tapFrom = f.tap.conns.length;
-  const accessFrom = f.relay.access().length;
+  const accessFrom = relay.access().length;
   f.a.websocket = row.refuse426 ? 426 : "accept";
-  const base = col === "direct" ? f.a.url : col === "relay" ? f.tap.url : `${f.tap.url}/u${UID}`;
+  const base = col === "direct"
+    ? f.a.url
+    : col === "relay"
+    ? f.tap.url
+    : col === "UID"
+    ? `${f.tap.url}/u${UID}`
+    : tls!.url;
   const key = col === "UID" ? ACCESS_KEY : CLIENT_KEY;
   const target: Target = { base, key, prompt: PROMPT, websocket: row.websocket === true };
   const run = startClient(inst, target, {
     deadlineMs: RUN_DEADLINE_MS,
     scratch: f.scratch,
     trapProxy: f.trap.url,
+    env: tls?.env ?? {},
   });
   const done = await run.done;
   const fromA = () => f.a.requests.slice(aFrom).filter((r) => !r.target.startsWith("/v1/_ping"));
@@ -166,15 +205,15 @@ async function runOnce(row: Row, col: "direct" | "relay" | "UID"): Promise<Outco
     await waitUntil(
       () =>
         fromA().every((r) => r.end !== null) &&
-        f.relay.access().length - accessFrom >= fromA().length,
+        relay.access().length - accessFrom >= fromA().length,
       5000,
       "the relay's access-log lines",
     ).catch(() => {});
   }
   return {
     fromA: fromA(),
-    sent: col === "direct" ? [] : tapRequests(f.tap, tapFrom),
-    access: f.relay.access().slice(accessFrom),
+    sent: col === "relay" || col === "UID" ? tapRequests(f.tap, tapFrom) : [],
+    access: relay.access().slice(accessFrom),
     stdout: done.stdout,
     stderr: done.stderr,
     code: done.code,
@@ -183,7 +222,7 @@ async function runOnce(row: Row, col: "direct" | "relay" | "UID"): Promise<Outco
 }
 
 /** Problems with a finished run; empty when everything holds. */
-function check(row: Row, col: "direct" | "relay" | "UID", o: Outcome): string[] {
+function check(row: Row, col: Exclude<Column, "abort">, o: Outcome): string[] {
   const problems: string[] = [];
   if (o.code !== 0) problems.push(`client exited ${o.code}: ${o.stderr.slice(-800)}`);
   if (!o.stdout.includes(ANSWER)) {
@@ -214,7 +253,15 @@ function check(row: Row, col: "direct" | "relay" | "UID", o: Outcome): string[] 
     }
   }
   if (col === "direct") return problems;
-  // Byte identity: every request A received is one the client sent, body for body.
+  // Over HTTPS the tap would see ciphertext only: the byte checks are the plain columns'.
+  if (col !== "HTTPS") problems.push(...checkBytes(col, o));
+  problems.push(...checkAccessLog(o));
+  return problems;
+}
+
+/** Every request A received is one the client sent, body for body (and frame for frame). */
+function checkBytes(col: "relay" | "UID", o: Outcome): string[] {
+  const problems: string[] = [];
   if (o.sent.length !== o.fromA.length) {
     problems.push(`client sent ${o.sent.length} requests, A received ${o.fromA.length}`);
   }
@@ -250,7 +297,12 @@ function check(row: Row, col: "direct" | "relay" | "UID", o: Outcome): string[] 
       }
     }
   }
-  // The relay's access log: one line per request, event streams marked as such.
+  return problems;
+}
+
+/** The relay's access log: no failures, WebSocket lines complete, event streams marked. */
+function checkAccessLog(o: Outcome): string[] {
+  const problems: string[] = [];
   for (const line of o.access) {
     const ws = line.method === "GET" && String(line.path).endsWith("/v1/responses");
     if (ws && line.status !== 426) {
@@ -409,6 +461,20 @@ for (const row of ROWS) {
       assert.deepEqual(problems, [], problems.join("\n"));
     },
   });
+  Deno.test({
+    name: `${row.label} answers intact through the relay serving HTTPS itself (TLS_CERT_FILE)`,
+    ...opts,
+    async fn() {
+      results.set(cell(row, "HTTPS"), "FAIL");
+      const o = await runOnce(row, "HTTPS");
+      const problems = check(row, "HTTPS", o);
+      results.set(
+        cell(row, "HTTPS"),
+        problems.length === 0 ? `ok ${(o.ms / 1000).toFixed(1)} s` : "FAIL",
+      );
+      assert.deepEqual(problems, [], problems.join("\n"));
+    },
+  });
 }
 
 Deno.test({
@@ -486,6 +552,7 @@ Deno.test({
       outbound = hosts.length === 0 ? "none" : hosts.join(", ");
       f.trap.close();
       f.tap.close();
+      if (tlsFixture !== null) await (await tlsFixture).relay.stop();
       await f.relay.stop();
       f.a.close();
       Deno.removeSync(f.scratch, { recursive: true });
