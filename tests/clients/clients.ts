@@ -542,7 +542,7 @@ function table(): string {
 }
 
 Deno.test({
-  name: "summary: client × direct/relay/UID/abort",
+  name: "summary: client × direct/relay/UID/abort/HTTPS",
   ...opts,
   async fn() {
     let outbound = "not run";
@@ -559,29 +559,45 @@ Deno.test({
     }
     const versions = (Object.keys(PINNED) as ClientName[])
       .map((n) => `${PINNED[n].pkg}@${PINNED[n].version}`).join(", ");
-    const text = `${table()}\n\nClaude Code with a wrong UID access key: ${
-      results.get("refusal") ?? "not run"
-    } (limit ${
-      REFUSAL_LIMIT_MS / 1000
-    } s).\nAttempts to reach any other host (refused by a trap proxy): ${outbound}.\nClients: ${versions}; ${
-      results.get("install") ?? ""
-    }.\n`;
-    await Deno.stdout.write(new TextEncoder().encode(`\n${text}\n`));
-    if (Deno.env.get("PF_CLIENTS_WRITE_DOCS") === "1") {
-      const path = new URL("../../docs/CLIENTS.md", import.meta.url);
+    const lines = [
+      table(),
+      "",
+      `- Claude Code with a wrong UID access key: ${results.get("refusal") ?? "not run"} ` +
+      `(limit ${REFUSAL_LIMIT_MS / 1000} s).`,
+      `- Attempts to reach any other host (refused by a trap proxy): ${outbound}.`,
+      `- Clients: ${versions}.`,
+    ];
+    const install = results.get("install") ?? "not run";
+    await Deno.stdout.write(
+      new TextEncoder().encode(`\n${lines.join("\n")}\n- Install: ${install}.\n\n`),
+    );
+    const docs = Deno.env.get("PF_CLIENTS_WRITE_DOCS") === "1"
+      ? ["CLIENTS.md", "CLIENTS.zh-CN.md"]
+      : [];
+    for (const name of docs) {
+      const path = new URL(`../../docs/${name}`, import.meta.url).pathname;
       const doc = Deno.readTextFileSync(path);
       const start = "<!-- clients-table:start -->";
       const end = "<!-- clients-table:end -->";
-      const a = doc.indexOf(start);
-      const b = doc.indexOf(end);
-      assert.ok(a >= 0 && b > a, "docs/CLIENTS.md has the table markers");
-      const stamp = `Measured by \`deno task test:clients\` on ${
-        new Date().toISOString().slice(0, 10)
-      }:`;
+      const at = doc.indexOf(start);
+      const until = doc.indexOf(end);
+      assert.ok(at >= 0 && until > at, `docs/${name} has the table markers`);
+      const day = new Date().toISOString().slice(0, 10);
+      const intro = name.includes("zh-CN")
+        ? `最近一次运行（${day}），时间为该机器上的实测值：`
+        : `Last run (${day}), times as measured on that machine:`;
       Deno.writeTextFileSync(
         path,
-        `${doc.slice(0, a + start.length)}\n${stamp}\n\n${text}${doc.slice(b)}`,
+        `${doc.slice(0, at + start.length)}\n\n${intro}\n\n${lines.join("\n")}\n\n` +
+          doc.slice(until),
       );
+      // The table as written is not padded: let deno fmt lay it out, so `fmt --check` stays clean.
+      await new Deno.Command(Deno.execPath(), {
+        args: ["fmt", path],
+        stdout: "null",
+        stderr: "null",
+        signal: AbortSignal.timeout(30_000),
+      }).output();
     }
     const failed = [...results.values()].filter((v) => v.startsWith("FAIL")).length;
     assert.equal(failed, 0, `${failed} cells failed`);
