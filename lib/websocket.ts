@@ -239,7 +239,8 @@ async function splice(
   ctx: WebSocketContext,
 ): Promise<void> {
   /** The side whose read or write ended the session first, and how. */
-  let first: { side: "client" | "upstream"; error: unknown } | null = null;
+  type Ender = { side: "client" | "upstream"; error: unknown };
+  let first: Ender | null = null;
   let bytesUp = 0;
   let bytesDown = 0;
   const fromClient = new CloseWatcher();
@@ -296,7 +297,8 @@ async function splice(
   };
   await Promise.all([toClient(), toUpstream()]);
   const closeSeen = fromClient.sawClose || fromUpstream.sawClose;
-  const by = first as { side: "client" | "upstream"; error: unknown } | null;
+  // Set inside the copy loops: the compiler cannot see that, so it is read through a cast.
+  const by = first as Ender | null;
   // A client that leaves without a close frame is gone, as an HTTP client that leaves mid-body;
   // A ending the connection is how a WebSocket session normally ends (RFC 6455 §7.1.1).
   const outcome = closeSeen || by === null
