@@ -64,7 +64,10 @@ export interface RequestVector {
   victimAfterMs?: number;
   /** A answers each request once its head is in, before it has read the body (many servers do). */
   aAnswersEarly?: boolean;
-  /** The client's body is malformed mid-way: A may be left with a request the proxy abandoned. */
+  /**
+   * The client's body is malformed or never arrives in full: A may be left with the start of a
+   * request that the proxy abandoned (otherwise that means the proxy announced bytes it never sent).
+   */
   partialUpstreamOk?: boolean;
 }
 
@@ -326,12 +329,14 @@ export const REQUEST_VECTORS: RequestVector[] = [
     name: "Content-Length of 20 digits is refused",
     send: msg(`POST ${CHAT} HTTP/1.1`, ["Host: r", "Content-Length: 99999999999999999999"], "hi"),
     expect: [refuse(id("POST", CHAT, "hi"), { status: [400, 413] })],
+    partialUpstreamOk: true,
   },
   {
     kind: "request",
     name: "Content-Length above MAX_BODY_MB is refused before the body",
     send: msg(`POST ${CHAT} HTTP/1.1`, ["Host: r", "Content-Length: 900000000000"], "hi"),
     expect: [refuse(id("POST", CHAT, "hi"), { status: [400, 413] })],
+    partialUpstreamOk: true,
   },
   ...([
     ["05", "Content-Length: 05"],
@@ -462,6 +467,18 @@ export const REQUEST_VECTORS: RequestVector[] = [
     ),
     pauseMs: 20,
     expect: [fwd(id("POST", CHAT, "{}")), fwd(id("PATCH", "/v1/x", "ab")), fwd(NEXT_ID)],
+  },
+
+  {
+    kind: "request",
+    name: "a pipelined request whose body comes in the next write gets its own body",
+    ...pieces(
+      msg("POST /v1/p/0 HTTP/1.1", ["Host: r", "Content-Length: 0"]) +
+        msg("POST /v1/p/1 HTTP/1.1", ["Host: r", "Content-Length: 5"]),
+      "hello",
+    ),
+    pauseMs: 20,
+    expect: [fwd(id("POST", "/v1/p/0")), fwd(id("POST", "/v1/p/1", "hello"))],
   },
 
   // Expect: 100-continue.

@@ -1182,6 +1182,20 @@ export function desyncViolations(run: VectorRun): Violation[] {
       add("framing", `A got ${r.framingLines} framing header lines in ${describe(r)}`);
     }
   }
+  // The client sent every byte, yet A got a head whose body never came: the proxy announced a
+  // body it did not send (on a pooled connection, the next request's bytes would fill it).
+  const v = run.vector;
+  if (v.kind !== "request" || !v.partialUpstreamOk) {
+    for (const c of run.conns) {
+      if (c.closed && c.pendingHead !== null && c.chunks.some((ch) => ch.epoch === run.epoch)) {
+        add(
+          "framing",
+          `A got ${c.pendingHead.method} ${c.pendingHead.target} whose body never came ` +
+            `(conn ${c.index} closed by ${c.closedBy})`,
+        );
+      }
+    }
+  }
   return out;
 }
 
@@ -1316,18 +1330,6 @@ export function policyViolations(run: VectorRun): string[] {
     for (const conn of run.conns) {
       if (conn.tainted?.epoch === run.epoch && !conn.closed) {
         out.push(`the relay kept A's conn ${conn.index} open after ${conn.tainted.reason}`);
-      }
-    }
-  }
-  if (v.kind === "request" && !v.partialUpstreamOk) {
-    for (const conn of run.conns) {
-      if (
-        conn.closed && conn.pendingHead !== null && conn.chunks.some((ch) => ch.epoch === run.epoch)
-      ) {
-        out.push(
-          `A got ${conn.pendingHead.method} ${conn.pendingHead.target} whose body never came ` +
-            `(conn ${conn.index} closed by ${conn.closedBy})`,
-        );
       }
     }
   }
