@@ -883,6 +883,8 @@ class Connection implements Watched {
 
   /** Makes room after #end (compacting, or growing #buf up to `limit`); false when full. */
   #room(limit: number): boolean {
+    // The read in flight fills the buffer it was given; #more() waits for it.
+    if (this.#pending !== null) return true;
     if (this.#start === this.#end) this.#start = this.#end = 0;
     if (this.#end < this.#buf.byteLength) return true;
     if (this.#start > 0) {
@@ -1187,6 +1189,9 @@ class Connection implements Watched {
 
   /** Room for a body read; a bigger buffer for bulk bodies (given back after the exchange). */
   #bodyRoom(body: RequestBody): void {
+    // A read in flight (the watch for a client leaving) lands at the old #end: moving or
+    // replacing the buffer under it would hand out stale bytes as this body.
+    if (this.#pending !== null) return;
     if (this.#start === this.#end) this.#start = this.#end = 0;
     const big = body.decoder !== null || body.remaining > this.#buf.byteLength;
     if (big && this.#buf.byteLength < BODY_BUF && this.#start === this.#end) {
