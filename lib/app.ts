@@ -11,7 +11,7 @@
  */
 
 import { checkAdmin } from "./admin.ts";
-import { checkAnnouncedLength, LimitedBody } from "./body_limit.ts";
+import { announcedLength, checkAnnouncedLength, LimitedBody } from "./body_limit.ts";
 import { connectionCap, isOutOfDescriptors, overloaded, readFdLimit } from "./conn_limit.ts";
 import { Guards } from "./guards.ts";
 import { clientIpFrom } from "./ip.ts";
@@ -454,7 +454,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     // creates a stream and turns off Deno's full-body fast path. (HTTP/2 bodies may come with
     // neither header.)
     const cl = req.headers.get("content-length");
-    const announced = cl === null ? null : Number(cl);
+    const announced = announcedLength(cl);
     const hasBody = cl !== null
       ? announced !== 0
       : req.headers.has("transfer-encoding") || req.body !== null;

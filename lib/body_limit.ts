@@ -13,6 +13,7 @@
  */
 
 import { RelayError } from "./errors.ts";
+import { trimOws } from "./headers.ts";
 import type { BodyReader } from "./http1.ts";
 import { Watchdog, type Watched } from "./watchdog.ts";
 
@@ -47,6 +48,25 @@ export function bodyTimeout(idleTimeoutMs: number): RelayError {
     } s (CLIENT_BODY_TIMEOUT_SEC); the request was aborted.`,
     { headers: { connection: "close" } },
   );
+}
+
+/**
+ * The length a `Content-Length` value announces (null: no header). Servers join repeated lines
+ * into one list (`5, 5`): equal members are one length (RFC 9110 §8.6); anything else is a 400,
+ * so a list is never forwarded or read as a number it is not.
+ */
+export function announcedLength(value: string | null): number | null {
+  if (value === null) return null;
+  let length: number | null = null;
+  for (const part of value.split(",")) {
+    const digits = trimOws(part);
+    const n = /^\d{1,15}$/.test(digits) ? Number(digits) : NaN;
+    if (Number.isNaN(n) || (length !== null && n !== length)) {
+      throw new RelayError(400, "bad_request", "Invalid or conflicting content-length.");
+    }
+    length = n;
+  }
+  return length;
 }
 
 /** Null when the announced `Content-Length` (null: none) is within `maxBytes`, else the 413. */

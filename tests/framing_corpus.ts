@@ -46,6 +46,8 @@ export interface Outcome {
    * with a bare `Deno.serve` whose handler returns 400 when reading the body fails).
    */
   denoMayClose?: boolean;
+  /** The policy on Deno.serve, where hyper decides before the relay sees the request. */
+  onDeno?: Outcome["policy"];
 }
 
 /** A request-side vector: bytes one client writes on one connection. */
@@ -366,10 +368,8 @@ export const REQUEST_VECTORS: RequestVector[] = [
     kind: "request",
     name: "HEAD with a body is refused",
     send: msg("HEAD /v1/models HTTP/1.1", ["Host: r", "Content-Length: 5"], "hello") + NEXT,
-    expect: [
-      refuse(id("HEAD", "/v1/models", "hello"), { code: "body_not_allowed" }),
-      maybe(NEXT_ID),
-    ],
+    // The answer to a HEAD has no body to carry the JSON error code: the status says it.
+    expect: [refuse(id("HEAD", "/v1/models", "hello")), maybe(NEXT_ID)],
   },
   {
     kind: "request",
@@ -504,7 +504,11 @@ export const REQUEST_VECTORS: RequestVector[] = [
       chunk1("hello") + NEXT,
     ),
     pauseMs: 150,
-    expect: [fwd(id("POST", CHAT, "hello")), fwd(NEXT_ID)],
+    // hyper closes the connection instead: that refuses it, which is no desync either.
+    expect: [
+      fwd(id("POST", CHAT, "hello"), { onDeno: "maybe" }),
+      fwd(NEXT_ID, { onDeno: "maybe" }),
+    ],
   },
 
   // HTTP/1.0.
@@ -541,7 +545,8 @@ export const REQUEST_VECTORS: RequestVector[] = [
     kind: "request",
     name: "HTTP/1.1 without Host is refused",
     send: msg(`POST ${CHAT} HTTP/1.1`, ["Content-Length: 2"], "{}"),
-    expect: [refuse(id("POST", CHAT, "{}"))],
+    // hyper accepts it; the relay then sends A its own Host, so there is nothing to confuse.
+    expect: [refuse(id("POST", CHAT, "{}"), { onDeno: "forward" })],
   },
   {
     kind: "request",
@@ -557,7 +562,6 @@ export const REQUEST_VECTORS: RequestVector[] = [
     ["a negative size", `-5${C}hello${C}0${C}${C}`],
     ["data longer than its size", `3${C}hello${C}0${C}${C}`],
     ["a 0x size prefix", `0x5${C}hello${C}0${C}${C}`],
-    ["a bare LF after the size", `5\nhello${C}0${C}${C}`],
   ] as const).map(([label, body]): RequestVector => ({
     kind: "request",
     name: `a chunked body with ${label} is refused`,
@@ -570,6 +574,19 @@ export const REQUEST_VECTORS: RequestVector[] = [
   })),
   {
     kind: "request",
+    // RFC 9112 §2.2 lets a recipient take a bare LF as a line end (hyper and nginx do). A sees
+    // the relay's own chunked framing, so the two cannot read the body differently.
+    name: "a chunked body with a bare LF after the size is forwarded re-framed",
+    send: msg(`POST ${CHAT} HTTP/1.1`, ["Host: r", "Transfer-Encoding: chunked"]) +
+      `5\nhello${C}0${C}${C}` + NEXT,
+    // hyper closes the connection instead: that refuses it, which is no desync either.
+    expect: [
+      fwd(id("POST", CHAT, "hello"), { onDeno: "maybe" }),
+      fwd(NEXT_ID, { onDeno: "maybe" }),
+    ],
+  },
+  {
+    kind: "request",
     name: "chunk extensions are accepted and not forwarded as data",
     send: msg(`POST ${CHAT} HTTP/1.1`, ["Host: r", "Transfer-Encoding: chunked"]) +
       `5;name=value${C}hello${C}1;a="q;x"${C}!${C}0;end${C}${C}` + NEXT,
@@ -580,7 +597,11 @@ export const REQUEST_VECTORS: RequestVector[] = [
     name: "trailers after the last chunk end the body and the next request follows",
     send: msg(`POST ${CHAT} HTTP/1.1`, ["Host: r", "Transfer-Encoding: chunked"]) +
       `5${C}hello${C}0${C}X-Trailer: 1${C}X-Other: 2${C}${C}` + NEXT,
-    expect: [fwd(id("POST", CHAT, "hello")), fwd(NEXT_ID)],
+    // hyper closes the connection instead: that refuses it, which is no desync either.
+    expect: [
+      fwd(id("POST", CHAT, "hello"), { onDeno: "maybe" }),
+      fwd(NEXT_ID, { onDeno: "maybe" }),
+    ],
   },
 
   // Head bytes that must not pass.

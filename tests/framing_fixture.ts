@@ -1216,6 +1216,7 @@ function relayErrorCode(r: ClientResponse): { code: string | null; shaped: boole
 }
 
 function checkOutcome(c: ClientRun, i: number, o: Outcome, run: VectorRun, out: string[]): void {
+  if (run.server === "deno" && o.onDeno !== undefined) o = { ...o, policy: o.onDeno };
   const r = c.responses[i];
   const where = `${c.label}'s request ${i + 1} (${describeId(o.as)})`;
   const bySeq = new Map(run.a.map((x) => [x.seq, x]));
