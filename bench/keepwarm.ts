@@ -122,6 +122,9 @@ export async function keepWarmBench(o: KeepWarmOptions): Promise<KeepWarmRow[]> 
             env: {
               DENO_CERT: certFile,
               UPSTREAM_KEEPWARM_SEC: String(keepWarmSec),
+              // Keep-warm alone: a spare would keep the "off" relay warm too, and its replacement
+              // after the measured request would count as a new connection here.
+              UPSTREAM_SPARE_CONNECTIONS: "0",
               ACCESS_LOG: "0",
             },
             logFile: `${dir}/relay-${keepWarmSec}-${rtt}.log`,

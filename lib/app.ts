@@ -102,7 +102,10 @@ export interface AppDeps {
   newId?: () => string;
   /** Called once per finished request. Must be cheap and must not throw. */
   observers?: Array<(record: RequestRecord) => void>;
-  /** Start keep-warm and health probes (default true; tests that count upstream requests say false). */
+  /**
+   * Start keep-warm, health probes and spare connections (default true; tests that count upstream
+   * requests or connections say false).
+   */
   background?: boolean;
 }
 
@@ -223,12 +226,16 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   const observers = [...(deps.observers ?? [])];
   const started = now();
   const watchdog = new Watchdog(config.upstreamTimeoutMs);
-  const pools = new PoolSet({
+  const pools: PoolSet = new PoolSet({
     connectTimeoutMs: config.connectTimeoutMs,
     idleTimeoutMs: config.poolIdleMs,
     connector: deps.connector,
     caCerts: deps.caCerts,
     http2: config.upstreamHttp2 === "auto",
+    // Spares are background connections, like the probes: off when the caller counts connections.
+    spares: deps.background === false ? 0 : config.spareConnections,
+    live: (u): boolean => health.live(u),
+    warm: config.keepWarmMs > 0 ? (u): Promise<unknown> => health.probe(u) : undefined,
   });
   const allUpstreams = [
     ...config.upstreams,
@@ -278,6 +285,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     isRoute: (id) => config.routes.has(id),
     state: () => ({ inFlight, openStreams, clientConnections: server?.connections ?? null }),
     health: () => health.snapshot(),
+    pools: () => pools.stats(),
     now,
     version: VERSION,
   });
@@ -345,6 +353,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       upstreams: config.upstreams.map(upstreamView),
       upstreamHealth: health.snapshot(),
       keepWarmSec: config.keepWarmMs / 1000,
+      spareConnections: config.spareConnections,
       routes: [...config.routes.values()].map((r: Route) => ({
         id: r.id,
         upstreams: r.upstreams.map(upstreamView),

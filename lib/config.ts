@@ -56,6 +56,11 @@ export interface Config {
   // Upstream health and keep-warm (issue #3).
   /** Interval of the keep-warm request on each upstream's pool; 0 = off. */
   readonly keepWarmMs: number;
+  /**
+   * Idle connections (HTTP/2: free stream slots) kept ready per upstream while it is up, opened
+   * in the background so that a request under load finds one; 0 = off.
+   */
+  readonly spareConnections: number;
   /** Path probed for health and keep-warm. */
   readonly healthPath: string;
   /** Interval of the active health probe of an upstream marked down. */
@@ -153,6 +158,7 @@ export function parseConfig(env: Env, options: ParseOptions = {}): Config {
     poolIdleMs: seconds(env, "UPSTREAM_POOL_IDLE_SEC", 4),
     routes: parseRoutes(env, upstreams, options),
     keepWarmMs: seconds(env, "UPSTREAM_KEEPWARM_SEC", 2, { allowZero: true }),
+    spareConnections: bounded(env, "UPSTREAM_SPARE_CONNECTIONS", 1, MAX_SPARES),
     healthPath: apiPath(env, "HEALTH_CHECK_PATH", "/v1/_ping"),
     healthIntervalMs: seconds(env, "HEALTH_CHECK_SEC", 5),
     downBackoffMs: seconds(env, "UPSTREAM_DOWN_SEC", 10),
@@ -188,6 +194,17 @@ function apiPath(env: Env, name: string, fallback: string): string {
     fail(name, raw, "a path under /v1/ or /v1beta/, e.g. /v1/_ping");
   }
   return raw;
+}
+
+/** Most spare connections per upstream: each is a socket to A and, without keep-warm, a handshake. */
+const MAX_SPARES = 16;
+
+function bounded(env: Env, name: string, fallback: number, max: number): number {
+  const raw = value(env, name);
+  if (raw === undefined) return fallback;
+  const n = /^\d{1,3}$/.test(raw) ? Number(raw) : NaN;
+  if (!(n >= 0 && n <= max)) fail(name, raw, `a whole number from 0 to ${max} (0 = off)`);
+  return n;
 }
 
 function count(env: Env, name: string, fallback: number): number {

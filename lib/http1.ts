@@ -62,9 +62,40 @@ export type Connector = (endpoint: Endpoint, options: ConnectOptions) => Promise
 export interface AltTransport {
   readonly protocol: string;
   exchange(req: ExchangeRequest, options: ExchangeOptions): Promise<UpstreamResponse>;
-  stats(): { idle: number; active: number; created: number; reused: number };
+  stats(): TransportStats;
   closeIdle(): void;
   close(): void;
+}
+
+/** A pool's counters, for `/debug/info` and `/metrics`. */
+export interface TransportStats {
+  idle: number;
+  active: number;
+  created: number;
+  reused: number;
+  /** Client requests that found no ready connection and waited for a new one. */
+  coldStarts: number;
+  spares: SpareStats;
+}
+
+/** Connections kept ready ahead of demand (`UPSTREAM_SPARE_CONNECTIONS`). */
+export interface SpareStats {
+  /** How many are wanted: idle connections (HTTP/1.1) or free stream slots (HTTP/2); 0 = off. */
+  target: number;
+  /**
+   * Requests that could start now without a new connection: idle connections (HTTP/1.1), or free
+   * stream slots on open sessions (HTTP/2).
+   */
+  ready: number;
+  /** Being opened in the background right now. */
+  opening: number;
+  /** Opened in the background so far. */
+  opened: number;
+  /**
+   * Background opens that failed (or were closed by the upstream before any use) in a row; at the
+   * limit no more are tried until an exchange with the upstream succeeds again.
+   */
+  failuresInARow: number;
 }
 
 /** Default connector: TCP with Nagle off, then TLS (HTTP/1.1 by ALPN) for https. */
@@ -106,7 +137,35 @@ export interface PoolOptions {
    * connection to an HTTPS upstream offers it by ALPN and the answer decides for the pool's life.
    */
   alternate?: (endpoint: Endpoint) => AltTransport;
+  /** Background opening of connections ready before requests need them; default off. */
+  spares?: SpareOptions;
 }
+
+/** How a pool keeps connections ready ahead of demand. */
+export interface SpareOptions {
+  /**
+   * Idle connections kept ready (HTTP/1.1), or free stream slots (HTTP/2); 0 = off. Opened in the
+   * background when a request takes the last one, so that the next request does not pay a TCP and
+   * TLS handshake to the upstream.
+   */
+  count: number;
+  /**
+   * Background opens failing in a row before the pool stops trying, until an exchange with the
+   * upstream succeeds again (default {@link SPARE_FAILURE_LIMIT}).
+   */
+  failureLimit?: number;
+  /** False while the upstream is marked down: nothing is opened for it in the background. */
+  live?: () => boolean;
+  /**
+   * Sends one keep-warm request over the pool (see {@link ExchangeOptions.probe}), which refreshes
+   * the oldest idle connection before the upstream's keep-alive can close it. Without it, a spare
+   * close to the idle timeout is replaced by a new connection instead.
+   */
+  warm?: () => Promise<unknown>;
+}
+
+/** Default {@link SpareOptions.failureLimit}. */
+export const SPARE_FAILURE_LIMIT = 3;
 
 const SMALL_READ = 4 * 1024;
 const LARGE_READ = 64 * 1024;
@@ -126,6 +185,10 @@ export class Connection {
   /** Times this connection was handed out; > 1 means reused. */
   uses = 0;
   idleSince = 0;
+  /** Handed to a keep-warm request: it counts as ready, and comes straight back. */
+  probing = false;
+  /** Opened in the background and not handed out yet. */
+  unusedSpare = false;
 
   constructor(conn: Deno.Conn) {
     this.#conn = conn;
@@ -214,7 +277,7 @@ export class Connection {
 /** A keep-alive pool of connections to one endpoint. */
 export class Pool {
   readonly endpoint: Endpoint;
-  readonly #opts: Required<Omit<PoolOptions, "caCerts" | "alternate">> & {
+  readonly #opts: Required<Omit<PoolOptions, "caCerts" | "alternate" | "spares">> & {
     caCerts?: string[];
     alternate?: (endpoint: Endpoint) => AltTransport;
   };
@@ -226,6 +289,16 @@ export class Pool {
   #closed = false;
   /** When a connection was last handed out or returned (ms since the epoch). */
   lastActivity = 0;
+  readonly #spares: SpareOptions;
+  /** Spares being connected in the background. */
+  #opening = 0;
+  /** Idle connections lent to keep-warm requests: ready, and coming straight back. */
+  #probing = 0;
+  #sparesOpened = 0;
+  #spareFailures = 0;
+  #coldStarts = 0;
+  /** Set by {@link closeIdle} (shutdown): no more background opens. */
+  #draining = false;
 
   constructor(endpoint: Endpoint, options: PoolOptions) {
     this.endpoint = endpoint;
@@ -237,6 +310,7 @@ export class Pool {
       ...(options.caCerts ? { caCerts: options.caCerts } : {}),
       ...(options.alternate ? { alternate: options.alternate } : {}),
     };
+    this.#spares = options.spares ?? { count: 0 };
     // Plain HTTP, or no alternative offered: nothing to negotiate.
     this.negotiated = endpoint.protocol === "http:" || options.alternate === undefined;
   }
@@ -286,7 +360,7 @@ export class Pool {
   }
 
   /** Counters for diagnostics. */
-  stats(): { idle: number; active: number; created: number; reused: number; protocol: string } {
+  stats(): TransportStats & { protocol: string } {
     if (this.#alt !== null) return { ...this.#alt.stats(), protocol: this.#alt.protocol };
     return {
       protocol: this.protocol,
@@ -294,24 +368,46 @@ export class Pool {
       active: this.#active,
       created: this.#created,
       reused: this.#reusedCount,
+      coldStarts: this.#coldStarts,
+      spares: {
+        target: this.#spareTarget(),
+        ready: this.#idle.length + this.#probing,
+        opening: this.#opening,
+        opened: this.#sparesOpened,
+        failuresInARow: this.#spareFailures,
+      },
     };
   }
 
-  /** An idle connection if one is alive (unless `fresh`), else a new one. */
-  async acquire(fresh = false): Promise<Connection> {
+  /**
+   * An idle connection if one is alive (unless `fresh`), else a new one. A `probe` (health or
+   * keep-warm request) takes the oldest idle connection, the one nearest its idle timeout, and is
+   * neither a cold start nor a reason to open a spare: its connection comes straight back.
+   */
+  async acquire(fresh = false, probe = false): Promise<Connection> {
     this.lastActivity = Date.now();
     if (!fresh) {
       let c: Connection | undefined;
-      while ((c = this.#idle.pop()) !== undefined) {
+      while ((c = probe ? this.#idle.shift() : this.#idle.pop()) !== undefined) {
         if (c.reusable) {
+          c.unusedSpare = false;
           c.uses++;
           this.#active++;
           this.#reusedCount++;
+          if (probe) {
+            c.probing = true;
+            this.#probing++;
+          } else {
+            this.#fill();
+          }
           return c;
         }
         c.close();
       }
+      if (!probe) this.#coldStarts++;
     }
+    // The next request should not wait like this one: its spare starts connecting alongside.
+    if (!probe) this.#fill();
     const c = await this.connect();
     c.uses++;
     this.#active++;
@@ -358,22 +454,42 @@ export class Pool {
   release(c: Connection, reusable: boolean): void {
     this.#active--;
     this.lastActivity = Date.now();
+    if (c.probing) {
+      c.probing = false;
+      this.#probing--;
+    }
+    // An exchange ended cleanly: the upstream works, so background opens may resume.
+    if (reusable) this.#spareFailures = 0;
+    this.#park(c, reusable);
+  }
+
+  /** Puts a connection in the idle pool, or closes it. */
+  #park(c: Connection, reusable: boolean): void {
     if (!reusable || this.#closed || c.closed || this.#idle.length >= this.#opts.maxIdle) {
       c.close();
+      // A keep-warm request that failed leaves one ready connection fewer.
+      this.#fill();
       return;
     }
     c.idleSince = Date.now();
     c.startIdle(() => {
+      // Closed by the relay itself (idle timeout, shutdown): already out of the pool.
+      if (c.closed) return;
       const i = this.#idle.indexOf(c);
       if (i >= 0) this.#idle.splice(i, 1);
       c.close();
+      // A spare dropped by the upstream before any use counts as a failed open: an upstream that
+      // accepts connections only to close them must not be reconnected to in a loop.
+      if (c.unusedSpare) this.#spareFailures++;
+      this.#fill();
     });
     this.#idle.push(c);
     this.#startSweeper();
   }
 
-  /** Closes idle connections now (in-flight ones finish or fail on their own). */
+  /** Closes idle connections now and opens no more spares (in-flight ones finish on their own). */
   closeIdle(): void {
+    this.#draining = true;
     for (const c of this.#idle.splice(0)) c.close();
     this.#alt?.closeIdle();
   }
@@ -387,16 +503,82 @@ export class Pool {
     this.#sweeper = undefined;
   }
 
+  /** How many idle connections to keep ready now: 0 when spares are off or must not be opened. */
+  #spareTarget(): number {
+    const sp = this.#spares;
+    if (
+      sp.count <= 0 || this.#closed || this.#draining || !this.negotiated || this.#alt !== null ||
+      this.#spareFailures >= (sp.failureLimit ?? SPARE_FAILURE_LIMIT)
+    ) {
+      return 0;
+    }
+    if (sp.live !== undefined && !sp.live()) return 0;
+    // Spares are idle connections: they stay within the idle cap.
+    return Math.min(sp.count, this.#opts.maxIdle);
+  }
+
+  /** Starts background connects until the ready connections reach the spare target. */
+  #fill(): void {
+    const missing = this.#spareTarget() - (this.#idle.length + this.#probing + this.#opening);
+    for (let i = 0; i < missing; i++) this.#openSpare();
+  }
+
+  #openSpare(): void {
+    this.#opening++;
+    this.connect().then((c) => {
+      this.#opening--;
+      this.#sparesOpened++;
+      // It waits in the pool like a used connection, and A may close it just as a request goes
+      // out on it: counting it as used lets that request be resent (see resendIfStale).
+      c.uses = 1;
+      c.unusedSpare = true;
+      this.lastActivity = Date.now();
+      this.#park(c, true);
+    }, () => {
+      this.#opening--;
+      // Counted, and tried again on the sweeper's next tick, up to the failure limit.
+      this.#spareFailures++;
+    });
+    this.#startSweeper();
+  }
+
+  /**
+   * Keeps spares from going stale: the upstream closes connections idle for ~5 s. One that has
+   * been idle half the pool's idle timeout gets a keep-warm request (cheaper than a new TLS
+   * connection); without keep-warm, one idle three quarters of it is replaced by a new connection
+   * before the sweeper closes it.
+   */
+  #refresh(now: number): void {
+    const target = this.#spareTarget();
+    if (target === 0) return;
+    const warm = this.#spares.warm;
+    const idleMs = this.#opts.idleTimeoutMs;
+    const freshSince = now - (warm ? idleMs / 2 : (idleMs * 3) / 4);
+    let fresh = 0;
+    for (const c of this.#idle) if (c.idleSince > freshSince) fresh++;
+    let missing = target - (fresh + this.#probing + this.#opening);
+    if (missing <= 0) return;
+    const stale = this.#idle.length - fresh;
+    if (warm !== undefined && stale > 0) {
+      // One at a time: the request takes the oldest idle connection; others wait for later ticks.
+      void warm().catch(() => {});
+      missing -= stale;
+    }
+    for (let i = 0; i < missing; i++) this.#openSpare();
+  }
+
   #startSweeper(): void {
     if (this.#sweeper !== undefined) return;
     const every = Math.max(50, Math.floor(this.#opts.idleTimeoutMs / 4));
     this.#sweeper = setInterval(() => {
-      const cutoff = Date.now() - this.#opts.idleTimeoutMs;
+      const now = Date.now();
+      const cutoff = now - this.#opts.idleTimeoutMs;
       // Oldest first in the stack: drop from the bottom.
       while (this.#idle.length > 0 && this.#idle[0]!.idleSince <= cutoff) {
         this.#idle.shift()!.close();
       }
-      if (this.#idle.length === 0) {
+      this.#refresh(now);
+      if (this.#idle.length === 0 && this.#opening === 0 && this.#spareTarget() === 0) {
         clearInterval(this.#sweeper);
         this.#sweeper = undefined;
       }
@@ -567,6 +749,11 @@ export interface ExchangeOptions {
   watchdog: Watchdog;
   /** Aborts the exchange until the response head arrives (the client went away). */
   signal?: AbortSignal | undefined;
+  /**
+   * The relay's own request (health probe, keep-warm): it takes the pool's oldest idle connection
+   * and is not counted as a client request that found no connection ready.
+   */
+  probe?: boolean | undefined;
 }
 
 /** The upstream's response; the body streams straight from the socket. */
@@ -607,7 +794,7 @@ export async function exchange(
     return alt.exchange(req, options);
   }
   return await resendIfStale(req, options, async (fresh) => {
-    const conn = await pool.acquire(fresh);
+    const conn = await pool.acquire(fresh, options.probe === true);
     return new Exchange(pool, conn, req, options);
   });
 }

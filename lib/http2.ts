@@ -28,6 +28,9 @@ import {
   type ExchangeOptions,
   type ExchangeRequest,
   resendIfStale,
+  SPARE_FAILURE_LIMIT,
+  type SpareOptions,
+  type TransportStats,
   UpstreamError,
   type UpstreamResponse,
 } from "./http1.ts";
@@ -51,6 +54,12 @@ export interface H2PoolOptions {
   caCerts?: string[] | undefined;
   /** Most streams per session before another one is opened (A's own limit applies too). */
   maxStreamsPerSession?: number;
+  /**
+   * Free stream slots kept ready: a new session is opened in the background before a request
+   * takes the last free slot. A session kept for this is sent HTTP/2 PINGs while it has no
+   * stream, instead of being closed as idle. `warm` is not used here.
+   */
+  spares?: SpareOptions | undefined;
 }
 
 /** One HTTP/2 connection to A and its open stream count. */
@@ -62,6 +71,8 @@ class Session {
   idleSince = Date.now();
   /** GOAWAY seen, errored or closed: takes no new streams. */
   draining = false;
+  /** Opened in the background and no stream started on it yet. */
+  unusedSpare = false;
 
   constructor(s: http2.ClientHttp2Session) {
     this.s = s;
@@ -89,13 +100,20 @@ export class H2Pool implements AltTransport {
   #closed = false;
   /** Sessions being opened, with the slots already promised on each. */
   readonly #opening = new Set<{ promise: Promise<Session>; reserved: number }>();
+  #coldStarts = 0;
+  /** Sessions being opened in the background, as spare capacity. */
+  #spareOpening = 0;
+  #sparesOpened = 0;
+  #spareFailures = 0;
+  /** Set by {@link closeIdle} (shutdown): no more background opens. */
+  #draining = false;
 
   constructor(endpoint: Endpoint, options: H2PoolOptions) {
     this.endpoint = endpoint;
     this.#opts = options;
   }
 
-  stats(): { idle: number; active: number; created: number; reused: number; sessions: number } {
+  stats(): TransportStats & { sessions: number } {
     let idle = 0;
     for (const s of this.#sessions) if (s.active === 0 && !s.draining) idle++;
     return {
@@ -103,8 +121,72 @@ export class H2Pool implements AltTransport {
       active: this.#streams,
       created: this.#created,
       reused: this.#reused,
+      coldStarts: this.#coldStarts,
+      spares: {
+        target: this.#spareTarget(),
+        ready: this.#freeSlots(false),
+        opening: this.#spareOpening,
+        opened: this.#sparesOpened,
+        failuresInARow: this.#spareFailures,
+      },
       sessions: this.#sessions.length,
     };
+  }
+
+  get #configured(): number {
+    return this.#opts.maxStreamsPerSession ?? DEFAULT_STREAMS_PER_SESSION;
+  }
+
+  #usable(s: Session): boolean {
+    return !s.draining && !s.s.closed && !s.s.destroyed && s.capacity(this.#configured) > 0;
+  }
+
+  /** Stream slots a request could take now, plus (with `opening`) those on sessions being opened. */
+  #freeSlots(opening: boolean, except?: Session): number {
+    let free = 0;
+    for (const s of this.#sessions) {
+      if (s !== except && this.#usable(s)) free += s.capacity(this.#configured);
+    }
+    if (opening) {
+      const limit = Math.min(this.#configured, this.#remoteMax ?? this.#configured);
+      for (const o of this.#opening) free += Math.max(0, limit - o.reserved);
+    }
+    return free;
+  }
+
+  /** Free stream slots to keep ready now: 0 when spares are off or must not be opened. */
+  #spareTarget(): number {
+    const sp = this.#opts.spares;
+    if (
+      sp === undefined || sp.count <= 0 || this.#closed || this.#draining ||
+      this.#spareFailures >= (sp.failureLimit ?? SPARE_FAILURE_LIMIT)
+    ) {
+      return 0;
+    }
+    return sp.live === undefined || sp.live() ? sp.count : 0;
+  }
+
+  /** Opens a session in the background when the free slots fall below the spare target. */
+  #fill(): void {
+    if (this.#freeSlots(true) >= this.#spareTarget()) return;
+    const entry = { promise: this.#open(), reserved: 0 };
+    this.#opening.add(entry);
+    this.#spareOpening++;
+    entry.promise.then((s) => {
+      this.#sparesOpened++;
+      // It waits unused like an idle session, and may be gone when the first stream opens on it:
+      // counting it as used lets that request be resent (see resendIfStale).
+      s.uses = Math.max(s.uses, 1);
+      s.unusedSpare = s.active === 0;
+      s.idleSince = Date.now();
+    }, () => {
+      // Counted, and tried again on the sweeper's next tick (or request), up to the limit.
+      this.#spareFailures++;
+    }).finally(() => {
+      this.#opening.delete(entry);
+      this.#spareOpening--;
+    });
+    this.#startSweeper();
   }
 
   /**
@@ -113,16 +195,20 @@ export class H2Pool implements AltTransport {
    * counted here, not when the stream starts, so a burst of requests spreads over as many sessions
    * as it needs instead of piling onto the first.
    */
-  async acquire(fresh: boolean): Promise<Session> {
-    const configured = this.#opts.maxStreamsPerSession ?? DEFAULT_STREAMS_PER_SESSION;
-    const usable = (s: Session) =>
-      !s.draining && !s.s.closed && !s.s.destroyed && s.capacity(configured) > 0;
+  async acquire(fresh: boolean, probe = false): Promise<Session> {
+    const configured = this.#configured;
+    const usable = (s: Session) => this.#usable(s);
+    let cold = false;
     while (!fresh) {
       for (const s of this.#sessions) {
         if (usable(s)) {
-          this.#begin(s);
+          this.#begin(s, probe);
           return s;
         }
+      }
+      if (!probe && !cold) {
+        cold = true;
+        this.#coldStarts++;
       }
       // A session being opened takes as many streams as A allowed on earlier sessions.
       const limit = Math.min(configured, this.#remoteMax ?? configured);
@@ -137,7 +223,7 @@ export class H2Pool implements AltTransport {
       joined.reserved++;
       const s = await joined.promise;
       if (usable(s)) {
-        this.#begin(s);
+        this.#begin(s, probe);
         return s;
       }
       // A allows fewer streams than were counted on: look again.
@@ -146,7 +232,9 @@ export class H2Pool implements AltTransport {
     this.#opening.add(entry);
     try {
       const s = await entry.promise;
-      this.#begin(s);
+      // A session opened for a request works: background opens may resume.
+      this.#spareFailures = 0;
+      this.#begin(s, probe);
       return s;
     } finally {
       this.#opening.delete(entry);
@@ -191,6 +279,12 @@ export class H2Pool implements AltTransport {
       s.on("close", () => {
         session.draining = true;
         this.#remove(session);
+        // A spare A closed before any use counts as a failed open: an upstream that accepts
+        // sessions only to close them must not be reconnected to in a loop.
+        if (session.unusedSpare) {
+          session.unusedSpare = false;
+          this.#spareFailures++;
+        }
         fail(new UpstreamError("connect", "session closed before it was ready"));
       });
       let connected = false;
@@ -224,11 +318,14 @@ export class H2Pool implements AltTransport {
     if (i >= 0) this.#sessions.splice(i, 1);
   }
 
-  #begin(session: Session): void {
+  #begin(session: Session, probe: boolean): void {
+    session.unusedSpare = false;
     session.active++;
     session.uses++;
     if (session.uses > 1) this.#reused++;
     this.#streams++;
+    // A probe's stream ends at once: it is no reason to open more capacity.
+    if (!probe) this.#fill();
   }
 
   /** Counts a stream ending on `session`. */
@@ -240,6 +337,7 @@ export class H2Pool implements AltTransport {
   }
 
   #drop(session: Session): void {
+    session.unusedSpare = false;
     session.draining = true;
     this.#remove(session);
     try {
@@ -251,7 +349,9 @@ export class H2Pool implements AltTransport {
     return exchange2(this, req, options);
   }
 
+  /** Closes sessions with no open stream and opens no more spares (shutdown). */
   closeIdle(): void {
+    this.#draining = true;
     for (const s of [...this.#sessions]) if (s.active === 0) this.#drop(s);
   }
 
@@ -267,11 +367,27 @@ export class H2Pool implements AltTransport {
     if (this.#sweeper !== undefined) return;
     const every = Math.max(50, Math.floor(this.#opts.idleTimeoutMs / 4));
     this.#sweeper = setInterval(() => {
-      const cutoff = Date.now() - this.#opts.idleTimeoutMs;
+      const now = Date.now();
+      const cutoff = now - this.#opts.idleTimeoutMs;
+      const pingBefore = now - this.#opts.idleTimeoutMs / 2;
+      const target = this.#spareTarget();
       for (const s of [...this.#sessions]) {
-        if (s.active === 0 && (s.idleSince <= cutoff || s.draining || s.s.closed)) this.#drop(s);
+        if (s.active !== 0) continue;
+        if (s.draining || s.s.closed) {
+          this.#drop(s);
+        } else if (target > 0 && s.idleSince <= pingBefore && this.#freeSlots(true, s) < target) {
+          // The spare capacity: a PING (no request to A) keeps it from looking idle to A.
+          s.idleSince = now;
+          try {
+            s.s.ping(() => {});
+          } catch { /* a closing session is dropped on the next tick */ }
+        } else if (s.idleSince <= cutoff) {
+          this.#drop(s);
+        }
       }
-      if (this.#sessions.length === 0) {
+      // Replaces a spare lost to GOAWAY or an error.
+      this.#fill();
+      if (this.#sessions.length === 0 && this.#opening.size === 0 && this.#spareTarget() === 0) {
         clearInterval(this.#sweeper);
         this.#sweeper = undefined;
       }
@@ -291,7 +407,7 @@ export async function exchange2(
   options: ExchangeOptions,
 ): Promise<UpstreamResponse> {
   return await resendIfStale(req, options, async (fresh) => {
-    const session = await pool.acquire(fresh);
+    const session = await pool.acquire(fresh, options.probe === true);
     return new StreamExchange(pool, session, req, options);
   });
 }

@@ -156,15 +156,21 @@ export interface CounterChild {
   inc(n?: number): void;
 }
 
-/** A monotonically increasing count, e.g. requests by route and status. */
+/**
+ * A monotonically increasing count, e.g. requests by route and status. Either incremented here,
+ * or, with a `collect` callback, read at render time from a count kept elsewhere (a connection
+ * pool's); then its answer replaces the series incremented here.
+ */
 export class Counter<L extends string = string> extends Metric {
   readonly type = "counter";
   readonly #children: ChildIndex<ValueCell & CounterChild>;
+  readonly #collect: (() => Collected<L>) | undefined;
 
   /** Use {@link Registry.counter}, which also registers the metric. */
-  constructor(name: string, help: string, labelNames: readonly L[]) {
+  constructor(name: string, help: string, labelNames: readonly L[], collect?: () => Collected<L>) {
     validateNames(name, labelNames, []);
     super(name, help, labelNames);
+    this.#collect = collect;
     this.#children = new ChildIndex(this.labelNames, (pairs) => ({
       pairs,
       value: 0,
@@ -190,10 +196,44 @@ export class Counter<L extends string = string> extends Metric {
   }
 
   override renderSamples(out: string[]): void {
+    if (this.#collect !== undefined) {
+      renderCollected(this.name, this.labelNames, this.#collect, out);
+      return;
+    }
     for (const child of this.#children.all) {
       out.push(`${this.name}${braces(child.pairs)} ${formatValue(child.value)}`);
     }
   }
+}
+
+/** Renders what a `collect` callback returns; a failing or malformed one renders no samples. */
+function renderCollected<L extends string>(
+  name: string,
+  labelNames: readonly string[],
+  collect: () => Collected<L>,
+  out: string[],
+): void {
+  const lines: string[] = [];
+  try {
+    const collected = collect();
+    if (typeof collected === "number") {
+      lines.push(`${name} ${formatValue(collected)}`);
+    } else {
+      const seen = new Set<string>();
+      for (const [labels, value] of collected) {
+        const values = labelNames.map((n) => String(labels[n as L] ?? ""));
+        const pairs = labelPairs(labelNames, values);
+        // A duplicate series makes the whole exposition invalid; keep the first.
+        if (seen.has(pairs)) continue;
+        seen.add(pairs);
+        lines.push(`${name}${braces(pairs)} ${formatValue(Number(value))}`);
+      }
+    }
+  } catch {
+    // A failing or malformed callback must not take the whole scrape down.
+    return;
+  }
+  for (const line of lines) out.push(line);
 }
 
 /** A handle to one gauge series; obtain it once with {@link Gauge.labels} on hot paths. */
@@ -273,27 +313,7 @@ export class Gauge<L extends string = string> extends Metric {
       }
       return;
     }
-    const lines: string[] = [];
-    try {
-      const collected = this.#collect();
-      if (typeof collected === "number") {
-        lines.push(`${this.name} ${formatValue(collected)}`);
-      } else {
-        const seen = new Set<string>();
-        for (const [labels, value] of collected) {
-          const values = this.labelNames.map((n) => String(labels[n as L] ?? ""));
-          const pairs = labelPairs(this.labelNames, values);
-          // A duplicate series makes the whole exposition invalid; keep the first.
-          if (seen.has(pairs)) continue;
-          seen.add(pairs);
-          lines.push(`${this.name}${braces(pairs)} ${formatValue(Number(value))}`);
-        }
-      }
-    } catch {
-      // A failing or malformed callback must not take the whole scrape down: render no samples.
-      return;
-    }
-    for (const line of lines) out.push(line);
+    renderCollected(this.name, this.labelNames, this.#collect, out);
   }
 }
 
@@ -407,13 +427,17 @@ export class Registry {
   readonly #metrics: Metric[] = [];
   readonly #claimed = new Set<string>();
 
-  /** Creates and registers a counter. Throws on an invalid or already registered name. */
+  /**
+   * Creates and registers a counter. With `collect`, its samples are read at render time from a
+   * count kept elsewhere. Throws on an invalid or already registered name.
+   */
   counter<L extends string = never>(
     name: string,
     help: string,
     labelNames: readonly L[] = [],
+    collect?: () => Collected<L>,
   ): Counter<L> {
-    return this.#add(new Counter(name, help, labelNames));
+    return this.#add(new Counter(name, help, labelNames, collect));
   }
 
   /**

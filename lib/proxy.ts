@@ -35,6 +35,12 @@ export interface PoolSetOptions {
   caCerts?: string[] | undefined;
   /** Use HTTP/2 with HTTPS upstreams that offer it (default true). */
   http2?: boolean | undefined;
+  /** Connections (HTTP/2: stream slots) kept ready per upstream; 0 or absent = off. */
+  spares?: number | undefined;
+  /** Whether an upstream may get connections opened in the background (not marked down). */
+  live?: ((upstream: Upstream) => boolean) | undefined;
+  /** Sends one keep-warm request to an upstream; absent when keep-warm is off. */
+  warm?: ((upstream: Upstream) => Promise<unknown>) | undefined;
 }
 
 /** The pools for every upstream, created on first use. */
@@ -50,17 +56,28 @@ export class PoolSet {
     const key = `${up.protocol}//${up.hostHeader}`;
     let pool = this.#pools.get(key);
     if (pool === undefined) {
+      const o = this.#opts;
+      // The pool is per origin; the upstream that created it speaks for its health.
+      const spares = (o.spares ?? 0) > 0
+        ? {
+          count: o.spares!,
+          ...(o.live ? { live: () => o.live!(up) } : {}),
+          ...(o.warm ? { warm: () => o.warm!(up) } : {}),
+        }
+        : undefined;
       pool = new Pool(up, {
         connectTimeoutMs: this.#opts.connectTimeoutMs,
         idleTimeoutMs: this.#opts.idleTimeoutMs,
         ...(this.#opts.connector ? { connector: this.#opts.connector } : {}),
         ...(this.#opts.caCerts ? { caCerts: this.#opts.caCerts } : {}),
+        ...(spares ? { spares } : {}),
         ...(this.#opts.http2 === false ? {} : {
           alternate: (endpoint) =>
             new H2Pool(endpoint, {
               connectTimeoutMs: this.#opts.connectTimeoutMs,
               idleTimeoutMs: this.#opts.idleTimeoutMs,
               caCerts: this.#opts.caCerts,
+              spares,
             }),
         }),
       });

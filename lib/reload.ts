@@ -41,6 +41,7 @@ const SETTING_NAMES: Partial<Record<keyof Config, string>> = {
   retryBodyMaxBytes: "RETRY_BODY_MAX_MB",
   poolIdleMs: "UPSTREAM_POOL_IDLE_SEC",
   keepWarmMs: "UPSTREAM_KEEPWARM_SEC",
+  spareConnections: "UPSTREAM_SPARE_CONNECTIONS",
   healthPath: "HEALTH_CHECK_PATH",
   healthIntervalMs: "HEALTH_CHECK_SEC",
   downBackoffMs: "UPSTREAM_DOWN_SEC",

@@ -33,6 +33,18 @@ export interface HealthView {
   state: "up" | "down" | "unknown";
 }
 
+/** One connection pool's counters as `http1.ts` / `http2.ts` report them (only these are read). */
+export interface PoolView {
+  /** Client requests that found no ready connection and waited for a new one. */
+  coldStarts: number;
+  spares: {
+    /** Idle connections (HTTP/1.1) or free stream slots (HTTP/2) ready for a request now. */
+    ready: number;
+    /** Connections opened in the background to keep spares ready. */
+    opened: number;
+  };
+}
+
 /** Relay state read at scrape / snapshot time. */
 export interface RelayState {
   inFlight: number;
@@ -54,6 +66,8 @@ export interface TelemetryOptions {
   state?: () => RelayState;
   /** Upstream health; without it every upstream is reported as `unknown`. */
   health?: () => readonly HealthView[];
+  /** Connection pools by origin (`https://host:port`), read at scrape time. */
+  pools?: () => Readonly<Record<string, PoolView>>;
   /** Milliseconds since the epoch (default `Date.now`). */
   now?: () => number;
   /** Relay version for `relay_build_info`. */
@@ -330,6 +344,7 @@ export class Telemetry {
     this.#upstreamUrls = [...new Set(options.upstreams)];
     this.health = options.health ??
       (() => this.#upstreamUrls.map((url) => ({ url, state: "unknown" as const })));
+    const pools = options.pools ?? (() => ({}));
     this.#recent = new Array(options.recent ?? 50);
     this.#version = options.version ?? "unknown";
     this.#startedAt = this.#now();
@@ -434,6 +449,31 @@ export class Telemetry {
       "relay_upstream_retries_total",
       "Requests resent once because a pooled connection to Server A turned out to be stale.",
     ).labels({});
+    const perPool = (pick: (p: PoolView) => number) => () =>
+      Object.entries<PoolView>(pools()).map(([origin, p]) =>
+        [{ upstream: origin }, pick(p)] as const
+      );
+    r.counter(
+      "relay_upstream_cold_starts_total",
+      "Client requests that found no ready connection to Server A (nor, over HTTP/2, a free " +
+        "stream slot) and waited for a new one, by upstream origin.",
+      ["upstream"],
+      perPool((p) => p.coldStarts),
+    );
+    r.gauge(
+      "relay_upstream_spare_connections",
+      "Idle connections to Server A ready for a request (HTTP/2: free stream slots on open " +
+        "sessions), by upstream origin. UPSTREAM_SPARE_CONNECTIONS keeps at least that many.",
+      ["upstream"],
+      perPool((p) => p.spares.ready),
+    );
+    r.counter(
+      "relay_upstream_spare_opens_total",
+      "Connections (HTTP/2: sessions) opened in the background to keep spares ready, by " +
+        "upstream origin.",
+      ["upstream"],
+      perPool((p) => p.spares.opened),
+    );
     r.gauge(
       "relay_build_info",
       "Always 1; labels name the relay and Deno versions.",

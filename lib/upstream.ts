@@ -6,7 +6,8 @@
  * passive health (transport failures mark an upstream down for a back-off period), active health
  * (a probe of `HEALTH_CHECK_PATH` brings a down upstream back), and keep-warm (a light request on
  * an interval so the first client request after a quiet spell finds a live connection to A, whose
- * own keep-alive is only ~5 s).
+ * own keep-alive is only ~5 s). The pools ask {@link UpstreamSet.live} before opening spare
+ * connections, and use {@link UpstreamSet.probe} as their keep-warm request.
  * Must never: send a client's request or credentials in a probe, hold a request waiting on a
  * known-dead upstream while a live one exists, or keep the process alive by its timers.
  */
@@ -29,7 +30,7 @@ export interface UpstreamHealth {
   /** Round-trip of the last probe or keep-warm request, ms. */
   lastProbeMs: number | undefined;
   lastProbeAt: string | undefined;
-  pool: { idle: number; active: number; created: number; reused: number };
+  pool: ReturnType<Pool["stats"]>;
 }
 
 interface State {
@@ -129,6 +130,11 @@ export class UpstreamSet {
     return [...live, ...down];
   }
 
+  /** False while `upstream` is marked down: no connections are opened for it in the background. */
+  live(upstream: Upstream): boolean {
+    return this.#states.get(upstream.url)?.state !== "down";
+  }
+
   /** A request got a response head from `upstream`. */
   success(upstream: Upstream): void {
     const s = this.#states.get(upstream.url);
@@ -209,7 +215,7 @@ export class UpstreamSet {
         target: upstream.prefix + this.#opts.healthPath,
         headers: [["user-agent", "proxy-forwarder-health"], ["accept", "application/json"]],
         body: null,
-      }, { watchdog: this.#probeWatchdog });
+      }, { watchdog: this.#probeWatchdog, probe: true });
       if (res.body !== null) {
         // Reading to the end returns the connection to the pool: that is the keep-warm. A health
         // path that streams forever is cut off instead.

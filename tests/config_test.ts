@@ -305,6 +305,22 @@ for (const [name, field] of SECONDS_VARS) {
   });
 }
 
+Deno.test("parseConfig reads UPSTREAM_SPARE_CONNECTIONS as a whole number from 0 to 16, default 1", () => {
+  assert.equal(parse().spareConnections, 1);
+  assert.equal(parse({ UPSTREAM_SPARE_CONNECTIONS: "0" }).spareConnections, 0);
+  assert.equal(parse({ UPSTREAM_SPARE_CONNECTIONS: "16" }).spareConnections, 16);
+});
+
+Deno.test("parseConfig rejects UPSTREAM_SPARE_CONNECTIONS naming it when it is out of range or not whole", () => {
+  for (const raw of ["17", "-1", "1.5", "abc", "1000", "0x2"]) {
+    rejects({ ...BASE, UPSTREAM_SPARE_CONNECTIONS: raw }, [
+      /UPSTREAM_SPARE_CONNECTIONS/,
+      new RegExp(`"${raw.replace(".", "\\.")}"`),
+      /from 0 to 16/,
+    ]);
+  }
+});
+
 Deno.test("parseConfig allows SHUTDOWN_GRACE_SEC to be 0 and converts it to milliseconds", () => {
   assert.equal(parse({ SHUTDOWN_GRACE_SEC: "0" }).shutdownGraceMs, 0);
   assert.equal(parse({ SHUTDOWN_GRACE_SEC: "2.5" }).shutdownGraceMs, 2_500);

@@ -9,7 +9,9 @@
  * Behaviour: `GET /v1/_ping` (and any GET) answers `{"status":"pong"}` at once. Any other request
  * is read whole, then after `thinkMs` (A holds everything, headers included, until the first
  * delta) gets a chunked `text/event-stream`: the head and the first event in one write, then
- * `events - 1` more every `eventGapMs`, then `[DONE]`.
+ * `events - 1` more every `eventGapMs`, then `[DONE]`. A request whose path contains `background`
+ * (route_sim's background load) gets an endless stream instead: an event every
+ * `backgroundGapMs`, at once and without thinking, until the client goes away.
  *
  * The certificate is self-signed, made by {@link makeCert} with openssl at run time.
  */
@@ -28,6 +30,8 @@ export interface FakeAOptions {
   events: number;
   eventGapMs: number;
   idleCloseMs: number;
+  /** Gap between events of a background stream (default 50 ms). */
+  backgroundGapMs?: number;
 }
 
 /** Counters, read by the benchmark. */
@@ -35,6 +39,8 @@ export interface FakeAStats {
   handshakes: number;
   requests: number;
   pings: number;
+  /** Background streams open now. */
+  background: number;
 }
 
 /** A running fake A. */
@@ -84,7 +90,8 @@ function sseEvent(i: number): string {
 
 /** Starts the fake on 127.0.0.1:`port` (0 = any free port). */
 export async function startFakeA(opts: FakeAOptions): Promise<FakeA> {
-  const stats: FakeAStats = { handshakes: 0, requests: 0, pings: 0 };
+  const stats: FakeAStats = { handshakes: 0, requests: 0, pings: 0, background: 0 };
+  const timers = new Set<ReturnType<typeof setInterval>>();
   const sockets = new Set<{ destroy(): void }>();
   const server = https.createServer({
     cert: Deno.readTextFileSync(opts.certFile),
@@ -100,6 +107,20 @@ export async function startFakeA(opts: FakeAOptions): Promise<FakeA> {
         stats.pings++;
         res.writeHead(200, { "content-type": "application/json" });
         res.end('{"status":"pong"}');
+        return;
+      }
+      if (req.url?.includes("background")) {
+        stats.background++;
+        res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+        let i = 0;
+        res.write(sseEvent(i++));
+        const t = setInterval(() => res.write(sseEvent(i++)), opts.backgroundGapMs ?? 50);
+        timers.add(t);
+        res.on("close", () => {
+          stats.background--;
+          clearInterval(t);
+          timers.delete(t);
+        });
         return;
       }
       if (opts.thinkMs > 0) await sleep(opts.thinkMs);
@@ -124,6 +145,7 @@ export async function startFakeA(opts: FakeAOptions): Promise<FakeA> {
     port: (server.address() as { port: number }).port,
     stats,
     close() {
+      for (const t of timers) clearInterval(t);
       server.close();
       for (const s of sockets) s.destroy();
     },
