@@ -11,7 +11,15 @@ import {
   isOutOfDescriptors,
   parseFdLimit,
 } from "../lib/conn_limit.ts";
-import { delay, enc, spawnCaptured, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import {
+  deadline,
+  delay,
+  enc,
+  spawnCaptured,
+  startRelay,
+  startUpstream,
+  waitFor,
+} from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -55,7 +63,7 @@ Deno.test("isOutOfDescriptors finds EMFILE anywhere in a cause chain, and nothin
   assert.ok(!isOutOfDescriptors(loop));
 });
 
-Deno.test("MAX_CONNECTIONS sheds requests beyond the cap with 503 and keeps serving those in flight", async () => {
+deadline.test("MAX_CONNECTIONS sheds requests beyond the cap with 503 and keeps serving those in flight", async () => {
   const closers: Array<() => void> = [];
   const up = startUpstream(() => {
     const body = new ReadableStream<Uint8Array>({

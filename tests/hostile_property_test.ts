@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { CidrList, clientIpFrom, formatIp, parseCidr, parseCidrList, parseIp } from "../lib/ip.ts";
 import {
+  deadline,
   rawRequest,
   readRequestHead,
   startRawUpstream,
@@ -28,7 +29,7 @@ function decodesToDotSegment(path: string): boolean {
   });
 }
 
-Deno.test("no generated request target reaches another listener or leaves the upstream prefix", async () => {
+deadline.test("no generated request target reaches another listener or leaves the upstream prefix", async () => {
   const evil = startRawUpstream(async () => {});
   const targets: string[] = [];
   const a = startRawUpstream(async (conn) => {
@@ -114,7 +115,7 @@ Deno.test("no generated request target reaches another listener or leaves the up
   }
 });
 
-Deno.test("no generated header name or value spoofs the client address, smuggles a request or crashes the relay", async () => {
+deadline.test("no generated header name or value spoofs the client address, smuggles a request or crashes the relay", async () => {
   const evil = startRawUpstream(async () => {});
   const a = startUpstream(() => new Response("ok"));
   const relay = startRelay({ UPSTREAM_SERVER_A: a.url });

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   closedPort,
+  deadline,
   delay,
   readRequestHead,
   startRawUpstream,
@@ -15,7 +16,7 @@ import {
   writeAll,
 } from "./helpers.ts";
 
-Deno.test("a dead first upstream is skipped after one failure: later requests go straight to the live one", async () => {
+deadline.test("a dead first upstream is skipped after one failure: later requests go straight to the live one", async () => {
   const live = startUpstream(() => new Response("live"));
   const deadPort = closedPort();
   const attempts: string[] = [];
@@ -54,7 +55,7 @@ Deno.test("a dead first upstream is skipped after one failure: later requests go
   }
 });
 
-Deno.test("a request never waits on a known-dead upstream's connect timeout when a live one exists", async () => {
+deadline.test("a request never waits on a known-dead upstream's connect timeout when a live one exists", async () => {
   const live = startUpstream(() => new Response("live"));
   let blackholeTries = 0;
   const relay = startRelay(
@@ -88,7 +89,7 @@ Deno.test("a request never waits on a known-dead upstream's connect timeout when
   }
 });
 
-Deno.test("an active probe brings a recovered upstream back to first place", async () => {
+deadline.test("an active probe brings a recovered upstream back to first place", async () => {
   const port = closedPort();
   const backup = startUpstream(() => new Response("backup"));
   const relay = startRelay(
@@ -151,7 +152,7 @@ function shortKeepAlive(idleMs: number) {
   return { up, paths };
 }
 
-Deno.test("keep-warm keeps a connection to A open across idle periods longer than A's keep-alive", async () => {
+deadline.test("keep-warm keeps a connection to A open across idle periods longer than A's keep-alive", async () => {
   for (const keepWarm of ["0.25", "0"]) {
     const { up, paths } = shortKeepAlive(1200);
     const relay = startRelay(

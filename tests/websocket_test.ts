@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import type { RequestRecord } from "../lib/app.ts";
-import { delay, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import { deadline, delay, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 interface Seen {
   headers: Headers;
@@ -226,7 +226,7 @@ for (
   });
 }
 
-Deno.test("bridge: a message over A's 32 MiB limit closes the session with 1009", async () => {
+deadline.test("bridge: a message over A's 32 MiB limit closes the session with 1009", async () => {
   // Only the bridge reads messages; in a tunnel A's own limit applies.
   const { up } = wsUpstream();
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER: "deno" });
@@ -242,7 +242,7 @@ Deno.test("bridge: a message over A's 32 MiB limit closes the session with 1009"
   }
 });
 
-Deno.test("an unreachable A makes the WebSocket handshake a JSON 502", async () => {
+deadline.test("an unreachable A makes the WebSocket handshake a JSON 502", async () => {
   const { closedPort } = await import("./helpers.ts");
   const relay = startRelay({ UPSTREAM_SERVER_A: `http://127.0.0.1:${closedPort()}` });
   try {
@@ -259,7 +259,7 @@ Deno.test("an unreachable A makes the WebSocket handshake a JSON 502", async () 
   }
 });
 
-Deno.test("tunnel: the client's handshake reaches A as sent and A's 101 comes back as sent", async () => {
+deadline.test("tunnel: the client's handshake reaches A as sent and A's 101 comes back as sent", async () => {
   const { up } = wsUpstream();
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER: "relay" });
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
