@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import type { RequestRecord } from "../lib/app.ts";
-import { deadline, startRelay, startUpstream } from "./helpers.ts";
+import { deadline, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 function echoUpstream() {
   return startUpstream((req) =>
@@ -178,7 +178,7 @@ deadline.test("secrets never appear in logs, error bodies or diagnostics", async
       }
     }
     bodies.push(JSON.stringify(relay.app.debugInfo()));
-    await new Promise((r) => setTimeout(r, 20));
+    await waitFor(() => relay.app.inFlight === 0, 3000, "every request finished and logged");
     const everything = relay.logs.join("\n") + bodies.join("\n");
     assert.ok(relay.logs.length > 0, "debug logging produced nothing");
     for (const secret of [API, ACCESS, ADMIN, CLIENT_KEY]) {

@@ -5,15 +5,7 @@
 
 import assert from "node:assert/strict";
 import { AuthFailures } from "../lib/guards.ts";
-import {
-  deadline,
-  delay,
-  enc,
-  sseResponse,
-  startRelay,
-  startUpstream,
-  waitFor,
-} from "./helpers.ts";
+import { deadline, enc, sseResponse, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 const ok = () => startUpstream(() => Response.json({ ok: true }));
 
@@ -202,8 +194,11 @@ deadline.test("an unusable KV store answers 503 and never forwards", async () =>
     assert.equal(r.status, 503);
     assert.equal(JSON.parse(r.text).error.type, "service_unavailable_error");
     assert.equal(up.seen.length, 0);
-    await delay(10);
-    assert.ok(relay.logs.some((l) => l.includes("rate-limit store unavailable")));
+    await waitFor(
+      () => relay.logs.some((l) => l.includes("rate-limit store unavailable")),
+      3000,
+      "the store-unavailable log line",
+    );
   } finally {
     await relay.close();
     await up.close();

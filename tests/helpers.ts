@@ -394,9 +394,13 @@ function callerLocation(): string {
 }
 
 /** Polls until `cond` holds or `ms` passes. */
-export async function waitFor(cond: () => boolean, ms = 3000, what = "condition"): Promise<void> {
+export async function waitFor(
+  cond: () => boolean | Promise<boolean>,
+  ms = 3000,
+  what = "condition",
+): Promise<void> {
   const end = Date.now() + ms;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await delay(10);
   }

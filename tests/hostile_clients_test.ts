@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { deadline, delay, enc, rawRequest, startRelay, startUpstream } from "./helpers.ts";
+import { deadline, delay, enc, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 const okUpstream = () => startUpstream(() => Response.json({ ok: true }));
 
@@ -206,11 +206,13 @@ deadline.test("MAX_CONNECTIONS caps open client sockets: one more gets 503 once 
   });
   const held: Deno.Conn[] = [];
   try {
+    const open = () =>
+      (relay.app.debugInfo().clientConnections as { open: number } | null)?.open ?? -1;
     // Three idle sockets (they never send a request) fill the cap.
     for (let i = 0; i < 3; i++) {
       held.push(await Deno.connect({ hostname: "127.0.0.1", port: relay.port }));
     }
-    await delay(50);
+    await waitFor(() => open() === 3, 5000, "the relay accepting the three idle sockets");
     const res = await rawRequest(
       relay.port,
       "GET /v1/models HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n",
@@ -225,9 +227,9 @@ deadline.test("MAX_CONNECTIONS caps open client sockets: one more gets 503 once 
     }));
     assert.deepEqual(statuses, Array(200).fill(503));
     assert.equal(up.seen.length, 0);
-    // One socket freed: the next client is served.
+    // One socket freed: once the relay has seen it close, the next client is served.
     held.pop()!.close();
-    await delay(50);
+    await waitFor(() => open() <= 2, 5000, "the relay seeing the freed socket close");
     await stillServes(relay.port);
   } finally {
     for (const c of held) c.close();

@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { dec, delay, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
+import { dec, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
 import { type TestCert, withCert } from "./tls_fixture.ts";
 import { exchange2, H2Pool } from "../lib/http2.ts";
 import { Watchdog } from "../lib/watchdog.ts";
@@ -298,7 +298,11 @@ withCert.test("HTTP/2 upstream: silence after the head ends the stream with an e
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "fine");
     const before = hop.accepted;
     hop.dropAll();
-    await new Promise((r) => setTimeout(r, 100));
+    await waitFor(
+      async () => (await poolStats(relay)).sessions === 0,
+      5000,
+      "the relay noticing the dropped session",
+    );
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "fine");
     assert.equal(hop.accepted, before + 1, "a new session replaces the dropped one");
 
@@ -405,8 +409,11 @@ withCert.test("HTTP/2 pool: a burst is spread over sessions by the per-session s
 
 withCert.test("HTTP/2 upstream: keep-warm pings go over the session and keep it for the next request", async ({ tls }) => {
   const paths: string[] = [];
+  const pingedAt: number[] = [];
   const server = h2Upstream(tls, (req) => {
-    paths.push(new URL(req.url).pathname);
+    const path = new URL(req.url).pathname;
+    paths.push(path);
+    if (path === "/v1/_ping") pingedAt.push(performance.now());
     return new Response("ok");
   });
   const hop = countingHop(server.addr.port);
@@ -419,7 +426,13 @@ withCert.test("HTTP/2 upstream: keep-warm pings go over the session and keep it 
   }, { caCerts: [tls.cert], background: true });
   try {
     await waitFor(() => paths.includes("/v1/_ping"), 3000, "the start-up probe");
-    await delay(2500);
+    // Pings for twice as long as an idle session would live.
+    const since = performance.now();
+    await waitFor(
+      () => pingedAt.some((t) => t - since > 2400),
+      10_000,
+      "a keep-warm ping 2.4 s later",
+    );
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
     const pings = paths.filter((p) => p === "/v1/_ping").length;
     assert.ok(pings >= 4, `pings: ${pings}`);

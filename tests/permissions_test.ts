@@ -15,7 +15,6 @@ import {
 import {
   closedPort,
   deadline,
-  delay,
   rawRequest,
   spawnCaptured,
   startRawUpstream,
@@ -207,8 +206,8 @@ deadline.test("started with -A, the relay logs one warning naming the narrow com
   const env = { HOST: "127.0.0.1", PORT: "0", UPSTREAM_SERVER_A: "http://127.0.0.1:9" };
   const relay = spawn(["run", "--unstable-no-legacy-abort", "-A", MAIN], env);
   try {
+    // Start-up warnings come before the "listening" line that gave the port.
     await relay.port();
-    await delay(50);
     const lines = relay.output().split("\n").filter((l) => l.includes("broad permissions"));
     assert.equal(lines.length, 1);
     const line = JSON.parse(lines[0]!);

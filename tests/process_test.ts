@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { deadline, dec, delay, sseResponse, startUpstream } from "./helpers.ts";
+import { deadline, dec, delay, sseResponse, startUpstream, waitFor } from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -137,7 +137,12 @@ deadline.test("a stream outlasting SHUTDOWN_GRACE_SEC is cut and the relay still
       const t0 = Date.now();
       r.child.kill("SIGTERM");
       if (secondSignal) {
-        await delay(200);
+        // The second signal while the first one's shutdown is under way.
+        await waitFor(
+          () => r.output().includes('"msg":"shutting down"'),
+          5000,
+          "the relay starting to shut down",
+        );
         r.child.kill("SIGINT");
       }
       const status = await r.child.status;

@@ -679,7 +679,9 @@ deadline.test("a client that disconnects while the handler waits aborts req.sign
 deadline.test("a client that leaves mid-upload fails the body read and aborts req.signal", async () => {
   let readError = "";
   let aborted = false;
+  let entered = false;
   const { server, port } = start(async (req) => {
+    entered = true;
     req.signal.addEventListener("abort", () => (aborted = true));
     try {
       await req.arrayBuffer();
@@ -691,7 +693,7 @@ deadline.test("a client that leaves mid-upload fails the body read and aborts re
   const c = await Raw.open(port);
   try {
     await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n" + "x".repeat(1000));
-    await delay(50);
+    await waitFor(() => entered, 3000, "the handler");
     c.close();
     await waitFor(() => readError !== "" && aborted, 1000, "body error and abort");
     assert.match(readError, /closed the connection/);

@@ -34,9 +34,11 @@ async function readRequest(conn: Deno.Conn): Promise<{ line: string; body: strin
 }
 
 deadline.test("an idle connection A closes after 1 s is noticed, and the next request just works", async () => {
+  let idleClosed = 0;
   const up = startRawUpstream(async (conn) => {
     while (true) {
       const req = await Promise.race([readRequest(conn), delay(1000).then(() => "idle" as const)]);
+      if (req === "idle") idleClosed++;
       if (req === null || req === "idle") return; // A's keep-alive timeout: close
       await writeAll(conn, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
     }
@@ -44,7 +46,7 @@ deadline.test("an idle connection A closes after 1 s is noticed, and the next re
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
-    await delay(1300);
+    await waitFor(() => idleClosed === 1, 5000, "A closing the idle connection");
     const res = await fetch(`${relay.url}/v1/chat/completions`, {
       method: "POST",
       body: '{"a":1}',
