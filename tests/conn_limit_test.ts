@@ -104,7 +104,7 @@ deadline.test("MAX_CONNECTIONS sheds requests beyond the cap with 503 and keeps 
 });
 
 for (const HTTP_SERVER of ["relay", "deno"] as const) {
-  Deno.test(`${HTTP_SERVER} server: out of descriptors, the relay stays alive, finishes its streams and accepts again`, async () => {
+  deadline.test(`${HTTP_SERVER} server: out of descriptors, the relay stays alive, finishes its streams and accepts again`, async () => {
     const CHUNKS = 30;
     // The stream sends half its chunks, then holds until descriptors have run out: it is surely
     // in flight when accept fails, however slow the machine.

@@ -172,7 +172,7 @@ deadline.test("own server: a client that keeps reading is not cut by CLIENT_SEND
 });
 
 for (const HTTP_SERVER of ["relay", "deno"]) {
-  Deno.test(`${HTTP_SERVER} server: an SSE stream quieter than CLIENT_SEND_TIMEOUT_SEC between events is not cut`, async () => {
+  deadline.test(`${HTTP_SERVER} server: an SSE stream quieter than CLIENT_SEND_TIMEOUT_SEC between events is not cut`, async () => {
     const up = startUpstream(() => sseResponse({ gapMs: 1200, count: 3 }));
     const relay = startRelay({
       UPSTREAM_SERVER_A: up.url,

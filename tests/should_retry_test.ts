@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { errorResponse, FINAL_STATUSES, RelayError } from "../lib/errors.ts";
-import { rawRequest, startRelay, startUpstream } from "./helpers.ts";
+import { deadline, rawRequest, startRelay, startUpstream } from "./helpers.ts";
 
 Deno.test("errorResponse says x-should-retry: false for 401, 403, 404, 413 and 431 only", () => {
   assert.deepEqual([...FINAL_STATUSES].sort(), [401, 403, 404, 413, 431]);
@@ -30,7 +30,7 @@ const request = (path: string, extra = "") =>
   `POST ${path} HTTP/1.1\r\nhost: b\r\nconnection: close\r\ncontent-type: application/json\r\n` +
   `${extra}content-length: 2\r\n\r\n{}`;
 
-Deno.test("the relay's own 401, 403, 404, 413 and 431 on the wire carry x-should-retry: false", async () => {
+deadline.test("the relay's own 401, 403, 404, 413 and 431 on the wire carry x-should-retry: false", async () => {
   const up = startUpstream(() => Response.json({ ok: true }));
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -65,7 +65,7 @@ Deno.test("the relay's own 401, 403, 404, 413 and 431 on the wire carry x-should
   }
 });
 
-Deno.test("A's own 401 and 404 pass through without an x-should-retry the relay made up", async () => {
+deadline.test("A's own 401 and 404 pass through without an x-should-retry the relay made up", async () => {
   const up = startUpstream((req) =>
     new URL(req.url).pathname === "/v1/messages"
       ? Response.json({ error: { type: "authentication_error" } }, { status: 401 })
