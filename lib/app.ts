@@ -22,7 +22,7 @@ import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "./hea
 import type { Connector } from "./http1.ts";
 import { Logger } from "./log.ts";
 import { forward, PoolSet, relayErrorFor } from "./proxy.ts";
-import { checkTarget, isApiPath, matchUidPath, splitRequestUrl } from "./target.ts";
+import { checkTarget, isApiPath, matchUidPath, type RawTarget, splitRequestUrl } from "./target.ts";
 import { Telemetry } from "./telemetry.ts";
 import { dashboardAsset } from "./dashboard.ts";
 import { PROM_CONTENT_TYPE } from "./metrics.ts";
@@ -440,12 +440,12 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     });
     // Measured on the list already built: iterating `req.headers` again costs a sorted copy.
     guards.checkHeaders(headers);
-    let target = apiPath + ctx.query;
+    let target: RawTarget = { path: apiPath, query: ctx.query };
     if (route?.apiKey !== undefined && route.accessKey !== undefined) {
       const keys = { accessKey: route.accessKey, apiKey: route.apiKey };
       const swapped = guards.checkKey(ctx.clientIp, () => swapKey(headers, ctx.query, keys));
       headers = swapped.headers;
-      target = apiPath + swapped.query;
+      target = { path: apiPath, query: swapped.query };
     }
     if (log.enabled("debug")) {
       log.debug("forward", {

@@ -24,6 +24,7 @@ import {
   type UpstreamResponse,
 } from "./http1.ts";
 import { H2Pool } from "./http2.ts";
+import { type RawTarget, upstreamTarget } from "./target.ts";
 import type { UpstreamSet } from "./upstream.ts";
 import type { Watchdog } from "./watchdog.ts";
 
@@ -118,8 +119,8 @@ export interface ForwardContext {
   body?: ReadableStream<Uint8Array> | BodyReader | null;
   /** The request's announced `Content-Length` (null: none, e.g. chunked). */
   length: number | null;
-  /** Path and query to append to the upstream's prefix (already validated). */
-  target: string;
+  /** Path and query to put behind the upstream's prefix (already validated). */
+  target: RawTarget;
   headers: HeaderList;
   pools: PoolSet;
   watchdog: Watchdog;
@@ -198,7 +199,7 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
     try {
       res = await exchange(ctx.pools.get(upstream), {
         method: req.method,
-        target: upstream.prefix + ctx.target,
+        target: upstreamTarget(upstream.prefix, ctx.target),
         headers: ctx.headers,
         body,
       }, { watchdog: ctx.watchdog, signal: req.signal });

@@ -86,7 +86,11 @@ export function matchUidPath(path: string): { id: string; rest: string } | null 
   return { id: m[1]!, rest: m[2] ?? "/" };
 }
 
-/** The request target sent to A: configured prefix + validated client path + raw query. */
-export function upstreamTarget(prefix: string, path: string, query: string): string {
-  return prefix + path + query;
+/**
+ * The request target sent to A: the upstream's configured prefix, then the client's path and
+ * query exactly as {@link checkTarget} accepted them. The only place the relay builds it (HTTP,
+ * HTTP/2 and WebSocket alike), so what the property tests check is what goes on the wire.
+ */
+export function upstreamTarget(prefix: string, target: RawTarget): string {
+  return prefix + target.path + target.query;
 }

@@ -33,6 +33,7 @@ import {
 } from "./http1.ts";
 import type { Logger } from "./log.ts";
 import type { PoolSet } from "./proxy.ts";
+import { type RawTarget, upstreamTarget } from "./target.ts";
 import type { UpstreamSet } from "./upstream.ts";
 import {
   closePayload,
@@ -80,7 +81,7 @@ export interface WebSocketContext {
   upgrade?: Upgrader | undefined;
   upstreams: readonly Upstream[];
   /** Path and query, validated, without the upstream prefix. */
-  target: string;
+  target: RawTarget;
   /** Request headers after the relay's header rules (hop-by-hop already removed). */
   headers: HeaderList;
   pools: PoolSet;
@@ -141,7 +142,8 @@ async function handshake(
 ): Promise<Response> {
   const tunnel = ctx.upgrade;
   const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
-  let head = `GET ${upstream.prefix}${ctx.target} HTTP/1.1\r\nhost: ${upstream.hostHeader}\r\n`;
+  const target = upstreamTarget(upstream.prefix, ctx.target);
+  let head = `GET ${target} HTTP/1.1\r\nhost: ${upstream.hostHeader}\r\n`;
   for (const [name, value] of ctx.headers) {
     if (tunnel || !HANDSHAKE_OWN.has(name)) head += `${name}: ${value}\r\n`;
   }

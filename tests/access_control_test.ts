@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import type { RequestRecord } from "../lib/app.ts";
-import { startRelay, startUpstream } from "./helpers.ts";
+import { deadline, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 function echoUpstream() {
   return startUpstream((req) =>
@@ -23,7 +23,7 @@ async function get(url: string, headers: Record<string, string> = {}) {
   return { status: res.status, headers: res.headers, text, json: () => JSON.parse(text) };
 }
 
-Deno.test("ALLOW_IPS refuses other clients with 403 permission_error and A never sees them", async () => {
+deadline.test("ALLOW_IPS refuses other clients with 403 permission_error and A never sees them", async () => {
   const up = echoUpstream();
   const denied = startRelay({ UPSTREAM_SERVER_A: up.url, ALLOW_IPS: "10.0.0.0/8, fd00::/8" });
   const allowed = startRelay({ UPSTREAM_SERVER_A: up.url, ALLOW_IPS: "10.0.0.0/8,127.0.0.1" });
@@ -44,7 +44,7 @@ Deno.test("ALLOW_IPS refuses other clients with 403 permission_error and A never
   }
 });
 
-Deno.test("forwarding headers from an untrusted peer are ignored for allow-list, rate limit, records and A", async () => {
+deadline.test("forwarding headers from an untrusted peer are ignored for allow-list, rate limit, records and A", async () => {
   const up = echoUpstream();
   const records: RequestRecord[] = [];
   const relay = startRelay({
@@ -83,7 +83,7 @@ Deno.test("forwarding headers from an untrusted peer are ignored for allow-list,
   }
 });
 
-Deno.test("a trusted proxy's X-Forwarded-For decides allow-list, rate-limit key, records and what A sees", async () => {
+deadline.test("a trusted proxy's X-Forwarded-For decides allow-list, rate-limit key, records and what A sees", async () => {
   const up = echoUpstream();
   const records: RequestRecord[] = [];
   const relay = startRelay({
@@ -118,7 +118,7 @@ Deno.test("a trusted proxy's X-Forwarded-For decides allow-list, rate-limit key,
   }
 });
 
-Deno.test("/debug/info needs the admin token when set, else a loopback or allowed client after proxy resolution", async () => {
+deadline.test("/debug/info needs the admin token when set, else a loopback or allowed client after proxy resolution", async () => {
   const up = echoUpstream();
   const token = "admin-token-0123456789";
   const withToken = startRelay({ UPSTREAM_SERVER_A: up.url, ADMIN_TOKEN: token });
@@ -145,7 +145,7 @@ Deno.test("/debug/info needs the admin token when set, else a loopback or allowe
   }
 });
 
-Deno.test("secrets never appear in logs, error bodies or diagnostics", async () => {
+deadline.test("secrets never appear in logs, error bodies or diagnostics", async () => {
   const up = echoUpstream();
   const API = "sk-server-a-secret-key-0001";
   const ACCESS = "client-access-secret-0002";
@@ -178,7 +178,7 @@ Deno.test("secrets never appear in logs, error bodies or diagnostics", async () 
       }
     }
     bodies.push(JSON.stringify(relay.app.debugInfo()));
-    await new Promise((r) => setTimeout(r, 20));
+    await waitFor(() => relay.app.inFlight === 0, 3000, "every request finished and logged");
     const everything = relay.logs.join("\n") + bodies.join("\n");
     assert.ok(relay.logs.length > 0, "debug logging produced nothing");
     for (const secret of [API, ACCESS, ADMIN, CLIENT_KEY]) {

@@ -5,8 +5,10 @@
 
 import assert from "node:assert/strict";
 import { LimitedBody } from "../lib/body_limit.ts";
+import { parseConfig } from "../lib/config.ts";
 import { RelayError } from "../lib/errors.ts";
 import {
+  deadline,
   dec,
   delay,
   enc,
@@ -56,7 +58,7 @@ function chunkedBody(chunks: number, size: number, gapMs = 5): ReadableStream<Ui
   });
 }
 
-Deno.test("a Content-Length over MAX_BODY_MB gets 413 invalid_request_error before A is contacted", async () => {
+deadline.test("a Content-Length over MAX_BODY_MB gets 413 invalid_request_error before A is contacted", async () => {
   const up = startUpstream(() => new Response("ok"));
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, MAX_BODY_MB: "0.001" }); // 1049 bytes
   try {
@@ -82,31 +84,83 @@ Deno.test("a Content-Length over MAX_BODY_MB gets 413 invalid_request_error befo
   }
 });
 
-Deno.test("a chunked body crossing MAX_BODY_MB mid-stream gets 413 and its upstream call is aborted", async () => {
+deadline.test("a body of exactly MAX_BODY_MB passes and one byte more gets 413, sized or chunked", async (signal) => {
+  const got: number[] = [];
+  const up = startUpstream(async (req) => {
+    got.push((await req.arrayBuffer()).byteLength);
+    return new Response("ok");
+  });
+  const env = { UPSTREAM_SERVER_A: up.url, MAX_BODY_MB: "0.004" };
+  const limit = parseConfig(env).maxBodyBytes;
+  const relay = startRelay(env);
+  const send = async (size: number, chunked: boolean) => {
+    const bytes = new Uint8Array(size).fill(97);
+    const res = await fetch(`${relay.url}/v1/messages`, {
+      method: "POST",
+      // Two chunks with no length: the limit is checked as the bytes pass, not from a header.
+      body: chunked ? ReadableStream.from([bytes.subarray(0, 1000), bytes.subarray(1000)]) : bytes,
+      // @ts-ignore: Deno's fetch takes duplex for streamed bodies
+      duplex: "half",
+      signal,
+    });
+    await res.body?.cancel();
+    return res.status;
+  };
+  try {
+    assert.equal(limit, 4194);
+    assert.equal(await send(limit, false), 200, "content-length at the limit");
+    assert.equal(await send(limit, true), 200, "chunked, at the limit");
+    assert.deepEqual(got, [limit, limit]);
+    assert.equal(await send(limit + 1, false), 413, "content-length one byte over");
+    assert.equal(await send(limit + 1, true), 413, "chunked, one byte over");
+    assert.deepEqual(got, [limit, limit], "nothing over the limit reached A in full");
+  } finally {
+    await relay.close();
+    await up.close();
+  }
+});
+
+deadline.test("a chunked body crossing MAX_BODY_MB mid-stream gets 413 and its upstream call is aborted", async (signal) => {
   const { up, seen } = recordingUpstream();
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, MAX_BODY_MB: "0.004" }); // 4194 bytes
+  // Nine 512-byte chunks cross the limit; then the client holds its body open and sends nothing
+  // more until the test has looked. The relay's 413 is then always readable: a client still
+  // sending when the relay closes can get a reset instead, which would say nothing about the limit.
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  let chunks = 0;
+  const body = new ReadableStream<Uint8Array>({
+    async pull(c) {
+      if (chunks++ === 9) {
+        await held;
+        return c.close();
+      }
+      await delay(5);
+      c.enqueue(new Uint8Array(512).fill(97));
+    },
+  });
   try {
     const res = await fetch(`${relay.url}/v1/messages`, {
       method: "POST",
-      body: chunkedBody(40, 512),
+      body,
       // @ts-ignore: Deno's fetch takes duplex for streamed bodies
       duplex: "half",
-    }).catch((err) => err as Error);
-    if (res instanceof Response) {
-      assert.equal(res.status, 413);
-      assert.equal((await res.json()).error.code, "body_too_large");
-    } // else: the relay closed the connection while fetch was still sending; also a refusal
+      signal,
+    });
+    assert.equal(res.status, 413);
+    assert.equal((await res.json()).error.code, "body_too_large");
     await waitFor(() => seen.length === 1, 3000, "upstream saw the end");
     assert.equal(seen[0]!.ended, "eof", "the upstream call was not aborted");
-    assert.ok(seen[0]!.bytes < 40 * 512, `A received ${seen[0]!.bytes} bytes`);
+    assert.ok(seen[0]!.bytes < 9 * 512, `A received ${seen[0]!.bytes} bytes`);
     await waitFor(() => relay.app.inFlight === 0, 2000, "request end");
   } finally {
+    release();
     await relay.close();
     up.close();
   }
 });
 
-Deno.test("a chunked body within MAX_BODY_MB reaches A byte-exact", async () => {
+deadline.test("a chunked body within MAX_BODY_MB reaches A byte-exact", async () => {
   let got = new Uint8Array(0);
   const up = startUpstream(async (req) => {
     got = new Uint8Array(await req.arrayBuffer());
@@ -130,7 +184,7 @@ Deno.test("a chunked body within MAX_BODY_MB reaches A byte-exact", async () => 
   }
 });
 
-Deno.test("a body that stops arriving for CLIENT_BODY_TIMEOUT_SEC gets 408 and its upstream call is aborted", async () => {
+deadline.test("a body that stops arriving for CLIENT_BODY_TIMEOUT_SEC gets 408 and its upstream call is aborted", async () => {
   // 1,000 bytes announced: small, so taken whole (A sees nothing); 1,000,000: streamed to A as it
   // arrives, so A sees the first 100 bytes and then the end of the aborted call.
   for (const length of [1000, 1_000_000]) {
@@ -172,7 +226,7 @@ Deno.test("a body that stops arriving for CLIENT_BODY_TIMEOUT_SEC gets 408 and i
   }
 });
 
-Deno.test("LimitedBody does not count upstream back-pressure as client silence", async () => {
+deadline.test("LimitedBody does not count upstream back-pressure as client silence", async () => {
   const source = new ReadableStream<Uint8Array>({
     start(c) {
       for (let i = 0; i < 3; i++) c.enqueue(enc.encode("abc"));
@@ -193,7 +247,7 @@ Deno.test("LimitedBody does not count upstream back-pressure as client silence",
   assert.equal(body.bytes, 9);
 });
 
-Deno.test("LimitedBody errors with the 408 and cancels the source when the client goes silent", async () => {
+deadline.test("LimitedBody errors with the 408 and cancels the source when the client goes silent", async () => {
   let cancelled: unknown = null;
   const source = new ReadableStream<Uint8Array>({
     start(c) {

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { AuthFailures } from "../lib/guards.ts";
-import { delay, enc, sseResponse, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import { deadline, enc, sseResponse, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 const ok = () => startUpstream(() => Response.json({ ok: true }));
 
@@ -15,7 +15,7 @@ async function call(url: string, headers: Record<string, string> = {}) {
   return { status: res.status, headers: res.headers, text };
 }
 
-Deno.test("RATE_LIMIT answers 429 rate_limit_error with Retry-After and X-RateLimit-* and never reaches A", async () => {
+deadline.test("RATE_LIMIT answers 429 rate_limit_error with Retry-After and X-RateLimit-* and never reaches A", async () => {
   const up = ok();
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, RATE_LIMIT: "2/minute" });
   try {
@@ -40,7 +40,7 @@ Deno.test("RATE_LIMIT answers 429 rate_limit_error with Retry-After and X-RateLi
   }
 });
 
-Deno.test("UID route requests are limited per access key, other requests per client IP", async () => {
+deadline.test("UID route requests are limited per access key, other requests per client IP", async () => {
   const up = ok();
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -65,7 +65,7 @@ Deno.test("UID route requests are limited per access key, other requests per cli
   }
 });
 
-Deno.test("repeated wrong access keys lock the address out, even with the right key", async () => {
+deadline.test("repeated wrong access keys lock the address out, even with the right key", async () => {
   const up = ok();
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -99,7 +99,7 @@ Deno.test("AuthFailures forgets an address after its window and stays bounded", 
   assert.ok(f.size <= 3);
 });
 
-Deno.test("MAX_CONCURRENT_PER_CLIENT caps in-flight requests per client until a stream ends", async () => {
+deadline.test("MAX_CONCURRENT_PER_CLIENT caps in-flight requests per client until a stream ends", async () => {
   const releases: Array<() => void> = [];
   const up = startUpstream(() => {
     const body = new ReadableStream<Uint8Array>({
@@ -134,7 +134,7 @@ Deno.test("MAX_CONCURRENT_PER_CLIENT caps in-flight requests per client until a 
   }
 });
 
-Deno.test("a client that goes away mid-stream gives its concurrency slot back", async () => {
+deadline.test("a client that goes away mid-stream gives its concurrency slot back", async () => {
   const up = startUpstream(() => {
     return sseResponse({ gapMs: 20 });
   });
@@ -155,7 +155,7 @@ Deno.test("a client that goes away mid-stream gives its concurrency slot back", 
   }
 });
 
-Deno.test("RATE_LIMIT_STORE=kv shares one limit across two relay instances", async () => {
+deadline.test("RATE_LIMIT_STORE=kv shares one limit across two relay instances", async () => {
   const up = ok();
   const dir = await Deno.makeTempDir();
   const env = {
@@ -181,7 +181,7 @@ Deno.test("RATE_LIMIT_STORE=kv shares one limit across two relay instances", asy
   }
 });
 
-Deno.test("an unusable KV store answers 503 and never forwards", async () => {
+deadline.test("an unusable KV store answers 503 and never forwards", async () => {
   const up = ok();
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -194,8 +194,11 @@ Deno.test("an unusable KV store answers 503 and never forwards", async () => {
     assert.equal(r.status, 503);
     assert.equal(JSON.parse(r.text).error.type, "service_unavailable_error");
     assert.equal(up.seen.length, 0);
-    await delay(10);
-    assert.ok(relay.logs.some((l) => l.includes("rate-limit store unavailable")));
+    await waitFor(
+      () => relay.logs.some((l) => l.includes("rate-limit store unavailable")),
+      3000,
+      "the store-unavailable log line",
+    );
   } finally {
     await relay.close();
     await up.close();

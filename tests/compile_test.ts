@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { parseConfig } from "../lib/config.ts";
 import { relayDenoArgs } from "../lib/permissions.ts";
+import { deadline } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const tasks = (JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`)) as {
@@ -72,7 +73,7 @@ Deno.test("compile bakes in the same kinds of permission as deno task start, Doc
   assert.deepEqual(grantFlags(unit.split(/\s+/)), compiled);
 });
 
-Deno.test("compile runs up to the runtime download: graph, npm embedding and output work", async () => {
+deadline.test("compile runs up to the runtime download: graph, npm embedding and output work", async () => {
   const dir = await Deno.makeTempDir({ prefix: "pf-compile-" });
   try {
     const args = [...commands[0]!.slice(1)];

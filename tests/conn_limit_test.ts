@@ -11,7 +11,15 @@ import {
   isOutOfDescriptors,
   parseFdLimit,
 } from "../lib/conn_limit.ts";
-import { delay, enc, spawnCaptured, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import {
+  deadline,
+  delay,
+  enc,
+  spawnCaptured,
+  startRelay,
+  startUpstream,
+  waitFor,
+} from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -55,7 +63,7 @@ Deno.test("isOutOfDescriptors finds EMFILE anywhere in a cause chain, and nothin
   assert.ok(!isOutOfDescriptors(loop));
 });
 
-Deno.test("MAX_CONNECTIONS sheds requests beyond the cap with 503 and keeps serving those in flight", async () => {
+deadline.test("MAX_CONNECTIONS sheds requests beyond the cap with 503 and keeps serving those in flight", async () => {
   const closers: Array<() => void> = [];
   const up = startUpstream(() => {
     const body = new ReadableStream<Uint8Array>({
@@ -96,7 +104,7 @@ Deno.test("MAX_CONNECTIONS sheds requests beyond the cap with 503 and keeps serv
 });
 
 for (const HTTP_SERVER of ["relay", "deno"] as const) {
-  Deno.test(`${HTTP_SERVER} server: out of descriptors, the relay stays alive, finishes its streams and accepts again`, async () => {
+  deadline.test(`${HTTP_SERVER} server: out of descriptors, the relay stays alive, finishes its streams and accepts again`, async () => {
     const CHUNKS = 30;
     // The stream sends half its chunks, then holds until descriptors have run out: it is surely
     // in flight when accept fails, however slow the machine.

@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { PerIpCap } from "../lib/conn_limit.ts";
-import { delay, enc, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import { deadline, delay, enc, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 Deno.test("PerIpCap counts each address apart, refuses over the cap and forgets addresses that hold nothing", () => {
   const cap = new PerIpCap(2);
@@ -34,7 +34,7 @@ function secondAddress(): Deno.HttpClient {
   return Deno.createHttpClient({ localAddress: "127.0.0.2" });
 }
 
-Deno.test("own server: MAX_CONNECTIONS_PER_IP refuses one more socket from an address with 429, serves other addresses, and a closed socket frees its slot", async () => {
+deadline.test("own server: MAX_CONNECTIONS_PER_IP refuses one more socket from an address with 429, serves other addresses, and a closed socket frees its slot", async () => {
   const up = startUpstream(() => Response.json({ ok: true }));
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -96,7 +96,7 @@ Deno.test("own server: MAX_CONNECTIONS_PER_IP refuses one more socket from an ad
   }
 });
 
-Deno.test("Deno.serve: MAX_CONNECTIONS_PER_IP caps requests in flight per address, a stream until it ends", async () => {
+deadline.test("Deno.serve: MAX_CONNECTIONS_PER_IP caps requests in flight per address, a stream until it ends", async () => {
   let finish: (() => void) | null = null;
   const up = startUpstream((req) => {
     if (!req.url.includes("stream")) return Response.json({ ok: true });

@@ -5,7 +5,14 @@
 
 import assert from "node:assert/strict";
 import { deployEnv, IGNORED_ON_DEPLOY } from "../deploy.ts";
-import { closedPort, delay, spawnCaptured, sseResponse, startUpstream } from "./helpers.ts";
+import {
+  closedPort,
+  deadline,
+  delay,
+  spawnCaptured,
+  sseResponse,
+  startUpstream,
+} from "./helpers.ts";
 
 function withEnv(vars: Record<string, string>): () => void {
   const saved = new Map<string, string | undefined>();
@@ -46,7 +53,7 @@ Deno.test("deployEnv drops HOST, PORT, TLS and LOG_FILE and keeps rate-limit buc
   assert.ok(IGNORED_ON_DEPLOY.includes("PORT"));
 });
 
-Deno.test("deploy.ts default export relays requests, streams included, with env set before import", async () => {
+deadline.test("deploy.ts default export relays requests, streams included, with env set before import", async () => {
   const up = startUpstream((req) => {
     const path = new URL(req.url).pathname;
     if (path === "/v1/messages") {
@@ -87,7 +94,7 @@ Deno.test("deploy.ts default export relays requests, streams included, with env 
   }
 });
 
-Deno.test("deploy.ts keeps RATE_LIMIT buckets in Deno KV by default", async () => {
+deadline.test("deploy.ts keeps RATE_LIMIT buckets in Deno KV by default", async () => {
   const up = startUpstream(() => Response.json({}));
   const restore = withEnv({
     UPSTREAM_SERVER_A: up.url,
@@ -117,7 +124,7 @@ Deno.test("deploy.ts keeps RATE_LIMIT buckets in Deno KV by default", async () =
   }
 });
 
-Deno.test("deploy.ts answers 503 without details when the environment is not configured", async () => {
+deadline.test("deploy.ts answers 503 without details when the environment is not configured", async () => {
   const restore = withEnv({ UPSTREAM_SERVER_A: "not a url", ACCESS_LOG: "0" });
   const mod = await import("../deploy.ts");
   try {
@@ -133,7 +140,7 @@ Deno.test("deploy.ts answers 503 without details when the environment is not con
   }
 });
 
-Deno.test("deploy.ts runs under `deno serve` with no write or read permission and never loads main.ts", async () => {
+deadline.test("deploy.ts runs under `deno serve` with no write or read permission and never loads main.ts", async () => {
   const up = startUpstream(() => Response.json({ ok: "upstream" }));
   const entry = new URL("../deploy.ts", import.meta.url).pathname;
   const port = closedPort();

@@ -7,7 +7,14 @@
  */
 
 import assert from "node:assert/strict";
-import { closedPort, spawnCaptured, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import {
+  closedPort,
+  deadline,
+  spawnCaptured,
+  startRelay,
+  startUpstream,
+  waitFor,
+} from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const dockerfile = Deno.readTextFileSync(`${ROOT}Dockerfile`);
@@ -89,7 +96,7 @@ Deno.test("Dockerfile: EXPOSE 8000 matches PORT, and a deno health check (no cur
   assert.ok(!cmd.some((a) => FORBIDDEN.test(a)));
 });
 
-Deno.test("Dockerfile: the health check command exits 0 on a live relay and 1 when it is down", async () => {
+deadline.test("Dockerfile: the health check command exits 0 on a live relay and 1 when it is down", async () => {
   const up = startUpstream(() => Response.json({}));
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   const hc = last("HEALTHCHECK")!.args;
@@ -114,7 +121,7 @@ Deno.test("Dockerfile: the health check command exits 0 on a live relay and 1 wh
   }
 });
 
-Deno.test("Dockerfile: the npm packages it keeps cover everything the relay imports", async () => {
+deadline.test("Dockerfile: the npm packages it keeps cover everything the relay imports", async () => {
   const run = all("RUN").map((r) => r.args).join("\n");
   const keep = JSON.parse(/const keep = (\[[^\]]*\])/.exec(run)![1]!) as string[];
   const imports = (JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`)) as {
@@ -137,7 +144,7 @@ Deno.test("Dockerfile: the npm packages it keeps cover everything the relay impo
   assert.deepEqual(missing, [], "the relay imports an npm package the Dockerfile drops");
 });
 
-Deno.test("Dockerfile: its build steps and CMD work in a copy laid out like /app", async () => {
+deadline.test("Dockerfile: its build steps and CMD work in a copy laid out like /app", async () => {
   const app = await Deno.makeTempDir({ prefix: "pf-docker-app-" });
   const up = startUpstream((req) => Response.json({ path: new URL(req.url).pathname }));
   try {

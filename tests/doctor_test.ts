@@ -5,8 +5,8 @@
 
 import assert from "node:assert/strict";
 import { type DoctorReport, formatReport, parseDoctorArgs, runDoctor } from "../lib/doctor.ts";
-import { closedPort, startRawUpstream, startRelay, startUpstream } from "./helpers.ts";
-import { testCert } from "./tls_fixture.ts";
+import { closedPort, deadline, startRawUpstream, startRelay, startUpstream } from "./helpers.ts";
+import { withCert } from "./tls_fixture.ts";
 
 const KEY = "sk-doctor-test-key-123";
 
@@ -41,7 +41,7 @@ const env = (upstream: string, extra: Record<string, string> = {}) => ({
   ...extra,
 });
 
-Deno.test("doctor passes every check against a healthy Server A and tries the key on /v1/models", async () => {
+deadline.test("doctor passes every check against a healthy Server A and tries the key on /v1/models", async () => {
   const up = fakeHub();
   try {
     const report = await runDoctor({ env: env(up.url), key: KEY, timeoutMs: 2000 });
@@ -60,7 +60,7 @@ Deno.test("doctor passes every check against a healthy Server A and tries the ke
   }
 });
 
-Deno.test("doctor explains a refused connection to a dead upstream and fails", async () => {
+deadline.test("doctor explains a refused connection to a dead upstream and fails", async () => {
   const port = closedPort();
   const report = await runDoctor({ env: env(`http://127.0.0.1:${port}`), timeoutMs: 2000 });
   assert.equal(report.ok, false);
@@ -75,7 +75,7 @@ Deno.test("doctor explains a refused connection to a dead upstream and fails", a
   );
 });
 
-Deno.test("doctor reports a wrong key with the likely cause", async () => {
+deadline.test("doctor reports a wrong key with the likely cause", async () => {
   const up = fakeHub();
   try {
     const report = await runDoctor({ env: env(up.url), key: "sk-wrong-key-000", timeoutMs: 2000 });
@@ -88,7 +88,7 @@ Deno.test("doctor reports a wrong key with the likely cause", async () => {
   }
 });
 
-Deno.test("doctor times out on an upstream that accepts but never answers", async () => {
+deadline.test("doctor times out on an upstream that accepts but never answers", async () => {
   const raw = startRawUpstream(async (conn) => {
     // Read and hold: never answer.
     const buf = new Uint8Array(1024);
@@ -107,7 +107,7 @@ Deno.test("doctor times out on an upstream that accepts but never answers", asyn
   }
 });
 
-Deno.test("doctor finds a wrong path prefix and says which URL works", async () => {
+deadline.test("doctor finds a wrong path prefix and says which URL works", async () => {
   const up = fakeHub();
   try {
     const report = await runDoctor({ env: env(`${up.url}/api`), timeoutMs: 2000 });
@@ -124,8 +124,8 @@ Deno.test("doctor finds a wrong path prefix and says which URL works", async () 
   }
 });
 
-Deno.test("doctor checks an HTTPS upstream: trusted CA passes with ALPN, untrusted explains DENO_CERT", async () => {
-  const { cert, key } = await testCert();
+withCert.test("doctor checks an HTTPS upstream: trusted CA passes with ALPN, untrusted explains DENO_CERT", async ({ tls }) => {
+  const { cert, key } = tls;
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, cert, key, onListen() {} },
     (req) =>
@@ -151,7 +151,7 @@ Deno.test("doctor checks an HTTPS upstream: trusted CA passes with ALPN, untrust
   }
 });
 
-Deno.test("doctor says https:// was used on a plain HTTP port", async () => {
+deadline.test("doctor says https:// was used on a plain HTTP port", async () => {
   const up = fakeHub();
   try {
     const report = await runDoctor({ env: env(`https://127.0.0.1:${up.port}`), timeoutMs: 2000 });
@@ -161,15 +161,15 @@ Deno.test("doctor says https:// was used on a plain HTTP port", async () => {
   }
 });
 
-Deno.test("doctor reports a configuration error and checks nothing else", async () => {
+deadline.test("doctor reports a configuration error and checks nothing else", async () => {
   const report = await runDoctor({ env: { UPSTREAM_SERVER_A: "hub.example.com" } });
   assert.equal(report.ok, false);
   assert.equal(report.checks.length, 1);
   assert.match(report.checks[0]!.detail, /UPSTREAM_SERVER_A="hub\.example\.com" is invalid/);
 });
 
-Deno.test("doctor checks TLS_CERT_FILE/TLS_KEY_FILE and warns about an open plain-HTTP listener", async () => {
-  const { certFile, keyFile } = await testCert();
+withCert.test("doctor checks TLS_CERT_FILE/TLS_KEY_FILE and warns about an open plain-HTTP listener", async ({ tls }) => {
+  const { certFile, keyFile } = tls;
   const up = fakeHub();
   try {
     const wrongKey = await runDoctor({
@@ -190,7 +190,7 @@ Deno.test("doctor checks TLS_CERT_FILE/TLS_KEY_FILE and warns about an open plai
   }
 });
 
-Deno.test("doctor --relay compares time to first byte direct and through a running relay", async () => {
+deadline.test("doctor --relay compares time to first byte direct and through a running relay", async () => {
   const up = fakeHub();
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
@@ -214,7 +214,7 @@ Deno.test("doctor --relay compares time to first byte direct and through a runni
   }
 });
 
-Deno.test("doctor command line: options, --json output and exit status", async () => {
+deadline.test("doctor command line: options, --json output and exit status", async () => {
   assert.deepEqual(
     parseDoctorArgs(["--json", "--key=k", "--relay", "http://x", "--timeout", "2"]),
     {

@@ -37,7 +37,13 @@ export function startUpstream(
     url: `http://127.0.0.1:${port}`,
     port,
     seen,
-    close: () => server.shutdown(),
+    close: boundedClose(
+      () => server.shutdown(),
+      () =>
+        "the fake upstream's close(): a response it is sending was never cancelled by the relay",
+      // What still runs must not keep the test process alive after the failure.
+      () => server.unref(),
+    ),
   };
 }
 
@@ -152,10 +158,16 @@ export function startRelay(env: Record<string, string>, deps: AppDeps = {}): Tes
     port: listener.addr.port,
     app,
     logs,
-    async close() {
-      await listener.shutdown();
-      app.close();
-    },
+    close: boundedClose(
+      async () => {
+        await listener.shutdown();
+        app.close();
+      },
+      () =>
+        `relay.close(): ${app.inFlight} request(s) still in flight (a stream that never ended: ` +
+        "did a client's cancel or abort not reach A?)",
+      () => app.close(),
+    ),
   };
 }
 
@@ -236,6 +248,16 @@ export async function sha256(bytes: Uint8Array): Promise<string> {
   return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** The path of `cmd` on PATH, or null when it is not installed. */
+export function findCommand(cmd: string): string | null {
+  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":")) {
+    try {
+      if (Deno.statSync(`${dir}/${cmd}`).isFile) return `${dir}/${cmd}`;
+    } catch { /* not here */ }
+  }
+  return null;
+}
+
 /** A port with nothing listening (bound then released). */
 export function closedPort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -244,10 +266,141 @@ export function closedPort(): number {
   return port;
 }
 
+/**
+ * How long a fixture's `close()` waits for its server to finish. A stream left open (or a cancel
+ * that never reached the other side) would make it wait for ever and stall the whole run; past
+ * this the test fails instead, saying what is still open.
+ */
+export const CLOSE_LIMIT_MS = 10_000;
+
+/** The longest a {@link deadline.test} may run unless it says otherwise. */
+export const TEST_DEADLINE_MS = 30_000;
+
+/**
+ * Settles like `p` if it settles within `ms`; otherwise rejects with "timed out after ms: what".
+ * The timer never outlives the call.
+ */
+export async function within<T>(
+  p: Promise<T>,
+  ms: number,
+  what: string | (() => string),
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(new Error(`timed out after ${ms} ms: ${typeof what === "string" ? what : what()}`));
+    }, ms);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Close failures of the fixtures made inside the running {@link deadline.test} (null outside
+ * one). Kept aside so that a hung `close()` in a `finally` does not replace the assertion that
+ * failed first: the wrapper reports both.
+ */
+let closeFailures: Error[] | null = null;
+
+/**
+ * A fixture's `close()`: `shutdown` raced against {@link CLOSE_LIMIT_MS}. Past the limit, `giveUp`
+ * releases what it can, and the failure is thrown (or, inside {@link deadline.test}, reported by
+ * the wrapper once the test body has ended).
+ */
+function boundedClose(
+  shutdown: () => Promise<void>,
+  what: () => string,
+  giveUp: () => void,
+): () => Promise<void> {
+  const sink = closeFailures;
+  return async () => {
+    try {
+      await within(shutdown(), CLOSE_LIMIT_MS, what);
+    } catch (err) {
+      giveUp();
+      if (sink === null || !(err instanceof Error)) throw err;
+      sink.push(err);
+    }
+  };
+}
+
+/** What {@link deadline.test} takes besides the test function. */
+export interface DeadlineTestOptions {
+  name: string;
+  /** Longest run in ms; {@link TEST_DEADLINE_MS} when not given. */
+  ms?: number;
+  /** As in `Deno.test`: the test is listed as ignored, under its name. */
+  ignore?: boolean;
+}
+
+/** Tests that cannot hang the run. */
+export const deadline = {
+  /**
+   * `Deno.test` with a deadline: the test fails once it has run `ms` instead of hanging the
+   * whole run (Deno has no per-test timeout). The signal given to the test aborts at the
+   * deadline; tests hand it to `fetch` so that a read stuck on a stream that never ends is broken
+   * off and the test's own cleanup runs. A fixture whose `close()` hung fails the test too, after
+   * whatever failed first. Failures name the test's file and line (Deno's report names this file).
+   */
+  test(
+    nameOrOptions: string | DeadlineTestOptions,
+    fn: (signal: AbortSignal) => Promise<void>,
+  ): void {
+    const o = typeof nameOrOptions === "string" ? { name: nameOrOptions } : nameOrOptions;
+    const ms = o.ms ?? TEST_DEADLINE_MS;
+    const where = callerLocation();
+    Deno.test({
+      name: o.name,
+      ignore: o.ignore ?? false,
+      async fn() {
+        const ac = new AbortController();
+        const failures: Error[] = [];
+        closeFailures = failures;
+        const run = fn(ac.signal);
+        try {
+          await within(run, ms, "the test's deadline passed (a stream or a close() never ended)");
+        } catch (err) {
+          ac.abort(err);
+          if (err instanceof Error) {
+            if (failures.length > 0) {
+              err.message += `\n\nThen, while cleaning up: ${
+                failures.map((f) => f.message).join("\n")
+              }`;
+            }
+            err.message += `\n(test at ${where})`;
+          }
+          throw err;
+        } finally {
+          closeFailures = null;
+        }
+        if (failures.length > 0) {
+          throw new Error(`${failures.map((f) => f.message).join("\n")}\n(test at ${where})`);
+        }
+      },
+    });
+  },
+};
+
+/** "tests/x_test.ts:12": where the test file called into the fixtures. */
+function callerLocation(): string {
+  for (const line of (new Error().stack ?? "").split("\n")) {
+    const m = /([^/()\s]+_test\.ts):(\d+):\d+\)?$/.exec(line.trim());
+    if (m !== null) return `tests/${m[1]}:${m[2]}`;
+  }
+  return "unknown location";
+}
+
 /** Polls until `cond` holds or `ms` passes. */
-export async function waitFor(cond: () => boolean, ms = 3000, what = "condition"): Promise<void> {
+export async function waitFor(
+  cond: () => boolean | Promise<boolean>,
+  ms = 3000,
+  what = "condition",
+): Promise<void> {
   const end = Date.now() + ms;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await delay(10);
   }

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { delay, enc, rawRequest, startRelay, startUpstream } from "./helpers.ts";
+import { deadline, delay, enc, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 const okUpstream = () => startUpstream(() => Response.json({ ok: true }));
 
@@ -16,7 +16,7 @@ async function stillServes(port: number): Promise<void> {
   assert.equal(res.status, 200);
 }
 
-Deno.test("an over-long header section gets 431 from the relay or 400 from Deno's parser, and A sees nothing", async () => {
+deadline.test("an over-long header section gets 431 from the relay or 400 from Deno's parser, and A sees nothing", async () => {
   const up = okUpstream();
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
@@ -45,7 +45,7 @@ Deno.test("an over-long header section gets 431 from the relay or 400 from Deno'
   }
 });
 
-Deno.test("invalid request lines and framing get a 4xx or a closed connection, never a crash", async () => {
+deadline.test("invalid request lines and framing get a 4xx or a closed connection, never a crash", async () => {
   const up = okUpstream();
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
@@ -81,7 +81,7 @@ Deno.test("invalid request lines and framing get a 4xx or a closed connection, n
   }
 });
 
-Deno.test("slowloris sockets and half-sent bodies do not stop the relay serving others", async () => {
+deadline.test("slowloris sockets and half-sent bodies do not stop the relay serving others", async () => {
   const up = okUpstream();
   // The body timeout is well above the bound below, so a served request is never mistaken for one
   // that waited for the half-sent bodies to time out.
@@ -136,7 +136,7 @@ async function ending(c: Deno.Conn, limitMs: number): Promise<string> {
   return text === "" ? "closed" : text.split("\r\n")[0]!;
 }
 
-Deno.test("slowloris sockets get 408 and are closed after CLIENT_HEADER_TIMEOUT_SEC; idle keep-alive after CLIENT_IDLE_TIMEOUT_SEC", async () => {
+deadline.test("slowloris sockets get 408 and are closed after CLIENT_HEADER_TIMEOUT_SEC; idle keep-alive after CLIENT_IDLE_TIMEOUT_SEC", async () => {
   const up = okUpstream();
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -197,7 +197,7 @@ Deno.test("slowloris sockets get 408 and are closed after CLIENT_HEADER_TIMEOUT_
   }
 });
 
-Deno.test("MAX_CONNECTIONS caps open client sockets: one more gets 503 once its request is in, and is closed", async () => {
+deadline.test("MAX_CONNECTIONS caps open client sockets: one more gets 503 once its request is in, and is closed", async () => {
   const up = okUpstream();
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -206,11 +206,13 @@ Deno.test("MAX_CONNECTIONS caps open client sockets: one more gets 503 once its 
   });
   const held: Deno.Conn[] = [];
   try {
+    const open = () =>
+      (relay.app.debugInfo().clientConnections as { open: number } | null)?.open ?? -1;
     // Three idle sockets (they never send a request) fill the cap.
     for (let i = 0; i < 3; i++) {
       held.push(await Deno.connect({ hostname: "127.0.0.1", port: relay.port }));
     }
-    await delay(50);
+    await waitFor(() => open() === 3, 5000, "the relay accepting the three idle sockets");
     const res = await rawRequest(
       relay.port,
       "GET /v1/models HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n",
@@ -225,9 +227,9 @@ Deno.test("MAX_CONNECTIONS caps open client sockets: one more gets 503 once its 
     }));
     assert.deepEqual(statuses, Array(200).fill(503));
     assert.equal(up.seen.length, 0);
-    // One socket freed: the next client is served.
+    // One socket freed: once the relay has seen it close, the next client is served.
     held.pop()!.close();
-    await delay(50);
+    await waitFor(() => open() <= 2, 5000, "the relay seeing the freed socket close");
     await stillServes(relay.port);
   } finally {
     for (const c of held) c.close();

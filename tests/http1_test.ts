@@ -8,6 +8,7 @@ import {
   parseHead,
   UpstreamError,
 } from "../lib/http1.ts";
+import { deadline } from "./helpers.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -452,7 +453,7 @@ async function drain(next: () => Promise<Uint8Array | null>): Promise<Uint8Array
 
 const CHUNKS = [enc.encode("abc"), enc.encode("defg"), enc.encode("h"), enc.encode("ijklmn")];
 
-Deno.test("BodySource cursor reads every chunk in order then null", async () => {
+deadline.test("BodySource cursor reads every chunk in order then null", async () => {
   const { stream } = source(CHUNKS);
   const body = new BodySource(stream, 14, 1024);
   assert.equal(body.length, 14);
@@ -463,7 +464,7 @@ Deno.test("BodySource cursor reads every chunk in order then null", async () => 
   assert.equal(body.replayable, true);
 });
 
-Deno.test("BodySource replays from the start with a second cursor while under keepMax", async () => {
+deadline.test("BodySource replays from the start with a second cursor while under keepMax", async () => {
   const { stream, pulls } = source(CHUNKS);
   const body = new BodySource(stream, null, 14);
   assert.equal(body.length, null);
@@ -481,7 +482,7 @@ Deno.test("BodySource replays from the start with a second cursor while under ke
   assert.equal(pulls(), 5);
 });
 
-Deno.test("BodySource shares one read between concurrent cursors", async () => {
+deadline.test("BodySource shares one read between concurrent cursors", async () => {
   const { stream, pulls } = source(CHUNKS);
   const body = new BodySource(stream, null, 1024);
   const a = body.cursor();
@@ -492,7 +493,7 @@ Deno.test("BodySource shares one read between concurrent cursors", async () => {
   assert.equal(pulls(), 5);
 });
 
-Deno.test("BodySource stops being replayable past keepMax while the live cursor gets every byte", async () => {
+deadline.test("BodySource stops being replayable past keepMax while the live cursor gets every byte", async () => {
   const { stream } = source(CHUNKS);
   const body = new BodySource(stream, 14, 5);
   const live = body.cursor();
@@ -511,7 +512,7 @@ Deno.test("BodySource stops being replayable past keepMax while the live cursor 
   });
 });
 
-Deno.test("BodySource delivers any body in order to the live cursor whatever keepMax is", async () => {
+deadline.test("BodySource delivers any body in order to the live cursor whatever keepMax is", async () => {
   await fc.assert(
     fc.asyncProperty(
       fc.array(fc.uint8Array({ minLength: 1, maxLength: 20 }), { maxLength: 10 }),
@@ -528,7 +529,7 @@ Deno.test("BodySource delivers any body in order to the live cursor whatever kee
   );
 });
 
-Deno.test("BodySource rejects with a body error that hides the cause's text when the client stream fails", async () => {
+deadline.test("BodySource rejects with a body error that hides the cause's text when the client stream fails", async () => {
   let pulls = 0;
   const stream = new ReadableStream<Uint8Array>({
     pull(ctrl) {
@@ -547,7 +548,7 @@ Deno.test("BodySource rejects with a body error that hides the cause's text when
   });
 });
 
-Deno.test("BodySource cancel cancels the client's stream", async () => {
+deadline.test("BodySource cancel cancels the client's stream", async () => {
   let cancelled: unknown = "not called";
   const stream = new ReadableStream<Uint8Array>({
     pull() {},

@@ -6,8 +6,8 @@
  */
 
 import assert from "node:assert/strict";
-import { dec, delay, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
-import { type TestCert, testCert } from "./tls_fixture.ts";
+import { dec, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
+import { type TestCert, withCert } from "./tls_fixture.ts";
 import { exchange2, H2Pool } from "../lib/http2.ts";
 import { Watchdog } from "../lib/watchdog.ts";
 import { BodySource } from "../lib/http1.ts";
@@ -80,15 +80,6 @@ function countingHop(port: number) {
   return hop;
 }
 
-async function certOrSkip(t: Deno.TestContext): Promise<TestCert | null> {
-  const tls = await testCert().catch(() => null);
-  if (tls === null) {
-    if (Deno.env.get("CI")) throw new Error("openssl is needed for this test");
-    await t.step({ name: "skipped: openssl not found", ignore: true, fn: () => {} });
-  }
-  return tls;
-}
-
 type Handler = (req: Request) => Response | Promise<Response>;
 
 function h2Upstream(tls: TestCert, handler: Handler) {
@@ -103,9 +94,7 @@ async function poolStats(relay: ReturnType<typeof startRelay>) {
   return Object.values(info.pools as Record<string, Record<string, unknown>>)[0]!;
 }
 
-Deno.test("an HTTP/2 upstream carries concurrent requests on one connection, bytes exact", async (t) => {
-  const tls = await certOrSkip(t);
-  if (tls === null) return;
+withCert.test("an HTTP/2 upstream carries concurrent requests on one connection, bytes exact", async ({ tls }) => {
   const gz = new Uint8Array(
     await new Response(
       new Blob(["compressed payload ".repeat(200)]).stream().pipeThrough(
@@ -184,9 +173,7 @@ Deno.test("an HTTP/2 upstream carries concurrent requests on one connection, byt
   }
 });
 
-Deno.test("HTTP/2 upstream: SSE events pass one by one, and a client abort cancels A's stream", async (t) => {
-  const tls = await certOrSkip(t);
-  if (tls === null) return;
+withCert.test("HTTP/2 upstream: SSE events pass one by one, and a client abort cancels A's stream", async ({ tls }) => {
   const gapMs = 150;
   let aborted: number | null = null;
   let abortedWaiting: number | null = null;
@@ -282,9 +269,7 @@ Deno.test("HTTP/2 upstream: SSE events pass one by one, and a client abort cance
   }
 });
 
-Deno.test("HTTP/2 upstream: silence after the head ends the stream with an error, a dropped session is replaced", async (t) => {
-  const tls = await certOrSkip(t);
-  if (tls === null) return;
+withCert.test("HTTP/2 upstream: silence after the head ends the stream with an error, a dropped session is replaced", async ({ tls }) => {
   const server = h2Upstream(tls, (req) => {
     if (new URL(req.url).pathname === "/v1/silent") {
       return new Response(
@@ -313,7 +298,11 @@ Deno.test("HTTP/2 upstream: silence after the head ends the stream with an error
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "fine");
     const before = hop.accepted;
     hop.dropAll();
-    await new Promise((r) => setTimeout(r, 100));
+    await waitFor(
+      async () => (await poolStats(relay)).sessions === 0,
+      5000,
+      "the relay noticing the dropped session",
+    );
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "fine");
     assert.equal(hop.accepted, before + 1, "a new session replaces the dropped one");
 
@@ -332,9 +321,7 @@ Deno.test("HTTP/2 upstream: silence after the head ends the stream with an error
   }
 });
 
-Deno.test("HTTP/1.1-only HTTPS upstreams and UPSTREAM_HTTP2=off use the HTTP/1.1 pool", async (t) => {
-  const tls = await certOrSkip(t);
-  if (tls === null) return;
+withCert.test("HTTP/1.1-only HTTPS upstreams and UPSTREAM_HTTP2=off use the HTTP/1.1 pool", async ({ tls }) => {
   // A TLS server that offers only http/1.1 and answers one fixed response per request.
   const listener = Deno.listenTls({
     hostname: "127.0.0.1",
@@ -389,9 +376,7 @@ Deno.test("HTTP/1.1-only HTTPS upstreams and UPSTREAM_HTTP2=off use the HTTP/1.1
   }
 });
 
-Deno.test("HTTP/2 pool: a burst is spread over sessions by the per-session stream cap", async (t) => {
-  const tls = await certOrSkip(t);
-  if (tls === null) return;
+withCert.test("HTTP/2 pool: a burst is spread over sessions by the per-session stream cap", async ({ tls }) => {
   const server = h2Upstream(tls, async () => {
     await new Promise((r) => setTimeout(r, 100));
     return new Response("ok");
@@ -422,12 +407,13 @@ Deno.test("HTTP/2 pool: a burst is spread over sessions by the per-session strea
   }
 });
 
-Deno.test("HTTP/2 upstream: keep-warm pings go over the session and keep it for the next request", async (t) => {
-  const tls = await certOrSkip(t);
-  if (tls === null) return;
+withCert.test("HTTP/2 upstream: keep-warm pings go over the session and keep it for the next request", async ({ tls }) => {
   const paths: string[] = [];
+  const pingedAt: number[] = [];
   const server = h2Upstream(tls, (req) => {
-    paths.push(new URL(req.url).pathname);
+    const path = new URL(req.url).pathname;
+    paths.push(path);
+    if (path === "/v1/_ping") pingedAt.push(performance.now());
     return new Response("ok");
   });
   const hop = countingHop(server.addr.port);
@@ -440,7 +426,13 @@ Deno.test("HTTP/2 upstream: keep-warm pings go over the session and keep it for 
   }, { caCerts: [tls.cert], background: true });
   try {
     await waitFor(() => paths.includes("/v1/_ping"), 3000, "the start-up probe");
-    await delay(2500);
+    // Pings for twice as long as an idle session would live.
+    const since = performance.now();
+    await waitFor(
+      () => pingedAt.some((t) => t - since > 2400),
+      10_000,
+      "a keep-warm ping 2.4 s later",
+    );
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
     const pings = paths.filter((p) => p === "/v1/_ping").length;
     assert.ok(pings >= 4, `pings: ${pings}`);
@@ -456,9 +448,7 @@ Deno.test("HTTP/2 upstream: keep-warm pings go over the session and keep it for 
   }
 });
 
-Deno.test("HTTP/2 pool: a stream A resets is not sent again, and a burst keeps to A's stream limit", async (t) => {
-  const tls = await certOrSkip(t);
-  if (tls === null) return;
+withCert.test("HTTP/2 pool: a stream A resets is not sent again, and a burst keeps to A's stream limit", async ({ tls }) => {
   const { createSecureServer, constants } = await import("node:http2");
   const hits: string[] = [];
   const server = createSecureServer({

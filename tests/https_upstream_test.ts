@@ -5,15 +5,9 @@
 
 import assert from "node:assert/strict";
 import { rawRequest, startRelay } from "./helpers.ts";
-import { testCert } from "./tls_fixture.ts";
+import { withCert } from "./tls_fixture.ts";
 
-Deno.test("an HTTPS upstream is relayed over a pooled TLS connection, SSE and gzip intact", async (t) => {
-  const tls = await testCert().catch(() => null);
-  if (tls === null) {
-    if (Deno.env.get("CI")) throw new Error("openssl is needed for this test");
-    t.step({ name: "skipped: openssl not found", ignore: true, fn: () => {} });
-    return;
-  }
+withCert.test("an HTTPS upstream is relayed over a pooled TLS connection, SSE and gzip intact", async ({ tls }) => {
   const gz = new Uint8Array(
     await new Response(
       new Blob(["compressed payload ".repeat(50)]).stream().pipeThrough(
@@ -73,13 +67,7 @@ Deno.test("an HTTPS upstream is relayed over a pooled TLS connection, SSE and gz
   }
 });
 
-Deno.test("the default connector verifies the upstream certificate with the given CA", async (t) => {
-  const tls = await testCert().catch(() => null);
-  if (tls === null) {
-    if (Deno.env.get("CI")) throw new Error("openssl is needed for this test");
-    t.step({ name: "skipped: openssl not found", ignore: true, fn: () => {} });
-    return;
-  }
+withCert.test("the default connector verifies the upstream certificate with the given CA", async ({ tls }) => {
   const server = Deno.serve({
     hostname: "127.0.0.1",
     port: 0,

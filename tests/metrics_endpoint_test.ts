@@ -11,7 +11,7 @@ import { parseConfig } from "../lib/config.ts";
 import { PROM_CONTENT_TYPE } from "../lib/metrics.ts";
 import { MAX_MODELS, SecondBuckets, Telemetry } from "../lib/telemetry.ts";
 import { parseExposition, valueOf } from "./prom_text.ts";
-import { closedPort, enc, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import { closedPort, deadline, enc, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 async function scrape(url: string, init?: RequestInit) {
   const res = await fetch(`${url}/metrics`, init);
@@ -21,7 +21,7 @@ async function scrape(url: string, init?: RequestInit) {
   return { text, families: parseExposition(text) };
 }
 
-Deno.test("/metrics parses as Prometheus text and counts requests, tokens, bytes and errors", async () => {
+deadline.test("/metrics parses as Prometheus text and counts requests, tokens, bytes and errors", async () => {
   const up = startUpstream(async (req) => {
     const path = new URL(req.url).pathname;
     await req.text();
@@ -99,7 +99,7 @@ Deno.test("/metrics parses as Prometheus text and counts requests, tokens, bytes
   }
 });
 
-Deno.test("/metrics shows open streams and in-flight requests while a stream is open", async () => {
+deadline.test("/metrics shows open streams and in-flight requests while a stream is open", async () => {
   let release!: () => void;
   const released = new Promise<void>((r) => release = r);
   const up = startUpstream(() => {
@@ -138,7 +138,7 @@ Deno.test("/metrics shows open streams and in-flight requests while a stream is 
 
 const info = (hostname: string): ClientInfo => ({ remoteAddr: { hostname } });
 
-Deno.test("/metrics and the dashboard follow the /debug/info access rule", async () => {
+deadline.test("/metrics and the dashboard follow the /debug/info access rule", async () => {
   const open = createApp(
     parseConfig({ UPSTREAM_SERVER_A: "http://127.0.0.1:9" }),
     { background: false },
@@ -181,7 +181,7 @@ Deno.test("/metrics and the dashboard follow the /debug/info access rule", async
   }
 });
 
-Deno.test("/debug/info gains the counters and percentiles; /dashboard/data lists recent requests without queries", async () => {
+deadline.test("/debug/info gains the counters and percentiles; /dashboard/data lists recent requests without queries", async () => {
   const up = startUpstream(() =>
     Response.json({ model: "m-1", usage: { input_tokens: 2, output_tokens: 3 } })
   );

@@ -14,7 +14,7 @@ import {
 } from "../lib/permissions.ts";
 import {
   closedPort,
-  delay,
+  deadline,
   rawRequest,
   spawnCaptured,
   startRawUpstream,
@@ -140,7 +140,7 @@ function spawn(args: string[], env: Record<string, string>) {
   };
 }
 
-Deno.test("with narrow permissions the relay refuses other hosts, and Deno would deny them anyway", async () => {
+deadline.test("with narrow permissions the relay refuses other hosts, and Deno would deny them anyway", async () => {
   const evil = startRawUpstream(async () => {});
   const a = startUpstream(() => Response.json({ ok: true }));
   // A fixed port, as in production: the grant is then exactly host:port.
@@ -202,12 +202,12 @@ Deno.test("with narrow permissions the relay refuses other hosts, and Deno would
   }
 });
 
-Deno.test("started with -A, the relay logs one warning naming the narrow command", async () => {
+deadline.test("started with -A, the relay logs one warning naming the narrow command", async () => {
   const env = { HOST: "127.0.0.1", PORT: "0", UPSTREAM_SERVER_A: "http://127.0.0.1:9" };
   const relay = spawn(["run", "--unstable-no-legacy-abort", "-A", MAIN], env);
   try {
+    // Start-up warnings come before the "listening" line that gave the port.
     await relay.port();
-    await delay(50);
     const lines = relay.output().split("\n").filter((l) => l.includes("broad permissions"));
     assert.equal(lines.length, 1);
     const line = JSON.parse(lines[0]!);
@@ -219,7 +219,7 @@ Deno.test("started with -A, the relay logs one warning naming the narrow command
   }
 });
 
-Deno.test("deno task start's launcher runs the relay with narrow flags and passes SIGTERM on", async () => {
+deadline.test("deno task start's launcher runs the relay with narrow flags and passes SIGTERM on", async () => {
   const a = startUpstream(() => Response.json({ ok: true }));
   const env = {
     HOST: "127.0.0.1",

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { dec, delay, sseResponse, startUpstream } from "./helpers.ts";
+import { deadline, dec, delay, sseResponse, startUpstream, waitFor } from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -48,7 +48,7 @@ async function startupError(
   return { code: status.code, stderr: await r.errText };
 }
 
-Deno.test("start-up without UPSTREAM_SERVER_A explains how to set it and exits non-zero", async () => {
+deadline.test("start-up without UPSTREAM_SERVER_A explains how to set it and exits non-zero", async () => {
   const { code, stderr } = await startupError({});
   assert.notEqual(code, 0);
   assert.match(stderr, /UPSTREAM_SERVER_A/);
@@ -57,7 +57,7 @@ Deno.test("start-up without UPSTREAM_SERVER_A explains how to set it and exits n
   assert.equal(stderr.trim().split("\n").length, 1, "one line");
 });
 
-Deno.test("start-up with bad values names the variable, the value and what is expected", async () => {
+deadline.test("start-up with bad values names the variable, the value and what is expected", async () => {
   for (
     const [name, value, expected] of [
       ["PORT", "70000", /port/i],
@@ -75,7 +75,7 @@ Deno.test("start-up with bad values names the variable, the value and what is ex
   }
 });
 
-Deno.test("SIGTERM lets a stream in flight finish, refuses new connections, then exits 0", async () => {
+deadline.test("SIGTERM lets a stream in flight finish, refuses new connections, then exits 0", async () => {
   const up = startUpstream(() => {
     return sseResponse({ gapMs: 100, count: 8 });
   });
@@ -118,7 +118,7 @@ Deno.test("SIGTERM lets a stream in flight finish, refuses new connections, then
   }
 });
 
-Deno.test("a stream outlasting SHUTDOWN_GRACE_SEC is cut and the relay still exits 0; a second signal exits at once", async () => {
+deadline.test("a stream outlasting SHUTDOWN_GRACE_SEC is cut and the relay still exits 0; a second signal exits at once", async () => {
   const up = startUpstream(() => {
     return sseResponse({ gapMs: 50 });
   });
@@ -137,7 +137,12 @@ Deno.test("a stream outlasting SHUTDOWN_GRACE_SEC is cut and the relay still exi
       const t0 = Date.now();
       r.child.kill("SIGTERM");
       if (secondSignal) {
-        await delay(200);
+        // The second signal while the first one's shutdown is under way.
+        await waitFor(
+          () => r.output().includes('"msg":"shutting down"'),
+          5000,
+          "the relay starting to shut down",
+        );
         r.child.kill("SIGINT");
       }
       const status = await r.child.status;
@@ -162,7 +167,7 @@ Deno.test("a stream outlasting SHUTDOWN_GRACE_SEC is cut and the relay still exi
   await up.close();
 });
 
-Deno.test("start-up on a port already in use says so in one line and exits non-zero", async () => {
+deadline.test("start-up on a port already in use says so in one line and exits non-zero", async () => {
   const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   try {
     const port = String((busy.addr as Deno.NetAddr).port);

@@ -266,12 +266,15 @@ Deno.test("MemoryRateStore evicts the least recently used key when at maxKeys", 
 
 // ---- KvRateStore ---------------------------------------------------------------------------------
 
-// `deno task test` (deno.json) runs without --unstable-kv; there these are reported as ignored
-// rather than failing. Run with --unstable-kv to exercise them.
+// `deno task test` runs with --unstable-kv. Without it these are listed as ignored, saying why.
 const HAS_KV = typeof (Deno as { openKv?: unknown }).openKv === "function";
 
 function kvTest(name: string, fn: () => Promise<void>): void {
-  Deno.test({ name, ignore: !HAS_KV, fn });
+  Deno.test({
+    name: HAS_KV ? name : `${name} (SKIPPED: Deno KV needs --unstable-kv)`,
+    ignore: !HAS_KV,
+    fn,
+  });
 }
 
 async function withKv(fn: (kv: Deno.Kv) => Promise<void>): Promise<void> {

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   closedPort,
+  deadline,
   dec,
   enc,
   rawRequest,
@@ -17,7 +18,7 @@ import {
   writeAll,
 } from "./helpers.ts";
 
-Deno.test("GET / answers the original guide's health JSON", async () => {
+deadline.test("GET / answers the original guide's health JSON", async () => {
   const relay = startRelay({ UPSTREAM_SERVER_A: `http://127.0.0.1:${closedPort()}` });
   try {
     const res = await fetch(`${relay.url}/`);
@@ -30,7 +31,7 @@ Deno.test("GET / answers the original guide's health JSON", async () => {
   }
 });
 
-Deno.test("/debug/info reports diagnostics and never a key", async () => {
+deadline.test("/debug/info reports diagnostics and never a key", async () => {
   const secretApi = "sk-upstream-SECRET-123456";
   const secretAccess = "access-SECRET-abcdef";
   const relay = startRelay({
@@ -54,7 +55,7 @@ Deno.test("/debug/info reports diagnostics and never a key", async () => {
   }
 });
 
-Deno.test("any method, path, query and end-to-end header reaches A unchanged", async () => {
+deadline.test("any method, path, query and end-to-end header reaches A unchanged", async () => {
   const up = startUpstream(async (req) => {
     const body = await req.text();
     return Response.json({ method: req.method, url: req.url, body });
@@ -95,7 +96,7 @@ Deno.test("any method, path, query and end-to-end header reaches A unchanged", a
   }
 });
 
-Deno.test("/v1beta paths are forwarded and a path prefix on UPSTREAM_SERVER_A is kept", async () => {
+deadline.test("/v1beta paths are forwarded and a path prefix on UPSTREAM_SERVER_A is kept", async () => {
   const up = startUpstream((req) =>
     new Response(new URL(req.url).pathname + new URL(req.url).search)
   );
@@ -112,7 +113,7 @@ Deno.test("/v1beta paths are forwarded and a path prefix on UPSTREAM_SERVER_A is
   }
 });
 
-Deno.test("paths outside /v1 and /v1beta get a JSON 404 and never reach A", async () => {
+deadline.test("paths outside /v1 and /v1beta get a JSON 404 and never reach A", async () => {
   const up = startUpstream(() => new Response("should not be reached"));
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
@@ -131,7 +132,7 @@ Deno.test("paths outside /v1 and /v1beta get a JSON 404 and never reach A", asyn
   }
 });
 
-Deno.test("status, headers and body bytes come back unchanged, including A's errors", async () => {
+deadline.test("status, headers and body bytes come back unchanged, including A's errors", async () => {
   const up = startUpstream((req) => {
     if (req.url.endsWith("/limited")) {
       return new Response(
@@ -177,7 +178,7 @@ Deno.test("status, headers and body bytes come back unchanged, including A's err
   }
 });
 
-Deno.test("redirects from A are passed to the client, never followed", async () => {
+deadline.test("redirects from A are passed to the client, never followed", async () => {
   const up = startUpstream((req) =>
     req.url.endsWith("/target")
       ? new Response("followed!")
@@ -196,7 +197,7 @@ Deno.test("redirects from A are passed to the client, never followed", async () 
   }
 });
 
-Deno.test("a 20 MB binary body passes byte-identical in both directions", async () => {
+deadline.test("a 20 MB binary body passes byte-identical in both directions", async () => {
   const size = 20 * 1024 * 1024;
   const payload = new Uint8Array(size);
   for (let i = 0; i < size; i += 65536) {
@@ -222,7 +223,7 @@ Deno.test("a 20 MB binary body passes byte-identical in both directions", async 
   }
 });
 
-Deno.test("a chunked request body (no content-length) reaches A intact", async () => {
+deadline.test("a chunked request body (no content-length) reaches A intact", async () => {
   const up = startUpstream(async (req) => new Response(await req.text()));
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
@@ -249,7 +250,7 @@ async function gzip(bytes: Uint8Array): Promise<Uint8Array> {
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-Deno.test("gzip responses pass through compressed, byte for byte, with A's content-length", async () => {
+deadline.test("gzip responses pass through compressed, byte for byte, with A's content-length", async () => {
   const json = enc.encode(JSON.stringify({ text: "x".repeat(5000), n: [1, 2, 3] }));
   const compressed = await gzip(json);
   const up = startUpstream((req) => {
@@ -286,7 +287,7 @@ Deno.test("gzip responses pass through compressed, byte for byte, with A's conte
   }
 });
 
-Deno.test("plain responses stay plain when the client does not ask for compression", async () => {
+deadline.test("plain responses stay plain when the client does not ask for compression", async () => {
   const up = startUpstream((req) => new Response(`ae=${req.headers.get("accept-encoding")}`));
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
@@ -302,7 +303,7 @@ Deno.test("plain responses stay plain when the client does not ask for compressi
   }
 });
 
-Deno.test("gzip request bodies reach A as sent, with their content-encoding", async () => {
+deadline.test("gzip request bodies reach A as sent, with their content-encoding", async () => {
   const original = enc.encode('{"model":"m","messages":[]}');
   const compressed = await gzip(original);
   const up = startUpstream(async (req) => {
@@ -326,7 +327,7 @@ Deno.test("gzip request bodies reach A as sent, with their content-encoding", as
   }
 });
 
-Deno.test("hop-by-hop headers are dropped and the client's real IP replaces spoofed ones", async () => {
+deadline.test("hop-by-hop headers are dropped and the client's real IP replaces spoofed ones", async () => {
   let head = "";
   const up = startRawUpstream(async (conn) => {
     const got = await readRequestHead(conn);
@@ -357,7 +358,7 @@ Deno.test("hop-by-hop headers are dropped and the client's real IP replaces spoo
   }
 });
 
-Deno.test("header values with Latin-1 bytes pass through unchanged", async () => {
+deadline.test("header values with Latin-1 bytes pass through unchanged", async () => {
   let head = "";
   const up = startRawUpstream(async (conn) => {
     head = (await readRequestHead(conn))?.head ?? "";

@@ -9,7 +9,7 @@ import { parseConfig } from "../lib/config.ts";
 import { parseDotenv } from "../lib/dotenv.ts";
 import { Logger } from "../lib/log.ts";
 import { createReloader, envForReload, planReload, sameValue } from "../lib/reload.ts";
-import { dec, delay, enc, spawnCaptured, startUpstream, waitFor } from "./helpers.ts";
+import { deadline, dec, delay, enc, spawnCaptured, startUpstream, waitFor } from "./helpers.ts";
 
 const SAMPLE = `# comment
 A=plain
@@ -30,7 +30,7 @@ O=x=y
 P=$FROM_ENV
 `;
 
-Deno.test("parseDotenv reads .env text the way deno --env-file does", async () => {
+deadline.test("parseDotenv reads .env text the way deno --env-file does", async () => {
   const dir = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(`${dir}/sample.env`, SAMPLE);
@@ -86,7 +86,7 @@ Deno.test("planReload applies routes and upstreams, keeps settings that need a r
   assert.deepEqual(planReload(current, current).applied, []);
 });
 
-Deno.test("app.reload sends new requests by the new routes while a stream in flight finishes", async () => {
+deadline.test("app.reload sends new requests by the new routes while a stream in flight finishes", async () => {
   const slow = startUpstream(() => {
     const body = new ReadableStream<Uint8Array>({
       async start(c) {
@@ -127,7 +127,7 @@ Deno.test("app.reload sends new requests by the new routes while a stream in fli
   }
 });
 
-Deno.test("app.reload applies ALLOW_IPS and MAX_BODY_MB to the next request", async () => {
+deadline.test("app.reload applies ALLOW_IPS and MAX_BODY_MB to the next request", async () => {
   const up = startUpstream(() => Response.json({ ok: true }));
   const env = { UPSTREAM_SERVER_A: up.url, UPSTREAM_KEEPWARM_SEC: "0" };
   const app = createApp(parseConfig(env), {
@@ -165,7 +165,7 @@ Deno.test("app.reload applies ALLOW_IPS and MAX_BODY_MB to the next request", as
   }
 });
 
-Deno.test("app.reload with a new access key for a route rate-limits that key on its own", async () => {
+deadline.test("app.reload with a new access key for a route rate-limits that key on its own", async () => {
   const up = startUpstream(() => Response.json({ ok: true }));
   const routes = (key: string) =>
     JSON.stringify({ "1": { apiKey: "sk-real-key-000000", accessKey: key } });
@@ -255,7 +255,7 @@ Deno.test("createReloader refuses a new upstream host the process may not connec
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
-Deno.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a stream in flight survives; a bad file keeps the old routes", async () => {
+deadline.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a stream in flight survives; a bad file keeps the old routes", async () => {
   // A's stream sends half its events, then holds until the reload is done: it is surely in
   // flight across the SIGHUP, however slow the machine.
   let release!: () => void;

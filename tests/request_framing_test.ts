@@ -10,6 +10,7 @@ import { BodySource, encodeLatin1, type ExchangeRequest, requestHead } from "../
 import { UpstreamError } from "../lib/http1.ts";
 import {
   concat,
+  deadline,
   dec,
   delay,
   rawRequest,
@@ -87,7 +88,7 @@ function recordingUpstream(answer: (head: string, index: number) => string | str
 
 const OK = (text: string) => `HTTP/1.1 200 OK\r\ncontent-length: ${text.length}\r\n\r\n${text}`;
 
-Deno.test("a POST whose Connection names content-length reaches A with its length and body only (desync 1)", async () => {
+deadline.test("a POST whose Connection names content-length reaches A with its length and body only (desync 1)", async () => {
   const { up, seen } = recordingUpstream((_h, i) => OK(`a${i}`));
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, UPSTREAM_TIMEOUT_SEC: "5" });
   try {
@@ -119,7 +120,7 @@ Deno.test("a POST whose Connection names content-length reaches A with its lengt
   }
 });
 
-Deno.test("a GET with a body is refused with 400 body_not_allowed and A sees nothing of it (desync 2)", async () => {
+deadline.test("a GET with a body is refused with 400 body_not_allowed and A sees nothing of it (desync 2)", async () => {
   const { up, seen } = recordingUpstream((_h, i) => OK(`a${i}`));
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, UPSTREAM_TIMEOUT_SEC: "5" });
   try {
@@ -156,7 +157,7 @@ Deno.test("a GET with a body is refused with 400 body_not_allowed and A sees not
 });
 
 // Deno.serve (hyper) closes such a connection without an answer: only the own server can say why.
-Deno.test("malformed chunk framing from a client gets a JSON 400 from the own server, not a silent close", async () => {
+deadline.test("malformed chunk framing from a client gets a JSON 400 from the own server, not a silent close", async () => {
   const { up } = recordingUpstream((_h, i) => OK(`a${i}`));
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -195,7 +196,7 @@ async function throughRelay(
   }
 }
 
-Deno.test("a 100 or 103 in the same read as the final answer is skipped, not waited on", async () => {
+deadline.test("a 100 or 103 in the same read as the final answer is skipped, not waited on", async () => {
   const started = Date.now();
   const { first } = await throughRelay(
     "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK("done"),
@@ -205,7 +206,7 @@ Deno.test("a 100 or 103 in the same read as the final answer is skipped, not wai
   assert.ok(Date.now() - started < 4000, "answered before the upstream timeout");
 });
 
-Deno.test("transfer-encoding wins over content-length from A, and the length is not passed on", async () => {
+deadline.test("transfer-encoding wins over content-length from A, and the length is not passed on", async () => {
   const { first } = await throughRelay([
     "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
     "5\r\nhello\r\n0\r\n\r\n",
@@ -215,7 +216,7 @@ Deno.test("transfer-encoding wins over content-length from A, and the length is 
   assert.ok([undefined, "5"].includes(first.headers.get("content-length")));
 });
 
-Deno.test("a 204 from A with a length and stray bytes reaches the client bare, and its connection is dropped", async () => {
+deadline.test("a 204 from A with a length and stray bytes reaches the client bare, and its connection is dropped", async () => {
   const { first, connections } = await throughRelay(
     "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello",
   );
@@ -225,7 +226,7 @@ Deno.test("a 204 from A with a length and stray bytes reaches the client bare, a
   assert.equal(connections, 2);
 });
 
-Deno.test("an HTTP/1.0 answer's connection to A is never reused, even when it says keep-alive", async () => {
+deadline.test("an HTTP/1.0 answer's connection to A is never reused, even when it says keep-alive", async () => {
   const { first, connections } = await throughRelay(
     "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
   );
@@ -235,7 +236,7 @@ Deno.test("an HTTP/1.0 answer's connection to A is never reused, even when it sa
 });
 
 // Deno.serve (hyper) accepts it; the relay's target checks do not depend on Host either way.
-Deno.test("an HTTP/1.1 request without Host gets a 400 from the own server", async () => {
+deadline.test("an HTTP/1.1 request without Host gets a 400 from the own server", async () => {
   const { up, seen } = recordingUpstream((_h, i) => OK(`a${i}`));
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,

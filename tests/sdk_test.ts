@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 import { mockHandler } from "../lib/mock_upstream.ts";
-import { startRelay, startUpstream } from "./helpers.ts";
+import { deadline, startRelay, startUpstream } from "./helpers.ts";
 
 function setup() {
   const up = startUpstream(mockHandler({ eventDelayMs: 5 }));
@@ -22,7 +22,7 @@ function setup() {
   };
 }
 
-Deno.test("the openai SDK gets the same completion and stream through the relay", async () => {
+deadline.test("the openai SDK gets the same completion and stream through the relay", async () => {
   const s = setup();
   try {
     const client = new OpenAI({ apiKey: "sk-test", baseURL: `${s.relay.url}/v1`, maxRetries: 0 });
@@ -48,7 +48,7 @@ Deno.test("the openai SDK gets the same completion and stream through the relay"
   }
 });
 
-Deno.test("the anthropic SDK gets the same message and stream through the relay", async () => {
+deadline.test("the anthropic SDK gets the same message and stream through the relay", async () => {
   const s = setup();
   try {
     const client = new Anthropic({ apiKey: "sk-ant-test", baseURL: s.relay.url, maxRetries: 0 });

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import type { RequestRecord } from "../lib/app.ts";
 import {
+  deadline,
   delay,
   enc,
   readRequestHead,
@@ -84,7 +85,7 @@ async function drainUntilClosed(c: Deno.Conn, limitMs: number): Promise<number> 
   }
 }
 
-Deno.test("own server: a client that never reads is closed after CLIENT_SEND_TIMEOUT_SEC and A's connection with it", async () => {
+deadline.test("own server: a client that never reads is closed after CLIENT_SEND_TIMEOUT_SEC and A's connection with it", async () => {
   const { up, state } = endlessUpstream();
   const records: RequestRecord[] = [];
   const relay = startRelay({
@@ -133,7 +134,7 @@ Deno.test("own server: a client that never reads is closed after CLIENT_SEND_TIM
   }
 });
 
-Deno.test("own server: a client that keeps reading is not cut by CLIENT_SEND_TIMEOUT_SEC", async () => {
+deadline.test("own server: a client that keeps reading is not cut by CLIENT_SEND_TIMEOUT_SEC", async () => {
   const { up, state } = endlessUpstream();
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -171,7 +172,7 @@ Deno.test("own server: a client that keeps reading is not cut by CLIENT_SEND_TIM
 });
 
 for (const HTTP_SERVER of ["relay", "deno"]) {
-  Deno.test(`${HTTP_SERVER} server: an SSE stream quieter than CLIENT_SEND_TIMEOUT_SEC between events is not cut`, async () => {
+  deadline.test(`${HTTP_SERVER} server: an SSE stream quieter than CLIENT_SEND_TIMEOUT_SEC between events is not cut`, async () => {
     const up = startUpstream(() => sseResponse({ gapMs: 1200, count: 3 }));
     const relay = startRelay({
       UPSTREAM_SERVER_A: up.url,
@@ -192,7 +193,7 @@ for (const HTTP_SERVER of ["relay", "deno"]) {
   });
 }
 
-Deno.test("Deno.serve: a client that never reads gets A's stream aborted after CLIENT_SEND_TIMEOUT_SEC", async () => {
+deadline.test("Deno.serve: a client that never reads gets A's stream aborted after CLIENT_SEND_TIMEOUT_SEC", async () => {
   const { up, state } = endlessUpstream();
   const records: RequestRecord[] = [];
   const relay = startRelay({

@@ -5,9 +5,9 @@
 
 import assert from "node:assert/strict";
 import { SendTimeoutError, SendWatch } from "../lib/send_watch.ts";
-import { delay, waitFor } from "./helpers.ts";
+import { deadline, delay, waitFor } from "./helpers.ts";
 
-Deno.test("SendWatch cancels the source and errors the body when a chunk stays untaken for the deadline", async () => {
+deadline.test("SendWatch cancels the source and errors the body when a chunk stays untaken for the deadline", async () => {
   const watch = new SendWatch(200);
   let cancelled: unknown = undefined;
   let pulls = 0;
@@ -36,7 +36,7 @@ Deno.test("SendWatch cancels the source and errors the body when a chunk stays u
   }
 });
 
-Deno.test("SendWatch never fires while the source is silent, and passes chunks, order and end unchanged", async () => {
+deadline.test("SendWatch never fires while the source is silent, and passes chunks, order and end unchanged", async () => {
   const watch = new SendWatch(100);
   const chunks = [new Uint8Array([1, 2]), new Uint8Array([3]), new Uint8Array([4, 5, 6])];
   let i = 0;
@@ -69,7 +69,7 @@ Deno.test("SendWatch never fires while the source is silent, and passes chunks, 
   }
 });
 
-Deno.test("SendWatch passes a consumer's cancel on to the source with its reason", async () => {
+deadline.test("SendWatch passes a consumer's cancel on to the source with its reason", async () => {
   const watch = new SendWatch(1000);
   let cancelled: unknown = undefined;
   const source = new ReadableStream<Uint8Array>({

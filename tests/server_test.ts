@@ -17,7 +17,7 @@ import {
   upgradeResponse,
 } from "../lib/server.ts";
 import { RelayError } from "../lib/errors.ts";
-import { concat, dec, delay, enc, sha256, spawnCaptured, waitFor } from "./helpers.ts";
+import { concat, deadline, dec, delay, enc, sha256, spawnCaptured, waitFor } from "./helpers.ts";
 
 // ---- fixtures ----
 
@@ -281,7 +281,7 @@ Deno.test("requestUrl builds http://host+target and refuses hosts that would cha
 
 // ---- bodies ----
 
-Deno.test("a 5 MB binary body round-trips byte for byte, with content-length and chunked", async () => {
+deadline.test("a 5 MB binary body round-trips byte for byte, with content-length and chunked", async () => {
   const seen: Array<string | null> = [];
   const { server, port } = start((req) => {
     seen.push(req.headers.get("transfer-encoding") ?? req.headers.get("content-length"));
@@ -315,7 +315,7 @@ Deno.test("a 5 MB binary body round-trips byte for byte, with content-length and
   }
 });
 
-Deno.test("GET without a body gets req.body null; POST with a small body reads it whole", async () => {
+deadline.test("GET without a body gets req.body null; POST with a small body reads it whole", async () => {
   const { server, port } = start(async (req) => {
     if (req.method === "GET") return Response.json({ bodyNull: req.body === null });
     return new Response(`got ${await req.text()}`);
@@ -339,7 +339,7 @@ Deno.test("GET without a body gets req.body null; POST with a small body reads i
   }
 });
 
-Deno.test("the session_id header (underscore) reaches the handler", async () => {
+deadline.test("the session_id header (underscore) reaches the handler", async () => {
   const { server, port } = start((req) => new Response(req.headers.get("session_id") ?? "none"));
   const c = await Raw.open(port);
   try {
@@ -351,7 +351,7 @@ Deno.test("the session_id header (underscore) reaches the handler", async () => 
   }
 });
 
-Deno.test("req.url keeps the target as sent (no dot-segment or escape normalisation)", async () => {
+deadline.test("req.url keeps the target as sent (no dot-segment or escape normalisation)", async () => {
   const { server, port } = start((req) => new Response(req.url));
   const c = await Raw.open(port);
   try {
@@ -366,7 +366,7 @@ Deno.test("req.url keeps the target as sent (no dot-segment or escape normalisat
   }
 });
 
-Deno.test("a request body the handler leaves unread is drained and the connection kept", async () => {
+deadline.test("a request body the handler leaves unread is drained and the connection kept", async () => {
   const { server, port } = start(() => new Response("early"));
   const c = await Raw.open(port);
   try {
@@ -390,7 +390,7 @@ Deno.test("a request body the handler leaves unread is drained and the connectio
 
 // ---- connections ----
 
-Deno.test("keep-alive: three requests on one socket, pipelined requests answered in order", async () => {
+deadline.test("keep-alive: three requests on one socket, pipelined requests answered in order", async () => {
   const ports = new Set<number>();
   const { server, port } = start(async (req, info) => {
     ports.add(info.remoteAddr.port);
@@ -420,7 +420,7 @@ Deno.test("keep-alive: three requests on one socket, pipelined requests answered
   }
 });
 
-Deno.test("HEAD gets headers without a body; 204 gets neither body nor content-length", async () => {
+deadline.test("HEAD gets headers without a body; 204 gets neither body nor content-length", async () => {
   const { server, port } = start((req) => {
     if (new URL(req.url).pathname === "/204") return new Response(null, { status: 204 });
     return new Response("hello", { headers: { "x-a": "1" } });
@@ -447,7 +447,7 @@ Deno.test("HEAD gets headers without a body; 204 gets neither body nor content-l
   }
 });
 
-Deno.test("fetch as a client works, and reuses one kept-alive connection", async () => {
+deadline.test("fetch as a client works, and reuses one kept-alive connection", async () => {
   const ports = new Set<number>();
   const { server, port } = start(async (req, info) => {
     ports.add(info.remoteAddr.port);
@@ -466,7 +466,7 @@ Deno.test("fetch as a client works, and reuses one kept-alive connection", async
   }
 });
 
-Deno.test("HTTP/1.0: a streamed body is close-delimited; keep-alive only when asked", async () => {
+deadline.test("HTTP/1.0: a streamed body is close-delimited; keep-alive only when asked", async () => {
   const { server, port } = start(() =>
     new Response(
       new ReadableStream({
@@ -505,7 +505,7 @@ Deno.test("HTTP/1.0: a streamed body is close-delimited; keep-alive only when as
   }
 });
 
-Deno.test("header bytes above 0x7f arrive as Latin-1 chars; repeated response fields stay separate", async () => {
+deadline.test("header bytes above 0x7f arrive as Latin-1 chars; repeated response fields stay separate", async () => {
   const { server, port } = start((req) => {
     const v = req.headers.get("x-a") ?? "";
     const h = new Headers({ "x-codes": [...v].map((c) => c.charCodeAt(0)).join(",") });
@@ -539,7 +539,7 @@ Deno.test("header bytes above 0x7f arrive as Latin-1 chars; repeated response fi
   }
 });
 
-Deno.test("a handler that throws gets the JSON 500, a RelayError its own status, onError its answer", async () => {
+deadline.test("a handler that throws gets the JSON 500, a RelayError its own status, onError its answer", async () => {
   const handler: Http1Handler = (req) => {
     const p = new URL(req.url).pathname;
     if (p === "/relay") throw new RelayError(429, "rate_limited", "slow down");
@@ -576,7 +576,7 @@ Deno.test("a handler that throws gets the JSON 500, a RelayError its own status,
 
 // ---- streaming and aborts ----
 
-Deno.test("SSE: each chunk reaches the client within 50 ms of being enqueued", async () => {
+deadline.test("SSE: each chunk reaches the client within 50 ms of being enqueued", async () => {
   let ctrl!: ReadableStreamDefaultController<Uint8Array>;
   const { server, port } = start(() =>
     new Response(new ReadableStream<Uint8Array>({ start: (c) => void (ctrl = c) }), {
@@ -605,7 +605,7 @@ Deno.test("SSE: each chunk reaches the client within 50 ms of being enqueued", a
   }
 });
 
-Deno.test("a body stream that errors mid-way ends the response without the last chunk", async () => {
+deadline.test("a body stream that errors mid-way ends the response without the last chunk", async () => {
   const { server, port } = start(() =>
     new Response(
       new ReadableStream({
@@ -631,7 +631,7 @@ Deno.test("a body stream that errors mid-way ends the response without the last 
   }
 });
 
-Deno.test("a client that disconnects while the handler waits aborts req.signal within 1 s", async () => {
+deadline.test("a client that disconnects while the handler waits aborts req.signal within 1 s", async () => {
   let aborted = 0;
   let started = 0;
   let cancelled = false;
@@ -676,10 +676,12 @@ Deno.test("a client that disconnects while the handler waits aborts req.signal w
   }
 });
 
-Deno.test("a client that leaves mid-upload fails the body read and aborts req.signal", async () => {
+deadline.test("a client that leaves mid-upload fails the body read and aborts req.signal", async () => {
   let readError = "";
   let aborted = false;
+  let entered = false;
   const { server, port } = start(async (req) => {
+    entered = true;
     req.signal.addEventListener("abort", () => (aborted = true));
     try {
       await req.arrayBuffer();
@@ -691,7 +693,7 @@ Deno.test("a client that leaves mid-upload fails the body read and aborts req.si
   const c = await Raw.open(port);
   try {
     await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n" + "x".repeat(1000));
-    await delay(50);
+    await waitFor(() => entered, 3000, "the handler");
     c.close();
     await waitFor(() => readError !== "" && aborted, 1000, "body error and abort");
     assert.match(readError, /closed the connection/);
@@ -701,7 +703,7 @@ Deno.test("a client that leaves mid-upload fails the body read and aborts req.si
   }
 });
 
-Deno.test("req.signal does not abort after a complete response, even when the client then leaves", async () => {
+deadline.test("req.signal does not abort after a complete response, even when the client then leaves", async () => {
   const signals: AbortSignal[] = [];
   const { server, port } = start(async (req) => {
     signals.push(req.signal);
@@ -727,7 +729,7 @@ Deno.test("req.signal does not abort after a complete response, even when the cl
 
 // ---- abusive clients ----
 
-Deno.test("slowloris (a header byte every 200 ms) is cut off after headerTimeoutMs with 408", async () => {
+deadline.test("slowloris (a header byte every 200 ms) is cut off after headerTimeoutMs with 408", async () => {
   const { server, port } = start(() => new Response("never"), { headerTimeoutMs: 500 });
   const c = await Raw.open(port);
   const silent = await Raw.open(port);
@@ -759,7 +761,7 @@ Deno.test("slowloris (a header byte every 200 ms) is cut off after headerTimeout
   }
 });
 
-Deno.test("an idle kept-alive connection is closed after idleTimeoutMs", async () => {
+deadline.test("an idle kept-alive connection is closed after idleTimeoutMs", async () => {
   const { server, port } = start(() => new Response("ok"), { idleTimeoutMs: 300 });
   const c = await Raw.open(port);
   try {
@@ -776,7 +778,7 @@ Deno.test("an idle kept-alive connection is closed after idleTimeoutMs", async (
   }
 });
 
-Deno.test("maxConnections=2: a third socket gets 503 and is closed while the first two work", async () => {
+deadline.test("maxConnections=2: a third socket gets 503 and is closed while the first two work", async () => {
   const { server, port } = start(() => new Response("ok"), { maxConnections: 2 });
   const a = await Raw.open(port);
   const b = await Raw.open(port);
@@ -813,7 +815,7 @@ Deno.test("maxConnections=2: a third socket gets 503 and is closed while the fir
   }
 });
 
-Deno.test("a request head over 64 KiB gets 431", async () => {
+deadline.test("a request head over 64 KiB gets 431", async () => {
   const { server, port } = start(() => new Response("ok"));
   const c = await Raw.open(port);
   try {
@@ -839,7 +841,7 @@ Deno.test("a request head over 64 KiB gets 431", async () => {
   }
 });
 
-Deno.test("an invalid request gets 400 JSON and closes, and the server keeps serving others", async () => {
+deadline.test("an invalid request gets 400 JSON and closes, and the server keeps serving others", async () => {
   const { server, port } = start(() => new Response("ok"));
   try {
     for (
@@ -875,7 +877,7 @@ Deno.test("an invalid request gets 400 JSON and closes, and the server keeps ser
 
 // ---- protocol features ----
 
-Deno.test("Expect: 100-continue gets 100 when the body is first read, and no 100 when never read", async () => {
+deadline.test("Expect: 100-continue gets 100 when the body is first read, and no 100 when never read", async () => {
   const { server, port } = start(async (req) => {
     if (new URL(req.url).pathname === "/ignore") return new Response("no thanks");
     return new Response(`echo ${await req.text()}`);
@@ -905,7 +907,7 @@ Deno.test("Expect: 100-continue gets 100 when the body is first read, and no 100
   }
 });
 
-Deno.test("shutdown closes idle connections at once and lets a request in flight finish", async () => {
+deadline.test("shutdown closes idle connections at once and lets a request in flight finish", async () => {
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
   let entered = false;
@@ -940,7 +942,7 @@ Deno.test("shutdown closes idle connections at once and lets a request in flight
   }
 });
 
-Deno.test("upgradeResponse switches the socket to a raw tunnel (echo), bytes already sent included", async () => {
+deadline.test("upgradeResponse switches the socket to a raw tunnel (echo), bytes already sent included", async () => {
   let info: ServeInfo | null = null;
   const { server, port } = start((req, i) => {
     info = i;
@@ -983,7 +985,7 @@ Deno.test("upgradeResponse switches the socket to a raw tunnel (echo), bytes alr
   }
 });
 
-Deno.test("accept failures (EMFILE) are reported and the server keeps accepting", async () => {
+deadline.test("accept failures (EMFILE) are reported and the server keeps accepting", async () => {
   const code = `
     import { serveHttp1 } from ${JSON.stringify(new URL("../lib/server.ts", import.meta.url).href)};
     let errors = 0;
@@ -1030,7 +1032,7 @@ Deno.test("accept failures (EMFILE) are reported and the server keeps accepting"
   }
 });
 
-Deno.test("bodies given as bytes or text, and small request bodies that came with the head, pass exactly", async () => {
+deadline.test("bodies given as bytes or text, and small request bodies that came with the head, pass exactly", async () => {
   const got: { text: string; stream: string }[] = [];
   const { server, port } = start(async (req) => {
     const path = new URL(req.url).pathname;
@@ -1079,7 +1081,7 @@ Deno.test("the Deno internals the server relies on are found on this Deno versio
   assert.deepEqual(internalsFound, { headerList: true, staticBody: true, cancelHook: true });
 });
 
-Deno.test("a request body with broken chunked framing ends the connection, and the response says so", async () => {
+deadline.test("a request body with broken chunked framing ends the connection, and the response says so", async () => {
   const { server, port } = start(async (req) => {
     try {
       await req.text();

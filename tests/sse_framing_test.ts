@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import type { RequestRecord } from "../lib/app.ts";
 import {
+  deadline,
   rawRequest,
   readRequestHead,
   startRawUpstream,
@@ -40,7 +41,7 @@ const REQUEST = "POST /v1/messages HTTP/1.1\r\nhost: b\r\nconnection: close\r\n"
   "content-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
 
 for (const HTTP_SERVER of ["relay", "deno"] as const) {
-  Deno.test(`${HTTP_SERVER} server: an SSE answer A sent chunked in one read stays chunked and is logged as a stream`, async () => {
+  deadline.test(`${HTTP_SERVER} server: an SSE answer A sent chunked in one read stays chunked and is logged as a stream`, async () => {
     const up = oneWriteUpstream("chunked");
     const records: RequestRecord[] = [];
     const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER }, {
@@ -61,7 +62,7 @@ for (const HTTP_SERVER of ["relay", "deno"] as const) {
     }
   });
 
-  Deno.test(`${HTTP_SERVER} server: an SSE answer A sent with content-length keeps it and is logged as a stream`, async () => {
+  deadline.test(`${HTTP_SERVER} server: an SSE answer A sent with content-length keeps it and is logged as a stream`, async () => {
     const up = oneWriteUpstream("length", "Text/Event-Stream; charset=utf-8");
     const records: RequestRecord[] = [];
     const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER }, {
@@ -85,7 +86,7 @@ for (const HTTP_SERVER of ["relay", "deno"] as const) {
   });
 }
 
-Deno.test("a JSON answer that arrives in one read is still sent whole with content-length", async () => {
+deadline.test("a JSON answer that arrives in one read is still sent whole with content-length", async () => {
   const json = '{"ok":true}';
   const up = startRawUpstream(async (conn) => {
     if ((await readRequestHead(conn)) === null) return;

@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import {
+  deadline,
   delay,
   readRequestHead,
   startRawUpstream,
@@ -32,10 +33,12 @@ async function readRequest(conn: Deno.Conn): Promise<{ line: string; body: strin
   return { line: got.head.split("\r\n")[0]!, body: new TextDecoder().decode(body) };
 }
 
-Deno.test("an idle connection A closes after 1 s is noticed, and the next request just works", async () => {
+deadline.test("an idle connection A closes after 1 s is noticed, and the next request just works", async () => {
+  let idleClosed = 0;
   const up = startRawUpstream(async (conn) => {
     while (true) {
       const req = await Promise.race([readRequest(conn), delay(1000).then(() => "idle" as const)]);
+      if (req === "idle") idleClosed++;
       if (req === null || req === "idle") return; // A's keep-alive timeout: close
       await writeAll(conn, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
     }
@@ -43,7 +46,7 @@ Deno.test("an idle connection A closes after 1 s is noticed, and the next reques
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
-    await delay(1300);
+    await waitFor(() => idleClosed === 1, 5000, "A closing the idle connection");
     const res = await fetch(`${relay.url}/v1/chat/completions`, {
       method: "POST",
       body: '{"a":1}',
@@ -79,7 +82,7 @@ function closesReusedConnections(answerFirst: number, onReuse: (conn: Deno.Conn)
   return { up, bodies };
 }
 
-Deno.test("a request on a pooled connection A closes without answering is resent once, body intact", async () => {
+deadline.test("a request on a pooled connection A closes without answering is resent once, body intact", async () => {
   const { up, bodies } = closesReusedConnections(1, async (conn) => {
     await readRequestHead(conn); // takes the request, then drops the connection
   });
@@ -100,7 +103,7 @@ Deno.test("a request on a pooled connection A closes without answering is resent
   }
 });
 
-Deno.test("a body larger than RETRY_BODY_MAX_MB is not resent: the client gets a 502", async () => {
+deadline.test("a body larger than RETRY_BODY_MAX_MB is not resent: the client gets a 502", async () => {
   const { up, bodies } = closesReusedConnections(1, async (conn) => {
     await readRequest(conn);
   });
@@ -121,7 +124,7 @@ Deno.test("a body larger than RETRY_BODY_MAX_MB is not resent: the client gets a
   }
 });
 
-Deno.test("no resend once any response byte came back", async () => {
+deadline.test("no resend once any response byte came back", async () => {
   const { up, bodies } = closesReusedConnections(1, async (conn) => {
     await readRequest(conn);
     await writeAll(conn, "HTTP/1.1 200 O");
@@ -140,7 +143,7 @@ Deno.test("no resend once any response byte came back", async () => {
   }
 });
 
-Deno.test("the kept copy of a request body is dropped once A has answered, while the stream goes on", async () => {
+deadline.test("the kept copy of a request body is dropped once A has answered, while the stream goes on", async () => {
   const { BodySource, exchange, Pool } = await import("../lib/http1.ts");
   const { Watchdog } = await import("../lib/watchdog.ts");
   const up = startRawUpstream(async (conn) => {

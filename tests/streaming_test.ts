@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import {
+  deadline,
   dec,
   delay,
   enc,
@@ -17,7 +18,7 @@ import {
   writeAll,
 } from "./helpers.ts";
 
-Deno.test("each SSE event reaches the client as soon as A sends it", async () => {
+deadline.test("each SSE event reaches the client as soon as A sends it", async (signal) => {
   const gapMs = 150;
   const events = 6;
   const sentAt: number[] = [];
@@ -35,10 +36,15 @@ Deno.test("each SSE event reaches the client as soon as A sends it", async () =>
     return new Response(body, { headers: { "content-type": "text/event-stream" } });
   });
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
   try {
-    const res = await fetch(`${relay.url}/v1/chat/completions`, { method: "POST", body: "{}" });
+    const res = await fetch(`${relay.url}/v1/chat/completions`, {
+      method: "POST",
+      body: "{}",
+      signal,
+    });
     assert.equal(res.headers.get("content-type"), "text/event-stream");
-    const reader = res.body!.getReader();
+    reader = res.body!.getReader();
     const gotAt: number[] = [];
     let buf = "";
     while (true) {
@@ -59,18 +65,19 @@ Deno.test("each SSE event reaches the client as soon as A sends it", async () =>
       assert.ok(lag < gapMs, `event ${i} arrived ${lag.toFixed(1)} ms after A sent it`);
     }
   } finally {
+    await reader?.cancel().catch(() => {});
     await relay.close();
     await up.close();
   }
 });
 
-Deno.test("a stream longer than UPSTREAM_TIMEOUT_SEC is never cut while A keeps sending", async () => {
+deadline.test("a stream longer than UPSTREAM_TIMEOUT_SEC is never cut while A keeps sending", async (signal) => {
   const up = startUpstream(() => {
     return sseResponse({ gapMs: 100, count: 12 });
   });
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, UPSTREAM_TIMEOUT_SEC: "0.6" });
   try {
-    const res = await fetch(`${relay.url}/v1/messages`, { method: "POST", body: "{}" });
+    const res = await fetch(`${relay.url}/v1/messages`, { method: "POST", body: "{}", signal });
     const text = await res.text(); // 1.2 s in total, 2× the timeout
     assert.equal(text.split("\n\n").filter((s) => s !== "").length, 12);
   } finally {
@@ -79,7 +86,7 @@ Deno.test("a stream longer than UPSTREAM_TIMEOUT_SEC is never cut while A keeps 
   }
 });
 
-Deno.test("a client that disconnects while A holds the headers aborts the upstream request", async () => {
+deadline.test("a client that disconnects while A holds the headers aborts the upstream request", async () => {
   let upstreamAborted = false;
   const up = startUpstream((req) =>
     // A "thinks" until its client (the relay) goes away.
@@ -113,7 +120,7 @@ Deno.test("a client that disconnects while A holds the headers aborts the upstre
   }
 });
 
-Deno.test("a client that disconnects mid-stream cancels the upstream stream", async () => {
+deadline.test("a client that disconnects mid-stream cancels the upstream stream", async () => {
   let cancelled = false;
   const up = startUpstream(() => {
     return sseResponse({ gapMs: 50, onCancel: () => (cancelled = true) });
@@ -139,7 +146,7 @@ Deno.test("a client that disconnects mid-stream cancels the upstream stream", as
   }
 });
 
-Deno.test("an upstream that breaks mid-stream ends the client's stream with an error", async () => {
+deadline.test("an upstream that breaks mid-stream ends the client's stream with an error", async (signal) => {
   const up = startRawUpstream(async (conn) => {
     await readRequestHead(conn);
     await writeAll(
@@ -152,28 +159,30 @@ Deno.test("an upstream that breaks mid-stream ends the client's stream with an e
   });
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
-    const res = await fetch(`${relay.url}/v1/messages`, { method: "POST", body: "{}" });
+    const res = await fetch(`${relay.url}/v1/messages`, { method: "POST", body: "{}", signal });
     const reader = res.body!.getReader();
     const first = await reader.read();
     assert.equal(dec.decode(first.value), "data: first\n\n");
     await assert.rejects(async () => {
       while (!(await reader.read()).done) { /* drain */ }
     });
+    assert.equal(signal.aborted, false, "the relay ended the stream, not the test's deadline");
   } finally {
     await relay.close();
     up.close();
   }
 });
 
-Deno.test("a content-length body cut short by A is an error for the client, not a clean end", async () => {
+deadline.test("a content-length body cut short by A is an error for the client, not a clean end", async (signal) => {
   const up = startRawUpstream(async (conn) => {
     await readRequestHead(conn);
     await writeAll(conn, "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly-part");
   });
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
   try {
-    const res = await fetch(`${relay.url}/v1/models`);
+    const res = await fetch(`${relay.url}/v1/models`, { signal });
     await assert.rejects(() => res.arrayBuffer());
+    assert.equal(signal.aborted, false, "the relay ended the body, not the test's deadline");
   } finally {
     await relay.close();
     up.close();

@@ -154,8 +154,8 @@ for (const target of LEGITIMATE) {
       ? { path: target, query: "" }
       : { path: target.slice(0, q), query: target.slice(q) };
     assert.deepEqual(outcome(ORIGIN + target), expected);
-    assert.equal(upstreamTarget("", expected.path, expected.query), target);
-    assert.equal(upstreamTarget("/api", expected.path, expected.query), `/api${target}`);
+    assert.equal(upstreamTarget("", expected), target);
+    assert.equal(upstreamTarget("/api", expected), `/api${target}`);
   });
 }
 
@@ -272,7 +272,7 @@ Deno.test("upstreamTarget stays under the prefix with no dot-segment when checkT
       for (const url of [ORIGIN + raw, raw]) {
         const { path, query } = splitRequestUrl(url);
         if (checkTarget(path, query) !== null) continue;
-        const target = upstreamTarget("/api", path, query);
+        const target = upstreamTarget("/api", { path, query });
         assert.ok(target.startsWith("/api/"), target);
         // The query may hold anything URL-safe; the path part is what servers resolve.
         const pathPart = target.slice(0, target.length - query.length);

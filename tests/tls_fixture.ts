@@ -3,6 +3,8 @@
  * (EC P-256, `CA:FALSE` so rustls accepts it as a server certificate and as a trust anchor).
  */
 
+import { deadline, findCommand } from "./helpers.ts";
+
 export interface TestCert {
   cert: string;
   key: string;
@@ -10,6 +12,29 @@ export interface TestCert {
   keyFile: string;
   dir: string;
 }
+
+/**
+ * Why the tests that need the certificate cannot run here, or null. Under `CI=true` always null:
+ * there a missing openssl fails those tests instead of skipping them.
+ */
+export const TLS_SKIP_REASON: string | null =
+  Deno.env.get("CI") !== "true" && findCommand("openssl") === null
+    ? "openssl is not installed (apt-get install openssl)"
+    : null;
+
+/** Tests that need the certificate. */
+export const withCert = {
+  /**
+   * A {@link deadline.test} given the certificate. Where openssl is missing (outside CI) it is
+   * listed as ignored, the reason in its name, rather than reported as passed.
+   */
+  test(name: string, fn: (ctx: { tls: TestCert; signal: AbortSignal }) => Promise<void>): void {
+    deadline.test({
+      name: TLS_SKIP_REASON === null ? name : `${name} (SKIPPED: ${TLS_SKIP_REASON})`,
+      ignore: TLS_SKIP_REASON !== null,
+    }, async (signal) => fn({ tls: await testCert(), signal }));
+  },
+};
 
 let cached: Promise<TestCert> | null = null;
 

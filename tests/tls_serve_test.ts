@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { ConfigError } from "../lib/config.ts";
 import { loadTlsFiles } from "../lib/tls.ts";
 import { spawnCaptured, startUpstream, waitFor } from "./helpers.ts";
-import { testCert } from "./tls_fixture.ts";
+import { withCert } from "./tls_fixture.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -19,8 +19,8 @@ function spawnMain(env: Record<string, string>) {
   });
 }
 
-Deno.test("TLS_CERT_FILE/TLS_KEY_FILE serve HTTPS with HTTP/2 by ALPN, streaming included", async () => {
-  const { cert, certFile, keyFile } = await testCert();
+withCert.test("TLS_CERT_FILE/TLS_KEY_FILE serve HTTPS with HTTP/2 by ALPN, streaming included", async ({ tls }) => {
+  const { cert, certFile, keyFile } = tls;
   const up = startUpstream((req) =>
     new URL(req.url).pathname === "/v1/messages"
       ? new Response("data: a\n\ndata: b\n\n", { headers: { "content-type": "text/event-stream" } })
@@ -67,8 +67,8 @@ Deno.test("TLS_CERT_FILE/TLS_KEY_FILE serve HTTPS with HTTP/2 by ALPN, streaming
   }
 });
 
-Deno.test("a missing or non-PEM TLS file stops start-up with the variable and the fix", async () => {
-  const { certFile, keyFile } = await testCert();
+withCert.test("a missing or non-PEM TLS file stops start-up with the variable and the fix", async ({ tls }) => {
+  const { certFile, keyFile } = tls;
   const r = spawnMain({
     UPSTREAM_SERVER_A: "http://127.0.0.1:9",
     TLS_CERT_FILE: `${certFile}.missing`,

@@ -3,7 +3,7 @@
  */
 
 import assert from "node:assert/strict";
-import { startRelay, startUpstream } from "./helpers.ts";
+import { deadline, startRelay, startUpstream } from "./helpers.ts";
 
 const ACCESS = "client-access-key-1";
 const API = "sk-server-a-key-XYZ";
@@ -20,7 +20,7 @@ function echo() {
   );
 }
 
-Deno.test("/u1/v1/... goes to route 1's upstream as /v1/... with the access key swapped", async () => {
+deadline.test("/u1/v1/... goes to route 1's upstream as /v1/... with the access key swapped", async () => {
   const main = echo();
   const second = echo();
   const relay = startRelay({
@@ -71,7 +71,7 @@ Deno.test("/u1/v1/... goes to route 1's upstream as /v1/... with the access key 
   }
 });
 
-Deno.test("a wrong or missing access key gets 401 JSON and an unknown route 404, neither reaching A", async () => {
+deadline.test("a wrong or missing access key gets 401 JSON and an unknown route 404, neither reaching A", async () => {
   const up = echo();
   const relay = startRelay({
     UPSTREAM_SERVER_A: up.url,
@@ -105,7 +105,7 @@ Deno.test("a wrong or missing access key gets 401 JSON and an unknown route 404,
   }
 });
 
-Deno.test("ROUTES_FILE is read at start-up like ROUTES", async () => {
+deadline.test("ROUTES_FILE is read at start-up like ROUTES", async () => {
   const up = echo();
   const file = await Deno.makeTempFile({ suffix: ".json" });
   await Deno.writeTextFile(file, JSON.stringify({ "7": { apiKey: API, accessKey: ACCESS } }));

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   closedPort,
+  deadline,
   delay,
   enc,
   readRequestHead,
@@ -14,7 +15,7 @@ import {
   startUpstream,
 } from "./helpers.ts";
 
-Deno.test("an unreachable A gives a JSON 502 bad_gateway_error within a second, without internals", async () => {
+deadline.test("an unreachable A gives a JSON 502 bad_gateway_error within a second, without internals", async () => {
   const port = closedPort();
   const relay = startRelay({ UPSTREAM_SERVER_A: `http://127.0.0.1:${port}` });
   try {
@@ -36,7 +37,7 @@ Deno.test("an unreachable A gives a JSON 502 bad_gateway_error within a second, 
   }
 });
 
-Deno.test("A holding its headers past UPSTREAM_TIMEOUT_SEC gives a JSON 504", async () => {
+deadline.test("A holding its headers past UPSTREAM_TIMEOUT_SEC gives a JSON 504", async () => {
   const up = startRawUpstream(async (conn) => {
     await readRequestHead(conn);
     await delay(2000);
@@ -57,7 +58,7 @@ Deno.test("A holding its headers past UPSTREAM_TIMEOUT_SEC gives a JSON 504", as
   }
 });
 
-Deno.test("silence mid-stream longer than UPSTREAM_TIMEOUT_SEC ends the stream with an error", async () => {
+deadline.test("silence mid-stream longer than UPSTREAM_TIMEOUT_SEC ends the stream with an error", async () => {
   const up = startRawUpstream(async (conn) => {
     await readRequestHead(conn);
     const w = (s: string) => conn.write(enc.encode(s));
@@ -82,7 +83,7 @@ Deno.test("silence mid-stream longer than UPSTREAM_TIMEOUT_SEC ends the stream w
   }
 });
 
-Deno.test("a connect that hangs past CONNECT_TIMEOUT_SEC gives a JSON 504 and tries the next upstream", async () => {
+deadline.test("a connect that hangs past CONNECT_TIMEOUT_SEC gives a JSON 504 and tries the next upstream", async () => {
   const up = startUpstream(() => new Response("second"));
   // A connector that never completes for the first upstream stands in for a black-holed host.
   const relay = startRelay(
@@ -114,7 +115,7 @@ Deno.test("a connect that hangs past CONNECT_TIMEOUT_SEC gives a JSON 504 and tr
   }
 });
 
-Deno.test("a request that cannot connect to the first upstream goes to the next, body intact", async () => {
+deadline.test("a request that cannot connect to the first upstream goes to the next, body intact", async () => {
   const up = startUpstream(async (req) => new Response(`got ${await req.text()}`));
   const relay = startRelay({
     UPSTREAM_SERVER_A:
@@ -131,7 +132,7 @@ Deno.test("a request that cannot connect to the first upstream goes to the next,
   }
 });
 
-Deno.test("A's own 5xx answers pass through untouched and do not fail over", async () => {
+deadline.test("A's own 5xx answers pass through untouched and do not fail over", async () => {
   const second = startUpstream(() => new Response("second should not answer"));
   const first = startUpstream(() =>
     new Response('{"error":{"message":"down","type":"service_unavailable_error","code":"x"}}', {
@@ -155,7 +156,7 @@ Deno.test("A's own 5xx answers pass through untouched and do not fail over", asy
   }
 });
 
-Deno.test("garbage from A is a JSON 502 upstream_protocol_error", async () => {
+deadline.test("garbage from A is a JSON 502 upstream_protocol_error", async () => {
   const up = startRawUpstream(async (conn) => {
     await readRequestHead(conn);
     await conn.write(enc.encode("SSH-2.0-OpenSSH_9.0\r\n\r\n"));

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   closedPort,
+  deadline,
   delay,
   readRequestHead,
   startRawUpstream,
@@ -15,7 +16,7 @@ import {
   writeAll,
 } from "./helpers.ts";
 
-Deno.test("a dead first upstream is skipped after one failure: later requests go straight to the live one", async () => {
+deadline.test("a dead first upstream is skipped after one failure: later requests go straight to the live one", async () => {
   const live = startUpstream(() => new Response("live"));
   const deadPort = closedPort();
   const attempts: string[] = [];
@@ -54,7 +55,7 @@ Deno.test("a dead first upstream is skipped after one failure: later requests go
   }
 });
 
-Deno.test("a request never waits on a known-dead upstream's connect timeout when a live one exists", async () => {
+deadline.test("a request never waits on a known-dead upstream's connect timeout when a live one exists", async () => {
   const live = startUpstream(() => new Response("live"));
   let blackholeTries = 0;
   const relay = startRelay(
@@ -88,7 +89,7 @@ Deno.test("a request never waits on a known-dead upstream's connect timeout when
   }
 });
 
-Deno.test("an active probe brings a recovered upstream back to first place", async () => {
+deadline.test("an active probe brings a recovered upstream back to first place", async () => {
   const port = closedPort();
   const backup = startUpstream(() => new Response("backup"));
   const relay = startRelay(
@@ -135,28 +136,47 @@ Deno.test("an active probe brings a recovered upstream back to first place", asy
 
 /** A fake A that, like claude-code-hub, drops connections idle for `idleMs`. */
 function shortKeepAlive(idleMs: number) {
-  const paths: string[] = [];
-  const up = startRawUpstream(async (conn) => {
-    while (true) {
-      const req = await Promise.race([
-        readRequestHead(conn),
-        delay(idleMs).then(() => "idle" as const),
-      ]);
-      if (req === null || req === "idle") return;
-      paths.push(req.head.split(" ")[1]!);
-      const body = req.head.includes("/v1/_ping") ? '{"status":"pong"}' : "ok";
-      await writeAll(conn, `HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+  /** Per connection, in the order A accepted them. */
+  const conns: Array<{
+    requests: Array<{ path: string; at: number }>;
+    /** A closed it for being idle `idleMs`. */
+    idleClosed: boolean;
+    closed: boolean;
+  }> = [];
+  const up = startRawUpstream(async (conn, i) => {
+    const record = {
+      requests: [] as Array<{ path: string; at: number }>,
+      idleClosed: false,
+      closed: false,
+    };
+    conns[i] = record;
+    try {
+      while (true) {
+        const req = await Promise.race([
+          readRequestHead(conn),
+          delay(idleMs).then(() => "idle" as const),
+        ]);
+        if (req === "idle") record.idleClosed = true;
+        if (req === null || req === "idle") return;
+        const path = req.head.split(" ")[1]!;
+        record.requests.push({ path, at: performance.now() });
+        const body = path === "/v1/_ping" ? '{"status":"pong"}' : "ok";
+        await writeAll(conn, `HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+      }
+    } finally {
+      record.closed = true;
     }
   });
-  return { up, paths };
+  return { up, conns };
 }
 
-Deno.test("keep-warm keeps a connection to A open across idle periods longer than A's keep-alive", async () => {
+deadline.test("keep-warm keeps a connection to A open across idle periods longer than A's keep-alive", async () => {
+  const idleMs = 1500;
   for (const keepWarm of ["0.25", "0"]) {
-    const { up, paths } = shortKeepAlive(1200);
+    const a = shortKeepAlive(idleMs);
     const relay = startRelay(
       {
-        UPSTREAM_SERVER_A: up.url,
+        UPSTREAM_SERVER_A: a.up.url,
         UPSTREAM_KEEPWARM_SEC: keepWarm,
         HEALTH_CHECK_SEC: "60",
         // Keep-warm alone: a spare would add connections this test counts (see spare_test.ts).
@@ -165,23 +185,42 @@ Deno.test("keep-warm keeps a connection to A open across idle periods longer tha
       { background: true },
     );
     try {
-      await waitFor(() => up.connections >= 1, 2000, "start-up warm-up connection");
+      await waitFor(() => a.up.connections >= 1, 5000, "start-up warm-up connection");
       assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
-      await delay(2000);
-      assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
+      const before = a.up.connections;
+      const pausedAt = performance.now();
+      const old = () => a.conns.slice(0, before);
       if (keepWarm === "0") {
-        assert.equal(
-          up.connections,
-          2,
+        await waitFor(
+          () => old().every((c) => c.idleClosed),
+          idleMs + 10_000,
+          "A closing the relay's idle connections",
+        );
+        assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
+        assert.ok(
+          a.up.connections > before,
           "without keep-warm the idle connection dies and a new one is needed",
         );
       } else {
-        assert.equal(up.connections, 1, "keep-warm should have kept the first connection alive");
-        assert.ok(paths.filter((p) => p === "/v1/_ping").length >= 3, `pings: ${paths.join(" ")}`);
+        // A ping on a connection from before the pause, later than A's idle limit: kept alive.
+        await waitFor(
+          () =>
+            old().some((c) =>
+              !c.closed &&
+              c.requests.some((r) => r.path === "/v1/_ping" && r.at - pausedAt > 1.5 * idleMs)
+            ),
+          idleMs + 10_000,
+          "a keep-warm ping after A's idle limit on a connection opened before the pause",
+        );
+        assert.ok(
+          old().some((c) => !c.idleClosed),
+          "keep-warm should have kept a connection alive",
+        );
+        assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
       }
     } finally {
       await relay.close();
-      up.close();
+      a.up.close();
     }
   }
 });

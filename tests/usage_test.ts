@@ -1,6 +1,7 @@
 import { deepStrictEqual, doesNotThrow, equal, ok, strictEqual } from "node:assert/strict";
 import fc from "fast-check";
 import { MAX_JSON_BYTES, MAX_SSE_EVENT_CHARS, type Usage, UsageTap } from "../lib/usage.ts";
+import { deadline } from "./helpers.ts";
 
 const SSE = "text/event-stream; charset=utf-8";
 const JSON_TYPE = "application/json";
@@ -478,7 +479,7 @@ Deno.test("UsageTap gives up when a JSON body exceeds the size limit", () => {
 // ---------------------------------------------------------------------------------------------
 // Refusals and robustness
 
-Deno.test("UsageTap returns undefined when the body is gzip-encoded", async () => {
+deadline.test("UsageTap returns undefined when the body is gzip-encoded", async () => {
   const json = encoder.encode(
     '{"model":"gpt-4o","usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11}}',
   );

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import type { RequestRecord } from "../lib/app.ts";
-import { delay, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
+import { deadline, delay, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 interface Seen {
   headers: Headers;
@@ -87,7 +87,7 @@ function closed(ws: WebSocket): Promise<{ code: number; reason: string }> {
 for (
   const [HTTP_SERVER, label] of [["relay", "tunnel"], ["deno", "bridge"]] as const
 ) {
-  Deno.test(`${label}: WebSocket on /v1/responses relays messages both ways in order, with headers and client IP`, async () => {
+  deadline.test(`${label}: WebSocket on /v1/responses relays messages both ways in order, with headers and client IP`, async () => {
     const { up, seen } = wsUpstream();
     const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER });
     try {
@@ -122,7 +122,7 @@ for (
     }
   });
 
-  Deno.test(`${label}: A closing the WebSocket passes its close code and reason to the client`, async () => {
+  deadline.test(`${label}: A closing the WebSocket passes its close code and reason to the client`, async () => {
     for (
       const [code, reason] of [[4002, "done here"], [1011, "server error"], [
         1000,
@@ -143,7 +143,7 @@ for (
     }
   });
 
-  Deno.test(`${label}: a client that drops its socket without a close frame is logged as client_closed (499)`, async () => {
+  deadline.test(`${label}: a client that drops its socket without a close frame is logged as client_closed (499)`, async () => {
     const { up, seen } = wsUpstream();
     const records: RequestRecord[] = [];
     const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER }, {
@@ -171,7 +171,7 @@ for (
     }
   });
 
-  Deno.test(`${label}: a WebSocket session's record has the 101's time as ttfb, the upstream and the bytes each way`, async () => {
+  deadline.test(`${label}: a WebSocket session's record has the 101's time as ttfb, the upstream and the bytes each way`, async () => {
     const { up } = wsUpstream();
     const records: RequestRecord[] = [];
     const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER }, {
@@ -206,7 +206,7 @@ for (
     }
   });
 
-  Deno.test(`${label}: A refusing the upgrade (426, 404) reaches the client as that HTTP answer`, async () => {
+  deadline.test(`${label}: A refusing the upgrade (426, 404) reaches the client as that HTTP answer`, async () => {
     for (const status of [426, 404, 405]) {
       const { up } = wsUpstream({ refuse: status });
       const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER });
@@ -226,7 +226,7 @@ for (
   });
 }
 
-Deno.test("bridge: a message over A's 32 MiB limit closes the session with 1009", async () => {
+deadline.test("bridge: a message over A's 32 MiB limit closes the session with 1009", async () => {
   // Only the bridge reads messages; in a tunnel A's own limit applies.
   const { up } = wsUpstream();
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER: "deno" });
@@ -242,7 +242,7 @@ Deno.test("bridge: a message over A's 32 MiB limit closes the session with 1009"
   }
 });
 
-Deno.test("an unreachable A makes the WebSocket handshake a JSON 502", async () => {
+deadline.test("an unreachable A makes the WebSocket handshake a JSON 502", async () => {
   const { closedPort } = await import("./helpers.ts");
   const relay = startRelay({ UPSTREAM_SERVER_A: `http://127.0.0.1:${closedPort()}` });
   try {
@@ -259,7 +259,7 @@ Deno.test("an unreachable A makes the WebSocket handshake a JSON 502", async () 
   }
 });
 
-Deno.test("tunnel: the client's handshake reaches A as sent and A's 101 comes back as sent", async () => {
+deadline.test("tunnel: the client's handshake reaches A as sent and A's 101 comes back as sent", async () => {
   const { up } = wsUpstream();
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url, HTTP_SERVER: "relay" });
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
