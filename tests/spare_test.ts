@@ -10,6 +10,7 @@ import https from "node:https";
 import * as http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
 import {
+  deadline,
   delay,
   readRequestHead,
   startRawUpstream,
@@ -17,19 +18,10 @@ import {
   waitFor,
   writeAll,
 } from "./helpers.ts";
-import { type TestCert, testCert } from "./tls_fixture.ts";
+import { type TestCert, withCert } from "./tls_fixture.ts";
 import { type Endpoint, Pool } from "../lib/http1.ts";
 import { exchange2, H2Pool } from "../lib/http2.ts";
 import { Watchdog } from "../lib/watchdog.ts";
-
-async function certOrSkip(t: Deno.TestContext): Promise<TestCert | null> {
-  const tls = await testCert().catch(() => null);
-  if (tls === null) {
-    if (Deno.env.get("CI")) throw new Error("openssl is needed for this test");
-    await t.step({ name: "skipped: openssl not found", ignore: true, fn: () => {} });
-  }
-  return tls;
-}
 
 /**
  * A fake HTTPS A on `node:https` (HTTP/1.1 only, like claude-code-hub) that closes connections idle
@@ -148,9 +140,7 @@ async function requestAfterIdle(tls: TestCert, env: Record<string, string>) {
 
 for (const keepWarm of ["0.2", "0"]) {
   const how = keepWarm === "0" ? "replaced by new connections" : "kept warm by pings";
-  Deno.test(`a request after idle finds a ready TLS connection when long streams hold every other one (spare ${how})`, async (t) => {
-    const tls = await certOrSkip(t);
-    if (tls === null) return;
+  withCert.test(`a request after idle finds a ready TLS connection when long streams hold every other one (spare ${how})`, async ({ tls }) => {
     const r = await requestAfterIdle(tls, { UPSTREAM_KEEPWARM_SEC: keepWarm });
     assert.ok(
       r.warm,
@@ -167,9 +157,7 @@ for (const keepWarm of ["0.2", "0"]) {
   });
 }
 
-Deno.test("UPSTREAM_SPARE_CONNECTIONS=0 leaves the request after idle to open its own TLS connection", async (t) => {
-  const tls = await certOrSkip(t);
-  if (tls === null) return;
+withCert.test("UPSTREAM_SPARE_CONNECTIONS=0 leaves the request after idle to open its own TLS connection", async ({ tls }) => {
   const r = await requestAfterIdle(tls, {
     UPSTREAM_KEEPWARM_SEC: "0.2",
     UPSTREAM_SPARE_CONNECTIONS: "0",
@@ -192,7 +180,7 @@ function countingA(pingStatus: number) {
   });
 }
 
-Deno.test("no spare connection is opened for an upstream marked down, and one is when it is up", async () => {
+deadline.test("no spare connection is opened for an upstream marked down, and one is when it is up", async () => {
   for (const pingStatus of [500, 200]) {
     const a = countingA(pingStatus);
     // Without keep-warm a spare near the idle timeout is replaced: an up upstream gets new
@@ -225,7 +213,7 @@ Deno.test("no spare connection is opened for an upstream marked down, and one is
 
 const EP: Endpoint = { protocol: "http:", hostname: "127.0.0.1", port: 0, hostHeader: "a" };
 
-Deno.test("a pool stops opening spares after the failure limit and starts again once an exchange works", async () => {
+deadline.test("a pool stops opening spares after the failure limit and starts again once an exchange works", async () => {
   const a = countingA(200);
   let refuse = true;
   let calls = 0;
@@ -262,7 +250,7 @@ Deno.test("a pool stops opening spares after the failure limit and starts again 
   }
 });
 
-Deno.test("a pool stops reopening spares that A closes before any use", async () => {
+deadline.test("a pool stops reopening spares that A closes before any use", async () => {
   let closeAtOnce = false;
   const a = startRawUpstream(async (conn) => {
     if (closeAtOnce) return;
@@ -291,7 +279,7 @@ Deno.test("a pool stops reopening spares that A closes before any use", async ()
   }
 });
 
-Deno.test("a pool opens spares only while live() says so, and never beyond its idle cap", async () => {
+deadline.test("a pool opens spares only while live() says so, and never beyond its idle cap", async () => {
   const a = countingA(200);
   let live = false;
   const pool = new Pool({ ...EP, port: a.port }, {
@@ -318,9 +306,7 @@ Deno.test("a pool opens spares only while live() says so, and never beyond its i
   }
 });
 
-Deno.test("an HTTP/2 pool opens a new session before a request takes the last free stream slot", async (t) => {
-  const tls = await certOrSkip(t);
-  if (tls === null) return;
+withCert.test("an HTTP/2 pool opens a new session before a request takes the last free stream slot", async ({ tls }) => {
   const server = http2.createSecureServer({ key: tls.key, cert: tls.cert });
   const open = new Set<http2.ServerHttp2Stream>();
   let sessions = 0;
