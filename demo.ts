@@ -3,12 +3,12 @@
  * can see it work without a Server A. Not for production.
  */
 
-import { openAccessLog } from "./lib/access_log.ts";
-import { createApp } from "./lib/app.ts";
-import { parseConfig } from "./lib/config.ts";
-import { listen } from "./lib/listen.ts";
-import { Logger } from "./lib/log.ts";
-import { mockHandler } from "./lib/mock_upstream.ts";
+import { openAccessLog } from "./lib/observe/access_log.ts";
+import { createApp } from "./lib/pipeline/app.ts";
+import { parseConfig } from "./lib/config/config.ts";
+import { listen } from "./lib/server/listen.ts";
+import { Logger } from "./lib/observe/log.ts";
+import { mockHandler } from "./dev/mock_upstream.ts";
 
 const mock = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, mockHandler());
 const port = Deno.env.get("PORT") ?? "8000";

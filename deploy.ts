@@ -9,10 +9,10 @@
  * which restarts the isolates) to change the configuration.
  */
 
-import { type AccessLogHandle, openAccessLog } from "./lib/access_log.ts";
-import { type App, createApp } from "./lib/app.ts";
-import { ConfigError, type Env, parseConfig } from "./lib/config.ts";
-import { Logger } from "./lib/log.ts";
+import { type AccessLogHandle, openAccessLog } from "./lib/observe/access_log.ts";
+import { type App, createApp } from "./lib/pipeline/app.ts";
+import { ConfigError, type Env, parseConfig } from "./lib/config/config.ts";
+import { Logger } from "./lib/observe/log.ts";
 
 /** Variables that have no meaning on Deno Deploy; they are dropped before parsing. */
 export const IGNORED_ON_DEPLOY: readonly string[] = [

@@ -3,18 +3,18 @@
  * Everything else lives in `lib/` and imports without side effects.
  */
 
-import { type AccessLogHandle, openAccessLog } from "./lib/access_log.ts";
-import { createApp } from "./lib/app.ts";
-import { ConfigError, parseConfig } from "./lib/config.ts";
+import { type AccessLogHandle, openAccessLog } from "./lib/observe/access_log.ts";
+import { createApp } from "./lib/pipeline/app.ts";
+import { ConfigError, parseConfig } from "./lib/config/config.ts";
 import { errorResponse, toRelayError } from "./lib/errors.ts";
-import { UpstreamError } from "./lib/http1.ts";
-import { listen, type Listener } from "./lib/listen.ts";
-import { Logger } from "./lib/log.ts";
-import { broadPermissions, startupWarnings } from "./lib/permissions.ts";
-import { createReloader } from "./lib/reload.ts";
-import { SendTimeoutError } from "./lib/send_watch.ts";
-import { loadTlsFiles } from "./lib/tls.ts";
-import { VERSION } from "./lib/version.ts";
+import { UpstreamError } from "./lib/upstream/http1.ts";
+import { listen, type Listener } from "./lib/server/listen.ts";
+import { Logger } from "./lib/observe/log.ts";
+import { broadPermissions, startupWarnings } from "./lib/ops/permissions.ts";
+import { createReloader } from "./lib/config/reload.ts";
+import { SendTimeoutError } from "./lib/server/send_watch.ts";
+import { loadTlsFiles } from "./lib/config/tls.ts";
+import { VERSION } from "./lib/observe/version.ts";
 
 /** Starts the relay; resolves when the server has shut down. */
 export async function main(): Promise<number> {

@@ -9,7 +9,7 @@
  * Access logging is switched with the relay's own `ACCESS_LOG=0`; metrics have no switch.
  */
 
-import { UsageTap } from "../lib/usage.ts";
+import { UsageTap } from "../lib/observe/usage.ts";
 
 if (Deno.args.includes("--no-usage")) {
   UsageTap.prototype.push = function (): void {};

@@ -312,7 +312,7 @@ interface Row {
 
 /**
  * The relay under test twice, pinned alike: on its own HTTP/1.1 server and on Deno.serve
- * (`HTTP_SERVER=deno`, see lib/listen.ts), so a section can compare the client-facing servers.
+ * (`HTTP_SERVER=deno`, see lib/server/listen.ts), so a section can compare the client-facing servers.
  */
 async function startRelayPair(section: string, upstream: string): Promise<{
   relay: Proc;
@@ -518,7 +518,7 @@ async function sectionObservers(): Promise<void> {
     } |\n`;
   });
   t += "\nMetrics (telemetry) have no switch; their share is in the profile below " +
-    "(`lib/telemetry.ts`, `lib/metrics.ts`).\n";
+    "(`lib/observe/telemetry.ts`, `lib/observe/metrics.ts`).\n";
   md.push(t);
   for (const r of running) await r.proc.stop();
 }
@@ -559,11 +559,14 @@ async function profiledRun(
 /** Observer modules, for attributing profile self time. */
 const OBSERVER_GROUPS: Array<[string, RegExp]> = [
   [
-    "access log (lib/access_log.ts, lib/log.ts, stdout writes)",
+    "access log (lib/observe/access_log.ts, lib/observe/log.ts, stdout writes)",
     /^(lib\/access_log\.ts|lib\/log\.ts|op_write_sync)$/,
   ],
-  ["metrics (lib/telemetry.ts, lib/metrics.ts)", /^lib\/(telemetry|metrics)\.ts$/],
-  ["usage parsing (lib/usage.ts, eventsource-parser)", /^(lib\/usage\.ts|npm:eventsource-parser)$/],
+  ["metrics (lib/observe/telemetry.ts, lib/observe/metrics.ts)", /^lib\/(telemetry|metrics)\.ts$/],
+  [
+    "usage parsing (lib/observe/usage.ts, eventsource-parser)",
+    /^(lib\/usage\.ts|npm:eventsource-parser)$/,
+  ],
 ];
 
 async function sectionProfile(): Promise<void> {

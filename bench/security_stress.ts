@@ -26,9 +26,9 @@
  * Every child is stopped by its PID; `--max-sec` bounds the whole run.
  */
 
-import { parseConfig } from "../lib/config.ts";
-import { connectionCap } from "../lib/conn_limit.ts";
-import { relayDenoArgs } from "../lib/permissions.ts";
+import { parseConfig } from "../lib/config/config.ts";
+import { connectionCap } from "../lib/server/conn_limit.ts";
+import { relayDenoArgs } from "../lib/ops/permissions.ts";
 
 const flags = new Map(
   Deno.args.filter((a) => a.startsWith("--")).map((a) => {

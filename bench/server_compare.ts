@@ -1,5 +1,5 @@
 /**
- * `Deno.serve` against our own HTTP/1.1 server (`lib/server.ts`) with a trivial handler that
+ * `Deno.serve` against our own HTTP/1.1 server (`lib/server/server.ts`) with a trivial handler that
  * answers a ~1 KB JSON: requests per second under `wrk -t1 -c50`, and the server's CPU time per
  * request (utime + stime of its process from `/proc/<pid>/stat`, over the measured run only).
  * Servers run one at a time, alternating, for `--rounds` rounds; a 1 s wrk warm-up precedes each
@@ -14,7 +14,7 @@
  * Loopback only.
  */
 
-import { serveHttp1 } from "../lib/server.ts";
+import { serveHttp1 } from "../lib/server/server.ts";
 import {
   CHAT_JSON,
   cpuSeconds,

@@ -1,10 +1,10 @@
 /**
  * `deno task doctor`: checks configuration and the path to Server A, and explains failures.
- * The checks live in `lib/doctor.ts`; this file reads the command line and environment and prints.
+ * The checks live in `lib/ops/doctor.ts`; this file reads the command line and environment and prints.
  */
 
-import { DOCTOR_USAGE, formatReport, parseDoctorArgs, runDoctor } from "../lib/doctor.ts";
-import type { DoctorArgs } from "../lib/doctor.ts";
+import { DOCTOR_USAGE, formatReport, parseDoctorArgs, runDoctor } from "../lib/ops/doctor.ts";
+import type { DoctorArgs } from "../lib/ops/doctor.ts";
 
 async function main(): Promise<number> {
   let args: DoctorArgs;

@@ -8,10 +8,10 @@
  * This launcher needs --allow-run to start Deno; the relay itself gets no run permission.
  */
 
-import { ConfigError, parseConfig } from "../lib/config.ts";
-import { connectionCap } from "../lib/conn_limit.ts";
-import { Logger } from "../lib/log.ts";
-import { relayDenoArgs } from "../lib/permissions.ts";
+import { ConfigError, parseConfig } from "../lib/config/config.ts";
+import { connectionCap } from "../lib/server/conn_limit.ts";
+import { Logger } from "../lib/observe/log.ts";
+import { relayDenoArgs } from "../lib/ops/permissions.ts";
 
 async function hardFdLimit(): Promise<number | null> {
   try {

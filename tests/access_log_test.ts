@@ -13,9 +13,9 @@ import {
   formatPrettyLine,
   isFailure,
   openAccessLog,
-} from "../lib/access_log.ts";
-import type { RequestRecord } from "../lib/app.ts";
-import { parseConfig } from "../lib/config.ts";
+} from "../lib/observe/access_log.ts";
+import type { RequestRecord } from "../lib/pipeline/app.ts";
+import { parseConfig } from "../lib/config/config.ts";
 import {
   closedPort,
   deadline,

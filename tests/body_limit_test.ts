@@ -4,8 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { LimitedBody } from "../lib/body_limit.ts";
-import { parseConfig } from "../lib/config.ts";
+import { LimitedBody } from "../lib/pipeline/body_limit.ts";
+import { parseConfig } from "../lib/config/config.ts";
 import { RelayError } from "../lib/errors.ts";
 import {
   deadline,

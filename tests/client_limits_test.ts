@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { AuthFailures } from "../lib/guards.ts";
+import { AuthFailures } from "../lib/pipeline/guards.ts";
 import { deadline, enc, sseResponse, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 const ok = () => startUpstream(() => Response.json({ ok: true }));

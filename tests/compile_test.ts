@@ -7,8 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import { parseConfig } from "../lib/config.ts";
-import { relayDenoArgs } from "../lib/permissions.ts";
+import { parseConfig } from "../lib/config/config.ts";
+import { relayDenoArgs } from "../lib/ops/permissions.ts";
 import { deadline } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { type Config, ConfigError, type Env, parseConfig, type Upstream } from "../lib/config.ts";
+import {
+  type Config,
+  ConfigError,
+  type Env,
+  parseConfig,
+  type Upstream,
+} from "../lib/config/config.ts";
 
 const BASE: Env = { UPSTREAM_SERVER_A: "https://hub.example.com" };
 const API_KEY = "sk-upstream-SECRET-1234567890";

@@ -10,7 +10,7 @@ import {
   FALLBACK_MAX_CONNECTIONS,
   isOutOfDescriptors,
   parseFdLimit,
-} from "../lib/conn_limit.ts";
+} from "../lib/server/conn_limit.ts";
 import {
   deadline,
   delay,

@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { PerIpCap } from "../lib/conn_limit.ts";
+import { PerIpCap } from "../lib/server/conn_limit.ts";
 import { deadline, delay, enc, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 Deno.test("PerIpCap counts each address apart, refuses over the cap and forgets addresses that hold nothing", () => {

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { swapKey, timingSafeEqual } from "../lib/credentials.ts";
+import { swapKey, timingSafeEqual } from "../lib/pipeline/credentials.ts";
 import { RelayError } from "../lib/errors.ts";
-import type { HeaderList } from "../lib/headers.ts";
+import type { HeaderList } from "../lib/http/headers.ts";
 
 const ACCESS = "relay-access-key-0001";
 const API = "sk-server-a-key/with+special=chars";
@@ -203,7 +203,7 @@ Deno.test("swapKey never leaves the access key in its output", () => {
 
 Deno.test({
   name: "swapKey does not forward the access key when ?key= has a percent-encoded name",
-  // Regression (found in review, fixed): lib/credentials.ts swapKey only recognises a parameter written literally as `key=`.
+  // Regression (found in review, fixed): lib/pipeline/credentials.ts swapKey only recognises a parameter written literally as `key=`.
   // A query like `?%6Bey=<accessKey>` (URLSearchParams, as used by Server A, decodes the name to
   // `key`) is passed on untouched next to the swapped header, so the relay's access key reaches
   // Server A — the module contract says it must never leave the access key in the request.

@@ -7,7 +7,7 @@ import {
   redactQuery,
   requestHeaders,
   responseHeaders,
-} from "../lib/headers.ts";
+} from "../lib/http/headers.ts";
 
 const HOP_BY_HOP = [
   "connection",
@@ -203,7 +203,7 @@ Deno.test("responseHeaders drops hop-by-hop headers and those named by Connectio
 
 Deno.test({
   name: "responseHeaders drops headers named by any of several Connection lines",
-  // Regression (found in review, fixed): lib/headers.ts responseHeaders keeps only the tokens of the LAST `connection` entry
+  // Regression (found in review, fixed): lib/http/headers.ts responseHeaders keeps only the tokens of the LAST `connection` entry
   // (`named = connectionTokens(value)` overwrites). RFC 9110 §5.3 says repeated field lines form
   // one list, and parseHead keeps each `Connection:` line as its own entry, so with
   // `connection: x-a` + `connection: x-b` the header x-a (meant for the hop only) reaches clients.
@@ -267,7 +267,7 @@ Deno.test("redactHeaders never contains secret values when given a Headers objec
 
 Deno.test({
   name: "redactHeaders never contains secret values when header names are mixed-case",
-  // Regression (found in review, fixed): lib/headers.ts redactHeaders checks `SECRET.has(name)` without lower-casing, while
+  // Regression (found in review, fixed): lib/http/headers.ts redactHeaders checks `SECRET.has(name)` without lower-casing, while
   // isSecretHeader does lower-case. Its parameter is any Iterable<[string, string]>, so a caller
   // passing wire-case names (e.g. [["Authorization", "Bearer sk-..."]]) logs the key in clear.
 
@@ -311,7 +311,7 @@ Deno.test("redactQuery never contains a key value however the query is shaped", 
 
 Deno.test({
   name: "redactQuery keeps the parameter name when key has no value",
-  // Regression (found in review, fixed): lib/headers.ts redactQuery uses `p.slice(0, eq)` with eq === -1 for a parameter without
+  // Regression (found in review, fixed): lib/http/headers.ts redactQuery uses `p.slice(0, eq)` with eq === -1 for a parameter without
   // "=", which cuts the last character: "/v1/x?key" becomes "/v1/x?ke=[redacted]" in logs.
   // Cosmetic (no secret leaks), but the logged path is wrong.
 

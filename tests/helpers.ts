@@ -3,11 +3,11 @@
  * client for targets and bytes that `fetch` would normalise or decode.
  */
 
-import { createApp } from "../lib/app.ts";
-import type { App, AppDeps } from "../lib/app.ts";
-import { parseConfig } from "../lib/config.ts";
-import { listen } from "../lib/listen.ts";
-import { Logger } from "../lib/log.ts";
+import { createApp } from "../lib/pipeline/app.ts";
+import type { App, AppDeps } from "../lib/pipeline/app.ts";
+import { parseConfig } from "../lib/config/config.ts";
+import { listen } from "../lib/server/listen.ts";
+import { Logger } from "../lib/observe/log.ts";
 
 export const enc = new TextEncoder();
 export const dec = new TextDecoder();

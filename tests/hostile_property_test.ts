@@ -6,7 +6,14 @@
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { CidrList, clientIpFrom, formatIp, parseCidr, parseCidrList, parseIp } from "../lib/ip.ts";
+import {
+  CidrList,
+  clientIpFrom,
+  formatIp,
+  parseCidr,
+  parseCidrList,
+  parseIp,
+} from "../lib/config/ip.ts";
 import {
   deadline,
   rawRequest,

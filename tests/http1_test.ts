@@ -7,7 +7,7 @@ import {
   encodeLatin1,
   parseHead,
   UpstreamError,
-} from "../lib/http1.ts";
+} from "../lib/upstream/http1.ts";
 import { deadline } from "./helpers.ts";
 
 const enc = new TextEncoder();
@@ -565,7 +565,7 @@ deadline.test("BodySource cancel cancels the client's stream", async () => {
 Deno.test({
   name:
     "BodySource lets a retry cursor finish when a failed attempt's pending read crosses keepMax",
-  // Regression (found in review, fixed): lib/http1.ts BodySource#pull assumes the cursor waiting on a read that crosses keepMax is
+  // Regression (found in review, fixed): lib/upstream/http1.ts BodySource#pull assumes the cursor waiting on a read that crosses keepMax is
   // the live attempt ("it has read everything before this chunk"). exchange() retries while
   // `replayable` is true, but the failed attempt's writer can still be parked in `next()`: when the
   // client's next chunk then crosses keepMax, the kept chunks are dropped although the new attempt

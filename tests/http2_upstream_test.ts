@@ -8,9 +8,9 @@
 import assert from "node:assert/strict";
 import { dec, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
 import { type TestCert, withCert } from "./tls_fixture.ts";
-import { exchange2, H2Pool } from "../lib/http2.ts";
-import { Watchdog } from "../lib/watchdog.ts";
-import { BodySource } from "../lib/http1.ts";
+import { exchange2, H2Pool } from "../lib/upstream/http2.ts";
+import { Watchdog } from "../lib/http/watchdog.ts";
+import { BodySource } from "../lib/upstream/http1.ts";
 
 /**
  * A TCP forwarder in front of `port` that counts the connections it accepts. With `dropOnNextData`

@@ -12,7 +12,7 @@ import {
   parseCidr,
   parseCidrList,
   parseIp,
-} from "../lib/ip.ts";
+} from "../lib/config/ip.ts";
 
 // [input, canonical form]
 const VALID_IPS: ReadonlyArray<readonly [string, string]> = [

@@ -5,11 +5,11 @@
  */
 
 import assert from "node:assert/strict";
-import type { ClientInfo, RequestRecord } from "../lib/app.ts";
-import { createApp } from "../lib/app.ts";
-import { parseConfig } from "../lib/config.ts";
-import { PROM_CONTENT_TYPE } from "../lib/metrics.ts";
-import { MAX_MODELS, SecondBuckets, Telemetry } from "../lib/telemetry.ts";
+import type { ClientInfo, RequestRecord } from "../lib/pipeline/app.ts";
+import { createApp } from "../lib/pipeline/app.ts";
+import { parseConfig } from "../lib/config/config.ts";
+import { PROM_CONTENT_TYPE } from "../lib/observe/metrics.ts";
+import { MAX_MODELS, SecondBuckets, Telemetry } from "../lib/observe/telemetry.ts";
 import { parseExposition, valueOf } from "./prom_text.ts";
 import { closedPort, deadline, enc, startRelay, startUpstream, waitFor } from "./helpers.ts";
 

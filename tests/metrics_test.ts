@@ -7,7 +7,13 @@ import {
   throws,
 } from "node:assert/strict";
 import fc from "fast-check";
-import { Counter, formatValue, PROM_CONTENT_TYPE, RecentWindow, Registry } from "../lib/metrics.ts";
+import {
+  Counter,
+  formatValue,
+  PROM_CONTENT_TYPE,
+  RecentWindow,
+  Registry,
+} from "../lib/observe/metrics.ts";
 import { parseExposition, parseFloatStrict, valueOf } from "./prom_text.ts";
 
 // The strict exposition parser lives in prom_text.ts (shared with the /metrics endpoint tests).

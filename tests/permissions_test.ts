@@ -5,13 +5,13 @@
  */
 
 import assert from "node:assert/strict";
-import { parseConfig } from "../lib/config.ts";
+import { parseConfig } from "../lib/config/config.ts";
 import {
   broadPermissions,
   netAllowList,
   relayDenoArgs,
   startupWarnings,
-} from "../lib/permissions.ts";
+} from "../lib/ops/permissions.ts";
 import {
   closedPort,
   deadline,

@@ -9,7 +9,7 @@ import {
   type Rate,
   type RateDecision,
   rateLimitHeaders,
-} from "../lib/rate_limit.ts";
+} from "../lib/pipeline/rate_limit.ts";
 
 // ---- parseRate -----------------------------------------------------------------------------------
 
@@ -460,7 +460,7 @@ kvTest("KvRateStore.close leaves a caller's database open", async () => {
 });
 
 Deno.test("KvRateStore.open throws a clear Error when the process lacks --unstable-kv", async () => {
-  const url = new URL("../lib/rate_limit.ts", import.meta.url).href;
+  const url = new URL("../lib/pipeline/rate_limit.ts", import.meta.url).href;
   const code = `import { KvRateStore } from ${JSON.stringify(url)};
 try { await KvRateStore.open({ limit: 1, windowSec: 1 }); Deno.exit(3); }
 catch (e) { await Deno.stdout.write(new TextEncoder().encode(String(e instanceof Error && e.message))); }`;

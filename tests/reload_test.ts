@@ -4,11 +4,11 @@
  */
 
 import assert from "node:assert/strict";
-import { createApp } from "../lib/app.ts";
-import { parseConfig } from "../lib/config.ts";
-import { parseDotenv } from "../lib/dotenv.ts";
-import { Logger } from "../lib/log.ts";
-import { createReloader, envForReload, planReload, sameValue } from "../lib/reload.ts";
+import { createApp } from "../lib/pipeline/app.ts";
+import { parseConfig } from "../lib/config/config.ts";
+import { parseDotenv } from "../lib/config/dotenv.ts";
+import { Logger } from "../lib/observe/log.ts";
+import { createReloader, envForReload, planReload, sameValue } from "../lib/config/reload.ts";
 import { deadline, dec, delay, enc, spawnCaptured, startUpstream, waitFor } from "./helpers.ts";
 
 const SAMPLE = `# comment

@@ -6,8 +6,13 @@
  */
 
 import assert from "node:assert/strict";
-import { BodySource, encodeLatin1, type ExchangeRequest, requestHead } from "../lib/http1.ts";
-import { UpstreamError } from "../lib/http1.ts";
+import {
+  BodySource,
+  encodeLatin1,
+  type ExchangeRequest,
+  requestHead,
+} from "../lib/upstream/http1.ts";
+import { UpstreamError } from "../lib/upstream/http1.ts";
 import {
   concat,
   deadline,

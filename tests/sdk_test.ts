@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
-import { mockHandler } from "../lib/mock_upstream.ts";
+import { mockHandler } from "../dev/mock_upstream.ts";
 import { deadline, startRelay, startUpstream } from "./helpers.ts";
 
 function setup() {

@@ -1,10 +1,10 @@
 /**
- * Unit: the send deadline on response bodies (`lib/send_watch.ts`), with in-memory streams. The
+ * Unit: the send deadline on response bodies (`lib/server/send_watch.ts`), with in-memory streams. The
  * same behaviour behind a real Deno.serve is in `send_timeout_test.ts`.
  */
 
 import assert from "node:assert/strict";
-import { SendTimeoutError, SendWatch } from "../lib/send_watch.ts";
+import { SendTimeoutError, SendWatch } from "../lib/server/send_watch.ts";
 import { deadline, delay, waitFor } from "./helpers.ts";
 
 deadline.test("SendWatch cancels the source and errors the body when a chunk stays untaken for the deadline", async () => {

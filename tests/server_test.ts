@@ -1,5 +1,5 @@
 /**
- * lib/server.ts: our HTTP/1.1 server on Deno.listen. Pure head parsing against tables, everything
+ * lib/server/server.ts: our HTTP/1.1 server on Deno.listen. Pure head parsing against tables, everything
  * else over real sockets on 127.0.0.1 with a raw client (so framing, timing and closes are seen
  * exactly as sent) or `fetch`.
  */
@@ -15,7 +15,7 @@ import {
   serveHttp1,
   type ServeInfo,
   upgradeResponse,
-} from "../lib/server.ts";
+} from "../lib/server/server.ts";
 import { RelayError } from "../lib/errors.ts";
 import { concat, deadline, dec, delay, enc, sha256, spawnCaptured, waitFor } from "./helpers.ts";
 
@@ -987,7 +987,9 @@ deadline.test("upgradeResponse switches the socket to a raw tunnel (echo), bytes
 
 deadline.test("accept failures (EMFILE) are reported and the server keeps accepting", async () => {
   const code = `
-    import { serveHttp1 } from ${JSON.stringify(new URL("../lib/server.ts", import.meta.url).href)};
+    import { serveHttp1 } from ${
+    JSON.stringify(new URL("../lib/server/server.ts", import.meta.url).href)
+  };
     let errors = 0;
     const s = serveHttp1({
       hostname: "127.0.0.1", port: 0,

@@ -19,9 +19,9 @@ import {
   writeAll,
 } from "./helpers.ts";
 import { type TestCert, withCert } from "./tls_fixture.ts";
-import { type Endpoint, Pool } from "../lib/http1.ts";
-import { exchange2, H2Pool } from "../lib/http2.ts";
-import { Watchdog } from "../lib/watchdog.ts";
+import { type Endpoint, Pool } from "../lib/upstream/http1.ts";
+import { exchange2, H2Pool } from "../lib/upstream/http2.ts";
+import { Watchdog } from "../lib/http/watchdog.ts";
 
 /**
  * A fake HTTPS A on `node:https` (HTTP/1.1 only, like claude-code-hub) that closes connections idle

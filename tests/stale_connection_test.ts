@@ -144,8 +144,8 @@ deadline.test("no resend once any response byte came back", async () => {
 });
 
 deadline.test("the kept copy of a request body is dropped once A has answered, while the stream goes on", async () => {
-  const { BodySource, exchange, Pool } = await import("../lib/http1.ts");
-  const { Watchdog } = await import("../lib/watchdog.ts");
+  const { BodySource, exchange, Pool } = await import("../lib/upstream/http1.ts");
+  const { Watchdog } = await import("../lib/http/watchdog.ts");
   const up = startRawUpstream(async (conn) => {
     const req = await readRequest(conn);
     if (req === null) return;

@@ -7,7 +7,7 @@ import {
   matchUidPath,
   splitRequestUrl,
   upstreamTarget,
-} from "../lib/target.ts";
+} from "../lib/pipeline/target.ts";
 
 /** How Deno.serve builds `Request.url` for an origin-form target: scheme + authority + target. */
 const ORIGIN = "http://127.0.0.1:8000";

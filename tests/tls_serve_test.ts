@@ -4,8 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { ConfigError } from "../lib/config.ts";
-import { loadTlsFiles } from "../lib/tls.ts";
+import { ConfigError } from "../lib/config/config.ts";
+import { loadTlsFiles } from "../lib/config/tls.ts";
 import { spawnCaptured, startUpstream, waitFor } from "./helpers.ts";
 import { withCert } from "./tls_fixture.ts";
 

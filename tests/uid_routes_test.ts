@@ -109,7 +109,7 @@ deadline.test("ROUTES_FILE is read at start-up like ROUTES", async () => {
   const up = echo();
   const file = await Deno.makeTempFile({ suffix: ".json" });
   await Deno.writeTextFile(file, JSON.stringify({ "7": { apiKey: API, accessKey: ACCESS } }));
-  const { parseConfig } = await import("../lib/config.ts");
+  const { parseConfig } = await import("../lib/config/config.ts");
   try {
     const config = parseConfig({ UPSTREAM_SERVER_A: up.url, ROUTES_FILE: file }, {
       readFile: (p) => Deno.readTextFileSync(p),

@@ -1,6 +1,6 @@
 import { deepStrictEqual, doesNotThrow, equal, ok, strictEqual } from "node:assert/strict";
 import fc from "fast-check";
-import { MAX_JSON_BYTES, MAX_SSE_EVENT_CHARS, type Usage, UsageTap } from "../lib/usage.ts";
+import { MAX_JSON_BYTES, MAX_SSE_EVENT_CHARS, type Usage, UsageTap } from "../lib/observe/usage.ts";
 import { deadline } from "./helpers.ts";
 
 const SSE = "text/event-stream; charset=utf-8";

@@ -1,11 +1,11 @@
 /**
- * Unit: WebSocket frame decoding and message assembly (`lib/ws_frames.ts`), used by the bridge on
+ * Unit: WebSocket frame decoding and message assembly (`lib/pipeline/ws_frames.ts`), used by the bridge on
  * Deno.serve. Frames fed in any split decode the same; limits close with the right codes; a large
  * frame arriving in many reads is joined once, not once per read.
  */
 
 import assert from "node:assert/strict";
-import { concat } from "../lib/http1.ts";
+import { concat } from "../lib/upstream/http1.ts";
 import {
   closePayload,
   CloseWatcher,
@@ -16,7 +16,7 @@ import {
   newMask,
   OP,
   WsProtocolError,
-} from "../lib/ws_frames.ts";
+} from "../lib/pipeline/ws_frames.ts";
 
 const summary = (frames: Frame[]) =>
   frames.map((f) => `${f.opcode}:${f.fin}:${[...f.payload].join(",")}`);

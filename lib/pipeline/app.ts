@@ -12,27 +12,32 @@
 
 import { checkAdmin } from "./admin.ts";
 import { announcedLength, checkAnnouncedLength, LimitedBody } from "./body_limit.ts";
-import { connectionCap, isOutOfDescriptors, overloaded, readFdLimit } from "./conn_limit.ts";
+import {
+  connectionCap,
+  isOutOfDescriptors,
+  overloaded,
+  readFdLimit,
+} from "../server/conn_limit.ts";
 import { Guards } from "./guards.ts";
-import { clientIpFrom } from "./ip.ts";
-import type { Config, Route, Upstream } from "./config.ts";
+import { clientIpFrom } from "../config/ip.ts";
+import type { Config, Route, Upstream } from "../config/config.ts";
 import { swapKey } from "./credentials.ts";
-import { errorResponse, RelayError, toRelayError } from "./errors.ts";
-import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "./headers.ts";
-import type { Connector } from "./http1.ts";
-import { Logger } from "./log.ts";
+import { errorResponse, RelayError, toRelayError } from "../errors.ts";
+import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "../http/headers.ts";
+import type { Connector } from "../upstream/http1.ts";
+import { Logger } from "../observe/log.ts";
 import { forward, PoolSet, relayErrorFor } from "./proxy.ts";
 import { checkTarget, isApiPath, matchUidPath, type RawTarget, splitRequestUrl } from "./target.ts";
-import { Telemetry } from "./telemetry.ts";
-import { dashboardAsset } from "./dashboard.ts";
-import { PROM_CONTENT_TYPE } from "./metrics.ts";
-import { UpstreamSet } from "./upstream.ts";
-import { UsageTap } from "./usage.ts";
-import type { Usage } from "./usage.ts";
-import { VERSION } from "./version.ts";
-import { planReload, type ReloadPlan } from "./reload.ts";
-import { SendWatch } from "./send_watch.ts";
-import { Watchdog } from "./watchdog.ts";
+import { Telemetry } from "../observe/telemetry.ts";
+import { dashboardAsset } from "../observe/dashboard.ts";
+import { PROM_CONTENT_TYPE } from "../observe/metrics.ts";
+import { UpstreamSet } from "../upstream/health.ts";
+import { UsageTap } from "../observe/usage.ts";
+import type { Usage } from "../observe/usage.ts";
+import { VERSION } from "../observe/version.ts";
+import { planReload, type ReloadPlan } from "../config/reload.ts";
+import { SendWatch } from "../server/send_watch.ts";
+import { Watchdog } from "../http/watchdog.ts";
 import { isWebSocketUpgrade, relayWebSocket, type Upgrader } from "./websocket.ts";
 
 /** Connection facts about the client, as `Deno.serve` (or `server.ts`) passes them. */

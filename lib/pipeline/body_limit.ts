@@ -12,10 +12,10 @@
  * coarse interval per timeout value checks every body in flight, and runs only while there is one.
  */
 
-import { RelayError } from "./errors.ts";
-import { trimOws } from "./headers.ts";
-import type { BodyReader } from "./http1.ts";
-import { Watchdog, type Watched } from "./watchdog.ts";
+import { RelayError } from "../errors.ts";
+import { trimOws } from "../http/headers.ts";
+import type { BodyReader } from "../upstream/http1.ts";
+import { Watchdog, type Watched } from "../http/watchdog.ts";
 
 /** Limits for one request body. */
 export interface BodyLimitOptions {

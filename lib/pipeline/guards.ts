@@ -13,9 +13,9 @@
  * work for a feature that is off.
  */
 
-import type { Config, Route } from "./config.ts";
-import { RelayError } from "./errors.ts";
-import type { Logger } from "./log.ts";
+import type { Config, Route } from "../config/config.ts";
+import { RelayError } from "../errors.ts";
+import type { Logger } from "../observe/log.ts";
 import {
   ConcurrencyLimiter,
   KvRateStore,

@@ -50,10 +50,10 @@
  */
 
 import { overloaded, PerIpCap, tooManyConnections } from "./conn_limit.ts";
-import { errorBody, errorResponse, RelayError, toRelayError } from "./errors.ts";
-import { ChunkedDecoder, concat, decodeLatin1, encodeLatin1 } from "./http1.ts";
-import { trimOws } from "./headers.ts";
-import { Watchdog, type Watched } from "./watchdog.ts";
+import { errorBody, errorResponse, RelayError, toRelayError } from "../errors.ts";
+import { ChunkedDecoder, concat, decodeLatin1, encodeLatin1 } from "../upstream/http1.ts";
+import { trimOws } from "../http/headers.ts";
+import { Watchdog, type Watched } from "../http/watchdog.ts";
 
 /** What the handler learns about the exchange besides the request. */
 export interface ServeInfo {

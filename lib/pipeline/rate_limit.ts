@@ -12,7 +12,7 @@
  * anything secret (such as API keys) before using it as a key.
  */
 
-import { RelayError } from "./errors.ts";
+import { RelayError } from "../errors.ts";
 
 /** A rate: at most `limit` requests per `windowSec` seconds, refilled continuously. */
 export interface Rate {

@@ -9,7 +9,7 @@
  * configured upstream plus the validated client path.
  */
 
-import { RelayError } from "./errors.ts";
+import { RelayError } from "../errors.ts";
 
 /** The client's request target split into raw path and raw query (with its `?`, or ""). */
 export interface RawTarget {

@@ -10,8 +10,14 @@
  * Must never: print or return an API key, send a request other than `GET`, or change anything.
  */
 
-import { type Config, ConfigError, type Env, parseConfig, type Upstream } from "./config.ts";
-import { isPublicBindAddress } from "./ip.ts";
+import {
+  type Config,
+  ConfigError,
+  type Env,
+  parseConfig,
+  type Upstream,
+} from "../config/config.ts";
+import { isPublicBindAddress } from "../config/ip.ts";
 
 /** Outcome of one check. `info` lines explain and never count as problems. */
 export type CheckStatus = "pass" | "warn" | "fail" | "info";

@@ -20,7 +20,7 @@
  * ```
  */
 
-import { concat } from "./http1.ts";
+import { concat } from "../upstream/http1.ts";
 import { createParser, type EventSourceMessage, type EventSourceParser } from "eventsource-parser";
 
 /**

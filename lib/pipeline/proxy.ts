@@ -10,10 +10,10 @@
  * error text.
  */
 
-import type { Upstream } from "./config.ts";
-import { RelayError } from "./errors.ts";
-import type { HeaderList } from "./headers.ts";
-import { responseHeaders } from "./headers.ts";
+import type { Upstream } from "../config/config.ts";
+import { RelayError } from "../errors.ts";
+import type { HeaderList } from "../http/headers.ts";
+import { responseHeaders } from "../http/headers.ts";
 import {
   type BodyReader,
   BodySource,
@@ -22,11 +22,11 @@ import {
   Pool,
   UpstreamError,
   type UpstreamResponse,
-} from "./http1.ts";
-import { H2Pool } from "./http2.ts";
+} from "../upstream/http1.ts";
+import { H2Pool } from "../upstream/http2.ts";
 import { type RawTarget, upstreamTarget } from "./target.ts";
-import type { UpstreamSet } from "./upstream.ts";
-import type { Watchdog } from "./watchdog.ts";
+import type { UpstreamSet } from "../upstream/health.ts";
+import type { Watchdog } from "../http/watchdog.ts";
 
 /** Options for {@link PoolSet}. */
 export interface PoolSetOptions {

@@ -9,7 +9,7 @@
  */
 
 import { type CidrList, parseCidrList } from "./ip.ts";
-import { parseRate, type Rate } from "./rate_limit.ts";
+import { parseRate, type Rate } from "../pipeline/rate_limit.ts";
 
 /** One upstream base URL, pre-split for the HTTP client. */
 export interface Upstream {

@@ -12,7 +12,7 @@
 
 import { type Config, ConfigError, type Env, parseConfig } from "./config.ts";
 import { parseDotenv } from "./dotenv.ts";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../observe/log.ts";
 
 /**
  * Settings a reload applies to new requests at once. Each is read from the current config when a

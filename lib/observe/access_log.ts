@@ -12,8 +12,8 @@
  * {@link AccessLog.observe}.
  */
 
-import type { RequestRecord } from "./app.ts";
-import { type Config, ConfigError } from "./config.ts";
+import type { RequestRecord } from "../pipeline/app.ts";
+import { type Config, ConfigError } from "../config/config.ts";
 import { type LogSink, stdoutSink } from "./log.ts";
 
 /**

@@ -13,8 +13,8 @@
  * what one socket read delivered, or reuse a connection whose exchange did not end cleanly.
  */
 
-import { type HeaderList, isEventStream, trimOws } from "./headers.ts";
-import type { Watchdog, Watched } from "./watchdog.ts";
+import { type HeaderList, isEventStream, trimOws } from "../http/headers.ts";
+import type { Watchdog, Watched } from "../http/watchdog.ts";
 
 /** Where to connect: the subset of an upstream's config the client needs. */
 export interface Endpoint {

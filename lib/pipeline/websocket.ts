@@ -19,9 +19,9 @@
  * handshake key or extensions.
  */
 
-import type { Upstream } from "./config.ts";
-import type { HeaderList } from "./headers.ts";
-import { responseHeaders } from "./headers.ts";
+import type { Upstream } from "../config/config.ts";
+import type { HeaderList } from "../http/headers.ts";
+import { responseHeaders } from "../http/headers.ts";
 import {
   bodyFraming,
   ChunkedDecoder,
@@ -30,11 +30,11 @@ import {
   encodeLatin1,
   readHead,
   UpstreamError,
-} from "./http1.ts";
-import type { Logger } from "./log.ts";
+} from "../upstream/http1.ts";
+import type { Logger } from "../observe/log.ts";
 import type { PoolSet } from "./proxy.ts";
 import { type RawTarget, upstreamTarget } from "./target.ts";
-import type { UpstreamSet } from "./upstream.ts";
+import type { UpstreamSet } from "../upstream/health.ts";
 import {
   closePayload,
   CloseWatcher,

@@ -8,8 +8,8 @@
  * the forwarded request, or put any key into an error message.
  */
 
-import { RelayError } from "./errors.ts";
-import type { HeaderList } from "./headers.ts";
+import { RelayError } from "../errors.ts";
+import type { HeaderList } from "../http/headers.ts";
 
 const encoder = new TextEncoder();
 

@@ -13,11 +13,11 @@
  * Must never: let a listener failure become an unhandled rejection.
  */
 
-import type { ClientInfo } from "./app.ts";
-import type { Config } from "./config.ts";
+import type { ClientInfo } from "../pipeline/app.ts";
+import type { Config } from "../config/config.ts";
 import { PerIpCap, serveResilient, tooManyConnections } from "./conn_limit.ts";
-import { errorResponse } from "./errors.ts";
-import type { Logger } from "./log.ts";
+import { errorResponse } from "../errors.ts";
+import type { Logger } from "../observe/log.ts";
 import { type DropReason, serveHttp1 } from "./server.ts";
 
 /** The running server, whichever it is. */

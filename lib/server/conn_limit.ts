@@ -19,8 +19,8 @@
  * or do more than a counter comparison per request.
  */
 
-import { RelayError } from "./errors.ts";
-import type { Logger } from "./log.ts";
+import { RelayError } from "../errors.ts";
+import type { Logger } from "../observe/log.ts";
 
 /** Descriptors kept back from the cap for the listener, logs, KV, TLS files and slack. */
 export function fdReserve(fdLimit: number): number {

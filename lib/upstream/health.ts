@@ -12,10 +12,10 @@
  * known-dead upstream while a live one exists, or keep the process alive by its timers.
  */
 
-import type { Upstream } from "./config.ts";
+import type { Upstream } from "../config/config.ts";
 import { exchange, type Pool, type UpstreamErrorKind } from "./http1.ts";
-import type { Logger } from "./log.ts";
-import { Watchdog } from "./watchdog.ts";
+import type { Logger } from "../observe/log.ts";
+import { Watchdog } from "../http/watchdog.ts";
 
 /** One upstream's health, as shown in diagnostics. */
 export interface UpstreamHealth {
