@@ -1,13 +1,8 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import {
-  bodyFraming,
-  BodySource,
-  ChunkedDecoder,
-  encodeLatin1,
-  parseHead,
-  UpstreamError,
-} from "../lib/upstream/http1.ts";
+import { encodeLatin1 } from "../lib/http/bytes.ts";
+import { ChunkedDecoder, FramingError } from "../lib/http/chunked.ts";
+import { bodyFraming, BodySource, parseHead, UpstreamError } from "../lib/upstream/http1.ts";
 import { deadline } from "./helpers.ts";
 
 const enc = new TextEncoder();
@@ -15,6 +10,14 @@ const dec = new TextDecoder();
 
 function head(text: string): ReturnType<typeof parseHead> {
   return parseHead(encodeLatin1(text));
+}
+
+function throwsFraming(fn: () => unknown, message?: RegExp): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof FramingError, String(err));
+    if (message !== undefined) assert.match(err.message, message);
+    return true;
+  });
 }
 
 function throwsProtocol(fn: () => unknown, message?: RegExp): void {
@@ -389,14 +392,14 @@ const BAD_CHUNKS: readonly string[] = [
 ];
 
 for (const wire of BAD_CHUNKS) {
-  Deno.test(`ChunkedDecoder throws a protocol error when the body is ${JSON.stringify(wire)}`, () => {
-    throwsProtocol(() => new ChunkedDecoder().push(enc.encode(wire)));
+  Deno.test(`ChunkedDecoder throws a framing error when the body is ${JSON.stringify(wire)}`, () => {
+    throwsFraming(() => new ChunkedDecoder().push(enc.encode(wire)));
   });
 }
 
 Deno.test("ChunkedDecoder throws when a size line never ends", () => {
-  throwsProtocol(() => new ChunkedDecoder().push(enc.encode("1".repeat(5000))), /too long/);
-  throwsProtocol(
+  throwsFraming(() => new ChunkedDecoder().push(enc.encode("1".repeat(5000))), /too long/);
+  throwsFraming(
     () => new ChunkedDecoder().push(enc.encode(`5;${"x".repeat(5000)}`)),
     /too long/,
   );

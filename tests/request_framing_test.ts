@@ -6,13 +6,13 @@
  */
 
 import assert from "node:assert/strict";
+import { encodeLatin1 } from "../lib/http/bytes.ts";
 import {
   BodySource,
-  encodeLatin1,
   type ExchangeRequest,
   requestHead,
+  UpstreamError,
 } from "../lib/upstream/http1.ts";
-import { UpstreamError } from "../lib/upstream/http1.ts";
 import {
   concat,
   deadline,

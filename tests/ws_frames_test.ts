@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { concat } from "../lib/upstream/http1.ts";
+import { concat } from "../lib/http/bytes.ts";
 import {
   closePayload,
   CloseWatcher,

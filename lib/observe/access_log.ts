@@ -12,7 +12,7 @@
  * {@link AccessLog.observe}.
  */
 
-import type { RequestRecord } from "../pipeline/app.ts";
+import type { RequestRecord } from "./record.ts";
 import { type Config, ConfigError } from "../config/config.ts";
 import { type LogSink, stdoutSink } from "./log.ts";
 

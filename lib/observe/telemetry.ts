@@ -13,7 +13,7 @@
  */
 
 import { isFailure } from "./access_log.ts";
-import type { RequestRecord } from "../pipeline/app.ts";
+import type { RequestRecord } from "./record.ts";
 import {
   type CounterChild,
   type Histogram,

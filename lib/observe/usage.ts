@@ -20,31 +20,10 @@
  * ```
  */
 
-import { concat } from "../upstream/http1.ts";
+import type { Usage } from "./record.ts";
+export type { Usage };
+import { concat } from "../http/bytes.ts";
 import { createParser, type EventSourceMessage, type EventSourceParser } from "eventsource-parser";
-
-/**
- * Token counts as the provider reported them. Every field is optional: a field is present only
- * when the response said so.
- *
- * `inputTokens` is the provider's own prompt count and is not normalised across providers:
- * OpenAI (`prompt_tokens` / `input_tokens`) and Gemini (`promptTokenCount`) include cached
- * tokens in it, while Anthropic's `input_tokens` excludes cache reads and cache writes, which it
- * reports separately. `outputTokens` includes reasoning / thinking tokens for every provider
- * (for Gemini it is `candidatesTokenCount + thoughtsTokenCount`).
- */
-export interface Usage {
-  /** The model that answered, as the response names it (`model`, or Gemini's `modelVersion`). */
-  model?: string;
-  inputTokens?: number;
-  outputTokens?: number;
-  /** Prompt tokens served from cache. */
-  cacheReadTokens?: number;
-  /** Prompt tokens written to cache (Anthropic `cache_creation_input_tokens`). */
-  cacheWriteTokens?: number;
-  /** The provider's total when it gives one, else `inputTokens + outputTokens` when both known. */
-  totalTokens?: number;
-}
 
 /** Non-streamed JSON bodies larger than this are not counted (8 MiB). */
 export const MAX_JSON_BYTES = 8 * 1024 * 1024;

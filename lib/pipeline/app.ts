@@ -33,65 +33,21 @@ import { dashboardAsset } from "../observe/dashboard.ts";
 import { PROM_CONTENT_TYPE } from "../observe/metrics.ts";
 import { UpstreamSet } from "../upstream/health.ts";
 import { UsageTap } from "../observe/usage.ts";
-import type { Usage } from "../observe/usage.ts";
+import type { RequestRecord } from "../observe/record.ts";
 import { VERSION } from "../observe/version.ts";
 import { planReload, type ReloadPlan } from "../config/reload.ts";
 import { SendWatch } from "../server/send_watch.ts";
 import { Watchdog } from "../http/watchdog.ts";
-import { isWebSocketUpgrade, relayWebSocket, type Upgrader } from "./websocket.ts";
+import { isWebSocketUpgrade, relayWebSocket } from "./websocket.ts";
+import type { ClientInfo, Upgrader } from "../http/client_info.ts";
 
-/** Connection facts about the client, as `Deno.serve` (or `server.ts`) passes them. */
-export interface ClientInfo {
-  remoteAddr: { hostname: string; port?: number };
-  /** Hands the client's socket over after a 101 (the relay's own server only). */
-  upgrade?: Upgrader | undefined;
-}
+export type { ClientInfo, RequestRecord };
 
 /** What the app shows about the client-facing server (`listen.ts`'s Listener fits). */
 export interface ServerView {
   readonly kind: string;
   /** Open client sockets, or null when the server does not count them. */
   readonly connections: number | null;
-}
-
-/** What happened to one request; given to observers once it is over (body included). */
-export interface RequestRecord {
-  id: string;
-  /** Start time, ms since the epoch. */
-  time: number;
-  clientIp: string;
-  method: string;
-  /** Path and query with credentials redacted. */
-  path: string;
-  /** UID route id, when the request came in on `/u{id}/...`. */
-  route: string | undefined;
-  /** Upstream base URL that answered (no credentials). */
-  upstream: string | undefined;
-  status: number;
-  /** Time from the start of the upstream exchange to A's response head, ms. */
-  ttfbMs: number | undefined;
-  /** Time from arrival to the end of the response body, ms. */
-  durationMs: number;
-  /** Time the relay itself spent before and after A's part of the wait, ms. */
-  relayMs: number;
-  /** Request body bytes (announced length, or counted when streamed). */
-  requestBytes: number;
-  responseBytes: number;
-  /** Whether the response was an event stream. */
-  stream: boolean;
-  usage: Usage | undefined;
-  /** 1, or 2 after a stale-connection resend. */
-  attempts: number;
-  /** Upstreams skipped because they could not be reached. */
-  failovers: number;
-  /** The relay's error code, when the relay answered or the stream broke. */
-  errorCode: string | undefined;
-  /** With `DEBUG_LOG=1`: the client's request headers, credentials redacted. */
-  requestHeaders?: Record<string, string>;
-  /** With `DEBUG_LOG=1`: A's response headers, credentials redacted. */
-  responseHeaders?: Record<string, string>;
-  /** A's own `x-request-id` (what the client received instead of `id`), if short and safe. */
-  upstreamRequestId?: string;
 }
 
 /** Injected side effects. */

@@ -22,15 +22,10 @@
 import type { Upstream } from "../config/config.ts";
 import type { HeaderList } from "../http/headers.ts";
 import { responseHeaders } from "../http/headers.ts";
-import {
-  bodyFraming,
-  ChunkedDecoder,
-  concat,
-  type Connection,
-  encodeLatin1,
-  readHead,
-  UpstreamError,
-} from "../upstream/http1.ts";
+import { concat, encodeLatin1 } from "../http/bytes.ts";
+import type { Upgrader } from "../http/client_info.ts";
+import { ChunkedDecoder } from "../http/chunked.ts";
+import { bodyFraming, type Connection, readHead, UpstreamError } from "../upstream/http1.ts";
 import type { Logger } from "../observe/log.ts";
 import type { PoolSet } from "./proxy.ts";
 import { type RawTarget, upstreamTarget } from "./target.ts";
@@ -64,16 +59,6 @@ const HANDSHAKE_OWN = new Set([
 export function isWebSocketUpgrade(req: Request): boolean {
   return req.method === "GET" && req.headers.get("upgrade")?.toLowerCase() === "websocket";
 }
-
-/**
- * Switches the client's connection to a raw byte tunnel once the response is written: the
- * server writes `101 Switching Protocols` with `headers`, then hands over the socket and any bytes
- * it had already read past the request head.
- */
-export type Upgrader = (
-  onSocket: (conn: Deno.Conn, buffered: Uint8Array) => void,
-  headers: Headers,
-) => Response;
 
 /** What the bridge needs. */
 export interface WebSocketContext {

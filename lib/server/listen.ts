@@ -13,7 +13,7 @@
  * Must never: let a listener failure become an unhandled rejection.
  */
 
-import type { ClientInfo } from "../pipeline/app.ts";
+import type { ClientInfo } from "../http/client_info.ts";
 import type { Config } from "../config/config.ts";
 import { PerIpCap, serveResilient, tooManyConnections } from "./conn_limit.ts";
 import { errorResponse } from "../errors.ts";

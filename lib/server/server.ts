@@ -51,7 +51,8 @@
 
 import { overloaded, PerIpCap, tooManyConnections } from "./conn_limit.ts";
 import { errorBody, errorResponse, RelayError, toRelayError } from "../errors.ts";
-import { ChunkedDecoder, concat, decodeLatin1, encodeLatin1 } from "../upstream/http1.ts";
+import { concat, decodeLatin1, encodeLatin1 } from "../http/bytes.ts";
+import { ChunkedDecoder } from "../http/chunked.ts";
 import { trimOws } from "../http/headers.ts";
 import { Watchdog, type Watched } from "../http/watchdog.ts";
 

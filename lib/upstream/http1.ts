@@ -13,6 +13,8 @@
  * what one socket read delivered, or reuse a connection whose exchange did not end cleanly.
  */
 
+import { concat, decodeLatin1, encodeLatin1 } from "../http/bytes.ts";
+import { ChunkedDecoder, FramingError } from "../http/chunked.ts";
 import { type HeaderList, isEventStream, trimOws } from "../http/headers.ts";
 import type { Watchdog, Watched } from "../http/watchdog.ts";
 
@@ -932,6 +934,7 @@ class Exchange implements Watched, Attempt {
       return new UpstreamError("aborted", "client went away", { cause: this.#writeError ?? err });
     }
     if (err instanceof UpstreamError) return err;
+    if (err instanceof FramingError) return new UpstreamError("protocol", err.message);
     return new UpstreamError("reset", `connection failed: ${errName(err)}`, { cause: err });
   }
 
@@ -1295,90 +1298,6 @@ export function parseHead(bytes: Uint8Array): Head {
   };
 }
 
-const enum ChunkState {
-  Size,
-  Data,
-  DataEnd,
-  Trailer,
-  Done,
-}
-
-/** Incremental `Transfer-Encoding: chunked` decoder; yields payload slices without copying. */
-export class ChunkedDecoder {
-  #state = ChunkState.Size;
-  /** Set after a framing error seen before the body stream existed. */
-  poisoned = false;
-
-  /** Marks the body as broken (the error surfaces on the first read). */
-  poison(): void {
-    this.poisoned = true;
-  }
-
-  #line = "";
-  #remaining = 0;
-  /** Bytes after the terminating chunk (a pipelined response we never asked for). */
-  rest: Uint8Array | null = null;
-
-  get done(): boolean {
-    return this.#state === ChunkState.Done;
-  }
-
-  /** Feeds bytes; returns the payload slices they complete. Throws UpstreamError("protocol"). */
-  push(bytes: Uint8Array): Uint8Array[] {
-    const out: Uint8Array[] = [];
-    let i = 0;
-    const n = bytes.byteLength;
-    while (i < n) {
-      switch (this.#state) {
-        case ChunkState.Data: {
-          const take = Math.min(this.#remaining, n - i);
-          out.push(bytes.subarray(i, i + take));
-          i += take;
-          this.#remaining -= take;
-          if (this.#remaining === 0) this.#state = ChunkState.DataEnd;
-          break;
-        }
-        case ChunkState.Size:
-        case ChunkState.DataEnd:
-        case ChunkState.Trailer: {
-          const b = bytes[i++]!;
-          if (b !== 0x0a) {
-            if (this.#line.length > 4096) {
-              throw new UpstreamError("protocol", "chunk line too long");
-            }
-            this.#line += String.fromCharCode(b);
-            break;
-          }
-          const line = this.#line.endsWith("\r") ? this.#line.slice(0, -1) : this.#line;
-          this.#line = "";
-          this.#onLine(line);
-          break;
-        }
-        case ChunkState.Done:
-          this.rest = bytes.subarray(i);
-          return out;
-      }
-    }
-    return out;
-  }
-
-  #onLine(line: string): void {
-    if (this.#state === ChunkState.DataEnd) {
-      if (line !== "") throw new UpstreamError("protocol", "missing CRLF after chunk");
-      this.#state = ChunkState.Size;
-      return;
-    }
-    if (this.#state === ChunkState.Trailer) {
-      if (line === "") this.#state = ChunkState.Done;
-      return;
-    }
-    const m = /^([0-9A-Fa-f]{1,12})[ \t]*(;.*)?$/.exec(line);
-    if (m === null) throw new UpstreamError("protocol", "bad chunk size");
-    this.#remaining = parseInt(m[1]!, 16);
-    this.#state = this.#remaining === 0 ? ChunkState.Trailer : ChunkState.Data;
-  }
-}
-
 const EMPTY = new Uint8Array(0);
 const CRLF = new Uint8Array([13, 10]);
 const LAST_CHUNK = new Uint8Array([0x30, 13, 10, 13, 10]);
@@ -1390,59 +1309,9 @@ function frame(chunk: Uint8Array, chunked: boolean): Uint8Array[] {
   return [encoder.encode(`${chunk.byteLength.toString(16)}\r\n`), chunk, CRLF];
 }
 
-/** Joins byte arrays (returns the only part as is). */
-export function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  let len = 0;
-  for (const p of parts) len += p.byteLength;
-  const out = new Uint8Array(len);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.byteLength;
-  }
-  return out;
-}
-
 function indexOfHeadEnd(buf: Uint8Array, from: number): number {
   for (let i = from; i + 3 < buf.byteLength; i++) {
     if (buf[i] === 13 && buf[i + 1] === 10 && buf[i + 2] === 13 && buf[i + 3] === 10) return i;
   }
   return -1;
-}
-
-/**
- * Header bytes are Latin-1 on the wire; TextEncoder would turn é into two bytes. Throws a
- * RangeError for a character above U+00FF: masking it to a byte would write a different header.
- */
-export function encodeLatin1(s: string): Uint8Array {
-  // deno-lint-ignore no-control-regex
-  if (/^[\x00-\x7f]*$/.test(s)) return encoder.encode(s);
-  const out = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c > 0xff) throw new RangeError("character above U+00FF in a header");
-    out[i] = c;
-  }
-  return out;
-}
-
-const asciiDecoder = new TextDecoder();
-
-/** Bytes as a Latin-1 string (one char per byte). */
-export function decodeLatin1(bytes: Uint8Array): string {
-  // Nearly every head is ASCII: decode natively; only bytes >= 0x80 need the Latin-1 mapping.
-  let ascii = true;
-  for (let i = 0; i < bytes.byteLength; i++) {
-    if (bytes[i]! > 0x7f) {
-      ascii = false;
-      break;
-    }
-  }
-  if (ascii) return asciiDecoder.decode(bytes);
-  let s = "";
-  for (let i = 0; i < bytes.byteLength; i += 8192) {
-    s += String.fromCharCode(...bytes.subarray(i, Math.min(i + 8192, bytes.byteLength)));
-  }
-  return s;
 }

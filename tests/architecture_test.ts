@@ -1,0 +1,195 @@
+/**
+ * The import graph of `lib/` keeps the layers of docs/ARCHITECTURE.md: no cycles, and no import
+ * that runs against the allowed directions. The graph is Deno's own (`deno info --json`, type-only
+ * imports included), from every entry point. Edges that break a rule today and are yet to be
+ * removed are listed in {@link KNOWN}, each with why; the list may only shrink (an entry that no
+ * longer exists fails the test, so it is taken out).
+ */
+
+import assert from "node:assert/strict";
+
+const ROOT = new URL("../", import.meta.url);
+const ENTRIES = [
+  "main.ts",
+  "deploy.ts",
+  "demo.ts",
+  "scripts/doctor.ts",
+  "scripts/start.ts",
+  "scripts/healthcheck.ts",
+];
+
+/** Which layers (folders of lib/, or `errors.ts`) each layer may import. Its own is always fine. */
+export const ALLOWED: Record<string, readonly string[]> = {
+  "errors.ts": [],
+  http: [],
+  config: ["errors.ts", "http"],
+  server: ["errors.ts", "http"],
+  upstream: ["errors.ts", "http"],
+  observe: ["errors.ts", "http", "config"],
+  pipeline: ["errors.ts", "http", "config", "upstream", "observe/record.ts"],
+  ops: ["errors.ts", "http", "config", "upstream"],
+};
+
+/**
+ * Edges that break a rule today, each to be removed by moving a type or a function to the layer
+ * that owns it. Key: `from -> to`, paths under lib/.
+ */
+export const KNOWN: Record<string, string> = {
+  "config/config.ts -> pipeline/rate_limit.ts": "the rate-limit spec parser belongs in config/",
+  "config/reload.ts -> observe/log.ts": "reload logs; it should return what changed instead",
+  "server/conn_limit.ts -> observe/log.ts": "a log sink interface should come in as an option",
+  "server/listen.ts -> observe/log.ts": "listen.ts is wiring: it belongs with the entry wiring",
+  "server/listen.ts -> config/config.ts": "listen.ts is wiring: it belongs with the entry wiring",
+  "upstream/health.ts -> config/config.ts": "health should take endpoints, not config upstreams",
+  "upstream/health.ts -> observe/log.ts": "a log sink interface should come in as an option",
+  "pipeline/app.ts -> observe/dashboard.ts": "app.ts still wires observers: to move to a relay.ts",
+  "pipeline/app.ts -> observe/log.ts": "app.ts still wires observers: to move to a relay.ts",
+  "pipeline/app.ts -> observe/metrics.ts": "app.ts still wires observers: to move to a relay.ts",
+  "pipeline/app.ts -> observe/telemetry.ts": "app.ts still wires observers: to move to a relay.ts",
+  "pipeline/app.ts -> observe/usage.ts": "the usage tap should be handed in as an observer",
+  "pipeline/app.ts -> observe/version.ts": "/debug/info belongs in observe/",
+  "pipeline/app.ts -> server/conn_limit.ts": "the connection cap is wiring: to move to a relay.ts",
+  "pipeline/app.ts -> server/send_watch.ts": "the send watch is wiring: to move to a relay.ts",
+  "pipeline/guards.ts -> observe/log.ts": "a log sink interface should come in as an option",
+  "pipeline/websocket.ts -> observe/log.ts": "a log sink interface should come in as an option",
+};
+
+type Graph = Map<string, Set<string>>;
+
+/** Edges between modules under lib/ (paths relative to lib/), from `deno info --json`. */
+async function libGraph(): Promise<Graph> {
+  const entries = await Deno.makeTempFile({ suffix: ".ts" });
+  try {
+    await Deno.writeTextFile(
+      entries,
+      ENTRIES.map((e) => `import ${JSON.stringify(new URL(e, ROOT).href)};\n`).join(""),
+    );
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["info", "--json", entries],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    const info = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+      modules: Array<{
+        specifier: string;
+        dependencies?: Array<{ code?: { specifier?: string }; type?: { specifier?: string } }>;
+      }>;
+    };
+    const lib = new URL("lib/", ROOT).href;
+    const graph: Graph = new Map();
+    for (const m of info.modules) {
+      if (!m.specifier.startsWith(lib)) continue;
+      const from = m.specifier.slice(lib.length);
+      const deps = graph.get(from) ?? new Set<string>();
+      graph.set(from, deps);
+      for (const d of m.dependencies ?? []) {
+        for (const to of [d.code?.specifier, d.type?.specifier]) {
+          if (to?.startsWith(lib)) deps.add(to.slice(lib.length));
+        }
+      }
+    }
+    return graph;
+  } finally {
+    await Deno.remove(entries);
+  }
+}
+
+function layerOf(path: string): string {
+  const slash = path.indexOf("/");
+  return slash < 0 ? path : path.slice(0, slash);
+}
+
+/** Edges that break {@link ALLOWED}, as `from -> to`. Pure, so a forbidden edge can be tried. */
+export function forbiddenEdges(graph: Graph, allowed = ALLOWED): string[] {
+  const out: string[] = [];
+  for (const [from, deps] of graph) {
+    const mine = layerOf(from);
+    const may = allowed[mine];
+    for (const to of deps) {
+      const theirs = layerOf(to);
+      if (theirs === mine) continue;
+      if (may === undefined || !(may.includes(theirs) || may.includes(to))) {
+        out.push(`${from} -> ${to}`);
+      }
+    }
+  }
+  return out.sort();
+}
+
+/** Every cycle's members (strongly connected components of more than one module). */
+export function cycles(graph: Graph): string[][] {
+  const index = new Map<string, number>();
+  const low = new Map<string, number>();
+  const stack: string[] = [];
+  const onStack = new Set<string>();
+  const found: string[][] = [];
+  let next = 0;
+  const visit = (v: string): void => {
+    index.set(v, next);
+    low.set(v, next++);
+    stack.push(v);
+    onStack.add(v);
+    for (const w of graph.get(v) ?? []) {
+      if (!index.has(w)) {
+        visit(w);
+        low.set(v, Math.min(low.get(v)!, low.get(w)!));
+      } else if (onStack.has(w)) {
+        low.set(v, Math.min(low.get(v)!, index.get(w)!));
+      }
+    }
+    if (low.get(v) === index.get(v)) {
+      const members: string[] = [];
+      let w: string;
+      do {
+        w = stack.pop()!;
+        onStack.delete(w);
+        members.push(w);
+      } while (w !== v);
+      if (members.length > 1) found.push(members.sort());
+    }
+  };
+  for (const v of graph.keys()) if (!index.has(v)) visit(v);
+  return found;
+}
+
+const graph = await libGraph();
+
+Deno.test("lib/ has no import cycle", () => {
+  assert.deepEqual(cycles(graph), []);
+});
+
+Deno.test("lib/ imports run only in the allowed directions, apart from the listed known edges", () => {
+  const bad = forbiddenEdges(graph).filter((e) => KNOWN[e] === undefined);
+  assert.deepEqual(bad, [], "forbidden imports (see docs/ARCHITECTURE.md)");
+});
+
+Deno.test("every listed known edge still exists, so the list only shrinks", () => {
+  const now = new Set(forbiddenEdges(graph));
+  assert.deepEqual(Object.keys(KNOWN).filter((e) => !now.has(e)), []);
+});
+
+Deno.test("the checks catch a forbidden import and a cycle when one is added", () => {
+  const withBad: Graph = new Map([...graph].map(([k, v]) => [k, new Set(v)]));
+  withBad.get("server/server.ts")!.add("pipeline/app.ts");
+  assert.deepEqual(
+    forbiddenEdges(withBad).filter((e) => KNOWN[e] === undefined),
+    ["server/server.ts -> pipeline/app.ts"],
+  );
+  withBad.get("http/headers.ts")!.add("observe/record.ts");
+  withBad.set("observe/record.ts", new Set(["http/headers.ts"]));
+  assert.deepEqual(cycles(withBad), [["http/headers.ts", "observe/record.ts"]]);
+});
+
+Deno.test("every module under lib/ is reached from an entry point and sits in a known layer", async () => {
+  const files: string[] = [];
+  const walk = async (dir: URL, prefix: string): Promise<void> => {
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isDirectory) await walk(new URL(`${e.name}/`, dir), `${prefix}${e.name}/`);
+      else if (e.name.endsWith(".ts")) files.push(`${prefix}${e.name}`);
+    }
+  };
+  await walk(new URL("lib/", ROOT), "");
+  for (const f of files) assert.ok(ALLOWED[layerOf(f)] !== undefined, `${f}: no layer`);
+  assert.deepEqual(files.filter((f) => !graph.has(f)).sort(), []);
+});
