@@ -9,20 +9,10 @@
  */
 
 import { type CidrList, parseCidrList } from "./ip.ts";
-import { parseRate, type Rate } from "../pipeline/rate_limit.ts";
+import { parseRate, type Rate } from "./rate.ts";
+import type { Upstream } from "../http/endpoint.ts";
 
-/** One upstream base URL, pre-split for the HTTP client. */
-export interface Upstream {
-  /** The base URL as configured, minus any trailing slash; safe to show (no credentials allowed). */
-  readonly url: string;
-  readonly protocol: "http:" | "https:";
-  readonly hostname: string;
-  readonly port: number;
-  /** Value of the `Host` header sent to this upstream. */
-  readonly hostHeader: string;
-  /** Path prefix without trailing slash: "" or e.g. "/api". */
-  readonly prefix: string;
-}
+export type { Upstream };
 
 /** A UID route: `/u{id}/v1/...` goes to `upstreams` with optional key swap. */
 export interface Route {

@@ -12,7 +12,7 @@
 
 import { type Config, ConfigError, type Env, parseConfig } from "./config.ts";
 import { parseDotenv } from "./dotenv.ts";
-import type { Logger } from "../observe/log.ts";
+import type { LogWriter } from "../observe/record.ts";
 
 /**
  * Settings a reload applies to new requests at once. Each is read from the current config when a
@@ -164,7 +164,7 @@ export interface ReloaderOptions {
   readFile: (path: string) => string;
   /** Swaps the running app's config (`app.reload`). */
   apply: (next: Config) => ReloadPlan;
-  log: Logger;
+  log: LogWriter;
   /**
    * Whether this process may connect to `host:port`. Network permissions are fixed at start
    * (`deno task start` allows only the configured upstreams), so a reload naming a new host would

@@ -1,9 +1,21 @@
 /**
  * @module record
  * The record of one finished request, as the pipeline produces it and the observers (access log,
- * telemetry, metrics) read it. A leaf: it imports nothing, so producer and observers both depend
- * on it and never on each other.
+ * telemetry, metrics) read it, and the shape of a log writer. A leaf: it imports nothing, so
+ * producers (every layer) and observers both depend on it and never on each other.
  */
+
+/**
+ * Where a module writes its log lines: `observe/log.ts`'s Logger, or anything shaped like it.
+ * Modules below the pipeline take one as an option instead of importing the logger.
+ */
+export interface LogWriter {
+  enabled(level: "debug" | "info" | "warn" | "error"): boolean;
+  debug(msg: string, fields?: Record<string, unknown>): void;
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+}
 
 /**
  * Token counts as the provider reported them. Every field is optional: a field is present only

@@ -15,7 +15,7 @@
 
 import type { Config, Route } from "../config/config.ts";
 import { RelayError } from "../errors.ts";
-import type { Logger } from "../observe/log.ts";
+import type { LogWriter } from "../observe/record.ts";
 import {
   ConcurrencyLimiter,
   KvRateStore,
@@ -40,7 +40,7 @@ const AUTH_FAIL_MAX_KEYS = 50_000;
 export interface GuardDeps {
   /** Milliseconds clock. */
   now?: () => number;
-  log?: Logger;
+  log?: LogWriter;
   /** A ready store (tests inject one); otherwise built from the config. */
   rateStore?: RateLimitStore;
 }
@@ -126,7 +126,7 @@ export class AuthFailures {
 export class Guards {
   readonly #config: Config;
   readonly #now: () => number;
-  readonly #log: Logger | undefined;
+  readonly #log: LogWriter | undefined;
   readonly #concurrency: ConcurrencyLimiter | null;
   readonly #authFailures = new AuthFailures();
   /** Null when RATE_LIMIT is off. */

@@ -13,12 +13,10 @@
  */
 
 import { RelayError } from "../errors.ts";
+import { parseRate, type Rate } from "../config/rate.ts";
 
-/** A rate: at most `limit` requests per `windowSec` seconds, refilled continuously. */
-export interface Rate {
-  readonly limit: number;
-  readonly windowSec: number;
-}
+export { parseRate };
+export type { Rate };
 
 /** The outcome of taking one token from a bucket. */
 export interface RateDecision {
@@ -38,43 +36,6 @@ export interface RateDecision {
 export interface RateLimitStore {
   /** Takes one token from `key`'s bucket, if there is one. */
   take(key: string, now: number): Promise<RateDecision> | RateDecision;
-}
-
-const UNIT_SECONDS: Readonly<Record<string, number>> = {
-  second: 1,
-  sec: 1,
-  s: 1,
-  minute: 60,
-  min: 60,
-  m: 60,
-  hour: 3600,
-  h: 3600,
-  day: 86400,
-  d: 86400,
-};
-
-// Keeps capacity * window-in-ms (see BucketState) well inside exact integer range for any unit.
-const MAX_LIMIT = 1_000_000;
-const RATE_FORM = /^([1-9][0-9]{0,6})\/([a-z]+)$/;
-
-/**
- * Parses a rate such as `10/minute`, `5/second`, `1000/hour`, `100/day` or the short units
- * `s`, `sec`, `m`, `min`, `h`, `d`. Surrounding whitespace is ignored; units are case-insensitive.
- *
- * @throws {Error} naming `varName`, the value and the expected form.
- */
-export function parseRate(s: string, varName: string): Rate {
-  const m = RATE_FORM.exec(s.trim().toLowerCase());
-  const limit = m?.[1] === undefined ? NaN : Number(m[1]);
-  const windowSec = m?.[2] === undefined ? undefined : UNIT_SECONDS[m[2]];
-  if (windowSec === undefined || !(limit >= 1 && limit <= MAX_LIMIT)) {
-    throw new Error(
-      `${varName}: invalid rate ${JSON.stringify(s)}; expected <count>/<unit> where count is a ` +
-        `whole number from 1 to ${MAX_LIMIT} and unit is second (s, sec), minute (m, min), ` +
-        `hour (h) or day (d), e.g. "60/minute"`,
-    );
-  }
-  return { limit, windowSec };
 }
 
 function assertRate(rate: Rate): void {

@@ -26,7 +26,7 @@ import { concat, encodeLatin1 } from "../http/bytes.ts";
 import type { Upgrader } from "../http/client_info.ts";
 import { ChunkedDecoder } from "../http/chunked.ts";
 import { bodyFraming, type Connection, readHead, UpstreamError } from "../upstream/http1.ts";
-import type { Logger } from "../observe/log.ts";
+import type { LogWriter } from "../observe/record.ts";
 import type { PoolSet } from "./proxy.ts";
 import { type RawTarget, upstreamTarget } from "./target.ts";
 import type { UpstreamSet } from "../upstream/health.ts";
@@ -73,7 +73,7 @@ export interface WebSocketContext {
   health: UpstreamSet | undefined;
   /** Longest wait for A's handshake answer. */
   timeoutMs: number;
-  log: Logger;
+  log: LogWriter;
   /** Called once A's answer to the handshake (101 or a refusal) has arrived. */
   onHead?(upstream: Upstream, status: number): void;
   /** Called once when the session (or the refused handshake) is over. */

@@ -20,7 +20,7 @@
  */
 
 import { RelayError } from "../errors.ts";
-import type { Logger } from "../observe/log.ts";
+import type { LogWriter } from "../observe/record.ts";
 
 /** Descriptors kept back from the cap for the listener, logs, KV, TLS files and slack. */
 export function fdReserve(fdLimit: number): number {
@@ -162,7 +162,7 @@ export function isOutOfDescriptors(err: unknown): boolean {
 /** What {@link serveResilient} adds to `Deno.serve`'s options. */
 export interface ResilientOptions {
   /** Where listener failures and restarts are reported. */
-  log?: Logger | undefined;
+  log?: LogWriter | undefined;
   /** First wait before listening again, ms (doubles up to `maxRetryMs`). Default 250. */
   retryMs?: number;
   /** Longest wait between attempts, ms. Default 4000. */

@@ -17,7 +17,7 @@ import type { ClientInfo } from "../http/client_info.ts";
 import type { Config } from "../config/config.ts";
 import { PerIpCap, serveResilient, tooManyConnections } from "./conn_limit.ts";
 import { errorResponse } from "../errors.ts";
-import type { Logger } from "../observe/log.ts";
+import type { LogWriter } from "../observe/record.ts";
 import { type DropReason, serveHttp1 } from "./server.ts";
 
 /** The running server, whichever it is. */
@@ -34,7 +34,7 @@ export interface Listener {
 /** What {@link listen} needs besides the config. */
 export interface ListenOptions {
   handler: (req: Request, info: ClientInfo) => Response | Promise<Response>;
-  log?: Logger | undefined;
+  log?: LogWriter | undefined;
   /** The socket cap (the app's effective `MAX_CONNECTIONS`). */
   maxConnections: number;
   /** TLS certificate and key (PEM) when the relay serves HTTPS itself. */

@@ -12,9 +12,9 @@
  * known-dead upstream while a live one exists, or keep the process alive by its timers.
  */
 
-import type { Upstream } from "../config/config.ts";
+import type { Upstream } from "../http/endpoint.ts";
 import { exchange, type Pool, type UpstreamErrorKind } from "./http1.ts";
-import type { Logger } from "../observe/log.ts";
+import type { LogWriter } from "../observe/record.ts";
 import { Watchdog } from "../http/watchdog.ts";
 
 /** One upstream's health, as shown in diagnostics. */
@@ -57,7 +57,7 @@ export interface UpstreamSetOptions {
   keepWarmMs: number;
   /** Longest wait for a probe's answer. */
   probeTimeoutMs: number;
-  log: Logger;
+  log: LogWriter;
   now?: () => number;
 }
 

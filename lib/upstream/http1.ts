@@ -15,16 +15,11 @@
 
 import { concat, decodeLatin1, encodeLatin1 } from "../http/bytes.ts";
 import { ChunkedDecoder, FramingError } from "../http/chunked.ts";
+import type { Endpoint } from "../http/endpoint.ts";
+
+export type { Endpoint };
 import { type HeaderList, isEventStream, trimOws } from "../http/headers.ts";
 import type { Watchdog, Watched } from "../http/watchdog.ts";
-
-/** Where to connect: the subset of an upstream's config the client needs. */
-export interface Endpoint {
-  readonly protocol: "http:" | "https:";
-  readonly hostname: string;
-  readonly port: number;
-  readonly hostHeader: string;
-}
 
 /** Why an exchange failed; the proxy maps these to client-facing errors. */
 export type UpstreamErrorKind =
