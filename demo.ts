@@ -4,7 +4,7 @@
  */
 
 import { openAccessLog } from "./lib/observe/access_log.ts";
-import { createApp } from "./lib/pipeline/app.ts";
+import { createApp } from "./lib/relay.ts";
 import { parseConfig } from "./lib/config/config.ts";
 import { listen } from "./lib/server/listen.ts";
 import { Logger } from "./lib/observe/log.ts";

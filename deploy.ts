@@ -10,7 +10,7 @@
  */
 
 import { type AccessLogHandle, openAccessLog } from "./lib/observe/access_log.ts";
-import { type App, createApp } from "./lib/pipeline/app.ts";
+import { type App, createApp } from "./lib/relay.ts";
 import { ConfigError, type Env, parseConfig } from "./lib/config/config.ts";
 import { Logger } from "./lib/observe/log.ts";
 

@@ -4,7 +4,7 @@
  */
 
 import { type AccessLogHandle, openAccessLog } from "./lib/observe/access_log.ts";
-import { createApp } from "./lib/pipeline/app.ts";
+import { createApp } from "./lib/relay.ts";
 import { ConfigError, parseConfig } from "./lib/config/config.ts";
 import { errorResponse, toRelayError } from "./lib/errors.ts";
 import { UpstreamError } from "./lib/upstream/http1.ts";

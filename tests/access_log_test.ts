@@ -14,7 +14,7 @@ import {
   isFailure,
   openAccessLog,
 } from "../lib/observe/access_log.ts";
-import type { RequestRecord } from "../lib/pipeline/app.ts";
+import type { RequestRecord } from "../lib/relay.ts";
 import { parseConfig } from "../lib/config/config.ts";
 import {
   closedPort,

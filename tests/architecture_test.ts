@@ -1,9 +1,7 @@
 /**
  * The import graph of `lib/` keeps the layers of docs/ARCHITECTURE.md: no cycles, and no import
  * that runs against the allowed directions. The graph is Deno's own (`deno info --json`, type-only
- * imports included), from every entry point. Edges that break a rule today and are yet to be
- * removed are listed in {@link KNOWN}, each with why; the list may only shrink (an entry that no
- * longer exists fails the test, so it is taken out).
+ * imports included), from every entry point.
  */
 
 import assert from "node:assert/strict";
@@ -28,22 +26,8 @@ export const ALLOWED: Record<string, readonly string[]> = {
   observe: ["errors.ts", "http", "config"],
   pipeline: ["errors.ts", "http", "config", "upstream", "observe/record.ts"],
   ops: ["errors.ts", "http", "config", "upstream"],
-};
-
-/**
- * Edges that break a rule today, each to be removed by moving a type or a function to the layer
- * that owns it. Key: `from -> to`, paths under lib/.
- */
-export const KNOWN: Record<string, string> = {
-  "server/listen.ts -> config/config.ts": "listen.ts is wiring: it belongs with the entry wiring",
-  "pipeline/app.ts -> observe/dashboard.ts": "app.ts still wires observers: to move to a relay.ts",
-  "pipeline/app.ts -> observe/log.ts": "app.ts still wires observers: to move to a relay.ts",
-  "pipeline/app.ts -> observe/metrics.ts": "app.ts still wires observers: to move to a relay.ts",
-  "pipeline/app.ts -> observe/telemetry.ts": "app.ts still wires observers: to move to a relay.ts",
-  "pipeline/app.ts -> observe/usage.ts": "the usage tap should be handed in as an observer",
-  "pipeline/app.ts -> observe/version.ts": "/debug/info belongs in observe/",
-  "pipeline/app.ts -> server/conn_limit.ts": "the connection cap is wiring: to move to a relay.ts",
-  "pipeline/app.ts -> server/send_watch.ts": "the send watch is wiring: to move to a relay.ts",
+  // The one place that wires every layer together; only the entry files import it.
+  "relay.ts": ["errors.ts", "http", "config", "server", "upstream", "pipeline", "observe", "ops"],
 };
 
 type Graph = Map<string, Set<string>>;
@@ -151,26 +135,22 @@ Deno.test("lib/ has no import cycle", () => {
   assert.deepEqual(cycles(graph), []);
 });
 
-Deno.test("lib/ imports run only in the allowed directions, apart from the listed known edges", () => {
-  const bad = forbiddenEdges(graph).filter((e) => KNOWN[e] === undefined);
-  assert.deepEqual(bad, [], "forbidden imports (see docs/ARCHITECTURE.md)");
+Deno.test("lib/ imports run only in the allowed directions", () => {
+  assert.deepEqual(forbiddenEdges(graph), [], "forbidden imports (see docs/ARCHITECTURE.md)");
 });
 
-Deno.test("every listed known edge still exists, so the list only shrinks", () => {
-  const now = new Set(forbiddenEdges(graph));
-  assert.deepEqual(Object.keys(KNOWN).filter((e) => !now.has(e)), []);
+Deno.test("nothing under lib/ imports relay.ts: only the entry files wire the relay", () => {
+  const importers = [...graph].filter(([, deps]) => deps.has("relay.ts")).map(([f]) => f);
+  assert.deepEqual(importers, []);
 });
 
 Deno.test("the checks catch a forbidden import and a cycle when one is added", () => {
   const withBad: Graph = new Map([...graph].map(([k, v]) => [k, new Set(v)]));
-  withBad.get("server/server.ts")!.add("pipeline/app.ts");
-  assert.deepEqual(
-    forbiddenEdges(withBad).filter((e) => KNOWN[e] === undefined),
-    ["server/server.ts -> pipeline/app.ts"],
-  );
-  withBad.get("http/headers.ts")!.add("observe/record.ts");
-  withBad.set("observe/record.ts", new Set(["http/headers.ts"]));
-  assert.deepEqual(cycles(withBad), [["http/headers.ts", "observe/record.ts"]]);
+  withBad.get("server/server.ts")!.add("pipeline/proxy.ts");
+  assert.deepEqual(forbiddenEdges(withBad), ["server/server.ts -> pipeline/proxy.ts"]);
+  withBad.get("http/headers.ts")!.add("http/bytes.ts");
+  withBad.get("http/bytes.ts")!.add("http/headers.ts");
+  assert.deepEqual(cycles(withBad), [["http/bytes.ts", "http/headers.ts"]]);
 });
 
 Deno.test("every module under lib/ is reached from an entry point and sits in a known layer", async () => {

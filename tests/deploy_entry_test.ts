@@ -188,6 +188,6 @@ deadline.test("deploy.ts runs under `deno serve` with no write or read permissio
     modules: Array<{ specifier: string }>;
   };
   const files = graph.modules.map((m) => m.specifier);
-  assert.ok(files.some((f) => f.endsWith("/lib/pipeline/app.ts")));
+  assert.ok(files.some((f) => f.endsWith("/lib/relay.ts")));
   assert.ok(!files.some((f) => f.endsWith("/main.ts") || f.includes("/scripts/")), files.join());
 });

@@ -3,8 +3,8 @@
  * client for targets and bytes that `fetch` would normalise or decode.
  */
 
-import { createApp } from "../lib/pipeline/app.ts";
-import type { App, AppDeps } from "../lib/pipeline/app.ts";
+import { createApp } from "../lib/relay.ts";
+import type { App, AppDeps } from "../lib/relay.ts";
 import { parseConfig } from "../lib/config/config.ts";
 import { listen } from "../lib/server/listen.ts";
 import { Logger } from "../lib/observe/log.ts";

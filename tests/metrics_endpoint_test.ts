@@ -5,8 +5,8 @@
  */
 
 import assert from "node:assert/strict";
-import type { ClientInfo, RequestRecord } from "../lib/pipeline/app.ts";
-import { createApp } from "../lib/pipeline/app.ts";
+import type { ClientInfo, RequestRecord } from "../lib/relay.ts";
+import { createApp } from "../lib/relay.ts";
 import { parseConfig } from "../lib/config/config.ts";
 import { PROM_CONTENT_TYPE } from "../lib/observe/metrics.ts";
 import { MAX_MODELS, SecondBuckets, Telemetry } from "../lib/observe/telemetry.ts";

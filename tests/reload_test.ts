@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { createApp } from "../lib/pipeline/app.ts";
+import { createApp } from "../lib/relay.ts";
 import { parseConfig } from "../lib/config/config.ts";
 import { parseDotenv } from "../lib/config/dotenv.ts";
 import { Logger } from "../lib/observe/log.ts";

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import type { RequestRecord } from "../lib/pipeline/app.ts";
+import type { RequestRecord } from "../lib/relay.ts";
 import {
   deadline,
   delay,

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import type { RequestRecord } from "../lib/pipeline/app.ts";
+import type { RequestRecord } from "../lib/relay.ts";
 import {
   deadline,
   rawRequest,

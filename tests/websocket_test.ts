@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import type { RequestRecord } from "../lib/pipeline/app.ts";
+import type { RequestRecord } from "../lib/relay.ts";
 import { deadline, delay, rawRequest, startRelay, startUpstream, waitFor } from "./helpers.ts";
 
 interface Seen {

@@ -14,7 +14,6 @@
  */
 
 import type { ClientInfo } from "../http/client_info.ts";
-import type { Config } from "../config/config.ts";
 import { PerIpCap, serveResilient, tooManyConnections } from "./conn_limit.ts";
 import { errorResponse } from "../errors.ts";
 import type { LogWriter } from "../observe/record.ts";
@@ -49,7 +48,21 @@ export interface ListenOptions {
 }
 
 /** Listens on the configured address with the configured server. Throws like `Deno.listen`. */
-export function listen(config: Config, o: ListenOptions): Listener {
+/**
+ * The settings {@link listen} reads: plain values, so the server layer needs no configuration
+ * module (the relay's `Config` has them all).
+ */
+export interface ListenSettings {
+  readonly host: string;
+  readonly port: number;
+  readonly httpServer: "relay" | "deno";
+  readonly maxConnectionsPerIp: number;
+  readonly clientHeaderTimeoutMs: number;
+  readonly clientIdleTimeoutMs: number;
+  readonly clientSendTimeoutMs: number;
+}
+
+export function listen(config: ListenSettings, o: ListenOptions): Listener {
   const hostname = o.hostname ?? config.host;
   const port = o.port ?? config.port;
   if (o.tls || config.httpServer === "deno") {

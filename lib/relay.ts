@@ -10,36 +10,37 @@
  * secret in diagnostics or records.
  */
 
-import { checkAdmin } from "./admin.ts";
-import { announcedLength, checkAnnouncedLength, LimitedBody } from "./body_limit.ts";
+import { checkAdmin } from "./pipeline/admin.ts";
+import { announcedLength, checkAnnouncedLength, LimitedBody } from "./pipeline/body_limit.ts";
+import { connectionCap, isOutOfDescriptors, overloaded, readFdLimit } from "./server/conn_limit.ts";
+import { Guards } from "./pipeline/guards.ts";
+import { clientIpFrom } from "./config/ip.ts";
+import type { Config, Route, Upstream } from "./config/config.ts";
+import { swapKey } from "./pipeline/credentials.ts";
+import { errorResponse, RelayError, toRelayError } from "./errors.ts";
+import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "./http/headers.ts";
+import type { Connector } from "./upstream/http1.ts";
+import { Logger } from "./observe/log.ts";
+import { forward, PoolSet, relayErrorFor } from "./pipeline/proxy.ts";
 import {
-  connectionCap,
-  isOutOfDescriptors,
-  overloaded,
-  readFdLimit,
-} from "../server/conn_limit.ts";
-import { Guards } from "./guards.ts";
-import { clientIpFrom } from "../config/ip.ts";
-import type { Config, Route, Upstream } from "../config/config.ts";
-import { swapKey } from "./credentials.ts";
-import { errorResponse, RelayError, toRelayError } from "../errors.ts";
-import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "../http/headers.ts";
-import type { Connector } from "../upstream/http1.ts";
-import { Logger } from "../observe/log.ts";
-import { forward, PoolSet, relayErrorFor } from "./proxy.ts";
-import { checkTarget, isApiPath, matchUidPath, type RawTarget, splitRequestUrl } from "./target.ts";
-import { Telemetry } from "../observe/telemetry.ts";
-import { dashboardAsset } from "../observe/dashboard.ts";
-import { PROM_CONTENT_TYPE } from "../observe/metrics.ts";
-import { UpstreamSet } from "../upstream/health.ts";
-import { UsageTap } from "../observe/usage.ts";
-import type { RequestRecord } from "../observe/record.ts";
-import { VERSION } from "../observe/version.ts";
-import { planReload, type ReloadPlan } from "../config/reload.ts";
-import { SendWatch } from "../server/send_watch.ts";
-import { Watchdog } from "../http/watchdog.ts";
-import { isWebSocketUpgrade, relayWebSocket } from "./websocket.ts";
-import type { ClientInfo, Upgrader } from "../http/client_info.ts";
+  checkTarget,
+  isApiPath,
+  matchUidPath,
+  type RawTarget,
+  splitRequestUrl,
+} from "./pipeline/target.ts";
+import { Telemetry } from "./observe/telemetry.ts";
+import { dashboardAsset } from "./observe/dashboard.ts";
+import { PROM_CONTENT_TYPE } from "./observe/metrics.ts";
+import { UpstreamSet } from "./upstream/health.ts";
+import { UsageTap } from "./observe/usage.ts";
+import type { RequestRecord } from "./observe/record.ts";
+import { VERSION } from "./observe/version.ts";
+import { planReload, type ReloadPlan } from "./config/reload.ts";
+import { SendWatch } from "./server/send_watch.ts";
+import { Watchdog } from "./http/watchdog.ts";
+import { isWebSocketUpgrade, relayWebSocket } from "./pipeline/websocket.ts";
+import type { ClientInfo, Upgrader } from "./http/client_info.ts";
 
 export type { ClientInfo, RequestRecord };
 
