@@ -364,18 +364,22 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       errorResponse(new RelayError(404, "not_found", "No such dashboard resource."));
   }
 
-  /** Forwards an API request; resolves with the response whose body may still be streaming. */
-  async function relay(req: Request, ctx: Ctx): Promise<Response> {
+  /**
+   * Forwards an API request; resolves with the response whose body may still be streaming. `cfg`
+   * is the configuration taken when the request arrived: a reload during one of its awaits must
+   * not give it half of each.
+   */
+  async function relay(req: Request, ctx: Ctx, cfg: Config): Promise<Response> {
     // Shed before opening anything upstream: this request is already counted in `inFlight`.
     if (inFlight > cap.max) throw overloaded();
     guards.checkAllowed(ctx.clientIp);
-    let upstreams = config.upstreams;
+    let upstreams = cfg.upstreams;
     let route: Route | undefined;
     let apiPath = ctx.path;
     const uid = matchUidPath(ctx.path);
     if (uid !== null) {
       ctx.route = uid.id;
-      route = config.routes.get(uid.id);
+      route = cfg.routes.get(uid.id);
       if (route === undefined) {
         throw new RelayError(
           404,
@@ -439,11 +443,11 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       );
     }
     if (hasBody) {
-      const tooLarge = checkAnnouncedLength(announced, config.maxBodyBytes);
+      const tooLarge = checkAnnouncedLength(announced, cfg.maxBodyBytes);
       if (tooLarge !== null) throw tooLarge;
       limited = new LimitedBody(() => req.body!, {
-        maxBytes: config.maxBodyBytes,
-        idleTimeoutMs: config.clientBodyTimeoutMs,
+        maxBytes: cfg.maxBodyBytes,
+        idleTimeoutMs: cfg.clientBodyTimeoutMs,
         // A small body of known length is taken whole: one piece, no per-chunk stream layers.
         ...(announced !== null && announced <= WHOLE_BODY_MAX ? { whole: () => req.bytes() } : {}),
       });
@@ -462,7 +466,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         headers,
         pools,
         health,
-        timeoutMs: config.upstreamTimeoutMs,
+        timeoutMs: cfg.upstreamTimeoutMs,
         log,
         onHead: (upstream) => {
           // The 101 (or A's refusal) is the session's first byte; the session may last hours.
@@ -496,7 +500,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       headers,
       pools,
       watchdog,
-      retryBodyMaxBytes: config.retryBodyMaxBytes,
+      retryBodyMaxBytes: cfg.retryBodyMaxBytes,
       health,
       body: limited,
       watchBody: server?.kind === "relay" ? undefined : watchBody,
@@ -516,7 +520,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     if (log.enabled("debug")) {
       log.debug("response", { id: ctx.id, status: up.status, headers: redactHeaders(up.headers) });
     }
-    if (config.debugLog) ctx.responseHeaders = redactHeaders(up.headers);
+    if (cfg.debugLog) ctx.responseHeaders = redactHeaders(up.headers);
     const response = result.response;
     const aId = response.headers.get("x-request-id");
     if (aId === null) response.headers.set("x-request-id", ctx.id);
@@ -564,21 +568,22 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   }
 
   async function handle(req: Request, info: ClientInfo): Promise<Response> {
+    const cfg = config;
     counters.requests++;
     const { path, query } = splitRequestUrl(req.url);
     if (path === "/" && (req.method === "GET" || req.method === "HEAD")) {
       return json({ ok: true, proxy: "Server B → Server A", version: VERSION });
     }
     const peer = info.remoteAddr.hostname;
-    const clientIp = config.trustedProxies === null
+    const clientIp = cfg.trustedProxies === null
       ? peer
-      : clientIpFrom(peer, req.headers, config.trustedProxies);
+      : clientIpFrom(peer, req.headers, cfg.trustedProxies);
     if (path === "/debug/info" && req.method === "GET") {
-      const denied = checkAdmin(req, clientIp, config);
+      const denied = checkAdmin(req, clientIp, cfg);
       return denied === null ? json(debugInfo()) : errorResponse(denied);
     }
     if ((path === "/metrics" || path.startsWith("/dashboard")) && req.method === "GET") {
-      const denied = checkAdmin(req, clientIp, config);
+      const denied = checkAdmin(req, clientIp, cfg);
       if (denied === null) return diagnostics(path);
       const res = errorResponse(denied);
       // Lets a browser ask for the token (any user name, ADMIN_TOKEN as the password).
@@ -607,14 +612,14 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       failovers: 0,
     };
     if (info.upgrade !== undefined) ctx.upgrade = info.upgrade;
-    if (config.debugLog) ctx.requestHeaders = redactHeaders(req.headers);
-    if (config.trustedProxies?.contains(peer)) {
+    if (cfg.debugLog) ctx.requestHeaders = redactHeaders(req.headers);
+    if (cfg.trustedProxies?.contains(peer)) {
       ctx.forwardedFor = req.headers.get("x-forwarded-for") ?? undefined;
       ctx.peerIp = peer;
     }
     inFlight++;
     try {
-      const res = await relay(req, ctx);
+      const res = await relay(req, ctx, cfg);
       ctx.returnedAt = now();
       return res;
     } catch (err) {

@@ -347,3 +347,45 @@ deadline.test("SIGHUP reloads ROUTES_FILE and .env in the running relay; a strea
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+deadline.test("a request keeps the configuration it started with when a reload lands during one of its awaits", async () => {
+  const up = startUpstream(async (req) => {
+    await req.arrayBuffer();
+    return new Response("ok");
+  });
+  // A rate limit makes the request await its admission before the body limit is checked.
+  const env = { UPSTREAM_SERVER_A: up.url, RATE_LIMIT: "1000/minute", MAX_BODY_MB: "1" };
+  const app = createApp(parseConfig(env), {
+    background: false,
+    log: new Logger({ sink: () => {} }),
+  });
+  try {
+    const body = new Uint8Array(2 * 1024 * 1024);
+    const pending = app.fetch(
+      new Request("http://relay/v1/messages", {
+        method: "POST",
+        body,
+        headers: { "content-length": String(body.byteLength) },
+      }),
+      { remoteAddr: { hostname: "127.0.0.1" } },
+    );
+    // The request is now waiting on its admission: the reload comes in between.
+    app.reload(parseConfig({ ...env, MAX_BODY_MB: "100" }));
+    const res = await pending;
+    await res.body?.cancel();
+    assert.equal(res.status, 413, "the 1 MB limit in force when the request arrived applies");
+    const after = await app.fetch(
+      new Request("http://relay/v1/messages", {
+        method: "POST",
+        body,
+        headers: { "content-length": String(body.byteLength) },
+      }),
+      { remoteAddr: { hostname: "127.0.0.1" } },
+    );
+    assert.equal(after.status, 200, "the next request sees the reloaded 100 MB limit");
+    await after.body?.cancel();
+  } finally {
+    app.close();
+    await up.close();
+  }
+});
