@@ -19,7 +19,7 @@
  * or do more than a counter comparison per request.
  */
 
-import { RelayError } from "../errors.ts";
+import { type RelayError, relayError } from "../errors.ts";
 import type { LogWriter } from "../observe/record.ts";
 
 /** Descriptors kept back from the cap for the listener, logs, KV, TLS files and slack. */
@@ -82,23 +82,12 @@ export function connectionCap(configured: number, fdLimit: number | null): Conne
 
 /** The 503 answered when the relay sheds a request. */
 export function overloaded(): RelayError {
-  return new RelayError(
-    503,
-    "overloaded",
-    "The relay is at its connection limit (MAX_CONNECTIONS); retry shortly.",
-    { headers: { "Retry-After": "1", connection: "close" } },
-  );
+  return relayError("overloaded", { reason: "connections" });
 }
 
 /** The 429 answered to an address that already holds `MAX_CONNECTIONS_PER_IP` connections. */
 export function tooManyConnections(max: number): RelayError {
-  return new RelayError(
-    429,
-    "too_many_connections",
-    `Too many connections from this address (MAX_CONNECTIONS_PER_IP is ${max}); close one or ` +
-      "retry shortly.",
-    { headers: { "Retry-After": "1", connection: "close" } },
-  );
+  return relayError("too_many_connections", { max });
 }
 
 /**

@@ -50,7 +50,14 @@
  */
 
 import { overloaded, PerIpCap, tooManyConnections } from "./conn_limit.ts";
-import { errorBody, errorResponse, RelayError, toRelayError } from "../errors.ts";
+import {
+  errorBody,
+  type ErrorParams,
+  errorResponse,
+  RelayError,
+  relayError,
+  toRelayError,
+} from "../errors.ts";
 import { concat, decodeLatin1, encodeLatin1 } from "../http/bytes.ts";
 import { ChunkedDecoder } from "../http/chunked.ts";
 import { trimOws } from "../http/headers.ts";
@@ -260,7 +267,7 @@ export function upgradeResponse(
   headers: HeadersInit,
 ): Response {
   const res = errorResponse(
-    new RelayError(500, "internal_error", "This server cannot switch protocols."),
+    relayError("internal_error", { reason: "upgrade_unsupported" }),
   );
   upgrades.set(res, { onSocket, headers: new Headers(headers) });
   return res;
@@ -786,11 +793,7 @@ class Connection implements Watched {
       this.#ending = true;
       this.#state = State.Closed;
       const bytes = errorBytes(
-        new RelayError(
-          408,
-          "request_header_timeout",
-          "The request headers did not arrive in time.",
-        ),
+        relayError("request_header_timeout"),
       );
       writeAll(this.#conn, bytes).catch(noop).finally(() => this.#close());
       return;
@@ -963,7 +966,7 @@ class Connection implements Watched {
       if (this.#closed || this.#ending) return null;
       const headEnd = this.#scanHead();
       if (headEnd === -2) {
-        this.#refuse(badRequest("Malformed request line."));
+        this.#refuse(badRequest("request_line"));
         return null;
       }
       if (headEnd >= 0 && headEnd - this.#start <= server.maxHeadBytes) {
@@ -976,17 +979,13 @@ class Connection implements Watched {
         try {
           return parseRequestHead(nonAscii ? decodeLatin1(bytes) : asciiDecoder.decode(bytes));
         } catch (err) {
-          this.#refuse(err instanceof RelayError ? err : badRequest("Malformed request head."));
+          this.#refuse(err instanceof RelayError ? err : badRequest("head"));
           return null;
         }
       }
       if (headEnd >= 0 || this.#end - this.#start > server.maxHeadBytes) {
         this.#refuse(
-          new RelayError(
-            431,
-            "headers_too_large",
-            `Request header section too large (limit ${server.maxHeadBytes} bytes).`,
-          ),
+          relayError("headers_too_large", { reason: "raw", maxBytes: server.maxHeadBytes }),
         );
         return null;
       }
@@ -1015,7 +1014,7 @@ class Connection implements Watched {
     try {
       url = requestUrl(head, server.fallbackHost);
     } catch (err) {
-      this.#refuse(err instanceof RelayError ? err : badRequest("Bad request target."));
+      this.#refuse(err instanceof RelayError ? err : badRequest("target"));
       return false;
     }
     const m = head.method;
@@ -1054,7 +1053,7 @@ class Connection implements Watched {
       req = new Request(url, init);
     } catch {
       // Forbidden methods (CONNECT, TRACE, TRACK) or a host the URL parser refuses.
-      this.#refuse(badRequest("The request cannot be represented (method or Host)."));
+      this.#refuse(badRequest("unrepresentable"));
       return false;
     }
     if (hook !== null) {
@@ -1164,7 +1163,7 @@ class Connection implements Watched {
           chunk = this.#takeBody(body, true);
         } catch {
           // A RelayError, so that the handler reading the body answers 400 rather than 499.
-          body.fail(badRequest("Malformed chunked request body."));
+          body.fail(badRequest("chunked_body"));
           return;
         }
         if (body.ctrl === null) return; // cancelled meanwhile
@@ -1576,8 +1575,8 @@ const BAD_CTL = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
 const BARE_CR = /\r(?!\n)/;
 const DIGITS = /^\d{1,15}$/;
 
-function badRequest(message: string): RelayError {
-  return new RelayError(400, "bad_request", message);
+function badRequest(reason: ErrorParams<"bad_request">["reason"]): RelayError {
+  return relayError("bad_request", { reason });
 }
 
 /**
@@ -1588,21 +1587,21 @@ function badRequest(message: string): RelayError {
  */
 export function parseRequestHead(text: string): RequestHead {
   if (BAD_CTL.test(text) || BARE_CR.test(text)) {
-    throw badRequest("Control character in the request head.");
+    throw badRequest("control_character");
   }
   let eol = text.indexOf("\n");
   if (eol < 0) eol = text.length;
   const line = text.slice(0, text.charCodeAt(eol - 1) === 13 ? eol - 1 : eol);
   const sp1 = line.indexOf(" ");
   const sp2 = sp1 < 0 ? -1 : line.indexOf(" ", sp1 + 1);
-  if (sp1 <= 0 || sp2 < 0) throw badRequest("Malformed request line.");
+  if (sp1 <= 0 || sp2 < 0) throw badRequest("request_line");
   const method = line.slice(0, sp1);
   const target = line.slice(sp1 + 1, sp2);
   const version = line.slice(sp2 + 1);
-  if (!TOKEN.test(method)) throw badRequest("Malformed request method.");
-  if (target === "" || target.includes("\t")) throw badRequest("Malformed request target.");
+  if (!TOKEN.test(method)) throw badRequest("method");
+  if (target === "" || target.includes("\t")) throw badRequest("request_target");
   const http10 = version === "HTTP/1.0";
-  if (!http10 && version !== "HTTP/1.1") throw badRequest("Unsupported HTTP version.");
+  if (!http10 && version !== "HTTP/1.1") throw badRequest("http_version");
 
   const headers: [string, string][] = [];
   let host: string | null = null;
@@ -1617,11 +1616,11 @@ export function parseRequestHead(text: string): RequestHead {
     if (e < 0) e = text.length;
     const le = text.charCodeAt(e - 1) === 13 ? e - 1 : e;
     const c0 = text.charCodeAt(pos);
-    if (c0 === 32 || c0 === 9) throw badRequest("Folded header lines are not accepted.");
+    if (c0 === 32 || c0 === 9) throw badRequest("folded_header");
     const colon = text.indexOf(":", pos);
-    if (colon < 0 || colon >= le) throw badRequest("Malformed header line.");
+    if (colon < 0 || colon >= le) throw badRequest("header_line");
     const name = text.slice(pos, colon);
-    if (!TOKEN.test(name)) throw badRequest("Malformed header name.");
+    if (!TOKEN.test(name)) throw badRequest("header_name");
     let vs = colon + 1;
     let ve = le;
     let c: number;
@@ -1635,14 +1634,14 @@ export function parseRequestHead(text: string): RequestHead {
     if (n !== 4 && n !== 6 && n !== 7 && n !== 10 && n !== 14 && n !== 17) continue;
     switch (name.toLowerCase()) {
       case "host":
-        if (host !== null) throw badRequest("More than one Host header.");
+        if (host !== null) throw badRequest("duplicate_host");
         host = value;
         break;
       case "content-length": {
-        if (!DIGITS.test(value)) throw badRequest("Invalid content-length.");
+        if (!DIGITS.test(value)) throw badRequest("content_length");
         const len = Number(value);
         if (contentLength >= 0 && contentLength !== len) {
-          throw badRequest("Conflicting content-length headers.");
+          throw badRequest("conflicting_content_length");
         }
         contentLength = len;
         break;
@@ -1663,16 +1662,16 @@ export function parseRequestHead(text: string): RequestHead {
   }
   let chunked = false;
   if (te !== null) {
-    if (contentLength >= 0) throw badRequest("Both content-length and transfer-encoding.");
+    if (contentLength >= 0) throw badRequest("length_and_chunked");
     // RFC 9112 §6.1: an HTTP/1.0 message with transfer-encoding has faulty framing.
-    if (http10) throw badRequest("Transfer-encoding on an HTTP/1.0 request.");
+    if (http10) throw badRequest("http10_transfer_encoding");
     if (trimOws(te.slice(te.lastIndexOf(",") + 1)).toLowerCase() !== "chunked") {
-      throw badRequest("Unsupported transfer-encoding (the last coding must be chunked).");
+      throw badRequest("transfer_encoding");
     }
     chunked = true;
   }
   // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request with no Host.
-  if (host === null && !http10) throw badRequest("Missing Host header.");
+  if (host === null && !http10) throw badRequest("missing_host");
   const conn = connection?.toLowerCase() ?? "";
   const keepAlive = http10
     ? hasToken(conn, "keep-alive") && !hasToken(conn, "close")
@@ -1709,14 +1708,14 @@ const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::\d{0,5})?
  */
 export function requestUrl(head: RequestHead, fallbackHost: string): string {
   const host = head.host === null || head.host === "" ? fallbackHost : head.host;
-  if (!HOST.test(host)) throw badRequest("Invalid Host header.");
+  if (!HOST.test(host)) throw badRequest("invalid_host");
   let target = head.target;
   if (target.charCodeAt(0) !== 47) {
     if (target === "*") target = "/*";
     else {
       const scheme = target.slice(0, 8).toLowerCase();
       const skip = scheme.startsWith("http://") ? 7 : scheme.startsWith("https://") ? 8 : -1;
-      if (skip < 0) throw badRequest("Unsupported request-target form.");
+      if (skip < 0) throw badRequest("target_form");
       let at = -1;
       for (let i = skip; i < target.length; i++) {
         const c = target.charCodeAt(i);
