@@ -12,7 +12,7 @@
 
 import type { Config } from "../config/config.ts";
 import { timingSafeEqual } from "./credentials.ts";
-import { RelayError } from "../errors.ts";
+import { type RelayError, relayError } from "../errors.ts";
 import { isLoopback } from "../config/ip.ts";
 
 /** Null when the request may see diagnostics, else the error to answer with. */
@@ -24,21 +24,10 @@ export function checkAdmin(
   if (config.adminToken !== undefined) {
     const given = presentedToken(req.headers.get("authorization") ?? "");
     if (given !== null && timingSafeEqual(given, config.adminToken)) return null;
-    return new RelayError(
-      401,
-      "unauthorized",
-      "This endpoint needs Authorization: Bearer <ADMIN_TOKEN>.",
-      {
-        headers: { "www-authenticate": 'Bearer realm="proxy-forwarder"' },
-      },
-    );
+    return relayError("unauthorized");
   }
   if (isLoopback(clientIp) || config.allowIps?.contains(clientIp)) return null;
-  return new RelayError(
-    403,
-    "forbidden",
-    "Diagnostics are served to loopback and ALLOW_IPS clients only; set ADMIN_TOKEN to use them remotely.",
-  );
+  return relayError("forbidden", { reason: "diagnostics" });
 }
 
 /** The token in `Bearer <token>`, or the password in `Basic base64(user:password)`. */

@@ -8,7 +8,7 @@
  * the forwarded request, or put any key into an error message.
  */
 
-import { RelayError } from "../errors.ts";
+import { relayError } from "../errors.ts";
 import type { HeaderList } from "../http/headers.ts";
 
 const encoder = new TextEncoder();
@@ -23,13 +23,6 @@ export function timingSafeEqual(actual: string, expected: string): boolean {
 }
 
 const BEARER = /^bearer[ \t]+/i;
-
-function unauthorized(code: "invalid_api_key" | "missing_api_key"): RelayError {
-  const message = code === "missing_api_key"
-    ? "This route needs an API key: send the route's access key as your API key."
-    : "Invalid API key for this route.";
-  return new RelayError(401, code, message);
-}
 
 /**
  * Checks that every credential the client sent equals `accessKey` and replaces each with `apiKey`
@@ -78,8 +71,8 @@ export function swapKey(
     });
     newQuery = `?${params.join("&")}`;
   }
-  if (found === 0) throw unauthorized("missing_api_key");
-  if (!ok) throw unauthorized("invalid_api_key");
+  if (found === 0) throw relayError("missing_api_key");
+  if (!ok) throw relayError("invalid_api_key");
   return { headers: out, query: newQuery };
 }
 

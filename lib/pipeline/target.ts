@@ -9,7 +9,7 @@
  * configured upstream plus the validated client path.
  */
 
-import { RelayError } from "../errors.ts";
+import { type RelayError, relayError } from "../errors.ts";
 
 /** The client's request target split into raw path and raw query (with its `?`, or ""). */
 export interface RawTarget {
@@ -50,7 +50,7 @@ function decodeSegment(segment: string): string | null {
 
 /** Refusal of a path that is malformed or tries to leave the prefix. */
 function invalid(): RelayError {
-  return new RelayError(400, "invalid_path", "The request path is not allowed.");
+  return relayError("invalid_path");
 }
 
 /**
