@@ -12,7 +12,7 @@
  * coarse interval per timeout value checks every body in flight, and runs only while there is one.
  */
 
-import { RelayError } from "../errors.ts";
+import { RelayError, relayError } from "../errors.ts";
 import { trimOws } from "../http/headers.ts";
 import type { BodyReader } from "../upstream/http1.ts";
 import { Watchdog, type Watched } from "../http/watchdog.ts";
@@ -29,25 +29,12 @@ export interface BodyLimitOptions {
 
 /** The 413 answered for a body over the limit. */
 export function bodyTooLarge(maxBytes: number): RelayError {
-  return new RelayError(
-    413,
-    "body_too_large",
-    `Request body too large: the limit is ${formatSize(maxBytes)} (MAX_BODY_MB).`,
-    // The rest of the body is never read: the connection cannot be reused.
-    { headers: { connection: "close" } },
-  );
+  return relayError("body_too_large", { maxBytes });
 }
 
 /** The 408 answered for a body that stopped arriving. */
 export function bodyTimeout(idleTimeoutMs: number): RelayError {
-  return new RelayError(
-    408,
-    "body_timeout",
-    `The request body stopped arriving for ${
-      idleTimeoutMs / 1000
-    } s (CLIENT_BODY_TIMEOUT_SEC); the request was aborted.`,
-    { headers: { connection: "close" } },
-  );
+  return relayError("body_timeout", { idleTimeoutMs });
 }
 
 /**
@@ -62,7 +49,7 @@ export function announcedLength(value: string | null): number | null {
     const digits = trimOws(part);
     const n = /^\d{1,15}$/.test(digits) ? Number(digits) : NaN;
     if (Number.isNaN(n) || (length !== null && n !== length)) {
-      throw new RelayError(400, "bad_request", "Invalid or conflicting content-length.");
+      throw relayError("bad_request", { reason: "announced_length" });
     }
     length = n;
   }
@@ -224,9 +211,4 @@ export class LimitedBody implements BodyReader, Watched {
     this.#ended = true;
     this.#watchdog.unwatch(this);
   }
-}
-
-function formatSize(bytes: number): string {
-  const mb = bytes / (1024 * 1024);
-  return mb >= 1 ? `${Math.round(mb * 100) / 100} MB` : `${bytes} bytes`;
 }

@@ -14,7 +14,7 @@
  */
 
 import type { Config, Route } from "../config/config.ts";
-import { RelayError } from "../errors.ts";
+import { RelayError, relayError } from "../errors.ts";
 import type { LogWriter } from "../observe/record.ts";
 import {
   ConcurrencyLimiter,
@@ -191,22 +191,14 @@ export class Guards {
   checkAllowed(clientIp: string): void {
     const allow = this.#current().allowIps;
     if (allow !== null && !allow.contains(clientIp)) {
-      throw new RelayError(
-        403,
-        "forbidden",
-        "Your address is not allowed to use this relay (ALLOW_IPS).",
-      );
+      throw relayError("forbidden", { reason: "allow_ips" });
     }
   }
 
   /** Throws 431 when the header section is larger than {@link MAX_HEADER_BYTES}. */
   checkHeaders(headers: Iterable<readonly [string, string]>): void {
     if (headerBytes(headers) > MAX_HEADER_BYTES) {
-      throw new RelayError(
-        431,
-        "headers_too_large",
-        `Request header section too large (limit ${MAX_HEADER_BYTES / 1024} KiB).`,
-      );
+      throw relayError("headers_too_large", { reason: "parsed", maxBytes: MAX_HEADER_BYTES });
     }
   }
 
@@ -218,12 +210,10 @@ export class Guards {
     const now = this.#now();
     const locked = this.#authFailures.lockedFor(clientIp, now);
     if (locked > 0) {
-      throw new RelayError(
-        429,
-        "rate_limited",
-        "Too many failed API key attempts from your address; try again later.",
-        { headers: { "Retry-After": String(locked) } },
-      );
+      throw relayError("rate_limited", {
+        reason: "auth_failures",
+        headers: { "Retry-After": String(locked) },
+      });
     }
     try {
       return check();
@@ -253,26 +243,19 @@ export class Guards {
       const store = this.#storeReady ?? await this.#storeOrFail();
       const d = await store.take(key, this.#now());
       if (!d.allowed) {
-        throw new RelayError(
-          429,
-          "rate_limited",
-          `Rate limit exceeded (${d.limit} requests per ${
-            describeWindow(this.#config.rateLimit!.windowSec)
-          }); retry after ${Math.max(1, d.retryAfterSec)} s.`,
-          { headers: rateLimitHeaders(d) },
-        );
+        throw relayError("rate_limited", {
+          reason: "rate_limit",
+          limit: d.limit,
+          windowSec: this.#config.rateLimit!.windowSec,
+          retryAfterSec: d.retryAfterSec,
+          headers: rateLimitHeaders(d),
+        });
       }
     }
     if (this.#concurrency === null) return NO_RELEASE;
     const release = this.#concurrency.tryAcquire(key);
     if (release === null) {
-      throw new RelayError(
-        429,
-        "too_many_concurrent",
-        `Too many requests in flight (limit ${this.#concurrency.maxPerKey} at once); retry when ` +
-          `one finishes.`,
-        { headers: { "Retry-After": "1" } },
-      );
+      throw relayError("too_many_concurrent", { max: this.#concurrency.maxPerKey });
     }
     return { release };
   }
@@ -307,15 +290,5 @@ export class Guards {
 }
 
 function storeUnavailable(): RelayError {
-  return new RelayError(
-    503,
-    "overloaded",
-    "The relay's rate-limit store is unavailable; retry shortly.",
-    { headers: { "Retry-After": "5" } },
-  );
-}
-
-function describeWindow(sec: number): string {
-  const names: Record<number, string> = { 1: "second", 60: "minute", 3600: "hour", 86400: "day" };
-  return names[sec] ?? `${sec} s`;
+  return relayError("overloaded", { reason: "rate_limit_store" });
 }

@@ -12,7 +12,7 @@
  * anything secret (such as API keys) before using it as a key.
  */
 
-import { RelayError } from "../errors.ts";
+import { relayError } from "../errors.ts";
 import { parseRate, type Rate } from "../config/rate.ts";
 
 export { parseRate };
@@ -277,12 +277,7 @@ export class KvRateStore implements RateLimitStore {
       // never the outcome), so a hot key does not turn into a retry storm.
       await new Promise((r) => setTimeout(r, Math.random() * Math.min(2 ** attempt, 25)));
     }
-    throw new RelayError(
-      503,
-      "overloaded",
-      "The relay is too busy to apply its rate limit right now; retry shortly.",
-      { headers: { "Retry-After": "1" } },
-    );
+    throw relayError("overloaded", { reason: "rate_limit_busy" });
   }
 }
 
