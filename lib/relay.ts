@@ -17,7 +17,7 @@ import { Guards } from "./pipeline/guards.ts";
 import { clientIpFrom } from "./config/ip.ts";
 import type { Config, Route, Upstream } from "./config/config.ts";
 import { swapKey } from "./pipeline/credentials.ts";
-import { errorResponse, RelayError, toRelayError } from "./errors.ts";
+import { errorResponse, relayError, toRelayError } from "./errors.ts";
 import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "./http/headers.ts";
 import type { Connector } from "./upstream/http1.ts";
 import { Logger } from "./observe/log.ts";
@@ -361,7 +361,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       });
     }
     return dashboardAsset(path) ??
-      errorResponse(new RelayError(404, "not_found", "No such dashboard resource."));
+      errorResponse(relayError("not_found", { reason: "dashboard" }));
   }
 
   /**
@@ -381,21 +381,13 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       ctx.route = uid.id;
       route = cfg.routes.get(uid.id);
       if (route === undefined) {
-        throw new RelayError(
-          404,
-          "unknown_route",
-          `No route /u${uid.id} is configured on this relay.`,
-        );
+        throw relayError("unknown_route", { id: uid.id });
       }
       apiPath = uid.rest;
       upstreams = route.upstreams;
     }
     if (!isApiPath(apiPath)) {
-      throw new RelayError(
-        404,
-        "not_found",
-        "Not found: this relay forwards /v1/... and /v1beta/... only.",
-      );
+      throw relayError("not_found", { reason: "path" });
     }
     const bad = checkTarget(apiPath, ctx.query);
     if (bad !== null) throw bad;
@@ -436,11 +428,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     if (hasBody && (req.method === "GET" || req.method === "HEAD")) {
       // A Request cannot carry a GET or HEAD body (Deno.serve drops it), and one forwarded without
       // its bytes would be read by A from the next request on the connection.
-      throw new RelayError(
-        400,
-        "body_not_allowed",
-        `A ${req.method} request cannot have a body here; send it with POST.`,
-      );
+      throw relayError("body_not_allowed", { method: req.method });
     }
     if (hasBody) {
       const tooLarge = checkAnnouncedLength(announced, cfg.maxBodyBytes);

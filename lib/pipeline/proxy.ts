@@ -11,7 +11,7 @@
  */
 
 import type { Upstream } from "../config/config.ts";
-import { RelayError } from "../errors.ts";
+import { RelayError, relayError } from "../errors.ts";
 import type { HeaderList } from "../http/headers.ts";
 import { responseHeaders } from "../http/headers.ts";
 import {
@@ -141,47 +141,22 @@ export function relayErrorFor(err: unknown): RelayError {
   if (err instanceof UpstreamError) {
     switch (err.kind) {
       case "connect":
-        return new RelayError(
-          502,
-          "upstream_unreachable",
-          "Server A is unreachable from the relay.",
-          cause,
-        );
+        return relayError("upstream_unreachable", cause);
       case "connect_timeout":
-        return new RelayError(
-          504,
-          "upstream_connect_timeout",
-          "Connecting to Server A timed out.",
-          cause,
-        );
+        return relayError("upstream_connect_timeout", cause);
       case "timeout":
-        return new RelayError(504, "upstream_timeout", "Server A did not answer in time.", cause);
+        return relayError("upstream_timeout", cause);
       case "aborted":
       case "body":
-        return new RelayError(499, "client_closed", "The client closed the request.", cause);
+        return relayError("client_closed", cause);
       case "request":
-        return new RelayError(
-          400,
-          "bad_header_value",
-          "A request header has a character that cannot be sent in HTTP/1.1 (above U+00FF).",
-          cause,
-        );
+        return relayError("bad_header_value", cause);
       case "protocol":
       case "reset":
-        return new RelayError(
-          502,
-          "upstream_protocol_error",
-          "Server A closed the connection or sent an invalid response.",
-          cause,
-        );
+        return relayError("upstream_protocol_error", { reason: "invalid_response", ...cause });
     }
   }
-  return new RelayError(
-    502,
-    "upstream_protocol_error",
-    "The relay could not complete the request.",
-    cause,
-  );
+  return relayError("upstream_protocol_error", { reason: "unknown", ...cause });
 }
 
 /**
@@ -228,12 +203,7 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
       });
     } catch (err) {
       await stream?.cancel();
-      throw new RelayError(
-        502,
-        "upstream_protocol_error",
-        "Server A sent a response the relay cannot pass on.",
-        { cause: err },
-      );
+      throw relayError("upstream_protocol_error", { reason: "unusable_response", cause: err });
     }
     return { response, upstream, failovers: i, upstreamResponse: res };
   }
