@@ -128,3 +128,11 @@ export function toRelayError(err: unknown): RelayError {
     cause: err,
   });
 }
+
+/**
+ * The name of a thrown value (`TimedOut`, `ConnectionRefused`, ...) for messages and logs: the
+ * name tells what went wrong without the raw text, which can name internal hosts.
+ */
+export function errName(err: unknown): string {
+  return err instanceof Error ? err.name : "error";
+}

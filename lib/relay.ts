@@ -19,6 +19,7 @@ import type { Config, Route, Upstream } from "./config/config.ts";
 import { swapKey } from "./pipeline/credentials.ts";
 import { errorResponse, RelayError, toRelayError } from "./errors.ts";
 import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "./http/headers.ts";
+import { statusClass } from "./http/status.ts";
 import type { Connector } from "./upstream/http1.ts";
 import { Logger } from "./observe/log.ts";
 import { forward, PoolSet, relayErrorFor } from "./pipeline/proxy.ts";
@@ -132,11 +133,13 @@ function json(body: unknown, status = 200): Response {
   return new Response(JSON.stringify(body), { status, headers: { "content-type": JSON_TYPE } });
 }
 
-/** Status class names, indexed by `status / 100` (no string building per request). */
-const STATUS_CLASS = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/** Request bodies up to this size with a `Content-Length` are read in one piece. */
-const WHOLE_BODY_MAX = 256 * 1024;
+/**
+ * Request bodies up to this size with a `Content-Length` are forwarded from one `req.bytes()`
+ * read instead of a chunk stream, waiting for the body if it has not all arrived. Not the same
+ * limit as the server's `INLINE_BODY_MAX` (lib/server/server.ts), which is how much of a body
+ * that already arrived with its head the server hands over as bytes without building a stream.
+ */
+const READ_WHOLE_MAX = 256 * 1024;
 
 const SAFE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -228,7 +231,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   const sendWatch = new SendWatch(config.clientSendTimeoutMs);
   const watchBody = (body: ReadableStream<Uint8Array>) =>
     sendWatch.wrap(body, () => clientDropped("send_timeout"));
-  // Access control and abuse limits (issue #4): built once; ALLOW_IPS is read live from `config`.
+  // Access control and abuse limits: built once; ALLOW_IPS is read live from `config`.
   const guards = new Guards(() => config, { now: deps.now ?? Date.now, log });
   const cap = connectionCap(
     config.maxConnections,
@@ -254,7 +257,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   observers.unshift(telemetry.observe);
 
   const countStatus = (status: number): void => {
-    const cls = STATUS_CLASS[Math.floor(status / 100)] ?? "other";
+    const cls = statusClass(status);
     counters.byStatusClass[cls] = (counters.byStatusClass[cls] ?? 0) + 1;
   };
 
@@ -445,7 +448,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         maxBytes: config.maxBodyBytes,
         idleTimeoutMs: config.clientBodyTimeoutMs,
         // A small body of known length is taken whole: one piece, no per-chunk stream layers.
-        ...(announced !== null && announced <= WHOLE_BODY_MAX ? { whole: () => req.bytes() } : {}),
+        ...(announced !== null && announced <= READ_WHOLE_MAX ? { whole: () => req.bytes() } : {}),
       });
       ctx.body = limited;
     }

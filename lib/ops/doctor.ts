@@ -18,6 +18,7 @@ import {
   type Upstream,
 } from "../config/config.ts";
 import { isPublicBindAddress } from "../config/ip.ts";
+import { errName } from "../errors.ts";
 
 /** Outcome of one check. `info` lines explain and never count as problems. */
 export type CheckStatus = "pass" | "warn" | "fail" | "info";
@@ -895,10 +896,6 @@ function tlsHint(err: unknown, u: Upstream): string {
 
 function isLocal(host: string): boolean {
   return host === "localhost" || host === "::1" || host.startsWith("127.");
-}
-
-function errName(err: unknown): string {
-  return err instanceof Error ? err.name : "error";
 }
 
 function errMessage(err: unknown): string {

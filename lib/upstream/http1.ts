@@ -14,11 +14,13 @@
  */
 
 import { concat, decodeLatin1, encodeLatin1 } from "../http/bytes.ts";
+import { errName } from "../errors.ts";
 import { ChunkedDecoder, FramingError } from "../http/chunked.ts";
 import type { Endpoint } from "../http/endpoint.ts";
 
 export type { Endpoint };
 import { type HeaderList, isEventStream, trimOws } from "../http/headers.ts";
+import { TOKEN } from "../http/syntax.ts";
 import type { Watchdog, Watched } from "../http/watchdog.ts";
 
 /** Why an exchange failed; the proxy maps these to client-facing errors. */
@@ -582,10 +584,6 @@ export class Pool {
     }, every);
     Deno.unrefTimer(this.#sweeper);
   }
-}
-
-function errName(err: unknown): string {
-  return err instanceof Error ? err.name : "error";
 }
 
 /** Where request body chunks come from (a stream reader, or `body_limit.ts`'s checked view). */
@@ -1242,7 +1240,6 @@ export function bodyFraming(
   return { kind: "close" };
 }
 
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const STATUS_LINE = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/;
 
 /** Parses a response head (without the final blank line). Throws UpstreamError("protocol"). */
