@@ -1,5 +1,5 @@
 /**
- * Unit and integration: MAX_CONNECTIONS and surviving descriptor exhaustion (issue #4 point 9).
+ * Unit and integration: MAX_CONNECTIONS and surviving descriptor exhaustion.
  * The exhaustion test runs the real entry point under a lowered `ulimit -n` in a subprocess.
  */
 

@@ -1,5 +1,5 @@
 /**
- * `deno task doctor` (issue #7): the checks against fake Server A's on 127.0.0.1, including a dead
+ * `deno task doctor`: the checks against fake Server A's on 127.0.0.1, including a dead
  * one, a hanging one, a wrong path prefix and an HTTPS one with a self-signed certificate.
  */
 

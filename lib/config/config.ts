@@ -43,7 +43,7 @@ export interface Config {
   readonly poolIdleMs: number;
   readonly routes: ReadonlyMap<string, Route>;
 
-  // Upstream health and keep-warm (issue #3).
+  // Upstream health and keep-warm.
   /** Interval of the keep-warm request on each upstream's pool; 0 = off. */
   readonly keepWarmMs: number;
   /**
@@ -60,7 +60,7 @@ export interface Config {
   /** HTTPS upstreams: "auto" uses HTTP/2 when A offers it by ALPN; "off" always HTTP/1.1. */
   readonly upstreamHttp2: "auto" | "off";
 
-  // Access control and limits (issue #4).
+  // Access control and limits.
   /** Client addresses allowed; null = everyone. */
   readonly allowIps: CidrList | null;
   /** Proxies in front of the relay whose X-Forwarded-For / X-Real-IP are believed; null = none. */
@@ -97,14 +97,14 @@ export interface Config {
   /** Bearer token for /debug/info, /metrics, /dashboard; undefined = loopback and ALLOW_IPS only. */
   readonly adminToken: string | undefined;
 
-  // Observability (issue #5).
+  // Observability.
   /** One JSON access-log line per request. */
   readonly accessLog: boolean;
   readonly logFormat: "json" | "pretty";
   /** Access log lines are also appended here. */
   readonly logFile: string | undefined;
 
-  // Serving (issue #7).
+  // Serving.
   readonly tlsCertFile: string | undefined;
   readonly tlsKeyFile: string | undefined;
 }
