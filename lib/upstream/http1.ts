@@ -21,6 +21,7 @@ import type { Endpoint } from "../http/endpoint.ts";
 export type { Endpoint };
 import { type HeaderList, isEventStream, trimOws } from "../http/headers.ts";
 import { TOKEN } from "../http/syntax.ts";
+import { IdleSweeper } from "./sweeper.ts";
 import type { Watchdog, Watched } from "../http/watchdog.ts";
 
 /** Why an exchange failed; the proxy maps these to client-facing errors. */
@@ -284,7 +285,7 @@ export class Pool {
   #active = 0;
   #created = 0;
   #reusedCount = 0;
-  #sweeper: ReturnType<typeof setInterval> | undefined;
+  readonly #sweeper: IdleSweeper;
   #closed = false;
   /** When a connection was last handed out or returned (ms since the epoch). */
   lastActivity = 0;
@@ -310,6 +311,7 @@ export class Pool {
       ...(options.alternate ? { alternate: options.alternate } : {}),
     };
     this.#spares = options.spares ?? { count: 0 };
+    this.#sweeper = new IdleSweeper(options.idleTimeoutMs, (now) => this.#sweep(now));
     // Plain HTTP, or no alternative offered: nothing to negotiate.
     this.negotiated = endpoint.protocol === "http:" || options.alternate === undefined;
   }
@@ -483,7 +485,7 @@ export class Pool {
       this.#fill();
     });
     this.#idle.push(c);
-    this.#startSweeper();
+    this.#sweeper.start();
   }
 
   /** Closes idle connections now and opens no more spares (in-flight ones finish on their own). */
@@ -498,8 +500,7 @@ export class Pool {
     this.#closed = true;
     this.closeIdle();
     this.#alt?.close();
-    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
-    this.#sweeper = undefined;
+    this.#sweeper.stop();
   }
 
   /** How many idle connections to keep ready now: 0 when spares are off or must not be opened. */
@@ -538,7 +539,7 @@ export class Pool {
       // Counted, and tried again on the sweeper's next tick, up to the failure limit.
       this.#spareFailures++;
     });
-    this.#startSweeper();
+    this.#sweeper.start();
   }
 
   /**
@@ -566,23 +567,15 @@ export class Pool {
     for (let i = 0; i < missing; i++) this.#openSpare();
   }
 
-  #startSweeper(): void {
-    if (this.#sweeper !== undefined) return;
-    const every = Math.max(50, Math.floor(this.#opts.idleTimeoutMs / 4));
-    this.#sweeper = setInterval(() => {
-      const now = Date.now();
-      const cutoff = now - this.#opts.idleTimeoutMs;
-      // Oldest first in the stack: drop from the bottom.
-      while (this.#idle.length > 0 && this.#idle[0]!.idleSince <= cutoff) {
-        this.#idle.shift()!.close();
-      }
-      this.#refresh(now);
-      if (this.#idle.length === 0 && this.#opening === 0 && this.#spareTarget() === 0) {
-        clearInterval(this.#sweeper);
-        this.#sweeper = undefined;
-      }
-    }, every);
-    Deno.unrefTimer(this.#sweeper);
+  /** One sweep: closes connections idle past the timeout, refreshes spares. */
+  #sweep(now: number): boolean {
+    const cutoff = now - this.#opts.idleTimeoutMs;
+    // Oldest first in the stack: drop from the bottom.
+    while (this.#idle.length > 0 && this.#idle[0]!.idleSince <= cutoff) {
+      this.#idle.shift()!.close();
+    }
+    this.#refresh(now);
+    return this.#idle.length > 0 || this.#opening > 0 || this.#spareTarget() > 0;
   }
 }
 
