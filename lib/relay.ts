@@ -20,7 +20,7 @@ import { swapKey } from "./pipeline/credentials.ts";
 import { errorResponse, RelayError, toRelayError } from "./errors.ts";
 import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "./http/headers.ts";
 import { statusClass } from "./http/status.ts";
-import type { Connector } from "./upstream/http1.ts";
+import { type Connector, UpstreamError } from "./upstream/http1.ts";
 import { Logger } from "./observe/log.ts";
 import { forward, PoolSet, relayErrorFor } from "./pipeline/proxy.ts";
 import {
@@ -38,7 +38,9 @@ import { UsageTap } from "./observe/usage.ts";
 import type { RequestRecord } from "./observe/record.ts";
 import { VERSION } from "./observe/version.ts";
 import { planReload, type ReloadPlan } from "./config/reload.ts";
-import { SendWatch } from "./server/send_watch.ts";
+import { SendTimeoutError, SendWatch } from "./server/send_watch.ts";
+import { listen, type Listener, type ListenOptions } from "./server/listen.ts";
+import { type AccessLogHandle, openAccessLog } from "./observe/access_log.ts";
 import { Watchdog } from "./http/watchdog.ts";
 import { isWebSocketUpgrade, relayWebSocket } from "./pipeline/websocket.ts";
 import type { ClientInfo, Upgrader } from "./http/client_info.ts";
@@ -676,4 +678,56 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       sendWatch.close();
     },
   };
+}
+
+/** A relay built from one configuration: the app, its logger and its access log. */
+export interface Relay {
+  app: App;
+  log: Logger;
+  /** Null with `ACCESS_LOG=0`. */
+  accessLog: AccessLogHandle | null;
+}
+
+/**
+ * Builds the relay every entry runs (`main.ts`, `deploy.ts`, `demo.ts`): the logger the
+ * configuration asks for (unless the entry brings its own), the access log, and the app with the
+ * access log as an observer. Throws `ConfigError` when `LOG_FILE` cannot be opened.
+ */
+export function createRelay(config: Config, options: { log?: Logger } = {}): Relay {
+  const log = options.log ??
+    new Logger({ level: config.debugLog ? "debug" : "info", format: config.logFormat });
+  const accessLog = openAccessLog(config);
+  const app = createApp(config, { log, observers: accessLog ? [accessLog.observe] : [] });
+  return { app, log, accessLog };
+}
+
+/** What an entry adds to {@link serveRelay}: TLS, and what to say once listening. */
+export type ServeOptions = Pick<ListenOptions, "tls" | "onListen">;
+
+/**
+ * Serves a relay on the configured address (`listen.ts`: the relay's own HTTP/1.1 server on plain
+ * HTTP, `Deno.serve` for TLS or `HTTP_SERVER=deno`) and attaches the server to the app, which
+ * reads its connection count and sheds load through it. Throws what `Deno.listen` throws.
+ */
+export function serveRelay(relay: Relay, config: Config, options: ServeOptions = {}): Listener {
+  const { app, log } = relay;
+  const server = listen(config, {
+    handler: (req, info) => app.fetch(req, info),
+    log,
+    maxConnections: app.maxConnections,
+    onDrop: (reason) => app.clientDropped(reason),
+    ...options,
+    onError: (err) => {
+      // Deno.serve also reports a response body that broke mid-stream here; that was already
+      // logged as "upstream body broke" (or counted as a send timeout) and is no relay bug.
+      if (err instanceof UpstreamError || err instanceof SendTimeoutError) {
+        log.debug("response body ended with an error", { detail: err.message });
+      } else {
+        log.error("unhandled error", { detail: err instanceof Error ? err.message : String(err) });
+      }
+      return errorResponse(toRelayError(err));
+    },
+  });
+  app.attachServer(server);
+  return server;
 }
