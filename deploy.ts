@@ -12,17 +12,12 @@
 import { createRelay, type Relay } from "./lib/relay.ts";
 import { ConfigError, type Env, parseConfig } from "./lib/config/config.ts";
 import { Logger } from "./lib/observe/log.ts";
+import { VARS } from "./lib/config/vars.ts";
 
 /** Variables that have no meaning on Deno Deploy; they are dropped before parsing. */
-export const IGNORED_ON_DEPLOY: readonly string[] = [
-  "HOST",
-  "PORT",
-  "TLS_CERT_FILE",
-  "TLS_KEY_FILE",
-  "LOG_FILE",
-  "MAX_CONNECTIONS",
-  "MAX_CONNECTIONS_PER_IP",
-];
+export const IGNORED_ON_DEPLOY: readonly string[] = VARS.filter((v) => v.notOnDeploy).map((v) =>
+  v.name
+);
 
 /** The environment as the relay sees it on Deno Deploy (pure: tests call it with plain objects). */
 export function deployEnv(env: Env): Record<string, string> {
