@@ -3,11 +3,8 @@
  * can see it work without a Server A. Not for production.
  */
 
-import { openAccessLog } from "./lib/observe/access_log.ts";
-import { createApp } from "./lib/relay.ts";
+import { createRelay, serveRelay } from "./lib/relay.ts";
 import { parseConfig } from "./lib/config/config.ts";
-import { listen } from "./lib/server/listen.ts";
-import { Logger } from "./lib/observe/log.ts";
 import { mockHandler } from "./dev/mock_upstream.ts";
 
 const mock = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, mockHandler());
@@ -19,10 +16,9 @@ const config = parseConfig({
   DEBUG_LOG: Deno.env.get("DEBUG_LOG"),
   LOG_FORMAT: "pretty",
 });
-const log = new Logger({ level: config.debugLog ? "debug" : "info", format: "pretty" });
-// One readable line per request, so a first look shows what the relay saw and measured.
-const accessLog = openAccessLog(config);
-const app = createApp(config, { log, observers: accessLog ? [accessLog.observe] : [] });
+// LOG_FORMAT=pretty: one readable access-log line per request, so a first look shows what the
+// relay saw and measured.
+const relay = createRelay(config);
 try {
   serve();
 } catch (err) {
@@ -37,11 +33,7 @@ try {
 
 function serve(): void {
   // The same server main.ts runs (listen.ts): the relay's own HTTP/1.1 server on plain HTTP.
-  const server = listen(config, {
-    handler: (req, info) => app.fetch(req, info),
-    log,
-    maxConnections: app.maxConnections,
-    onDrop: (reason) => app.clientDropped(reason),
+  serveRelay(relay, config, {
     onListen: ({ port }) => {
       const base = `http://127.0.0.1:${port}`;
       // deno-lint-ignore no-console
@@ -61,5 +53,4 @@ Ctrl+C stops the demo.
 `);
     },
   });
-  app.attachServer(server);
 }

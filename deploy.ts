@@ -9,21 +9,15 @@
  * which restarts the isolates) to change the configuration.
  */
 
-import { type AccessLogHandle, openAccessLog } from "./lib/observe/access_log.ts";
-import { type App, createApp } from "./lib/relay.ts";
+import { createRelay, type Relay } from "./lib/relay.ts";
 import { ConfigError, type Env, parseConfig } from "./lib/config/config.ts";
 import { Logger } from "./lib/observe/log.ts";
+import { VARS } from "./lib/config/vars.ts";
 
 /** Variables that have no meaning on Deno Deploy; they are dropped before parsing. */
-export const IGNORED_ON_DEPLOY: readonly string[] = [
-  "HOST",
-  "PORT",
-  "TLS_CERT_FILE",
-  "TLS_KEY_FILE",
-  "LOG_FILE",
-  "MAX_CONNECTIONS",
-  "MAX_CONNECTIONS_PER_IP",
-];
+export const IGNORED_ON_DEPLOY: readonly string[] = VARS.filter((v) => v.notOnDeploy).map((v) =>
+  v.name
+);
 
 /** The environment as the relay sees it on Deno Deploy (pure: tests call it with plain objects). */
 export function deployEnv(env: Env): Record<string, string> {
@@ -36,34 +30,28 @@ export function deployEnv(env: Env): Record<string, string> {
   return out;
 }
 
-interface Built {
-  app: App | null;
-  accessLog: AccessLogHandle | null;
-}
-
-let built: Built | null = null;
+let built: { relay: Relay | null } | null = null;
 const log = new Logger();
 
-function build(): Built {
+function build(): { relay: Relay | null } {
   const env = Deno.env.toObject();
   const ignored = IGNORED_ON_DEPLOY.filter((k) => env[k] !== undefined && env[k] !== "");
   try {
     // ROUTES_FILE may name a file deployed with the code (read-only); nothing is ever written.
     const config = parseConfig(deployEnv(env), { readFile: (p) => Deno.readTextFileSync(p) });
-    const accessLog = openAccessLog(config);
-    const app = createApp(config, { log, observers: accessLog ? [accessLog.observe] : [] });
+    const relay = createRelay(config, { log });
     log.info("relay ready (Deno Deploy entry)", {
       upstreams: config.upstreams.map((u) => u.url),
       routes: config.routes.size,
       ...(ignored.length > 0 ? { ignored } : {}),
     });
-    return { app, accessLog };
+    return { relay };
   } catch (err) {
     // The operator reads this in the deployment's logs; clients get a generic answer.
     log.error("configuration error", {
       detail: err instanceof ConfigError ? err.message : String(err),
     });
-    return { app: null, accessLog: null };
+    return { relay: null };
   }
 }
 
@@ -78,7 +66,7 @@ const NOT_CONFIGURED = JSON.stringify({
 /** The request handler Deno Deploy (and `deno serve`) call. */
 export function handle(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
   built ??= build();
-  if (built.app === null) {
+  if (built.relay === null) {
     return Promise.resolve(
       new Response(NOT_CONFIGURED, {
         status: 503,
@@ -87,15 +75,15 @@ export function handle(req: Request, info?: Deno.ServeHandlerInfo): Promise<Resp
     );
   }
   const addr = info?.remoteAddr as Deno.NetAddr | undefined;
-  return built.app.fetch(req, { remoteAddr: { hostname: addr?.hostname ?? "0.0.0.0" } });
+  return built.relay.app.fetch(req, { remoteAddr: { hostname: addr?.hostname ?? "0.0.0.0" } });
 }
 
 /** Drops the built relay (tests; the next request builds a new one from the environment). */
 export async function resetForTests(): Promise<void> {
   const b = built;
   built = null;
-  b?.app?.close();
-  await b?.accessLog?.close();
+  b?.relay?.app.close();
+  await b?.relay?.accessLog?.close();
 }
 
 export default { fetch: handle } satisfies Deno.ServeDefaultExport;

@@ -1,18 +1,14 @@
 /**
- * proxy-forwarder entry point: environment → config → app → server (`listen.ts`), plus signals.
+ * proxy-forwarder entry point: environment → config → relay (`createRelay`, `serveRelay`), plus
+ * start-up errors, signals, shutdown and reload.
  * Everything else lives in `lib/` and imports without side effects.
  */
 
-import { type AccessLogHandle, openAccessLog } from "./lib/observe/access_log.ts";
-import { createApp } from "./lib/relay.ts";
+import { createRelay, type Relay, serveRelay } from "./lib/relay.ts";
 import { ConfigError, parseConfig } from "./lib/config/config.ts";
-import { errorResponse, toRelayError } from "./lib/errors.ts";
-import { UpstreamError } from "./lib/upstream/http1.ts";
-import { listen, type Listener } from "./lib/server/listen.ts";
-import { Logger } from "./lib/observe/log.ts";
+import type { Listener } from "./lib/server/listen.ts";
 import { broadPermissions, startupWarnings } from "./lib/ops/permissions.ts";
 import { createReloader } from "./lib/config/reload.ts";
-import { SendTimeoutError } from "./lib/server/send_watch.ts";
 import { loadTlsFiles } from "./lib/config/tls.ts";
 import { VERSION } from "./lib/observe/version.ts";
 
@@ -22,11 +18,11 @@ export async function main(): Promise<number> {
   const readFile = (p: string) => Deno.readTextFileSync(p);
   let config;
   let tls;
-  let accessLog: AccessLogHandle | null;
+  let relay: Relay;
   try {
     config = parseConfig(startEnv, { readFile });
     tls = loadTlsFiles(config, readFile);
-    accessLog = openAccessLog(config);
+    relay = createRelay(config);
   } catch (err) {
     if (err instanceof ConfigError) {
       // deno-lint-ignore no-console
@@ -35,8 +31,7 @@ export async function main(): Promise<number> {
     }
     throw err;
   }
-  const log = new Logger({ level: config.debugLog ? "debug" : "info", format: config.logFormat });
-  const app = createApp(config, { log, observers: accessLog ? [accessLog.observe] : [] });
+  const { app, log, accessLog } = relay;
 
   for (const w of startupWarnings(config, broadPermissions())) log.warn(w.msg, w.fields);
 
@@ -44,11 +39,7 @@ export async function main(): Promise<number> {
   // HTTP_SERVER=deno: Deno.serve, re-created if it dies on "too many open files" (listen.ts).
   let server: Listener;
   try {
-    server = listen(config, {
-      handler: (req, info) => app.fetch(req, info),
-      log,
-      maxConnections: app.maxConnections,
-      onDrop: (reason) => app.clientDropped(reason),
+    server = serveRelay(relay, config, {
       // TLS_CERT_FILE/TLS_KEY_FILE: HTTPS, with HTTP/2 offered to clients by ALPN.
       tls,
       onListen: (addr) => {
@@ -61,18 +52,6 @@ export async function main(): Promise<number> {
           upstreams: config.upstreams.map((u) => u.url),
           routes: config.routes.size,
         });
-      },
-      onError: (err) => {
-        // Deno.serve also reports a response body that broke mid-stream here; that was already
-        // logged as "upstream body broke" (or counted as a send timeout) and is no relay bug.
-        if (err instanceof UpstreamError || err instanceof SendTimeoutError) {
-          log.debug("response body ended with an error", { detail: err.message });
-        } else {
-          log.error("unhandled error", {
-            detail: err instanceof Error ? err.message : String(err),
-          });
-        }
-        return errorResponse(toRelayError(err));
       },
     });
   } catch (err) {
@@ -91,7 +70,6 @@ export async function main(): Promise<number> {
     return 2;
   }
 
-  app.attachServer(server);
   let stopping = false;
   let stopped: Promise<void> | null = null;
   const stop = (signal: Deno.Signal) => {

@@ -1,5 +1,5 @@
 /**
- * Keep-warm benchmark (issue #3): time to first byte of the first request after a long idle
+ * Keep-warm benchmark: time to first byte of the first request after a long idle
  * period, with the relay's keep-warm on (UPSTREAM_KEEPWARM_SEC=2) and off (0), against a fake
  * HTTPS Server A on loopback that closes connections idle for 5 s (as claude-code-hub does).
  *

@@ -1,7 +1,7 @@
 /**
  * `deno task bench [--quick] [--rounds=N] [--duration=S] [--only=http,sse,...]`
  *
- * Runs the benchmark rows of issue #6 (and the keep-warm one of issue #3) on 127.0.0.1, writes
+ * Runs the benchmark rows (throughput, latency, SSE, keep-warm, ...) on 127.0.0.1, writes
  * `bench/results/<stamp>.json` and `bench/results/<stamp>.md`, and prints the markdown.
  *
  * Sections (all by default, in this order):
@@ -829,7 +829,7 @@ async function sectionKeepWarm(): Promise<void> {
   ], { cpu: LOAD_CPU, timeoutMs: 600_000 });
   results.keepwarm = JSON.parse(Deno.readTextFileSync(json));
   md.push(
-    "### Keep-warm (issue #3): first request after idle, fake HTTPS A closing idle connections " +
+    "### Keep-warm: first request after idle, fake HTTPS A closing idle connections " +
       "after 5 s\n\n" + out.trim() + "\n",
   );
 }

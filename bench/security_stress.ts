@@ -1,6 +1,6 @@
 // deno-lint-ignore-file no-console
 /**
- * Bounded hostile-traffic stress run for issue #4 (not part of `deno task test`).
+ * Bounded hostile-traffic stress run for the access limits (not part of `deno task test`).
  *
  * Three child processes besides this one, all on 127.0.0.1:
  *   - the relay, started with the narrow permissions `deno task start` computes (optionally under

@@ -397,3 +397,11 @@ function describeWindow(sec: number): string {
   const names: Record<number, string> = { 1: "second", 60: "minute", 3600: "hour", 86400: "day" };
   return names[sec] ?? `${sec} s`;
 }
+
+/**
+ * The name of a thrown value (`TimedOut`, `ConnectionRefused`, ...) for messages and logs: the
+ * name tells what went wrong without the raw text, which can name internal hosts.
+ */
+export function errName(err: unknown): string {
+  return err instanceof Error ? err.name : "error";
+}

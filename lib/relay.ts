@@ -19,7 +19,8 @@ import type { Config, Route, Upstream } from "./config/config.ts";
 import { swapKey } from "./pipeline/credentials.ts";
 import { errorResponse, relayError, toRelayError } from "./errors.ts";
 import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "./http/headers.ts";
-import type { Connector } from "./upstream/http1.ts";
+import { statusClass } from "./http/status.ts";
+import { type Connector, UpstreamError } from "./upstream/http1.ts";
 import { Logger } from "./observe/log.ts";
 import { forward, PoolSet, relayErrorFor } from "./pipeline/proxy.ts";
 import {
@@ -37,7 +38,9 @@ import { UsageTap } from "./observe/usage.ts";
 import type { RequestRecord } from "./observe/record.ts";
 import { VERSION } from "./observe/version.ts";
 import { planReload, type ReloadPlan } from "./config/reload.ts";
-import { SendWatch } from "./server/send_watch.ts";
+import { SendTimeoutError, SendWatch } from "./server/send_watch.ts";
+import { listen, type Listener, type ListenOptions } from "./server/listen.ts";
+import { type AccessLogHandle, openAccessLog } from "./observe/access_log.ts";
 import { Watchdog } from "./http/watchdog.ts";
 import { isWebSocketUpgrade, relayWebSocket } from "./pipeline/websocket.ts";
 import type { ClientInfo, Upgrader } from "./http/client_info.ts";
@@ -132,11 +135,13 @@ function json(body: unknown, status = 200): Response {
   return new Response(JSON.stringify(body), { status, headers: { "content-type": JSON_TYPE } });
 }
 
-/** Status class names, indexed by `status / 100` (no string building per request). */
-const STATUS_CLASS = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/** Request bodies up to this size with a `Content-Length` are read in one piece. */
-const WHOLE_BODY_MAX = 256 * 1024;
+/**
+ * Request bodies up to this size with a `Content-Length` are forwarded from one `req.bytes()`
+ * read instead of a chunk stream, waiting for the body if it has not all arrived. Not the same
+ * limit as the server's `INLINE_BODY_MAX` (lib/server/server.ts), which is how much of a body
+ * that already arrived with its head the server hands over as bytes without building a stream.
+ */
+const READ_WHOLE_MAX = 256 * 1024;
 
 const SAFE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -228,7 +233,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   const sendWatch = new SendWatch(config.clientSendTimeoutMs);
   const watchBody = (body: ReadableStream<Uint8Array>) =>
     sendWatch.wrap(body, () => clientDropped("send_timeout"));
-  // Access control and abuse limits (issue #4): built once; ALLOW_IPS is read live from `config`.
+  // Access control and abuse limits: built once; ALLOW_IPS is read live from `config`.
   const guards = new Guards(() => config, { now: deps.now ?? Date.now, log });
   const cap = connectionCap(
     config.maxConnections,
@@ -254,7 +259,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   observers.unshift(telemetry.observe);
 
   const countStatus = (status: number): void => {
-    const cls = STATUS_CLASS[Math.floor(status / 100)] ?? "other";
+    const cls = statusClass(status);
     counters.byStatusClass[cls] = (counters.byStatusClass[cls] ?? 0) + 1;
   };
 
@@ -437,7 +442,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         maxBytes: cfg.maxBodyBytes,
         idleTimeoutMs: cfg.clientBodyTimeoutMs,
         // A small body of known length is taken whole: one piece, no per-chunk stream layers.
-        ...(announced !== null && announced <= WHOLE_BODY_MAX ? { whole: () => req.bytes() } : {}),
+        ...(announced !== null && announced <= READ_WHOLE_MAX ? { whole: () => req.bytes() } : {}),
       });
       ctx.body = limited;
     }
@@ -666,4 +671,56 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       sendWatch.close();
     },
   };
+}
+
+/** A relay built from one configuration: the app, its logger and its access log. */
+export interface Relay {
+  app: App;
+  log: Logger;
+  /** Null with `ACCESS_LOG=0`. */
+  accessLog: AccessLogHandle | null;
+}
+
+/**
+ * Builds the relay every entry runs (`main.ts`, `deploy.ts`, `demo.ts`): the logger the
+ * configuration asks for (unless the entry brings its own), the access log, and the app with the
+ * access log as an observer. Throws `ConfigError` when `LOG_FILE` cannot be opened.
+ */
+export function createRelay(config: Config, options: { log?: Logger } = {}): Relay {
+  const log = options.log ??
+    new Logger({ level: config.debugLog ? "debug" : "info", format: config.logFormat });
+  const accessLog = openAccessLog(config);
+  const app = createApp(config, { log, observers: accessLog ? [accessLog.observe] : [] });
+  return { app, log, accessLog };
+}
+
+/** What an entry adds to {@link serveRelay}: TLS, and what to say once listening. */
+export type ServeOptions = Pick<ListenOptions, "tls" | "onListen">;
+
+/**
+ * Serves a relay on the configured address (`listen.ts`: the relay's own HTTP/1.1 server on plain
+ * HTTP, `Deno.serve` for TLS or `HTTP_SERVER=deno`) and attaches the server to the app, which
+ * reads its connection count and sheds load through it. Throws what `Deno.listen` throws.
+ */
+export function serveRelay(relay: Relay, config: Config, options: ServeOptions = {}): Listener {
+  const { app, log } = relay;
+  const server = listen(config, {
+    handler: (req, info) => app.fetch(req, info),
+    log,
+    maxConnections: app.maxConnections,
+    onDrop: (reason) => app.clientDropped(reason),
+    ...options,
+    onError: (err) => {
+      // Deno.serve also reports a response body that broke mid-stream here; that was already
+      // logged as "upstream body broke" (or counted as a send timeout) and is no relay bug.
+      if (err instanceof UpstreamError || err instanceof SendTimeoutError) {
+        log.debug("response body ended with an error", { detail: err.message });
+      } else {
+        log.error("unhandled error", { detail: err instanceof Error ? err.message : String(err) });
+      }
+      return errorResponse(toRelayError(err));
+    },
+  });
+  app.attachServer(server);
+  return server;
 }

@@ -9,22 +9,9 @@
  */
 
 import { ConfigError, parseConfig } from "../lib/config/config.ts";
-import { connectionCap } from "../lib/server/conn_limit.ts";
+import { connectionCap, readFdLimit, ulimitHard } from "../lib/server/conn_limit.ts";
 import { Logger } from "../lib/observe/log.ts";
 import { relayDenoArgs } from "../lib/ops/permissions.ts";
-
-async function hardFdLimit(): Promise<number | null> {
-  try {
-    const out = await new Deno.Command("sh", { args: ["-c", "ulimit -Hn"], stdout: "piped" })
-      .output();
-    const text = new TextDecoder().decode(out.stdout).trim();
-    if (text === "unlimited") return null;
-    const n = Number(text);
-    return Number.isInteger(n) && n > 0 ? n : null;
-  } catch {
-    return null;
-  }
-}
 
 async function run(): Promise<number> {
   const env = Deno.env.toObject();
@@ -45,7 +32,7 @@ async function run(): Promise<number> {
   const childEnv: Record<string, string> = {};
   if (config.maxConnections === 0) {
     // The child inherits this limit and, like every Deno process, raises its soft limit to it.
-    const cap = connectionCap(0, await hardFdLimit());
+    const cap = connectionCap(0, readFdLimit(undefined, ulimitHard));
     childEnv.MAX_CONNECTIONS = String(cap.max);
   }
   log.info("starting relay with narrow permissions", {

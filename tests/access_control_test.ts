@@ -1,6 +1,6 @@
 /**
  * Integration: ALLOW_IPS, TRUSTED_PROXIES and the admin rule, and that secrets never show up in
- * logs, errors or diagnostics (issue #4 points 1 and 6).
+ * logs, errors or diagnostics.
  */
 
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 /**
- * Access log (issue #5, part 1): one line per request for success, A's errors, timeouts, client
+ * Access log: one line per request for success, A's errors, timeouts, client
  * aborts and refusals; request ids; LOG_FORMAT=pretty; DEBUG_LOG headers; LOG_FILE; ACCESS_LOG=0;
  * and no secret or body in any line.
  */

@@ -1,6 +1,5 @@
 /**
- * Integration and unit: MAX_BODY_MB and CLIENT_BODY_TIMEOUT_SEC on streamed request bodies
- * (issue #4 points 4 and 5).
+ * Integration and unit: MAX_BODY_MB and CLIENT_BODY_TIMEOUT_SEC on streamed request bodies.
  */
 
 import assert from "node:assert/strict";

@@ -1,6 +1,6 @@
 /**
  * Integration: RATE_LIMIT, MAX_CONCURRENT_PER_CLIENT, the access-key lockout and the Deno KV store
- * shared by several relays (issue #4 points 2 and 3).
+ * shared by several relays.
  */
 
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 /**
- * `deno task compile` (issue #7): single executables for linux x64 and arm64 with the narrow
+ * `deno task compile`: single executables for linux x64 and arm64 with the narrow
  * permissions baked in. `deno compile` downloads its runtime (denort) from the internet, which
  * these machines cannot reach, so this checks the task's flags against every other way the relay
  * is started, and runs the compile step with this machine's deno standing in for denort: module

@@ -1,5 +1,5 @@
 /**
- * Unit and integration: MAX_CONNECTIONS and surviving descriptor exhaustion (issue #4 point 9).
+ * Unit and integration: MAX_CONNECTIONS and surviving descriptor exhaustion.
  * The exhaustion test runs the real entry point under a lowered `ulimit -n` in a subprocess.
  */
 
@@ -10,6 +10,8 @@ import {
   FALLBACK_MAX_CONNECTIONS,
   isOutOfDescriptors,
   parseFdLimit,
+  parseUlimit,
+  readFdLimit,
 } from "../lib/server/conn_limit.ts";
 import {
   deadline,
@@ -22,6 +24,18 @@ import {
 } from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+Deno.test("readFdLimit takes ulimit's number when /proc/self/limits cannot be read", () => {
+  const noProc = (): string => {
+    throw new Deno.errors.NotFound("no /proc");
+  };
+  assert.equal(readFdLimit(noProc, () => "4096\n"), 4096);
+  assert.equal(readFdLimit(noProc, () => "unlimited\n"), null);
+  assert.equal(readFdLimit(noProc), null);
+  assert.equal(parseUlimit(" 1024 "), 1024);
+  assert.equal(parseUlimit("0"), null);
+  assert.equal(parseUlimit(""), null);
+});
 
 Deno.test("parseFdLimit reads the hard open-files limit from /proc/<pid>/limits text", () => {
   const text = "Limit                     Soft Limit           Hard Limit           Units\n" +

@@ -1,5 +1,5 @@
 /**
- * The dashboard in a real browser (issue #5, part 4): headless Chromium opens `/dashboard` while
+ * The dashboard in a real browser: headless Chromium opens `/dashboard` while
  * traffic flows, and the numbers must move, the last-requests table must fill, nothing may load
  * from another origin, and a hostile model name must show as text. Also writes the screenshot the
  * README shows (`docs/dashboard.png`, when missing or with `UPDATE_SCREENSHOT=1`).

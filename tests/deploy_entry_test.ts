@@ -1,5 +1,5 @@
 /**
- * The Deno Deploy entry (issue #7): `deploy.ts` exports `{ fetch }`, builds the relay from the
+ * The Deno Deploy entry: `deploy.ts` exports `{ fetch }`, builds the relay from the
  * environment alone (no main.ts, no HOST/PORT, no files written), and runs under `deno serve`.
  */
 

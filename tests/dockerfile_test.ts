@@ -1,5 +1,5 @@
 /**
- * The Docker files (issue #7). No Docker engine runs on these machines, so this checks what can be
+ * The Docker files. No Docker engine runs on these machines, so this checks what can be
  * checked without one: the Dockerfile's facts (pinned base, non-root user, narrow permissions,
  * health check, port), its RUN steps and CMD replayed in a temporary directory laid out like
  * the image's /app, the health check command against a live relay, and docker-compose.yml's

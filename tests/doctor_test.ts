@@ -1,5 +1,5 @@
 /**
- * `deno task doctor` (issue #7): the checks against fake Server A's on 127.0.0.1, including a dead
+ * `deno task doctor`: the checks against fake Server A's on 127.0.0.1, including a dead
  * one, a hanging one, a wrong path prefix and an HTTPS one with a self-signed certificate.
  */
 
@@ -166,6 +166,30 @@ deadline.test("doctor reports a configuration error and checks nothing else", as
   assert.equal(report.ok, false);
   assert.equal(report.checks.length, 1);
   assert.match(report.checks[0]!.detail, /UPSTREAM_SERVER_A="hub\.example\.com" is invalid/);
+});
+
+deadline.test("doctor refuses a key file that is not a PEM key as the relay's loader would", async () => {
+  const up = fakeHub();
+  const CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+  let pairChecked = false;
+  try {
+    const report = await runDoctor(
+      {
+        env: env(up.url, {
+          TLS_CERT_FILE: "/etc/relay/cert.pem",
+          TLS_KEY_FILE: "/etc/relay/cert.pem",
+        }),
+        timeoutMs: 2000,
+      },
+      { readFile: () => CERT, checkTlsPair: () => void (pairChecked = true) },
+    );
+    const tls = find(report, "TLS files");
+    assert.equal(tls.status, "fail");
+    assert.match(tls.detail, /TLS_KEY_FILE="\/etc\/relay\/cert\.pem" is not a PEM private key/);
+    assert.equal(pairChecked, false);
+  } finally {
+    await up.close();
+  }
 });
 
 withCert.test("doctor checks TLS_CERT_FILE/TLS_KEY_FILE and warns about an open plain-HTTP listener", async ({ tls }) => {

@@ -256,6 +256,18 @@ Deno.test("redactHeaders replaces every credential header value by its length", 
   assert.equal(isSecretHeader("content-type"), false);
 });
 
+Deno.test("redactHeaders hides a credential header by its name when no list names it", () => {
+  // The access log and the debug log redact with one rule, so a header the access log hides is
+  // never shown whole by the debug log.
+  const out = redactHeaders([
+    ["x-auth-token", SECRET_VALUE],
+    ["x-session-secret", SECRET_VALUE],
+    ["anthropic-version", "2023-06-01"],
+  ]);
+  assert.ok(!JSON.stringify(out).includes(SECRET_VALUE), JSON.stringify(out));
+  assert.equal(out["anthropic-version"], "2023-06-01");
+});
+
 Deno.test("redactHeaders never contains secret values when given a Headers object", () => {
   const h = new Headers({
     Authorization: `Bearer ${SECRET_VALUE}`,

@@ -1,6 +1,6 @@
 /**
  * Integration: over-long header sections, malformed request lines, slowloris sockets and half-sent
- * bodies never crash the relay or stop it serving others (issue #4 point 5).
+ * bodies never crash the relay or stop it serving others.
  */
 
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 /**
- * Property tests (fast-check) over hostile input (issue #4): request targets and header
+ * Property tests (fast-check) over hostile input: request targets and header
  * names/values sent on the wire to a running relay, and IP/CIDR text. No generated input reaches a
  * second listener, escapes the upstream prefix, spoofs the client address or crashes the relay.
  */

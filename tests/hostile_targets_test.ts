@@ -1,6 +1,6 @@
 /**
- * Integration: no request target can make the relay talk to another host or leave the prefix
- * (issue #2 behaviour 8). A second listener stands in for "another host" and must see nothing.
+ * Integration: no request target can make the relay talk to another host or leave the prefix.
+ * A second listener stands in for "another host" and must see nothing.
  */
 
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 /**
- * Integration: HTTPS upstreams that offer HTTP/2 by ALPN are spoken to over HTTP/2 (issue #3):
+ * Integration: HTTPS upstreams that offer HTTP/2 by ALPN are spoken to over HTTP/2:
  * many requests share one TLS connection, bytes pass through exactly (gzip included), SSE events
  * are not held back, aborts reach A, and HTTP/1.1-only upstreams or UPSTREAM_HTTP2=off keep the
  * HTTP/1.1 pool. Connections are counted by a TCP hop between the relay and A.

@@ -1,5 +1,5 @@
 /**
- * `/metrics`, `/dashboard/data` and `/debug/info` numbers (issue #5, parts 3 and 5): the
+ * `/metrics`, `/dashboard/data` and `/debug/info` numbers: the
  * exposition parses as Prometheus text and says what happened; live gauges; the admin rule;
  * bounded labels; the snapshot's rates, percentiles and recent requests.
  */

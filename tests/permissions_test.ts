@@ -1,5 +1,5 @@
 /**
- * Unit and integration: least privilege (issue #4 points 7 and 8). The relay is started with the
+ * Unit and integration: least privilege. The relay is started with the
  * exact flags `deno task start` computes; a request trying to reach another host is refused by the
  * relay, and a probe with the same flags shows Deno would have denied the connection anyway.
  */

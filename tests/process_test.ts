@@ -1,6 +1,6 @@
 /**
  * Integration: the real entry point as a process — start-up errors, graceful shutdown with a
- * stream in flight, the second signal (issue #2 configuration and behaviour 10).
+ * stream in flight, the second signal.
  */
 
 import assert from "node:assert/strict";

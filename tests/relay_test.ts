@@ -1,6 +1,6 @@
 /**
  * Integration: the relay between a real client and a fake Server A, all on 127.0.0.1.
- * Issue #2 behaviours 1–4: own endpoints, forwarding, byte transparency, header rules.
+ * Own endpoints, forwarding, byte transparency, header rules.
  */
 
 import assert from "node:assert/strict";

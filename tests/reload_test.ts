@@ -1,5 +1,5 @@
 /**
- * Configuration reload on SIGHUP (issue #7): `.env` parsing like `--env-file`, the merge with the
+ * Configuration reload on SIGHUP: `.env` parsing like `--env-file`, the merge with the
  * start environment, live vs restart settings, the in-memory swap, and the real process.
  */
 

@@ -1,6 +1,5 @@
 /**
- * Integration: pooled connections that Server A closes never surface as client errors
- * (issue #3 requirement 2).
+ * Integration: pooled connections that Server A closes never surface as client errors.
  */
 
 import assert from "node:assert/strict";

@@ -1,6 +1,6 @@
 /**
  * Integration: SSE passes event by event, client aborts reach A, broken upstream streams reach
- * the client as errors (issue #2 behaviour 5).
+ * the client as errors.
  */
 
 import assert from "node:assert/strict";

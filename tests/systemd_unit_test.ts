@@ -1,5 +1,5 @@
 /**
- * The systemd unit (issue #7): restart policy, environment file, hardening and narrow permissions,
+ * The systemd unit: restart policy, environment file, hardening and narrow permissions,
  * and `systemd-analyze verify` when that tool is installed (skipped, saying so, when it is not).
  */
 

@@ -1,5 +1,5 @@
 /**
- * HTTPS at the relay (issue #7): TLS_CERT_FILE/TLS_KEY_FILE make main.ts serve HTTPS with HTTP/2
+ * HTTPS at the relay: TLS_CERT_FILE/TLS_KEY_FILE make main.ts serve HTTPS with HTTP/2
  * offered by ALPN; unreadable or non-PEM files stop start-up with a clear message.
  */
 

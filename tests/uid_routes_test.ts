@@ -1,5 +1,5 @@
 /**
- * Integration: `/u{n}/...` UID routes with key swap (issue #2 behaviour 9).
+ * Integration: `/u{n}/...` UID routes with key swap.
  */
 
 import assert from "node:assert/strict";

@@ -1,6 +1,5 @@
 /**
- * Integration: what the client sees when Server A is down, slow, silent or one of several
- * (issue #2 behaviours 6–7).
+ * Integration: what the client sees when Server A is down, slow, silent or one of several.
  */
 
 import assert from "node:assert/strict";

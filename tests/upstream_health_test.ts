@@ -1,6 +1,5 @@
 /**
- * Integration: several upstreams, passive and active health, keep-warm (issue #3 requirements 1,
- * 3 and 6).
+ * Integration: several upstreams, passive and active health, keep-warm.
  */
 
 import assert from "node:assert/strict";

@@ -1,6 +1,6 @@
 /**
- * Integration: WebSocket pass-through on /v1/ (issue #3 requirements 4 and 5), with a real
- * WebSocket server as A and Deno's WebSocket client.
+ * Integration: WebSocket pass-through on /v1/, with a real WebSocket server as A and Deno's
+ * WebSocket client.
  */
 
 import assert from "node:assert/strict";

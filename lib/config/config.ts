@@ -2,7 +2,8 @@
  * @module config
  * Turns the environment into a validated, immutable {@link Config}.
  *
- * Owns: every environment variable's name, default, parsing and error message. `parseConfig` is
+ * Owns: every environment variable's parsing and error message; names and defaults are listed
+ * once in `vars.ts` (`VARS`). `parseConfig` is
  * pure: the environment and file reader are passed in, so tests drive it with plain objects.
  * Must never: read `Deno.env` or the file system itself, log, or accept a value it cannot explain.
  * Error messages may quote values, except secrets (API keys, access keys), which they never repeat.
@@ -11,6 +12,7 @@
 import { type CidrList, parseCidrList } from "./ip.ts";
 import { parseRate, type Rate } from "./rate.ts";
 import type { Upstream } from "../http/endpoint.ts";
+import { defaultOf } from "./vars.ts";
 
 export type { Upstream };
 
@@ -43,7 +45,7 @@ export interface Config {
   readonly poolIdleMs: number;
   readonly routes: ReadonlyMap<string, Route>;
 
-  // Upstream health and keep-warm (issue #3).
+  // Upstream health and keep-warm.
   /** Interval of the keep-warm request on each upstream's pool; 0 = off. */
   readonly keepWarmMs: number;
   /**
@@ -60,7 +62,7 @@ export interface Config {
   /** HTTPS upstreams: "auto" uses HTTP/2 when A offers it by ALPN; "off" always HTTP/1.1. */
   readonly upstreamHttp2: "auto" | "off";
 
-  // Access control and limits (issue #4).
+  // Access control and limits.
   /** Client addresses allowed; null = everyone. */
   readonly allowIps: CidrList | null;
   /** Proxies in front of the relay whose X-Forwarded-For / X-Real-IP are believed; null = none. */
@@ -97,14 +99,14 @@ export interface Config {
   /** Bearer token for /debug/info, /metrics, /dashboard; undefined = loopback and ALLOW_IPS only. */
   readonly adminToken: string | undefined;
 
-  // Observability (issue #5).
+  // Observability.
   /** One JSON access-log line per request. */
   readonly accessLog: boolean;
   readonly logFormat: "json" | "pretty";
   /** Access log lines are also appended here. */
   readonly logFile: string | undefined;
 
-  // Serving (issue #7).
+  // Serving.
   readonly tlsCertFile: string | undefined;
   readonly tlsKeyFile: string | undefined;
 }
@@ -135,51 +137,50 @@ export function parseConfig(env: Env, options: ParseOptions = {}): Config {
   const rawUpstream = value(env, "UPSTREAM_SERVER_A");
   if (rawUpstream === undefined) throw new ConfigError(MISSING_UPSTREAM);
   const upstreams = parseUpstreamList(rawUpstream, "UPSTREAM_SERVER_A");
-  const upstreamTimeoutMs = seconds(env, "UPSTREAM_TIMEOUT_SEC", 600);
+  const upstreamTimeoutMs = seconds(env, "UPSTREAM_TIMEOUT_SEC");
   return {
     upstreams,
-    host: value(env, "HOST") ?? "0.0.0.0",
-    port: port(env, "PORT", 8000),
-    debugLog: bool(env, "DEBUG_LOG", false),
+    host: withDefault(env, "HOST"),
+    port: port(env, "PORT"),
+    debugLog: bool(env, "DEBUG_LOG"),
     upstreamTimeoutMs,
-    connectTimeoutMs: seconds(env, "CONNECT_TIMEOUT_SEC", 10),
-    shutdownGraceMs: seconds(env, "SHUTDOWN_GRACE_SEC", 30, { allowZero: true }),
-    retryBodyMaxBytes: megabytes(env, "RETRY_BODY_MAX_MB", 8),
-    poolIdleMs: seconds(env, "UPSTREAM_POOL_IDLE_SEC", 4),
+    connectTimeoutMs: seconds(env, "CONNECT_TIMEOUT_SEC"),
+    shutdownGraceMs: seconds(env, "SHUTDOWN_GRACE_SEC", { allowZero: true }),
+    retryBodyMaxBytes: megabytes(env, "RETRY_BODY_MAX_MB"),
+    poolIdleMs: seconds(env, "UPSTREAM_POOL_IDLE_SEC"),
     routes: parseRoutes(env, upstreams, options),
-    keepWarmMs: seconds(env, "UPSTREAM_KEEPWARM_SEC", 2, { allowZero: true }),
-    spareConnections: bounded(env, "UPSTREAM_SPARE_CONNECTIONS", 1, MAX_SPARES),
-    healthPath: apiPath(env, "HEALTH_CHECK_PATH", "/v1/_ping"),
-    healthIntervalMs: seconds(env, "HEALTH_CHECK_SEC", 5),
-    downBackoffMs: seconds(env, "UPSTREAM_DOWN_SEC", 10),
-    upstreamHttp2: choice(env, "UPSTREAM_HTTP2", ["auto", "off"] as const, "auto"),
+    keepWarmMs: seconds(env, "UPSTREAM_KEEPWARM_SEC", { allowZero: true }),
+    spareConnections: bounded(env, "UPSTREAM_SPARE_CONNECTIONS", MAX_SPARES),
+    healthPath: apiPath(env, "HEALTH_CHECK_PATH"),
+    healthIntervalMs: seconds(env, "HEALTH_CHECK_SEC"),
+    downBackoffMs: seconds(env, "UPSTREAM_DOWN_SEC"),
+    upstreamHttp2: choice(env, "UPSTREAM_HTTP2", ["auto", "off"] as const),
     allowIps: via(env, "ALLOW_IPS", (raw) => parseCidrList(raw, "ALLOW_IPS")),
     trustedProxies: via(env, "TRUSTED_PROXIES", (raw) => parseCidrList(raw, "TRUSTED_PROXIES")),
     rateLimit: ["0", "off"].includes(value(env, "RATE_LIMIT")?.toLowerCase() ?? "")
       ? null
       : via(env, "RATE_LIMIT", (raw) => parseRate(raw, "RATE_LIMIT")),
-    rateLimitStore: choice(env, "RATE_LIMIT_STORE", ["memory", "kv"] as const, "memory"),
+    rateLimitStore: choice(env, "RATE_LIMIT_STORE", ["memory", "kv"] as const),
     rateLimitKvUrl: value(env, "RATE_LIMIT_KV_URL"),
-    maxConcurrentPerClient: count(env, "MAX_CONCURRENT_PER_CLIENT", 0),
-    maxBodyBytes: megabytes(env, "MAX_BODY_MB", 100),
-    clientBodyTimeoutMs: seconds(env, "CLIENT_BODY_TIMEOUT_SEC", 60),
-    maxConnections: count(env, "MAX_CONNECTIONS", 0),
-    maxConnectionsPerIp: count(env, "MAX_CONNECTIONS_PER_IP", 0),
-    httpServer: choice(env, "HTTP_SERVER", ["relay", "deno"] as const, "relay"),
-    clientHeaderTimeoutMs: seconds(env, "CLIENT_HEADER_TIMEOUT_SEC", 20),
-    clientIdleTimeoutMs: seconds(env, "CLIENT_IDLE_TIMEOUT_SEC", 75),
-    clientSendTimeoutMs: seconds(env, "CLIENT_SEND_TIMEOUT_SEC", 60),
+    maxConcurrentPerClient: count(env, "MAX_CONCURRENT_PER_CLIENT"),
+    maxBodyBytes: megabytes(env, "MAX_BODY_MB"),
+    clientBodyTimeoutMs: seconds(env, "CLIENT_BODY_TIMEOUT_SEC"),
+    maxConnections: count(env, "MAX_CONNECTIONS"),
+    maxConnectionsPerIp: count(env, "MAX_CONNECTIONS_PER_IP"),
+    httpServer: choice(env, "HTTP_SERVER", ["relay", "deno"] as const),
+    clientHeaderTimeoutMs: seconds(env, "CLIENT_HEADER_TIMEOUT_SEC"),
+    clientIdleTimeoutMs: seconds(env, "CLIENT_IDLE_TIMEOUT_SEC"),
+    clientSendTimeoutMs: seconds(env, "CLIENT_SEND_TIMEOUT_SEC"),
     adminToken: secret(env, "ADMIN_TOKEN", 16),
-    accessLog: bool(env, "ACCESS_LOG", true),
-    logFormat: choice(env, "LOG_FORMAT", ["json", "pretty"] as const, "json"),
+    accessLog: bool(env, "ACCESS_LOG"),
+    logFormat: choice(env, "LOG_FORMAT", ["json", "pretty"] as const),
     logFile: value(env, "LOG_FILE"),
     ...tls(env),
   };
 }
 
-function apiPath(env: Env, name: string, fallback: string): string {
-  const raw = value(env, name);
-  if (raw === undefined) return fallback;
+function apiPath(env: Env, name: string): string {
+  const raw = withDefault(env, name);
   if (!/^\/v1(beta)?\/[A-Za-z0-9\-._~\/]*$/.test(raw) || raw.includes("..")) {
     fail(name, raw, "a path under /v1/ or /v1beta/, e.g. /v1/_ping");
   }
@@ -189,24 +190,21 @@ function apiPath(env: Env, name: string, fallback: string): string {
 /** Most spare connections per upstream: each is a socket to A and, without keep-warm, a handshake. */
 const MAX_SPARES = 16;
 
-function bounded(env: Env, name: string, fallback: number, max: number): number {
-  const raw = value(env, name);
-  if (raw === undefined) return fallback;
+function bounded(env: Env, name: string, max: number): number {
+  const raw = withDefault(env, name);
   const n = /^\d{1,3}$/.test(raw) ? Number(raw) : NaN;
   if (!(n >= 0 && n <= max)) fail(name, raw, `a whole number from 0 to ${max} (0 = off)`);
   return n;
 }
 
-function count(env: Env, name: string, fallback: number): number {
-  const raw = value(env, name);
-  if (raw === undefined) return fallback;
+function count(env: Env, name: string): number {
+  const raw = withDefault(env, name);
   if (!/^\d{1,9}$/.test(raw)) fail(name, raw, "a whole number (0 = no limit)");
   return Number(raw);
 }
 
-function choice<T extends string>(env: Env, name: string, options: readonly T[], fallback: T): T {
-  const raw = value(env, name);
-  if (raw === undefined) return fallback;
+function choice<T extends string>(env: Env, name: string, options: readonly T[]): T {
+  const raw = withDefault(env, name);
   const v = raw.toLowerCase() as T;
   if (!options.includes(v)) fail(name, raw, `one of ${options.join(", ")}`);
   return v;
@@ -249,18 +247,19 @@ function value(env: Env, name: string): string | undefined {
   return v === undefined || v === "" ? undefined : v;
 }
 
+/** The variable's value, else its default from `VARS`. */
+function withDefault(env: Env, name: string): string {
+  const raw = value(env, name) ?? defaultOf(name);
+  if (raw === undefined) throw new Error(`${name} has no default in VARS`);
+  return raw;
+}
+
 function fail(name: string, raw: string, expected: string): never {
   throw new ConfigError(`${name}=${JSON.stringify(raw)} is invalid: expected ${expected}.`);
 }
 
-function seconds(
-  env: Env,
-  name: string,
-  fallback: number,
-  opts: { allowZero?: boolean } = {},
-): number {
-  const raw = value(env, name);
-  if (raw === undefined) return fallback * 1000;
+function seconds(env: Env, name: string, opts: { allowZero?: boolean } = {}): number {
+  const raw = withDefault(env, name);
   const n = /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN;
   const ok = Number.isFinite(n) && (opts.allowZero ? n >= 0 : n > 0) && n <= 86_400 * 7;
   if (!ok) {
@@ -269,25 +268,22 @@ function seconds(
   return Math.round(n * 1000);
 }
 
-function megabytes(env: Env, name: string, fallback: number): number {
-  const raw = value(env, name);
-  if (raw === undefined) return fallback * 1024 * 1024;
+function megabytes(env: Env, name: string): number {
+  const raw = withDefault(env, name);
   const n = /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN;
   if (!Number.isFinite(n) || n > 1024 * 1024) fail(name, raw, "a size in megabytes, e.g. 8");
   return Math.round(n * 1024 * 1024);
 }
 
-function port(env: Env, name: string, fallback: number): number {
-  const raw = value(env, name);
-  if (raw === undefined) return fallback;
+function port(env: Env, name: string): number {
+  const raw = withDefault(env, name);
   const n = /^\d{1,5}$/.test(raw) ? Number(raw) : NaN;
   if (!(n >= 0 && n <= 65535)) fail(name, raw, "a TCP port from 1 to 65535 (0 picks a free one)");
   return n;
 }
 
-function bool(env: Env, name: string, fallback: boolean): boolean {
-  const raw = value(env, name);
-  if (raw === undefined) return fallback;
+function bool(env: Env, name: string): boolean {
+  const raw = withDefault(env, name);
   const v = raw.toLowerCase();
   if (["1", "true", "yes", "on"].includes(v)) return true;
   if (["0", "false", "no", "off"].includes(v)) return false;

@@ -12,61 +12,20 @@
 
 import { type Config, ConfigError, type Env, parseConfig } from "./config.ts";
 import { parseDotenv } from "./dotenv.ts";
+import { VARS } from "./vars.ts";
+
+/** Settings a reload applies to new requests at once (`live` in {@link VARS}). */
+export const LIVE_SETTINGS: ReadonlySet<keyof Config> = new Set(
+  VARS.filter((v) => v.live).map((v) => v.setting as keyof Config),
+);
+
+/** Operator-facing name of each setting, for log lines: `ROUTES/ROUTES_FILE` for two. */
+const SETTING_NAMES: Readonly<Record<string, string>> = (() => {
+  const out: Record<string, string> = {};
+  for (const v of VARS) out[v.setting] = out[v.setting] ? `${out[v.setting]}/${v.name}` : v.name;
+  return out;
+})();
 import type { LogWriter } from "../observe/record.ts";
-
-/**
- * Settings a reload applies to new requests at once. Each is read from the current config when a
- * request arrives, so a request already in flight keeps the values it started with.
- */
-export const LIVE_SETTINGS: ReadonlySet<keyof Config> = new Set<keyof Config>([
-  "upstreams",
-  "routes",
-  "retryBodyMaxBytes",
-  "adminToken",
-  "allowIps",
-  "trustedProxies",
-  "maxBodyBytes",
-]);
-
-/** Operator-facing names of settings, for log lines. */
-const SETTING_NAMES: Partial<Record<keyof Config, string>> = {
-  upstreams: "UPSTREAM_SERVER_A",
-  routes: "ROUTES/ROUTES_FILE",
-  host: "HOST",
-  port: "PORT",
-  debugLog: "DEBUG_LOG",
-  upstreamTimeoutMs: "UPSTREAM_TIMEOUT_SEC",
-  connectTimeoutMs: "CONNECT_TIMEOUT_SEC",
-  shutdownGraceMs: "SHUTDOWN_GRACE_SEC",
-  retryBodyMaxBytes: "RETRY_BODY_MAX_MB",
-  poolIdleMs: "UPSTREAM_POOL_IDLE_SEC",
-  keepWarmMs: "UPSTREAM_KEEPWARM_SEC",
-  spareConnections: "UPSTREAM_SPARE_CONNECTIONS",
-  healthPath: "HEALTH_CHECK_PATH",
-  healthIntervalMs: "HEALTH_CHECK_SEC",
-  downBackoffMs: "UPSTREAM_DOWN_SEC",
-  allowIps: "ALLOW_IPS",
-  trustedProxies: "TRUSTED_PROXIES",
-  rateLimit: "RATE_LIMIT",
-  rateLimitStore: "RATE_LIMIT_STORE",
-  rateLimitKvUrl: "RATE_LIMIT_KV_URL",
-  maxConcurrentPerClient: "MAX_CONCURRENT_PER_CLIENT",
-  maxBodyBytes: "MAX_BODY_MB",
-  clientBodyTimeoutMs: "CLIENT_BODY_TIMEOUT_SEC",
-  maxConnections: "MAX_CONNECTIONS",
-  maxConnectionsPerIp: "MAX_CONNECTIONS_PER_IP",
-  httpServer: "HTTP_SERVER",
-  clientHeaderTimeoutMs: "CLIENT_HEADER_TIMEOUT_SEC",
-  clientIdleTimeoutMs: "CLIENT_IDLE_TIMEOUT_SEC",
-  clientSendTimeoutMs: "CLIENT_SEND_TIMEOUT_SEC",
-  upstreamHttp2: "UPSTREAM_HTTP2",
-  adminToken: "ADMIN_TOKEN",
-  accessLog: "ACCESS_LOG",
-  logFormat: "LOG_FORMAT",
-  logFile: "LOG_FILE",
-  tlsCertFile: "TLS_CERT_FILE",
-  tlsKeyFile: "TLS_KEY_FILE",
-};
 
 /** The outcome of {@link planReload}. */
 export interface ReloadPlan {

@@ -39,16 +39,12 @@ const REQUEST_OWN = new Set([
   "forwarded",
 ]);
 
-/** Headers whose values are secrets: never logged or shown. */
-const SECRET = new Set([
-  "authorization",
-  "proxy-authorization",
-  "x-api-key",
-  "x-goog-api-key",
-  "api-key",
-  "cookie",
-  "set-cookie",
-]);
+/**
+ * Header names whose values are secrets: never logged or shown. A pattern rather than a list, so
+ * a credential header nobody listed yet (`x-goog-api-key`, `x-auth-token`, a session cookie) is
+ * caught by its name.
+ */
+const SECRET = /auth|key|token|secret|passw|cookie|signature|credential/i;
 
 function connectionTokens(value: string | null): Set<string> | null {
   if (value === null || value === "") return null;
@@ -133,14 +129,14 @@ export function trimOws(s: string): string {
 
 /** Whether a header carries a credential. */
 export function isSecretHeader(name: string): boolean {
-  return SECRET.has(name.toLowerCase());
+  return SECRET.test(name);
 }
 
 /** A copy of headers safe for debug logs: credential values replaced by their length only. */
 export function redactHeaders(headers: Iterable<[string, string]>): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [name, value] of headers) {
-    const safe = SECRET.has(name.toLowerCase()) ? `[redacted ${value.length} chars]` : value;
+    const safe = SECRET.test(name) ? `[redacted ${value.length} chars]` : value;
     out[name] = out[name] === undefined ? safe : `${out[name]}, ${safe}`;
   }
   return out;

@@ -7,11 +7,12 @@
  * batched, asynchronous writes).
  *
  * Must never: write a credential, a header value of a credential or a body (records arrive
- * redacted from `app.ts`; header maps get a second, broader redaction here), block the request
+ * redacted from `relay.ts`; header maps are redacted again here with the same rule), block the request
  * path on a slow disk (file writes are asynchronous and bounded in memory), or throw from
  * {@link AccessLog.observe}.
  */
 
+import { isSecretHeader } from "../http/headers.ts";
 import type { RequestRecord } from "./record.ts";
 import { type Config, ConfigError } from "../config/config.ts";
 import { type LogSink, stdoutSink } from "./log.ts";
@@ -28,14 +29,12 @@ export function isFailure(record: RequestRecord): boolean {
 
 const round2 = (ms: number): number => Math.round(ms * 100) / 100;
 
-// Header names whose values are never written, even if `headers.ts` let them through: anything
-// that looks like a credential or a session secret.
-const SENSITIVE_HEADER = /auth|key|token|secret|passw|cookie|signature|credential/i;
-
+// Header values are written only if their names are not secret, even when the record's maps
+// were built without redaction: the log line is the last place a credential could leak.
 function scrubHeaders(headers: Readonly<Record<string, string>>): Record<string, string> {
   const out: Record<string, string> = {};
   for (const name of Object.keys(headers)) {
-    out[name] = SENSITIVE_HEADER.test(name) ? "[redacted]" : headers[name] as string;
+    out[name] = isSecretHeader(name) ? "[redacted]" : headers[name] as string;
   }
   return out;
 }

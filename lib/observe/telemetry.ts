@@ -12,6 +12,7 @@
  * `unknown` / `other`), or show a secret, a query string or a body.
  */
 
+import { STATUS_CLASSES, statusClassIndex } from "../http/status.ts";
 import { isFailure } from "./access_log.ts";
 import type { RequestRecord } from "./record.ts";
 import {
@@ -101,13 +102,6 @@ export const RELAY_BUCKETS: readonly number[] = Object.freeze([
   0.25,
   1,
 ]);
-
-const STATUS_CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"] as const;
-
-function classIndex(status: number): number {
-  const i = Math.floor(status / 100) - 1;
-  return i >= 0 && i < 5 ? i : 4;
-}
 
 /**
  * Sums per whole second over the last `size` seconds: O(1) add, no allocation. A slot is reset
@@ -524,7 +518,7 @@ export class Telemetry {
   #record(rec: RequestRecord): void {
     const now = this.#now();
     const t = this.#totals;
-    const cls = classIndex(rec.status);
+    const cls = statusClassIndex(rec.status);
     const failed = isFailure(rec);
     t.requests++;
     (this.#byStatusClass[cls] as number)++;

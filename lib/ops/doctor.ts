@@ -18,6 +18,8 @@ import {
   type Upstream,
 } from "../config/config.ts";
 import { isPublicBindAddress } from "../config/ip.ts";
+import { loadTlsFiles, type TlsPair } from "../config/tls.ts";
+import { errName } from "../errors.ts";
 
 /** Outcome of one check. `info` lines explain and never count as problems. */
 export type CheckStatus = "pass" | "warn" | "fail" | "info";
@@ -233,23 +235,25 @@ function checkConfig(env: Env, d: Resolved, add: (c: Check) => Check): Config | 
 
 function checkTlsFiles(config: Config, d: Resolved, add: (c: Check) => Check): void {
   const section = "Configuration";
-  let cert: string, key: string;
+  // The relay's own loader, so the doctor refuses exactly what the relay would refuse at start.
+  let pair: TlsPair | undefined;
   try {
-    cert = d.readFile(config.tlsCertFile!);
-    key = d.readFile(config.tlsKeyFile!);
+    pair = loadTlsFiles(config, d.readFile);
   } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
     add({
       section,
       name: "TLS files",
       status: "fail",
-      detail: `cannot read TLS_CERT_FILE or TLS_KEY_FILE (${errName(err)})`,
+      detail: err.message,
       hint: "Check both paths, and that the user running the relay may read them " +
         "(in Docker: mount them into the container; with systemd: under ReadOnlyPaths).",
     });
     return;
   }
+  if (pair === undefined) return;
   try {
-    d.checkTlsPair(cert, key);
+    d.checkTlsPair(pair.cert, pair.key);
     add({
       section,
       name: "TLS files",
@@ -895,10 +899,6 @@ function tlsHint(err: unknown, u: Upstream): string {
 
 function isLocal(host: string): boolean {
   return host === "localhost" || host === "::1" || host.startsWith("127.");
-}
-
-function errName(err: unknown): string {
-  return err instanceof Error ? err.name : "error";
 }
 
 function errMessage(err: unknown): string {

@@ -39,19 +39,41 @@ export function defaultMaxConnections(fdLimit: number): number {
 export const FALLBACK_MAX_CONNECTIONS = 4096;
 
 /**
- * This process's open-files limit from `/proc/self/limits`, or null when it cannot be read (not
- * Linux, or no permission: Deno asks for `--allow-all` to read `/proc/self`). Deno raises its
- * soft limit to the hard limit at start-up, so the hard limit is what counts.
+ * This process's open-files limit, or null when it cannot be found. Deno raises its soft limit to
+ * the hard limit at start-up, so the hard limit is what counts. Read from `/proc/self/limits`
+ * (Linux; Deno asks for `--allow-all` to read `/proc/self`), else from `ulimit`'s output when the
+ * caller passes it ({@link ulimitHard}: the `deno task start` launcher, which may run `sh`; the
+ * relay itself may not run programs).
  */
-export function readFdLimit(read: (path: string) => string = Deno.readTextFileSync): number | null {
+export function readFdLimit(
+  read: (path: string) => string = Deno.readTextFileSync,
+  ulimit?: () => string,
+): number | null {
+  // Ask first: an ungranted read or run would prompt on a terminal.
   try {
-    // Ask first: an ungranted read would prompt on a terminal.
     const state = Deno.permissions.querySync({ name: "read", path: "/proc/self/limits" }).state;
-    if (state !== "granted") return null;
-    return parseFdLimit(read("/proc/self/limits"));
+    const limit = state === "granted" ? parseFdLimit(read("/proc/self/limits")) : null;
+    if (limit !== null) return limit;
+  } catch { /* not Linux: try the shell */ }
+  if (ulimit === undefined) return null;
+  try {
+    if (Deno.permissions.querySync({ name: "run", command: "sh" }).state !== "granted") return null;
+    return parseUlimit(ulimit());
   } catch {
     return null;
   }
+}
+
+/** What `sh -c "ulimit -Hn"` prints: the hard open-files limit of a child, hence of this process. */
+export function ulimitHard(): string {
+  const out = new Deno.Command("sh", { args: ["-c", "ulimit -Hn"], stdout: "piped" }).outputSync();
+  return new TextDecoder().decode(out.stdout);
+}
+
+/** The number `ulimit -Hn` printed, or null for `unlimited` or anything else. */
+export function parseUlimit(text: string): number | null {
+  const n = Number(text.trim());
+  return /^\d+$/.test(text.trim()) && n > 0 ? n : null;
 }
 
 /** The hard "Max open files" value of a `/proc/<pid>/limits` text, or null. */

@@ -61,6 +61,7 @@ import {
 import { concat, decodeLatin1, encodeLatin1 } from "../http/bytes.ts";
 import { ChunkedDecoder } from "../http/chunked.ts";
 import { trimOws } from "../http/headers.ts";
+import { TOKEN } from "../http/syntax.ts";
 import { Watchdog, type Watched } from "../http/watchdog.ts";
 
 /** What the handler learns about the exchange besides the request. */
@@ -178,8 +179,12 @@ function eachHeader(headers: Headers, fn: (value: string, name: string) => void)
   headers.forEach(fn);
 }
 
-/** Request bodies up to this size that arrived with their head are handed over as bytes. */
-const WHOLE_BODY_MAX = 64 * 1024;
+/**
+ * Request bodies up to this size that arrived in the same reads as their head are handed over as
+ * bytes, with no stream. Not the relay's `READ_WHOLE_MAX` (lib/relay.ts), which decides when the
+ * pipeline waits for a whole body before forwarding it.
+ */
+const INLINE_BODY_MAX = 64 * 1024;
 
 const utf8 = new TextEncoder();
 
@@ -1025,7 +1030,7 @@ class Connection implements Watched {
     // no stream to build and drain, and `req.bytes()` is a copy. Nothing waits for it.
     let whole: Uint8Array<ArrayBuffer> | null = null;
     if (
-      framed && !head.chunked && !head.expectContinue && head.contentLength <= WHOLE_BODY_MAX &&
+      framed && !head.chunked && !head.expectContinue && head.contentLength <= INLINE_BODY_MAX &&
       this.#end - this.#start >= head.contentLength
     ) {
       whole = this.#buf.slice(this.#start, this.#start + head.contentLength);
@@ -1569,7 +1574,6 @@ export interface RequestHead {
   upgrade: boolean;
 }
 
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // deno-lint-ignore no-control-regex
 const BAD_CTL = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
 const BARE_CR = /\r(?!\n)/;

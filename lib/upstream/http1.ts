@@ -14,11 +14,14 @@
  */
 
 import { concat, decodeLatin1, encodeLatin1 } from "../http/bytes.ts";
+import { errName } from "../errors.ts";
 import { ChunkedDecoder, FramingError } from "../http/chunked.ts";
 import type { Endpoint } from "../http/endpoint.ts";
 
 export type { Endpoint };
 import { type HeaderList, isEventStream, trimOws } from "../http/headers.ts";
+import { TOKEN } from "../http/syntax.ts";
+import { IdleSweeper } from "./sweeper.ts";
 import type { Watchdog, Watched } from "../http/watchdog.ts";
 
 /** Why an exchange failed; the proxy maps these to client-facing errors. */
@@ -282,7 +285,7 @@ export class Pool {
   #active = 0;
   #created = 0;
   #reusedCount = 0;
-  #sweeper: ReturnType<typeof setInterval> | undefined;
+  readonly #sweeper: IdleSweeper;
   #closed = false;
   /** When a connection was last handed out or returned (ms since the epoch). */
   lastActivity = 0;
@@ -308,6 +311,7 @@ export class Pool {
       ...(options.alternate ? { alternate: options.alternate } : {}),
     };
     this.#spares = options.spares ?? { count: 0 };
+    this.#sweeper = new IdleSweeper(options.idleTimeoutMs, (now) => this.#sweep(now));
     // Plain HTTP, or no alternative offered: nothing to negotiate.
     this.negotiated = endpoint.protocol === "http:" || options.alternate === undefined;
   }
@@ -481,7 +485,7 @@ export class Pool {
       this.#fill();
     });
     this.#idle.push(c);
-    this.#startSweeper();
+    this.#sweeper.start();
   }
 
   /** Closes idle connections now and opens no more spares (in-flight ones finish on their own). */
@@ -496,8 +500,7 @@ export class Pool {
     this.#closed = true;
     this.closeIdle();
     this.#alt?.close();
-    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
-    this.#sweeper = undefined;
+    this.#sweeper.stop();
   }
 
   /** How many idle connections to keep ready now: 0 when spares are off or must not be opened. */
@@ -536,7 +539,7 @@ export class Pool {
       // Counted, and tried again on the sweeper's next tick, up to the failure limit.
       this.#spareFailures++;
     });
-    this.#startSweeper();
+    this.#sweeper.start();
   }
 
   /**
@@ -564,28 +567,16 @@ export class Pool {
     for (let i = 0; i < missing; i++) this.#openSpare();
   }
 
-  #startSweeper(): void {
-    if (this.#sweeper !== undefined) return;
-    const every = Math.max(50, Math.floor(this.#opts.idleTimeoutMs / 4));
-    this.#sweeper = setInterval(() => {
-      const now = Date.now();
-      const cutoff = now - this.#opts.idleTimeoutMs;
-      // Oldest first in the stack: drop from the bottom.
-      while (this.#idle.length > 0 && this.#idle[0]!.idleSince <= cutoff) {
-        this.#idle.shift()!.close();
-      }
-      this.#refresh(now);
-      if (this.#idle.length === 0 && this.#opening === 0 && this.#spareTarget() === 0) {
-        clearInterval(this.#sweeper);
-        this.#sweeper = undefined;
-      }
-    }, every);
-    Deno.unrefTimer(this.#sweeper);
+  /** One sweep: closes connections idle past the timeout, refreshes spares. */
+  #sweep(now: number): boolean {
+    const cutoff = now - this.#opts.idleTimeoutMs;
+    // Oldest first in the stack: drop from the bottom.
+    while (this.#idle.length > 0 && this.#idle[0]!.idleSince <= cutoff) {
+      this.#idle.shift()!.close();
+    }
+    this.#refresh(now);
+    return this.#idle.length > 0 || this.#opening > 0 || this.#spareTarget() > 0;
   }
-}
-
-function errName(err: unknown): string {
-  return err instanceof Error ? err.name : "error";
 }
 
 /** Where request body chunks come from (a stream reader, or `body_limit.ts`'s checked view). */
@@ -1242,7 +1233,6 @@ export function bodyFraming(
   return { kind: "close" };
 }
 
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const STATUS_LINE = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/;
 
 /** Parses a response head (without the final blank line). Throws UpstreamError("protocol"). */

@@ -35,6 +35,7 @@ import {
   type UpstreamResponse,
 } from "./http1.ts";
 import type { Watched } from "../http/watchdog.ts";
+import { IdleSweeper } from "./sweeper.ts";
 
 const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
@@ -96,7 +97,7 @@ export class H2Pool implements AltTransport {
   /** A's SETTINGS_MAX_CONCURRENT_STREAMS, as last seen on any session. */
   #remoteMax: number | null = null;
   #streams = 0;
-  #sweeper: ReturnType<typeof setInterval> | undefined;
+  readonly #sweeper: IdleSweeper;
   #closed = false;
   /** Sessions being opened, with the slots already promised on each. */
   readonly #opening = new Set<{ promise: Promise<Session>; reserved: number }>();
@@ -111,6 +112,7 @@ export class H2Pool implements AltTransport {
   constructor(endpoint: Endpoint, options: H2PoolOptions) {
     this.endpoint = endpoint;
     this.#opts = options;
+    this.#sweeper = new IdleSweeper(options.idleTimeoutMs, (now) => this.#sweep(now));
   }
 
   stats(): TransportStats & { sessions: number } {
@@ -186,7 +188,7 @@ export class H2Pool implements AltTransport {
       this.#opening.delete(entry);
       this.#spareOpening--;
     });
-    this.#startSweeper();
+    this.#sweeper.start();
   }
 
   /**
@@ -296,7 +298,7 @@ export class H2Pool implements AltTransport {
         clearTimeout(settingsTimer);
         this.#created++;
         this.#sessions.push(session);
-        this.#startSweeper();
+        this.#sweeper.start();
         resolve(session);
       };
       s.on("remoteSettings", (settings: http2.Settings) => {
@@ -359,40 +361,31 @@ export class H2Pool implements AltTransport {
     this.#closed = true;
     this.closeIdle();
     for (const s of this.#sessions) s.draining = true;
-    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
-    this.#sweeper = undefined;
+    this.#sweeper.stop();
   }
 
-  #startSweeper(): void {
-    if (this.#sweeper !== undefined) return;
-    const every = Math.max(50, Math.floor(this.#opts.idleTimeoutMs / 4));
-    this.#sweeper = setInterval(() => {
-      const now = Date.now();
-      const cutoff = now - this.#opts.idleTimeoutMs;
-      const pingBefore = now - this.#opts.idleTimeoutMs / 2;
-      const target = this.#spareTarget();
-      for (const s of [...this.#sessions]) {
-        if (s.active !== 0) continue;
-        if (s.draining || s.s.closed) {
-          this.#drop(s);
-        } else if (target > 0 && s.idleSince <= pingBefore && this.#freeSlots(true, s) < target) {
-          // The spare capacity: a PING (no request to A) keeps it from looking idle to A.
-          s.idleSince = now;
-          try {
-            s.s.ping(() => {});
-          } catch { /* a closing session is dropped on the next tick */ }
-        } else if (s.idleSince <= cutoff) {
-          this.#drop(s);
-        }
+  /** One sweep: drops sessions idle past the timeout or closed, keeps spare capacity alive. */
+  #sweep(now: number): boolean {
+    const cutoff = now - this.#opts.idleTimeoutMs;
+    const pingBefore = now - this.#opts.idleTimeoutMs / 2;
+    const target = this.#spareTarget();
+    for (const s of [...this.#sessions]) {
+      if (s.active !== 0) continue;
+      if (s.draining || s.s.closed) {
+        this.#drop(s);
+      } else if (target > 0 && s.idleSince <= pingBefore && this.#freeSlots(true, s) < target) {
+        // The spare capacity: a PING (no request to A) keeps it from looking idle to A.
+        s.idleSince = now;
+        try {
+          s.s.ping(() => {});
+        } catch { /* a closing session is dropped on the next tick */ }
+      } else if (s.idleSince <= cutoff) {
+        this.#drop(s);
       }
-      // Replaces a spare lost to GOAWAY or an error.
-      this.#fill();
-      if (this.#sessions.length === 0 && this.#opening.size === 0 && this.#spareTarget() === 0) {
-        clearInterval(this.#sweeper);
-        this.#sweeper = undefined;
-      }
-    }, every);
-    Deno.unrefTimer(this.#sweeper);
+    }
+    // Replaces a spare lost to GOAWAY or an error.
+    this.#fill();
+    return this.#sessions.length > 0 || this.#opening.size > 0 || this.#spareTarget() > 0;
   }
 }
 
