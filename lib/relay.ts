@@ -19,7 +19,6 @@ import type { Config, Route, Upstream } from "./config/config.ts";
 import { swapKey } from "./pipeline/credentials.ts";
 import { errorResponse, relayError, toRelayError } from "./errors.ts";
 import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "./http/headers.ts";
-import { statusClass } from "./http/status.ts";
 import { type Connector, UpstreamError } from "./upstream/http1.ts";
 import { Logger } from "./observe/log.ts";
 import { forward, PoolSet, relayErrorFor } from "./pipeline/proxy.ts";
@@ -30,7 +29,7 @@ import {
   type RawTarget,
   splitRequestUrl,
 } from "./pipeline/target.ts";
-import { Telemetry } from "./observe/telemetry.ts";
+import { type Counters, Telemetry } from "./observe/telemetry.ts";
 import { dashboardAsset } from "./observe/dashboard.ts";
 import { PROM_CONTENT_TYPE } from "./observe/metrics.ts";
 import { UpstreamSet } from "./upstream/health.ts";
@@ -72,16 +71,6 @@ export interface AppDeps {
    * requests or connections say false).
    */
   background?: boolean;
-}
-
-/** The relay's counters, as shown by `/debug/info`. */
-export interface Counters {
-  requests: number;
-  forwarded: number;
-  byStatusClass: Record<string, number>;
-  errorsByCode: Record<string, number>;
-  failovers: number;
-  staleRetries: number;
 }
 
 /** A built relay. */
@@ -239,14 +228,6 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     config.maxConnections,
     config.maxConnections > 0 ? null : readFdLimit(),
   );
-  const counters: Counters = {
-    requests: 0,
-    forwarded: 0,
-    byStatusClass: {},
-    errorsByCode: {},
-    failovers: 0,
-    staleRetries: 0,
-  };
   const telemetry = new Telemetry({
     upstreams: allUpstreams.map((u) => u.url),
     isRoute: (id) => config.routes.has(id),
@@ -257,11 +238,6 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     version: VERSION,
   });
   observers.unshift(telemetry.observe);
-
-  const countStatus = (status: number): void => {
-    const cls = statusClass(status);
-    counters.byStatusClass[cls] = (counters.byStatusClass[cls] ?? 0) + 1;
-  };
 
   /** Emits the record for a finished request. */
   function finish(ctx: Ctx, status: number, errorCode: string | undefined): void {
@@ -337,7 +313,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       clientConnections: server === null
         ? null
         : { server: server.kind, open: server.connections, closedByRelay: { ...dropped } },
-      counters,
+      counters: telemetry.counters(),
       pools: pools.stats(),
       limits: {
         ...guards.stats(),
@@ -446,7 +422,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       });
       ctx.body = limited;
     }
-    counters.forwarded++;
+    telemetry.forwarded();
     if (isWebSocketUpgrade(req)) {
       inFlight++;
       openStreams++;
@@ -503,13 +479,10 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       throw limited?.error ?? (isOutOfDescriptors(err) ? overloaded() : err);
     });
     ctx.headAt = now();
-    counters.failovers += result.failovers;
     ctx.failovers = result.failovers;
     ctx.upstream = result.upstream ?? undefined;
     const up = result.upstreamResponse!;
     ctx.attempts = up.attempts;
-    if (up.attempts > 1) counters.staleRetries++;
-    countStatus(up.status);
     if (log.enabled("debug")) {
       log.debug("response", { id: ctx.id, status: up.status, headers: redactHeaders(up.headers) });
     }
@@ -562,7 +535,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
 
   async function handle(req: Request, info: ClientInfo): Promise<Response> {
     const cfg = config;
-    counters.requests++;
+    telemetry.arrived();
     const { path, query } = splitRequestUrl(req.url);
     if (path === "/" && (req.method === "GET" || req.method === "HEAD")) {
       return json({ ok: true, proxy: "Server B → Server A", version: VERSION });
@@ -627,8 +600,6 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
           cause,
         });
       }
-      counters.errorsByCode[e.code] = (counters.errorsByCode[e.code] ?? 0) + 1;
-      countStatus(e.status);
       finish(ctx, e.status, e.code);
       return errorResponse(e, ctx.id);
     } finally {
@@ -649,7 +620,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       server = s;
     },
     clientDropped,
-    counters,
+    get counters() {
+      return telemetry.counters();
+    },
     telemetry,
     debugInfo,
     observe(observer) {

@@ -140,6 +140,13 @@ deadline.test("a client that disconnects mid-stream cancels the upstream stream"
     await reader.read().catch(() => {});
     await waitFor(() => cancelled, 2000, "upstream cancel");
     await waitFor(() => relay.app.inFlight === 0, 2000, "in-flight back to 0");
+    // /debug/info and /metrics count the same request the same way: as the 499 it ended as, not
+    // as the 200 A's head said.
+    assert.deepEqual(relay.app.counters.byStatusClass, { "4xx": 1 });
+    assert.deepEqual(
+      relay.app.counters.byStatusClass,
+      relay.app.telemetry.snapshot({ recent: false, series: false }).totals.byStatusClass,
+    );
   } finally {
     await relay.close();
     await up.close();

@@ -9,9 +9,6 @@
 /** Status class names, in the order of {@link statusClassIndex}. */
 export const STATUS_CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"] as const;
 
-/** A status class name. */
-export type StatusClass = typeof STATUS_CLASSES[number];
-
 /**
  * The index of a status's class in {@link STATUS_CLASSES}. A code outside 100–599 counts as `5xx`:
  * it can only come from a broken peer.
@@ -19,9 +16,4 @@ export type StatusClass = typeof STATUS_CLASSES[number];
 export function statusClassIndex(status: number): number {
   const i = Math.floor(status / 100) - 1;
   return i >= 0 && i < 5 ? i : 4;
-}
-
-/** The class name of a status, e.g. `"4xx"` for 404. */
-export function statusClass(status: number): StatusClass {
-  return STATUS_CLASSES[statusClassIndex(status)] as StatusClass;
 }

@@ -272,6 +272,18 @@ function cleanModel(model: string): string {
  * requests; render {@link Telemetry.registry} for `/metrics`; call {@link Telemetry.snapshot} for
  * the dashboard.
  */
+/** The relay's counters, as shown by `/debug/info`. */
+export interface Counters {
+  /** Requests that arrived, the relay's own endpoints included. */
+  requests: number;
+  /** Requests sent towards Server A. */
+  forwarded: number;
+  byStatusClass: Record<string, number>;
+  errorsByCode: Record<string, number>;
+  failovers: number;
+  staleRetries: number;
+}
+
 export class Telemetry {
   readonly registry: Registry = new Registry();
   /** Upstream health source. */
@@ -329,6 +341,9 @@ export class Telemetry {
   };
   readonly #byStatusClass = [0, 0, 0, 0, 0];
   readonly #errorsByCode: Record<string, number> = {};
+  /** Requests that arrived (the relay's own endpoints included), and those sent towards A. */
+  #arrived = 0;
+  #forwarded = 0;
 
   constructor(options: TelemetryOptions) {
     this.#now = options.now ?? Date.now;
@@ -673,6 +688,42 @@ export class Telemetry {
    * The live numbers. `recent` and `series` (the dashboard's table and charts) are included unless
    * switched off, as `/debug/info` does.
    */
+  /** Requests by status class, the classes seen so far only. */
+  #statusClasses(): Record<string, number> {
+    const out: Record<string, number> = {};
+    this.#byStatusClass.forEach((n, i) => {
+      if (n > 0) out[STATUS_CLASSES[i] as string] = n;
+    });
+    return out;
+  }
+
+  /** A request arrived (counted before anything else is known about it). */
+  arrived(): void {
+    this.#arrived++;
+  }
+
+  /** A request passed the relay's checks and is being sent towards Server A. */
+  forwarded(): void {
+    this.#forwarded++;
+  }
+
+  /**
+   * The counters `/debug/info` shows, from the same totals as `/metrics`: statuses and error codes
+   * as each request finished (a stream the client left counts as 499, not as A's 200).
+   */
+  counters(): Counters {
+    const t = this.#totals;
+    const byStatusClass = this.#statusClasses();
+    return {
+      requests: this.#arrived,
+      forwarded: this.#forwarded,
+      byStatusClass,
+      errorsByCode: { ...this.#errorsByCode },
+      failovers: t.failovers,
+      staleRetries: t.retries,
+    };
+  }
+
   snapshot(options: { recent?: boolean; series?: boolean } = {}): TelemetrySnapshot {
     const now = this.#now();
     const since = now - WINDOW_SEC * 1000;
@@ -680,10 +731,7 @@ export class Telemetry {
     const requests = this.#requestsPerSec.sum(WINDOW_SEC, now);
     const failures = this.#failuresPerSec.sum(WINDOW_SEC, now);
     const t = this.#totals;
-    const byStatusClass: Record<string, number> = {};
-    this.#byStatusClass.forEach((n, i) => {
-      if (n > 0) byStatusClass[STATUS_CLASSES[i] as string] = n;
-    });
+    const byStatusClass = this.#statusClasses();
     const snap: TelemetrySnapshot = {
       time: now,
       version: this.#version,
