@@ -11,24 +11,16 @@
  */
 
 import { checkAdmin } from "./pipeline/admin.ts";
-import { announcedLength, checkAnnouncedLength, LimitedBody } from "./pipeline/body_limit.ts";
 import { connectionCap, isOutOfDescriptors, overloaded, readFdLimit } from "./server/conn_limit.ts";
 import { Guards } from "./pipeline/guards.ts";
 import { clientIpFrom } from "./config/ip.ts";
 import type { Config, Route, Upstream } from "./config/config.ts";
-import { swapKey } from "./pipeline/credentials.ts";
 import { errorResponse, relayError, toRelayError } from "./errors.ts";
-import { isEventStream, redactHeaders, redactQuery, requestHeaders } from "./http/headers.ts";
+import { isEventStream, redactHeaders, redactQuery } from "./http/headers.ts";
 import { type Connector, UpstreamError } from "./upstream/http1.ts";
 import { Logger } from "./observe/log.ts";
 import { forward, PoolSet, relayErrorFor } from "./pipeline/proxy.ts";
-import {
-  checkTarget,
-  isApiPath,
-  matchUidPath,
-  type RawTarget,
-  splitRequestUrl,
-} from "./pipeline/target.ts";
+import { splitRequestUrl } from "./pipeline/target.ts";
 import { type Counters, Telemetry } from "./observe/telemetry.ts";
 import { dashboardAsset } from "./observe/dashboard.ts";
 import { PROM_CONTENT_TYPE } from "./observe/metrics.ts";
@@ -42,6 +34,8 @@ import { listen, type Listener, type ListenOptions } from "./server/listen.ts";
 import { type AccessLogHandle, openAccessLog } from "./observe/access_log.ts";
 import { Watchdog } from "./http/watchdog.ts";
 import { isWebSocketUpgrade, relayWebSocket } from "./pipeline/websocket.ts";
+import { type Admission, admit, type StepDeps } from "./pipeline/steps.ts";
+import type { HeaderList } from "./http/headers.ts";
 import type { ClientInfo, Upgrader } from "./http/client_info.ts";
 
 export type { ClientInfo, RequestRecord };
@@ -124,14 +118,6 @@ function json(body: unknown, status = 200): Response {
   return new Response(JSON.stringify(body), { status, headers: { "content-type": JSON_TYPE } });
 }
 
-/**
- * Request bodies up to this size with a `Content-Length` are forwarded from one `req.bytes()`
- * read instead of a chunk stream, waiting for the body if it has not all arrived. Not the same
- * limit as the server's `INLINE_BODY_MAX` (lib/server/server.ts), which is how much of a body
- * that already arrived with its head the server hands over as bytes without building a stream.
- */
-const READ_WHOLE_MAX = 256 * 1024;
-
 const SAFE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** The client's `x-request-id` if short and safe, else a new one. */
@@ -141,21 +127,18 @@ export function requestIdFor(req: Request, newId: () => string): string {
 }
 
 /** Per-request state while it is handled. */
-interface Ctx {
-  id: string;
+/** No headers yet: the headers step builds the list A gets. */
+const NO_HEADERS: HeaderList = [];
+
+/** One request as the relay handles it: what the steps decided, then what came back. */
+interface Ctx extends Admission {
   start: number;
-  clientIp: string;
   method: string;
-  path: string;
-  query: string;
-  route: string | undefined;
   upstream: Upstream | undefined;
   headAt: number | undefined;
   exchangeStart: number | undefined;
   returnedAt: number | undefined;
   requestBytes: number;
-  /** The client's body as the relay read it, when it had one. */
-  body?: LimitedBody | undefined;
   responseBytes: number;
   stream: boolean;
   usage: UsageTap | null;
@@ -164,12 +147,6 @@ interface Ctx {
   requestHeaders?: Record<string, string>;
   responseHeaders?: Record<string, string>;
   upstreamRequestId?: string;
-  /** `X-Forwarded-For` as a trusted proxy sent it; undefined when the peer is not trusted. */
-  forwardedFor?: string | undefined;
-  /** The trusted proxy the request came through, appended to the forwarded chain. */
-  peerIp?: string | undefined;
-  /** Gives back the client's concurrency slot (guards.ts); called once by `finish`. */
-  release?: (() => void) | undefined;
   /** The client's server can hand over its socket (WebSocket tunnel). */
   upgrade?: Upgrader | undefined;
 }
@@ -228,6 +205,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     config.maxConnections,
     config.maxConnections > 0 ? null : readFdLimit(),
   );
+  const stepDeps: StepDeps = { guards, log };
   const telemetry = new Telemetry({
     upstreams: allUpstreams.map((u) => u.url),
     isRoute: (id) => config.routes.has(id),
@@ -258,7 +236,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       clientIp: ctx.clientIp,
       method: ctx.method,
       path: redactQuery(ctx.path + ctx.query),
-      route: ctx.route,
+      route: ctx.routeId,
       upstream: ctx.upstream?.url,
       status,
       ttfbMs: ttfb,
@@ -353,75 +331,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   async function relay(req: Request, ctx: Ctx, cfg: Config): Promise<Response> {
     // Shed before opening anything upstream: this request is already counted in `inFlight`.
     if (inFlight > cap.max) throw overloaded();
-    guards.checkAllowed(ctx.clientIp);
-    let upstreams = cfg.upstreams;
-    let route: Route | undefined;
-    let apiPath = ctx.path;
-    const uid = matchUidPath(ctx.path);
-    if (uid !== null) {
-      ctx.route = uid.id;
-      route = cfg.routes.get(uid.id);
-      if (route === undefined) {
-        throw relayError("unknown_route", { id: uid.id });
-      }
-      apiPath = uid.rest;
-      upstreams = route.upstreams;
-    }
-    if (!isApiPath(apiPath)) {
-      throw relayError("not_found", { reason: "path" });
-    }
-    const bad = checkTarget(apiPath, ctx.query);
-    if (bad !== null) throw bad;
-    let headers = requestHeaders(req.headers, {
-      clientIp: ctx.clientIp,
-      trustedForwardedFor: ctx.forwardedFor,
-      peerIp: ctx.peerIp,
-    });
-    // Measured on the list already built: iterating `req.headers` again costs a sorted copy.
-    guards.checkHeaders(headers);
-    let target: RawTarget = { path: apiPath, query: ctx.query };
-    if (route?.apiKey !== undefined && route.accessKey !== undefined) {
-      const keys = { accessKey: route.accessKey, apiKey: route.apiKey };
-      const swapped = guards.checkKey(ctx.clientIp, () => swapKey(headers, ctx.query, keys));
-      headers = swapped.headers;
-      target = { path: apiPath, query: swapped.query };
-    }
-    if (log.enabled("debug")) {
-      log.debug("forward", {
-        id: ctx.id,
-        method: req.method,
-        path: redactQuery(ctx.path + ctx.query),
-        headers: redactHeaders(headers),
-      });
-    }
-    if (guards.limiting) {
-      ctx.release = (await guards.admit(await guards.clientKey(ctx.clientIp, route))).release;
-    }
-    let limited: LimitedBody | null = null;
-    // Whether there is a body, decided from the headers where possible: touching `req.body`
-    // creates a stream and turns off Deno's full-body fast path. (HTTP/2 bodies may come with
-    // neither header.)
-    const cl = req.headers.get("content-length");
-    const announced = announcedLength(cl);
-    const hasBody = cl !== null
-      ? announced !== 0
-      : req.headers.has("transfer-encoding") || req.body !== null;
-    if (hasBody && (req.method === "GET" || req.method === "HEAD")) {
-      // A Request cannot carry a GET or HEAD body (Deno.serve drops it), and one forwarded without
-      // its bytes would be read by A from the next request on the connection.
-      throw relayError("body_not_allowed", { method: req.method });
-    }
-    if (hasBody) {
-      const tooLarge = checkAnnouncedLength(announced, cfg.maxBodyBytes);
-      if (tooLarge !== null) throw tooLarge;
-      limited = new LimitedBody(() => req.body!, {
-        maxBytes: cfg.maxBodyBytes,
-        idleTimeoutMs: cfg.clientBodyTimeoutMs,
-        // A small body of known length is taken whole: one piece, no per-chunk stream layers.
-        ...(announced !== null && announced <= READ_WHOLE_MAX ? { whole: () => req.bytes() } : {}),
-      });
-      ctx.body = limited;
-    }
+    await admit(ctx, stepDeps);
+    const { upstreams, target, headers, announced, body: limited } = ctx;
     telemetry.forwarded();
     if (isWebSocketUpgrade(req)) {
       inFlight++;
@@ -558,14 +469,25 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       }
       return res;
     }
+    const trusted = cfg.trustedProxies?.contains(peer) ?? false;
     const ctx: Ctx = {
+      req,
+      cfg,
       id: requestIdFor(req, newId),
       start: now(),
       clientIp,
       method: req.method,
       path,
       query,
+      forwardedFor: trusted ? req.headers.get("x-forwarded-for") ?? undefined : undefined,
+      peerIp: trusted ? peer : undefined,
+      routeId: undefined,
       route: undefined,
+      upstreams: cfg.upstreams,
+      headers: NO_HEADERS,
+      target: { path, query },
+      announced: null,
+      body: null,
       upstream: undefined,
       headAt: undefined,
       exchangeStart: undefined,
@@ -579,10 +501,6 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     };
     if (info.upgrade !== undefined) ctx.upgrade = info.upgrade;
     if (cfg.debugLog) ctx.requestHeaders = redactHeaders(req.headers);
-    if (cfg.trustedProxies?.contains(peer)) {
-      ctx.forwardedFor = req.headers.get("x-forwarded-for") ?? undefined;
-      ctx.peerIp = peer;
-    }
     inFlight++;
     try {
       const res = await relay(req, ctx, cfg);
