@@ -4,7 +4,7 @@
  */
 
 import { createRelay, serveRelay } from "./lib/relay.ts";
-import { parseConfig } from "./lib/config/config.ts";
+import { parseConfig } from "./lib/config/mod.ts";
 import { mockHandler } from "./dev/mock_upstream.ts";
 
 const mock = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, mockHandler());

@@ -10,9 +10,9 @@
  */
 
 import { createRelay, type Relay } from "./lib/relay.ts";
-import { ConfigError, type Env, parseConfig } from "./lib/config/config.ts";
-import { Logger } from "./lib/observe/log.ts";
-import { VARS } from "./lib/config/vars.ts";
+import { ConfigError, type Env, parseConfig } from "./lib/config/mod.ts";
+import { Logger } from "./lib/observe/mod.ts";
+import { VARS } from "./lib/config/mod.ts";
 
 /** Variables that have no meaning on Deno Deploy; they are dropped before parsing. */
 export const IGNORED_ON_DEPLOY: readonly string[] = VARS.filter((v) => v.notOnDeploy).map((v) =>

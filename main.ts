@@ -5,12 +5,12 @@
  */
 
 import { createRelay, type Relay, serveRelay } from "./lib/relay.ts";
-import { ConfigError, parseConfig } from "./lib/config/config.ts";
-import type { Listener } from "./lib/server/listen.ts";
-import { broadPermissions, startupWarnings } from "./lib/ops/permissions.ts";
-import { createReloader } from "./lib/config/reload.ts";
-import { loadTlsFiles } from "./lib/config/tls.ts";
-import { VERSION } from "./lib/observe/version.ts";
+import { ConfigError, parseConfig } from "./lib/config/mod.ts";
+import type { Listener } from "./lib/server/mod.ts";
+import { broadPermissions, startupWarnings } from "./lib/ops/mod.ts";
+import { createReloader } from "./lib/config/mod.ts";
+import { loadTlsFiles } from "./lib/config/mod.ts";
+import { VERSION } from "./lib/observe/mod.ts";
 
 /** Starts the relay; resolves when the server has shut down. */
 export async function main(): Promise<number> {

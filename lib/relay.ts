@@ -10,33 +10,33 @@
  * secret in diagnostics or records.
  */
 
-import { checkAdmin } from "./pipeline/admin.ts";
-import { connectionCap, isOutOfDescriptors, overloaded, readFdLimit } from "./server/conn_limit.ts";
-import { Guards } from "./pipeline/guards.ts";
-import { clientIpFrom } from "./config/ip.ts";
-import type { Config, Route, Upstream } from "./config/config.ts";
+import { checkAdmin } from "./pipeline/mod.ts";
+import { connectionCap, isOutOfDescriptors, overloaded, readFdLimit } from "./server/mod.ts";
+import { Guards } from "./pipeline/mod.ts";
+import { clientIpFrom } from "./config/mod.ts";
+import type { Config, Route, Upstream } from "./config/mod.ts";
 import { errorResponse, relayError, toRelayError } from "./errors.ts";
-import { isEventStream, redactHeaders, redactQuery } from "./http/headers.ts";
-import { type Connector, UpstreamError } from "./upstream/http1.ts";
-import { Logger } from "./observe/log.ts";
-import { forward, PoolSet, relayErrorFor } from "./pipeline/proxy.ts";
-import { splitRequestUrl } from "./pipeline/target.ts";
-import { type Counters, Telemetry } from "./observe/telemetry.ts";
-import { dashboardAsset } from "./observe/dashboard.ts";
-import { PROM_CONTENT_TYPE } from "./observe/metrics.ts";
-import { UpstreamSet } from "./upstream/health.ts";
-import { UsageTap } from "./observe/usage.ts";
+import { isEventStream, redactHeaders, redactQuery } from "./http/mod.ts";
+import { type Connector, UpstreamError } from "./upstream/mod.ts";
+import { Logger } from "./observe/mod.ts";
+import { forward, PoolSet, relayErrorFor } from "./pipeline/mod.ts";
+import { splitRequestUrl } from "./pipeline/mod.ts";
+import { type Counters, Telemetry } from "./observe/mod.ts";
+import { dashboardAsset } from "./observe/mod.ts";
+import { PROM_CONTENT_TYPE } from "./observe/mod.ts";
+import { UpstreamSet } from "./upstream/mod.ts";
+import { UsageTap } from "./observe/mod.ts";
 import type { RequestRecord } from "./observe/record.ts";
-import { VERSION } from "./observe/version.ts";
-import { planReload, type ReloadPlan } from "./config/reload.ts";
-import { SendTimeoutError, SendWatch } from "./server/send_watch.ts";
-import { listen, type Listener, type ListenOptions } from "./server/listen.ts";
-import { type AccessLogHandle, openAccessLog } from "./observe/access_log.ts";
-import { Watchdog } from "./http/watchdog.ts";
-import { isWebSocketUpgrade, relayWebSocket } from "./pipeline/websocket.ts";
-import { type Admission, admit, type StepDeps } from "./pipeline/steps.ts";
-import type { HeaderList } from "./http/headers.ts";
-import type { ClientInfo, Upgrader } from "./http/client_info.ts";
+import { VERSION } from "./observe/mod.ts";
+import { planReload, type ReloadPlan } from "./config/mod.ts";
+import { SendTimeoutError, SendWatch } from "./server/mod.ts";
+import { listen, type Listener, type ListenOptions } from "./server/mod.ts";
+import { type AccessLogHandle, openAccessLog } from "./observe/mod.ts";
+import { Watchdog } from "./http/mod.ts";
+import { isWebSocketUpgrade, relayWebSocket } from "./pipeline/mod.ts";
+import { type Admission, admit, type StepDeps } from "./pipeline/mod.ts";
+import type { HeaderList } from "./http/mod.ts";
+import type { ClientInfo, Upgrader } from "./http/mod.ts";
 
 export type { ClientInfo, RequestRecord };
 

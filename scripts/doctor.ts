@@ -3,8 +3,8 @@
  * The checks live in `lib/ops/doctor.ts`; this file reads the command line and environment and prints.
  */
 
-import { DOCTOR_USAGE, formatReport, parseDoctorArgs, runDoctor } from "../lib/ops/doctor.ts";
-import type { DoctorArgs } from "../lib/ops/doctor.ts";
+import { DOCTOR_USAGE, formatReport, parseDoctorArgs, runDoctor } from "../lib/ops/mod.ts";
+import type { DoctorArgs } from "../lib/ops/mod.ts";
 
 async function main(): Promise<number> {
   let args: DoctorArgs;

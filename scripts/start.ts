@@ -8,10 +8,10 @@
  * This launcher needs --allow-run to start Deno; the relay itself gets no run permission.
  */
 
-import { ConfigError, parseConfig } from "../lib/config/config.ts";
-import { connectionCap, readFdLimit, ulimitHard } from "../lib/server/conn_limit.ts";
-import { Logger } from "../lib/observe/log.ts";
-import { relayDenoArgs } from "../lib/ops/permissions.ts";
+import { ConfigError, parseConfig } from "../lib/config/mod.ts";
+import { connectionCap, readFdLimit, ulimitHard } from "../lib/server/mod.ts";
+import { Logger } from "../lib/observe/mod.ts";
+import { relayDenoArgs } from "../lib/ops/mod.ts";
 
 async function run(): Promise<number> {
   const env = Deno.env.toObject();

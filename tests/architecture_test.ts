@@ -139,6 +139,23 @@ Deno.test("lib/ imports run only in the allowed directions", () => {
   assert.deepEqual(forbiddenEdges(graph), [], "forbidden imports (see docs/ARCHITECTURE.md)");
 });
 
+/** Cross-folder edges that skip the folder's `mod.ts` (the leaves everyone shares excepted). */
+export function pastModTs(graph: Graph): string[] {
+  const out: string[] = [];
+  for (const [from, deps] of graph) {
+    for (const to of deps) {
+      const theirs = layerOf(to);
+      if (theirs === layerOf(from) || theirs === to || to === "observe/record.ts") continue;
+      if (!to.endsWith("/mod.ts")) out.push(`${from} -> ${to}`);
+    }
+  }
+  return out.sort();
+}
+
+Deno.test("code outside a folder imports it through its mod.ts only", () => {
+  assert.deepEqual(pastModTs(graph), []);
+});
+
 Deno.test("nothing under lib/ imports relay.ts: only the entry files wire the relay", () => {
   const importers = [...graph].filter(([, deps]) => deps.has("relay.ts")).map(([f]) => f);
   assert.deepEqual(importers, []);
@@ -148,6 +165,11 @@ Deno.test("the checks catch a forbidden import and a cycle when one is added", (
   const withBad: Graph = new Map([...graph].map(([k, v]) => [k, new Set(v)]));
   withBad.get("server/server.ts")!.add("pipeline/proxy.ts");
   assert.deepEqual(forbiddenEdges(withBad), ["server/server.ts -> pipeline/proxy.ts"]);
+  withBad.get("pipeline/proxy.ts")!.add("upstream/http1.ts");
+  assert.deepEqual(pastModTs(withBad), [
+    "pipeline/proxy.ts -> upstream/http1.ts",
+    "server/server.ts -> pipeline/proxy.ts",
+  ]);
   withBad.get("http/headers.ts")!.add("http/bytes.ts");
   withBad.get("http/bytes.ts")!.add("http/headers.ts");
   assert.deepEqual(cycles(withBad), [["http/bytes.ts", "http/headers.ts"]]);

@@ -11,7 +11,7 @@
 
 import { type CidrList, parseCidrList } from "./ip.ts";
 import { parseRate, type Rate } from "./rate.ts";
-import type { Upstream } from "../http/endpoint.ts";
+import type { Upstream } from "../http/mod.ts";
 import { defaultOf } from "./vars.ts";
 
 export type { Upstream };

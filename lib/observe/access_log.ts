@@ -12,9 +12,9 @@
  * {@link AccessLog.observe}.
  */
 
-import { isSecretHeader } from "../http/headers.ts";
+import { isSecretHeader } from "../http/mod.ts";
 import type { RequestRecord } from "./record.ts";
-import { type Config, ConfigError } from "../config/config.ts";
+import { type Config, ConfigError } from "../config/mod.ts";
 import { type LogSink, stdoutSink } from "./log.ts";
 
 /**

@@ -12,7 +12,7 @@
  * `unknown` / `other`), or show a secret, a query string or a body.
  */
 
-import { STATUS_CLASSES, statusClassIndex } from "../http/status.ts";
+import { STATUS_CLASSES, statusClassIndex } from "../http/mod.ts";
 import { isFailure } from "./access_log.ts";
 import type { RequestRecord } from "./record.ts";
 import {

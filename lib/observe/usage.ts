@@ -22,7 +22,7 @@
 
 import type { Usage } from "./record.ts";
 export type { Usage };
-import { concat } from "../http/bytes.ts";
+import { concat } from "../http/mod.ts";
 import { createParser, type EventSourceMessage, type EventSourceParser } from "eventsource-parser";
 
 /** Non-streamed JSON bodies larger than this are not counted (8 MiB). */

@@ -10,15 +10,9 @@
  * Must never: print or return an API key, send a request other than `GET`, or change anything.
  */
 
-import {
-  type Config,
-  ConfigError,
-  type Env,
-  parseConfig,
-  type Upstream,
-} from "../config/config.ts";
-import { isPublicBindAddress } from "../config/ip.ts";
-import { loadTlsFiles, type TlsPair } from "../config/tls.ts";
+import { type Config, ConfigError, type Env, parseConfig, type Upstream } from "../config/mod.ts";
+import { isPublicBindAddress } from "../config/mod.ts";
+import { loadTlsFiles, type TlsPair } from "../config/mod.ts";
 import { errName } from "../errors.ts";
 
 /** Outcome of one check. `info` lines explain and never count as problems. */

@@ -10,8 +10,8 @@
  * argument list or a warning.
  */
 
-import type { Config, Upstream } from "../config/config.ts";
-import { isPublicBindAddress } from "../config/ip.ts";
+import type { Config, Upstream } from "../config/mod.ts";
+import { isPublicBindAddress } from "../config/mod.ts";
 
 /** `host:port` as `--allow-net` expects it (IPv6 literals in brackets). */
 export function netEntry(host: string, port: number): string {

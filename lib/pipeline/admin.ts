@@ -10,10 +10,10 @@
  * passes the client IP it already resolved under the TRUSTED_PROXIES rule).
  */
 
-import type { Config } from "../config/config.ts";
+import type { Config } from "../config/mod.ts";
 import { timingSafeEqual } from "./credentials.ts";
 import { type RelayError, relayError } from "../errors.ts";
-import { isLoopback } from "../config/ip.ts";
+import { isLoopback } from "../config/mod.ts";
 
 /** Null when the request may see diagnostics, else the error to answer with. */
 export function checkAdmin(

@@ -13,9 +13,9 @@
  */
 
 import { RelayError, relayError } from "../errors.ts";
-import { trimOws } from "../http/headers.ts";
-import type { BodyReader } from "../upstream/http1.ts";
-import { Watchdog, type Watched } from "../http/watchdog.ts";
+import { trimOws } from "../http/mod.ts";
+import type { BodyReader } from "../upstream/mod.ts";
+import { Watchdog, type Watched } from "../http/mod.ts";
 
 /** Limits for one request body. */
 export interface BodyLimitOptions {

@@ -9,7 +9,7 @@
  */
 
 import { relayError } from "../errors.ts";
-import type { HeaderList } from "../http/headers.ts";
+import type { HeaderList } from "../http/mod.ts";
 
 const encoder = new TextEncoder();
 

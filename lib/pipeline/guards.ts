@@ -13,7 +13,7 @@
  * work for a feature that is off.
  */
 
-import type { Config, Route } from "../config/config.ts";
+import type { Config, Route } from "../config/mod.ts";
 import { RelayError, relayError } from "../errors.ts";
 import type { LogWriter } from "../observe/record.ts";
 import {

@@ -10,10 +10,10 @@
  * error text.
  */
 
-import type { Upstream } from "../config/config.ts";
+import type { Upstream } from "../config/mod.ts";
 import { RelayError, relayError } from "../errors.ts";
-import type { HeaderList } from "../http/headers.ts";
-import { responseHeaders } from "../http/headers.ts";
+import type { HeaderList } from "../http/mod.ts";
+import { responseHeaders } from "../http/mod.ts";
 import {
   type BodyReader,
   BodySource,
@@ -22,11 +22,11 @@ import {
   Pool,
   UpstreamError,
   type UpstreamResponse,
-} from "../upstream/http1.ts";
-import { H2Pool } from "../upstream/http2.ts";
+} from "../upstream/mod.ts";
+import { H2Pool } from "../upstream/mod.ts";
 import { type RawTarget, upstreamTarget } from "./target.ts";
-import type { UpstreamSet } from "../upstream/health.ts";
-import type { Watchdog } from "../http/watchdog.ts";
+import type { UpstreamSet } from "../upstream/mod.ts";
+import type { Watchdog } from "../http/mod.ts";
 
 /** Options for {@link PoolSet}. */
 export interface PoolSetOptions {

@@ -13,7 +13,7 @@
  */
 
 import { relayError } from "../errors.ts";
-import { parseRate, type Rate } from "../config/rate.ts";
+import { parseRate, type Rate } from "../config/mod.ts";
 
 export { parseRate };
 export type { Rate };

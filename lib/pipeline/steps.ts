@@ -9,9 +9,9 @@
  * read), or touch Server A.
  */
 
-import type { Config, Route, Upstream } from "../config/config.ts";
+import type { Config, Route, Upstream } from "../config/mod.ts";
 import { relayError } from "../errors.ts";
-import { type HeaderList, redactHeaders, redactQuery, requestHeaders } from "../http/headers.ts";
+import { type HeaderList, redactHeaders, redactQuery, requestHeaders } from "../http/mod.ts";
 import type { LogWriter } from "../observe/record.ts";
 import { announcedLength, checkAnnouncedLength, LimitedBody } from "./body_limit.ts";
 import { swapKey } from "./credentials.ts";

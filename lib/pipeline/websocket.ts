@@ -19,17 +19,17 @@
  * handshake key or extensions.
  */
 
-import type { Upstream } from "../config/config.ts";
-import type { HeaderList } from "../http/headers.ts";
-import { responseHeaders } from "../http/headers.ts";
-import { concat, encodeLatin1 } from "../http/bytes.ts";
-import type { Upgrader } from "../http/client_info.ts";
-import { ChunkedDecoder } from "../http/chunked.ts";
-import { bodyFraming, type Connection, readHead, UpstreamError } from "../upstream/http1.ts";
+import type { Upstream } from "../config/mod.ts";
+import type { HeaderList } from "../http/mod.ts";
+import { responseHeaders } from "../http/mod.ts";
+import { concat, encodeLatin1 } from "../http/mod.ts";
+import type { Upgrader } from "../http/mod.ts";
+import { ChunkedDecoder } from "../http/mod.ts";
+import { bodyFraming, type Connection, readHead, UpstreamError } from "../upstream/mod.ts";
 import type { LogWriter } from "../observe/record.ts";
 import type { PoolSet } from "./proxy.ts";
 import { type RawTarget, upstreamTarget } from "./target.ts";
-import type { UpstreamSet } from "../upstream/health.ts";
+import type { UpstreamSet } from "../upstream/mod.ts";
 import {
   closePayload,
   CloseWatcher,

@@ -10,7 +10,7 @@
  * a fragmented control frame.
  */
 
-import { concat } from "../http/bytes.ts";
+import { concat } from "../http/mod.ts";
 
 /** Frame opcodes. */
 export const OP = { cont: 0, text: 1, binary: 2, close: 8, ping: 9, pong: 10 } as const;

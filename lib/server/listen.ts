@@ -13,7 +13,7 @@
  * Must never: let a listener failure become an unhandled rejection.
  */
 
-import type { ClientInfo } from "../http/client_info.ts";
+import type { ClientInfo } from "../http/mod.ts";
 import { PerIpCap, serveResilient, tooManyConnections } from "./conn_limit.ts";
 import { errorResponse } from "../errors.ts";
 import type { LogWriter } from "../observe/record.ts";

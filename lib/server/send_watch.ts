@@ -20,7 +20,7 @@
  * when asked); count time spent waiting for A (a quiet SSE stream is not a stalled client).
  */
 
-import { Watchdog, type Watched } from "../http/watchdog.ts";
+import { Watchdog, type Watched } from "../http/mod.ts";
 
 const noop = (): void => {};
 

@@ -58,11 +58,11 @@ import {
   relayError,
   toRelayError,
 } from "../errors.ts";
-import { concat, decodeLatin1, encodeLatin1 } from "../http/bytes.ts";
-import { ChunkedDecoder } from "../http/chunked.ts";
-import { trimOws } from "../http/headers.ts";
-import { TOKEN } from "../http/syntax.ts";
-import { Watchdog, type Watched } from "../http/watchdog.ts";
+import { concat, decodeLatin1, encodeLatin1 } from "../http/mod.ts";
+import { ChunkedDecoder } from "../http/mod.ts";
+import { trimOws } from "../http/mod.ts";
+import { TOKEN } from "../http/mod.ts";
+import { Watchdog, type Watched } from "../http/mod.ts";
 
 /** What the handler learns about the exchange besides the request. */
 export interface ServeInfo {

@@ -12,10 +12,10 @@
  * known-dead upstream while a live one exists, or keep the process alive by its timers.
  */
 
-import type { Upstream } from "../http/endpoint.ts";
+import type { Upstream } from "../http/mod.ts";
 import { exchange, type Pool, type UpstreamErrorKind } from "./http1.ts";
 import type { LogWriter } from "../observe/record.ts";
-import { Watchdog } from "../http/watchdog.ts";
+import { Watchdog } from "../http/mod.ts";
 
 /** One upstream's health, as shown in diagnostics. */
 export interface UpstreamHealth {

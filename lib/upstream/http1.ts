@@ -13,16 +13,16 @@
  * what one socket read delivered, or reuse a connection whose exchange did not end cleanly.
  */
 
-import { concat, decodeLatin1, encodeLatin1 } from "../http/bytes.ts";
+import { concat, decodeLatin1, encodeLatin1 } from "../http/mod.ts";
 import { errName } from "../errors.ts";
-import { ChunkedDecoder, FramingError } from "../http/chunked.ts";
-import type { Endpoint } from "../http/endpoint.ts";
+import { ChunkedDecoder, FramingError } from "../http/mod.ts";
+import type { Endpoint } from "../http/mod.ts";
 
 export type { Endpoint };
-import { type HeaderList, isEventStream, trimOws } from "../http/headers.ts";
-import { TOKEN } from "../http/syntax.ts";
+import { type HeaderList, isEventStream, trimOws } from "../http/mod.ts";
+import { TOKEN } from "../http/mod.ts";
 import { IdleSweeper } from "./sweeper.ts";
-import type { Watchdog, Watched } from "../http/watchdog.ts";
+import type { Watchdog, Watched } from "../http/mod.ts";
 
 /** Why an exchange failed; the proxy maps these to client-facing errors. */
 export type UpstreamErrorKind =

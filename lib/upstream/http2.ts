@@ -16,7 +16,7 @@
  */
 
 import * as http2 from "node:http2";
-import type { HeaderList } from "../http/headers.ts";
+import type { HeaderList } from "../http/mod.ts";
 import {
   type AltTransport,
   type Attempt,
@@ -34,7 +34,7 @@ import {
   UpstreamError,
   type UpstreamResponse,
 } from "./http1.ts";
-import type { Watched } from "../http/watchdog.ts";
+import type { Watched } from "../http/mod.ts";
 import { IdleSweeper } from "./sweeper.ts";
 
 const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;

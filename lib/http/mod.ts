@@ -1,0 +1,23 @@
+/**
+ * @module mod
+ * The public surface of `lib/http/`: what other layers import from it. Files outside the
+ * folder import from here, never from the files behind it (tests may).
+ */
+
+export { concat, decodeLatin1, encodeLatin1 } from "./bytes.ts";
+export { ChunkedDecoder, FramingError } from "./chunked.ts";
+export { type ClientInfo, type Upgrader } from "./client_info.ts";
+export { type Endpoint, type Upstream } from "./endpoint.ts";
+export {
+  type HeaderList,
+  isEventStream,
+  isSecretHeader,
+  redactHeaders,
+  redactQuery,
+  requestHeaders,
+  responseHeaders,
+  trimOws,
+} from "./headers.ts";
+export { STATUS_CLASSES, statusClassIndex } from "./status.ts";
+export { TOKEN } from "./syntax.ts";
+export { Watchdog, type Watched } from "./watchdog.ts";

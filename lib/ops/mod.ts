@@ -1,0 +1,14 @@
+/**
+ * @module mod
+ * The public surface of `lib/ops/`: what other layers import from it. Files outside the
+ * folder import from here, never from the files behind it (tests may).
+ */
+
+export {
+  DOCTOR_USAGE,
+  type DoctorArgs,
+  formatReport,
+  parseDoctorArgs,
+  runDoctor,
+} from "./doctor.ts";
+export { broadPermissions, relayDenoArgs, startupWarnings } from "./permissions.ts";

@@ -1,0 +1,20 @@
+/**
+ * @module mod
+ * The public surface of `lib/upstream/`: what other layers import from it. Files outside the
+ * folder import from here, never from the files behind it (tests may).
+ */
+
+export { UpstreamSet } from "./health.ts";
+export {
+  bodyFraming,
+  type BodyReader,
+  BodySource,
+  type Connection,
+  type Connector,
+  exchange,
+  Pool,
+  readHead,
+  UpstreamError,
+  type UpstreamResponse,
+} from "./http1.ts";
+export { H2Pool } from "./http2.ts";
