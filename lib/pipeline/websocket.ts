@@ -27,9 +27,8 @@ import type { Upgrader } from "../http/mod.ts";
 import { ChunkedDecoder } from "../http/mod.ts";
 import { bodyFraming, type Connection, readHead, UpstreamError } from "../upstream/mod.ts";
 import type { LogWriter } from "../observe/record.ts";
-import type { PoolSet } from "./proxy.ts";
 import { type RawTarget, upstreamTarget } from "./target.ts";
-import type { UpstreamSet } from "../upstream/mod.ts";
+import type { PoolSet, UpstreamSet } from "../upstream/mod.ts";
 import {
   closePayload,
   CloseWatcher,

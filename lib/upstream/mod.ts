@@ -18,3 +18,4 @@ export {
   type UpstreamResponse,
 } from "./http1.ts";
 export { H2Pool } from "./http2.ts";
+export { PoolSet, type PoolSetOptions } from "./pools.ts";
