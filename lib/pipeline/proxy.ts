@@ -17,7 +17,6 @@ import { responseHeaders } from "../http/mod.ts";
 import {
   type BodyReader,
   BodySource,
-  exchange,
   type PoolSet,
   UpstreamError,
   type UpstreamResponse,
@@ -95,7 +94,7 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
     const upstream = upstreams[i]!;
     let res: UpstreamResponse;
     try {
-      res = await exchange(ctx.pools.get(upstream), {
+      res = await ctx.pools.get(upstream).exchange({
         method: req.method,
         target: upstreamTarget(upstream.prefix, ctx.target),
         headers: ctx.headers,

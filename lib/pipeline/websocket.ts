@@ -104,7 +104,7 @@ export async function relayWebSocket(req: Request, ctx: WebSocketContext): Promi
     const upstream = upstreams[i]!;
     let conn: Connection;
     try {
-      conn = await ctx.pools.get(upstream).connect();
+      conn = await ctx.pools.get(upstream).h1.connect();
     } catch (err) {
       lastError = err;
       if (err instanceof UpstreamError) {

@@ -13,7 +13,8 @@
  */
 
 import type { Upstream } from "../http/mod.ts";
-import { exchange, type Pool, type UpstreamErrorKind } from "./http1.ts";
+import type { UpstreamErrorKind } from "./http1.ts";
+import type { Origin } from "./pools.ts";
 import type { LogWriter } from "../observe/record.ts";
 import { Watchdog } from "../http/mod.ts";
 
@@ -30,7 +31,7 @@ export interface UpstreamHealth {
   /** Round-trip of the last probe or keep-warm request, ms. */
   lastProbeMs: number | undefined;
   lastProbeAt: string | undefined;
-  pool: ReturnType<Pool["stats"]>;
+  pool: ReturnType<Origin["stats"]>;
 }
 
 interface State {
@@ -49,7 +50,7 @@ interface State {
 /** Options for {@link UpstreamSet}. */
 export interface UpstreamSetOptions {
   /** Returns the pool for an upstream. */
-  pool: (upstream: Upstream) => Pool;
+  pool: (upstream: Upstream) => Origin;
   healthPath: string;
   healthIntervalMs: number;
   downBackoffMs: number;
@@ -210,7 +211,7 @@ export class UpstreamSet {
     s.probing = true;
     const t0 = performance.now();
     try {
-      const res = await exchange(this.#opts.pool(upstream), {
+      const res = await this.#opts.pool(upstream).exchange({
         method: "GET",
         target: upstream.prefix + this.#opts.healthPath,
         headers: [["user-agent", "proxy-forwarder-health"], ["accept", "application/json"]],

@@ -56,8 +56,8 @@ export interface ConnectOptions {
 export type Connector = (endpoint: Endpoint, options: ConnectOptions) => Promise<Deno.Conn>;
 
 /**
- * Another protocol's client for the same endpoint (HTTP/2, see `http2.ts`), used once the TLS
- * handshake showed the upstream prefers it.
+ * A client for one upstream origin, whatever protocol it speaks: the HTTP/1.1 {@link Pool} through
+ * {@link exchange}, or HTTP/2 (`http2.ts`). `pools.ts` decides which one an origin gets.
  */
 export interface AltTransport {
   readonly protocol: string;
@@ -132,11 +132,6 @@ export interface PoolOptions {
   maxIdle?: number;
   connector?: Connector;
   caCerts?: string[];
-  /**
-   * Client for a protocol the upstream may prefer over HTTP/1.1 (HTTP/2). When set, the first
-   * connection to an HTTPS upstream offers it by ALPN and the answer decides for the pool's life.
-   */
-  alternate?: (endpoint: Endpoint) => AltTransport;
   /** Background opening of connections ready before requests need them; default off. */
   spares?: SpareOptions;
 }
@@ -277,10 +272,7 @@ export class Connection {
 /** A keep-alive pool of connections to one endpoint. */
 export class Pool {
   readonly endpoint: Endpoint;
-  readonly #opts: Required<Omit<PoolOptions, "caCerts" | "alternate" | "spares">> & {
-    caCerts?: string[];
-    alternate?: (endpoint: Endpoint) => AltTransport;
-  };
+  readonly #opts: Required<Omit<PoolOptions, "caCerts" | "spares">> & { caCerts?: string[] };
   readonly #idle: Connection[] = [];
   #active = 0;
   #created = 0;
@@ -308,63 +300,27 @@ export class Pool {
       maxIdle: options.maxIdle ?? 256,
       connector: options.connector ?? defaultConnector,
       ...(options.caCerts ? { caCerts: options.caCerts } : {}),
-      ...(options.alternate ? { alternate: options.alternate } : {}),
     };
     this.#spares = options.spares ?? { count: 0 };
     this.#sweeper = new IdleSweeper(options.idleTimeoutMs, (now) => this.#sweep(now));
-    // Plain HTTP, or no alternative offered: nothing to negotiate.
-    this.negotiated = endpoint.protocol === "http:" || options.alternate === undefined;
-  }
-
-  /** Whether the protocol spoken to this upstream is settled (see {@link transport}). */
-  negotiated: boolean;
-  #alt: AltTransport | null = null;
-  #negotiating: Promise<AltTransport | null> | null = null;
-
-  /** The upstream's preferred other protocol's client, or null while HTTP/1.1 is used. */
-  get alt(): AltTransport | null {
-    return this.#alt;
-  }
-
-  /** "http/1.1", "h2", or "unknown" before the first TLS handshake. */
-  get protocol(): string {
-    return this.#alt?.protocol ?? (this.negotiated ? "http/1.1" : "unknown");
   }
 
   /**
-   * Settles the protocol with one TLS handshake offering the alternative first. When the upstream
-   * picks HTTP/1.1 that connection goes to the idle pool, so it is not wasted. A failed connect
-   * leaves the question open for the next request.
+   * Whether this pool carries the origin's requests. False while `pools.ts` has not settled the
+   * protocol, or once the upstream chose HTTP/2: no spare connections are kept then.
    */
-  transport(): Promise<AltTransport | null> {
-    if (this.negotiated) return Promise.resolve(this.#alt);
-    this.#negotiating ??= this.#negotiate().finally(() => (this.#negotiating = null));
-    return this.#negotiating;
-  }
+  carrying = true;
 
-  async #negotiate(): Promise<AltTransport | null> {
-    const alternate = this.#opts.alternate!;
-    const c = await this.connect(["h2", "http/1.1"]);
-    if (this.negotiated) {
-      c.close();
-      return this.#alt;
-    }
-    if (c.alpn === "h2") {
-      c.close();
-      this.#alt = alternate(this.endpoint);
-    } else {
-      this.#active++;
-      this.release(c, true);
-    }
-    this.negotiated = true;
-    return this.#alt;
+  /** Takes in, as idle, a connection opened outside {@link acquire} (the ALPN probe). */
+  adopt(c: Connection): void {
+    this.#active++;
+    this.release(c, true);
   }
 
   /** Counters for diagnostics. */
   stats(): TransportStats & { protocol: string } {
-    if (this.#alt !== null) return { ...this.#alt.stats(), protocol: this.#alt.protocol };
     return {
-      protocol: this.protocol,
+      protocol: "http/1.1",
       idle: this.#idle.length,
       active: this.#active,
       created: this.#created,
@@ -492,14 +448,12 @@ export class Pool {
   closeIdle(): void {
     this.#draining = true;
     for (const c of this.#idle.splice(0)) c.close();
-    this.#alt?.closeIdle();
   }
 
   /** Closes everything; later acquires fail. */
   close(): void {
     this.#closed = true;
     this.closeIdle();
-    this.#alt?.close();
     this.#sweeper.stop();
   }
 
@@ -507,7 +461,7 @@ export class Pool {
   #spareTarget(): number {
     const sp = this.#spares;
     if (
-      sp.count <= 0 || this.#closed || this.#draining || !this.negotiated || this.#alt !== null ||
+      sp.count <= 0 || this.#closed || this.#draining || !this.carrying ||
       this.#spareFailures >= (sp.failureLimit ?? SPARE_FAILURE_LIMIT)
     ) {
       return 0;
@@ -776,11 +730,6 @@ export async function exchange(
   options: ExchangeOptions,
 ): Promise<UpstreamResponse> {
   // A connect failure here leaves the body untouched: the caller may try another upstream.
-  const alt = pool.negotiated ? pool.alt : await pool.transport();
-  if (alt !== null) {
-    pool.lastActivity = Date.now();
-    return alt.exchange(req, options);
-  }
   return await resendIfStale(req, options, async (fresh) => {
     const conn = await pool.acquire(fresh, options.probe === true);
     return new Exchange(pool, conn, req, options);

@@ -6,9 +6,97 @@
  * caller says is down.
  */
 
-import type { Upstream } from "../http/mod.ts";
-import { type Connector, Pool } from "./http1.ts";
+import type { Endpoint, Upstream } from "../http/mod.ts";
+import {
+  type AltTransport,
+  type Connector,
+  exchange,
+  type ExchangeOptions,
+  type ExchangeRequest,
+  Pool,
+  type TransportStats,
+  type UpstreamResponse,
+} from "./http1.ts";
 import { H2Pool } from "./http2.ts";
+
+/**
+ * One upstream origin: its HTTP/1.1 pool, and the HTTP/2 client once the upstream chose it. The
+ * choice is made here, once, by the first TLS handshake: it offers `h2` and `http/1.1` by ALPN;
+ * when A picks HTTP/1.1 that connection joins the pool, so no handshake is wasted. A failed
+ * connect leaves the question open for the next request.
+ */
+export class Origin {
+  readonly h1: Pool;
+  readonly #alternate: ((endpoint: Endpoint) => AltTransport) | null;
+  #alt: AltTransport | null = null;
+  #negotiating: Promise<AltTransport | null> | null = null;
+  /** Whether the protocol is settled (plain HTTP, or no alternative, settles it at once). */
+  negotiated: boolean;
+
+  constructor(h1: Pool, alternate: ((endpoint: Endpoint) => AltTransport) | null) {
+    this.h1 = h1;
+    this.#alternate = alternate;
+    this.negotiated = h1.endpoint.protocol === "http:" || alternate === null;
+    h1.carrying = this.negotiated;
+  }
+
+  /** "http/1.1", "h2", or "unknown" before the first TLS handshake. */
+  get protocol(): string {
+    return this.#alt?.protocol ?? (this.negotiated ? "http/1.1" : "unknown");
+  }
+
+  /** When a request last went to this origin (ms since the epoch): keep-warm reads it. */
+  get lastActivity(): number {
+    return this.h1.lastActivity;
+  }
+
+  /** Sends one request over whichever protocol the origin speaks; resolves with A's head. */
+  async exchange(req: ExchangeRequest, options: ExchangeOptions): Promise<UpstreamResponse> {
+    // A connect failure here leaves the body untouched: the caller may try another upstream.
+    const alt = this.negotiated ? this.#alt : await this.#transport();
+    if (alt === null) return await exchange(this.h1, req, options);
+    this.h1.lastActivity = Date.now();
+    return await alt.exchange(req, options);
+  }
+
+  #transport(): Promise<AltTransport | null> {
+    this.#negotiating ??= this.#negotiate().finally(() => (this.#negotiating = null));
+    return this.#negotiating;
+  }
+
+  async #negotiate(): Promise<AltTransport | null> {
+    const c = await this.h1.connect(["h2", "http/1.1"]);
+    if (this.negotiated) {
+      c.close();
+      return this.#alt;
+    }
+    if (c.alpn === "h2") {
+      c.close();
+      this.#alt = this.#alternate!(this.h1.endpoint);
+    } else {
+      this.h1.adopt(c);
+    }
+    this.negotiated = true;
+    this.h1.carrying = this.#alt === null;
+    return this.#alt;
+  }
+
+  /** Counters for diagnostics, from the transport in use. */
+  stats(): TransportStats & { protocol: string } {
+    if (this.#alt !== null) return { ...this.#alt.stats(), protocol: this.#alt.protocol };
+    return { ...this.h1.stats(), protocol: this.protocol };
+  }
+
+  closeIdle(): void {
+    this.h1.closeIdle();
+    this.#alt?.closeIdle();
+  }
+
+  close(): void {
+    this.h1.close();
+    this.#alt?.close();
+  }
+}
 
 /** Options for {@link PoolSet}. */
 export interface PoolSetOptions {
@@ -28,17 +116,17 @@ export interface PoolSetOptions {
 
 /** The pools for every upstream, created on first use. */
 export class PoolSet {
-  readonly #pools = new Map<string, Pool>();
+  readonly #pools = new Map<string, Origin>();
   readonly #opts: PoolSetOptions;
 
   constructor(opts: PoolSetOptions) {
     this.#opts = opts;
   }
 
-  get(up: Upstream): Pool {
+  get(up: Upstream): Origin {
     const key = `${up.protocol}//${up.hostHeader}`;
-    let pool = this.#pools.get(key);
-    if (pool === undefined) {
+    let origin = this.#pools.get(key);
+    if (origin === undefined) {
       const o = this.#opts;
       // The pool is per origin; the upstream that created it speaks for its health.
       const spares = (o.spares ?? 0) > 0
@@ -48,30 +136,31 @@ export class PoolSet {
           ...(o.warm ? { warm: () => o.warm!(up) } : {}),
         }
         : undefined;
-      pool = new Pool(up, {
-        connectTimeoutMs: this.#opts.connectTimeoutMs,
-        idleTimeoutMs: this.#opts.idleTimeoutMs,
-        ...(this.#opts.connector ? { connector: this.#opts.connector } : {}),
-        ...(this.#opts.caCerts ? { caCerts: this.#opts.caCerts } : {}),
+      const h1 = new Pool(up, {
+        connectTimeoutMs: o.connectTimeoutMs,
+        idleTimeoutMs: o.idleTimeoutMs,
+        ...(o.connector ? { connector: o.connector } : {}),
+        ...(o.caCerts ? { caCerts: o.caCerts } : {}),
         ...(spares ? { spares } : {}),
-        ...(this.#opts.http2 === false ? {} : {
-          alternate: (endpoint) =>
-            new H2Pool(endpoint, {
-              connectTimeoutMs: this.#opts.connectTimeoutMs,
-              idleTimeoutMs: this.#opts.idleTimeoutMs,
-              caCerts: this.#opts.caCerts,
-              spares,
-            }),
-        }),
       });
-      this.#pools.set(key, pool);
+      origin = new Origin(
+        h1,
+        o.http2 === false ? null : (endpoint) =>
+          new H2Pool(endpoint, {
+            connectTimeoutMs: o.connectTimeoutMs,
+            idleTimeoutMs: o.idleTimeoutMs,
+            caCerts: o.caCerts,
+            spares,
+          }),
+      );
+      this.#pools.set(key, origin);
     }
-    return pool;
+    return origin;
   }
 
   /** Per-upstream pool counters for diagnostics. */
-  stats(): Record<string, ReturnType<Pool["stats"]>> {
-    const out: Record<string, ReturnType<Pool["stats"]>> = {};
+  stats(): Record<string, ReturnType<Origin["stats"]>> {
+    const out: Record<string, ReturnType<Origin["stats"]>> = {};
     for (const [key, pool] of this.#pools) out[key] = pool.stats();
     return out;
   }
