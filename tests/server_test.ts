@@ -10,12 +10,11 @@ import {
   type Http1Server,
   type Http1ServerOptions,
   internalsFound,
-  parseRequestHead,
-  requestUrl,
   serveHttp1,
   type ServeInfo,
   upgradeResponse,
 } from "../lib/server/server.ts";
+import { parseRequestHead, requestUrl } from "../lib/server/request_head.ts";
 import { RelayError } from "../lib/errors.ts";
 import { concat, deadline, dec, delay, enc, sha256, spawnCaptured, waitFor } from "./helpers.ts";
 
