@@ -11,6 +11,7 @@
  * relay's framing policy requires for the vector (refused with which code, which body A gets...).
  */
 
+import { stopChild } from "./helpers.ts";
 import {
   type Identity,
   type Outcome,
@@ -778,16 +779,7 @@ export async function spawnRelay(
       .catch(() => {});
   const done = Promise.all([drain(child.stdout), drain(child.stderr)]);
   const stop = async () => {
-    try {
-      child.kill("SIGTERM");
-    } catch { /* exited */ }
-    const timer = setTimeout(() => {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* exited */ }
-    }, 3000);
-    await child.status;
-    clearTimeout(timer);
+    await stopChild(child, 3000);
     await done;
   };
   const end = Date.now() + 20_000;

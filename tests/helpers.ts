@@ -239,6 +239,22 @@ function dechunk(bytes: Uint8Array): Uint8Array {
   return concat(out);
 }
 
+/**
+ * Stops a child process by its PID: SIGTERM, then SIGKILL if it has not exited after `graceMs`.
+ * Resolves once it has exited.
+ */
+export async function stopChild(child: Deno.ChildProcess, graceMs: number): Promise<void> {
+  const kill = (signal: Deno.Signal) => {
+    try {
+      child.kill(signal);
+    } catch { /* exited */ }
+  };
+  kill("SIGTERM");
+  const timer = setTimeout(() => kill("SIGKILL"), graceMs);
+  await child.status;
+  clearTimeout(timer);
+}
+
 export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }

@@ -3,6 +3,8 @@
  * JSON log lines (access log included) collected from stdout. Stopped by its PID.
  */
 
+import { stopChild } from "../helpers.ts";
+
 const ROOT = new URL("../../", import.meta.url);
 
 export interface RelayProcess {
@@ -77,16 +79,7 @@ export async function startRelayProcess(env: Record<string, string>): Promise<Re
     new WritableStream({ write: (t) => void (stderr += t) }),
   ).catch(() => {});
   const stop = async () => {
-    try {
-      child.kill("SIGTERM");
-    } catch { /* exited */ }
-    const timer = setTimeout(() => {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* exited */ }
-    }, 5000);
-    await child.status;
-    clearTimeout(timer);
+    await stopChild(child, 5000);
     await outDone;
     await errDone;
   };
