@@ -21,7 +21,7 @@ import { type Connector, UpstreamError } from "./upstream/mod.ts";
 import { Logger } from "./observe/mod.ts";
 import { forward, relayErrorFor } from "./pipeline/mod.ts";
 import { PoolSet } from "./upstream/mod.ts";
-import { splitRequestUrl } from "./pipeline/mod.ts";
+import { type RawTarget, splitRequestUrl } from "./pipeline/mod.ts";
 import { type Counters, Telemetry } from "./observe/mod.ts";
 import { dashboardAsset } from "./observe/mod.ts";
 import { PROM_CONTENT_TYPE } from "./observe/mod.ts";
@@ -128,8 +128,9 @@ export function requestIdFor(req: Request, newId: () => string): string {
 }
 
 /** Per-request state while it is handled. */
-/** No headers yet: the headers step builds the list A gets. */
+/** No headers or target yet: the steps build the ones A gets. */
 const NO_HEADERS: HeaderList = [];
+const NO_TARGET: RawTarget = { path: "", query: "" };
 
 /** One request as the relay handles it: what the steps decided, then what came back. */
 interface Ctx extends Admission {
@@ -332,7 +333,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   async function relay(req: Request, ctx: Ctx, cfg: Config): Promise<Response> {
     // Shed before opening anything upstream: this request is already counted in `inFlight`.
     if (inFlight > cap.max) throw overloaded();
-    await admit(ctx, stepDeps);
+    const admitting = admit(ctx, stepDeps);
+    if (admitting !== undefined) await admitting;
     const { upstreams, target, headers, announced, body: limited } = ctx;
     telemetry.forwarded();
     if (isWebSocketUpgrade(req)) {
@@ -486,7 +488,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       route: undefined,
       upstreams: cfg.upstreams,
       headers: NO_HEADERS,
-      target: { path, query },
+      target: NO_TARGET,
       announced: null,
       body: null,
       upstream: undefined,

@@ -119,7 +119,11 @@ export function responseHeaders(incoming: HeaderList, status: number): Headers {
  * which also strips `\xa0` and other Unicode spaces, so `chunked\xa0` would pass for `chunked`.
  */
 export function trimOws(s: string): string {
-  let start = 0;
+  return trimOwsFrom(s, 0);
+}
+
+/** {@link trimOws} of `s` from index `start` on, without slicing twice. */
+export function trimOwsFrom(s: string, start: number): string {
   let end = s.length;
   let c: number;
   while (start < end && ((c = s.charCodeAt(start)) === 32 || c === 9)) start++;

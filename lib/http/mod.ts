@@ -17,6 +17,7 @@ export {
   requestHeaders,
   responseHeaders,
   trimOws,
+  trimOwsFrom,
 } from "./headers.ts";
 export { STATUS_CLASSES, statusClassIndex } from "./status.ts";
 export { TOKEN } from "./syntax.ts";

@@ -37,6 +37,8 @@ export function bodyTimeout(idleTimeoutMs: number): RelayError {
   return relayError("body_timeout", { idleTimeoutMs });
 }
 
+const DIGITS = /^\d{1,15}$/;
+
 /**
  * The length a `Content-Length` value announces (null: no header). Servers join repeated lines
  * into one list (`5, 5`): equal members are one length (RFC 9110 §8.6); anything else is a 400,
@@ -44,10 +46,12 @@ export function bodyTimeout(idleTimeoutMs: number): RelayError {
  */
 export function announcedLength(value: string | null): number | null {
   if (value === null) return null;
+  // Nearly always one plain number: no list to split.
+  if (DIGITS.test(value)) return Number(value);
   let length: number | null = null;
   for (const part of value.split(",")) {
     const digits = trimOws(part);
-    const n = /^\d{1,15}$/.test(digits) ? Number(digits) : NaN;
+    const n = DIGITS.test(digits) ? Number(digits) : NaN;
     if (Number.isNaN(n) || (length !== null && n !== length)) {
       throw relayError("bad_request", { reason: "announced_length" });
     }

@@ -8,5 +8,5 @@ export { checkAdmin } from "./admin.ts";
 export { Guards } from "./guards.ts";
 export { forward, relayErrorFor } from "./proxy.ts";
 export { type Admission, admit, type StepDeps } from "./steps.ts";
-export { splitRequestUrl } from "./target.ts";
+export { type RawTarget, splitRequestUrl } from "./target.ts";
 export { isWebSocketUpgrade, relayWebSocket } from "./websocket.ts";

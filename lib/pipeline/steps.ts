@@ -159,11 +159,21 @@ export const STEPS: readonly Step[] = [access, route, headers, credentials, trac
 
 /**
  * Runs {@link STEPS} on `a`; throws the first refusal. Only a step that has something to wait for
- * returns a promise, so a request that waits for nothing costs no extra turns.
+ * returns a promise, and so does this only then: a request that waits for nothing is admitted
+ * without an extra turn of the event loop. Returns undefined when it was admitted at once.
  */
-export async function admit(a: Admission, deps: StepDeps): Promise<void> {
-  for (const step of STEPS) {
-    const pending = step(a, deps);
+export function admit(a: Admission, deps: StepDeps): Promise<void> | undefined {
+  for (let i = 0; i < STEPS.length; i++) {
+    const pending = STEPS[i]!(a, deps);
+    if (pending !== undefined) return pending.then(() => finish(a, deps, i + 1));
+  }
+  return undefined;
+}
+
+/** The steps after `from`, once a step has waited. */
+async function finish(a: Admission, deps: StepDeps, from: number): Promise<void> {
+  for (let i = from; i < STEPS.length; i++) {
+    const pending = STEPS[i]!(a, deps);
     if (pending !== undefined) await pending;
   }
 }

@@ -19,7 +19,7 @@ import { ChunkedDecoder, FramingError } from "../http/mod.ts";
 import type { Endpoint } from "../http/mod.ts";
 
 export type { Endpoint };
-import { type HeaderList, isEventStream, trimOws } from "../http/mod.ts";
+import { type HeaderList, isEventStream, trimOws, trimOwsFrom } from "../http/mod.ts";
 import { TOKEN } from "../http/mod.ts";
 import { IdleSweeper } from "./sweeper.ts";
 import type { Watchdog, Watched } from "../http/mod.ts";
@@ -1200,7 +1200,7 @@ export function parseHead(bytes: Uint8Array): Head {
     if (colon <= 0) throw new UpstreamError("protocol", "bad header line");
     const name = line.slice(0, colon).toLowerCase();
     if (!TOKEN.test(name)) throw new UpstreamError("protocol", "bad header name");
-    const value = trimOws(line.slice(colon + 1));
+    const value = trimOwsFrom(line, colon + 1);
     if (/[\r\n\0]/.test(value)) throw new UpstreamError("protocol", "bad header value");
     if (name === "content-length") {
       if (!/^\d{1,15}$/.test(value)) throw new UpstreamError("protocol", "bad content-length");
