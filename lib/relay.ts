@@ -16,8 +16,8 @@ import { Guards } from "./pipeline/mod.ts";
 import { clientIpFrom } from "./config/mod.ts";
 import type { Config, Route, Upstream } from "./config/mod.ts";
 import { errorResponse, relayError, toRelayError } from "./errors.ts";
-import { isEventStream, redactHeaders, redactQuery } from "./http/mod.ts";
-import { type Connector, UpstreamError } from "./upstream/mod.ts";
+import { appendLine, isEventStream, redactHeaders, redactQuery, sentUrl } from "./http/mod.ts";
+import { type BodyTap, type Connector, UpstreamError } from "./upstream/mod.ts";
 import { Logger } from "./observe/mod.ts";
 import { forward, relayErrorFor } from "./pipeline/mod.ts";
 import { PoolSet } from "./upstream/mod.ts";
@@ -146,6 +146,10 @@ interface Ctx extends Admission {
   usage: UsageTap | null;
   attempts: number;
   failovers: number;
+  /** A's status, once its head arrived. */
+  status: number;
+  /** A streamed body was handed on: it counts as open until the tap's end. */
+  streaming: boolean;
   requestHeaders?: Record<string, string>;
   responseHeaders?: Record<string, string>;
   upstreamRequestId?: string;
@@ -387,6 +391,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       health,
       body: limited,
       watchBody: server?.kind === "relay" ? undefined : watchBody,
+      tap: bodyTap(ctx),
+      requestId: ctx.id,
     }).catch((err) => {
       // A body cut by a limit aborts the exchange; answer with why, not as a client abort. Out of
       // descriptors, the upstream connect fails: that is the relay's overload (503), not A (502).
@@ -394,43 +400,54 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     });
     ctx.headAt = now();
     ctx.failovers = result.failovers;
-    ctx.upstream = result.upstream ?? undefined;
-    const up = result.upstreamResponse!;
-    ctx.attempts = up.attempts;
+    ctx.upstream = result.upstream;
+    ctx.attempts = result.attempts;
+    ctx.status = result.status;
     if (log.enabled("debug")) {
-      log.debug("response", { id: ctx.id, status: up.status, headers: redactHeaders(up.headers) });
+      log.debug("response", {
+        id: ctx.id,
+        status: result.status,
+        headers: redactHeaders(result.upstreamHeaders),
+      });
     }
-    if (cfg.debugLog) ctx.responseHeaders = redactHeaders(up.headers);
+    if (cfg.debugLog) ctx.responseHeaders = redactHeaders(result.upstreamHeaders);
+    const aId = result.upstreamRequestId;
+    if (aId !== null && SAFE_ID.test(aId)) ctx.upstreamRequestId = aId;
     const response = result.response;
-    const aId = response.headers.get("x-request-id");
-    if (aId === null) response.headers.set("x-request-id", ctx.id);
-    else if (SAFE_ID.test(aId)) ctx.upstreamRequestId = aId;
     const contentType = response.headers.get("content-type");
     const contentEncoding = response.headers.get("content-encoding");
     // Every event stream is a stream, also one that arrived whole in the first read.
-    ctx.stream = isEventStream(up.headers);
-    if (up.body === null) {
-      if (up.complete !== null) {
-        ctx.responseBytes = up.complete.byteLength;
+    ctx.stream = isEventStream(result.upstreamHeaders);
+    if (!result.streaming) {
+      if (result.whole !== null) {
+        ctx.responseBytes = result.whole.byteLength;
         const tap = new UsageTap(contentType, contentEncoding);
-        tap.push(up.complete);
+        tap.push(result.whole);
         ctx.usage = tap;
       }
-      finish(ctx, up.status, undefined);
+      finish(ctx, result.status, undefined);
       return response;
     }
     ctx.usage = new UsageTap(contentType, contentEncoding);
+    ctx.streaming = true;
     openStreams++;
     inFlight++;
-    const usage = ctx.usage;
-    up.observer = {
+    return response;
+  }
+
+  /** Watches a streamed body from A: bytes and usage as chunks pass, the record at its end. */
+  function bodyTap(ctx: Ctx): BodyTap {
+    return {
       chunk(bytes) {
         ctx.responseBytes += bytes.byteLength;
-        usage?.push(bytes);
+        ctx.usage?.push(bytes);
       },
       end(error) {
-        openStreams--;
-        inFlight--;
+        // Counted open only once the response was handed on (see relay above).
+        if (ctx.streaming) {
+          openStreams--;
+          inFlight--;
+        }
         if (error !== null && error.kind !== "aborted") {
           log.warn("upstream body broke", { id: ctx.id, kind: error.kind, detail: error.message });
         }
@@ -441,16 +458,15 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
           : error.kind === "timeout"
           ? "upstream_timeout"
           : "upstream_stream_broken";
-        finish(ctx, error?.kind === "aborted" ? 499 : up.status, code);
+        finish(ctx, error?.kind === "aborted" ? 499 : ctx.status, code);
       },
     };
-    return response;
   }
 
   async function handle(req: Request, info: ClientInfo): Promise<Response> {
     const cfg = config;
     telemetry.arrived();
-    const { path, query } = splitRequestUrl(req.url);
+    const { path, query } = splitRequestUrl(sentUrl(req));
     if (path === "/" && (req.method === "GET" || req.method === "HEAD")) {
       return json({ ok: true, proxy: "Server B → Server A", version: VERSION });
     }
@@ -468,7 +484,11 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       const res = errorResponse(denied);
       // Lets a browser ask for the token (any user name, ADMIN_TOKEN as the password).
       if (denied.status === 401 && path.startsWith("/dashboard")) {
-        res.headers.append("www-authenticate", 'Basic realm="proxy-forwarder", charset="UTF-8"');
+        return appendLine(
+          res,
+          "www-authenticate",
+          'Basic realm="proxy-forwarder", charset="UTF-8"',
+        );
       }
       return res;
     }
@@ -501,6 +521,8 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       usage: null,
       attempts: 0,
       failovers: 0,
+      status: 0,
+      streaming: false,
     };
     if (info.upgrade !== undefined) ctx.upgrade = info.upgrade;
     if (cfg.debugLog) ctx.requestHeaders = redactHeaders(req.headers);

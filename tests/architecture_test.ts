@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { libFiles, listedFiles } from "../scripts/file_map.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const ENTRIES = [
@@ -186,4 +187,19 @@ Deno.test("every module under lib/ is reached from an entry point and sits in a 
   await walk(new URL("lib/", ROOT), "");
   for (const f of files) assert.ok(ALLOWED[layerOf(f)] !== undefined, `${f}: no layer`);
   assert.deepEqual(files.filter((f) => !graph.has(f)).sort(), []);
+});
+
+Deno.test("the file map of docs/ARCHITECTURE (en, zh-CN) lists exactly the files under lib/", () => {
+  const files = libFiles();
+  for (const doc of ["docs/ARCHITECTURE.md", "docs/ARCHITECTURE.zh-CN.md"]) {
+    const listed = listedFiles(Deno.readTextFileSync(new URL(doc, ROOT)));
+    assert.deepEqual(
+      {
+        missing: files.filter((f) => !listed.includes(f)),
+        stale: listed.filter((f) => !files.includes(f)),
+      },
+      { missing: [], stale: [] },
+      `${doc}: run deno run --allow-read --allow-write scripts/file_map.ts`,
+    );
+  }
 });

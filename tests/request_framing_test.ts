@@ -260,3 +260,20 @@ deadline.test("an HTTP/1.1 request without Host gets a 400 from the own server",
     up.close();
   }
 });
+
+deadline.test("A's repeated header lines reach the client apart and in A's order, x-request-id added last", async () => {
+  const { first } = await throughRelay(
+    'HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm="a"\r\nlink: </x>\r\n' +
+      'www-authenticate: Basic realm="a"\r\nlink: </y>\r\ncontent-length: 2\r\n\r\nno',
+  );
+  assert.equal(first.status, 401);
+  const lines = first.head.match(/^(www-authenticate|link|x-request-id): .*$/gmi)!;
+  assert.deepEqual(lines.slice(0, 4), [
+    'www-authenticate: Bearer realm="a"',
+    "link: </x>",
+    'www-authenticate: Basic realm="a"',
+    "link: </y>",
+  ]);
+  assert.match(lines[4] ?? "", /^x-request-id: \S+$/);
+  assert.equal(lines.length, 5);
+});

@@ -96,6 +96,11 @@ export function requestHeaders(incoming: Headers, options: RequestHeaderOptions)
  * no body.
  */
 export function responseHeaders(incoming: HeaderList, status: number): Headers {
+  return new Headers(responseFields(incoming, status));
+}
+
+/** {@link responseHeaders} as a header list: the field lines in A's order, repeated ones apart. */
+export function responseFields(incoming: HeaderList, status: number): HeaderList {
   // Every Connection line counts: an upstream may send several.
   let named: Set<string> | null = null;
   let dropLength = status < 200 || status === 204 || status === 304;
@@ -105,11 +110,12 @@ export function responseHeaders(incoming: HeaderList, status: number): Headers {
     const tokens = connectionTokens(value);
     if (tokens !== null) named = named === null ? tokens : new Set([...named, ...tokens]);
   }
-  const out = new Headers();
-  for (const [name, value] of incoming) {
+  const out: HeaderList = [];
+  for (const field of incoming) {
+    const name = field[0];
     if (HOP_BY_HOP.has(name) || named?.has(name)) continue;
     if (dropLength && name === "content-length") continue;
-    out.append(name, value);
+    out.push(field);
   }
   return out;
 }

@@ -6,6 +6,7 @@
 
 export { concat, decodeLatin1, encodeLatin1 } from "./bytes.ts";
 export { ChunkedDecoder, FramingError } from "./chunked.ts";
+export { attachCancel, cancelHookAvailable, internalsFound, staticBody } from "./deno_internals.ts";
 export { type ClientInfo, type Upgrader } from "./client_info.ts";
 export { type Endpoint, type Upstream } from "./endpoint.ts";
 export {
@@ -15,10 +16,12 @@ export {
   redactHeaders,
   redactQuery,
   requestHeaders,
+  responseFields,
   responseHeaders,
   trimOws,
   trimOwsFrom,
 } from "./headers.ts";
+export { appendLine, eachFieldLine, keepSentUrl, sentUrl, withFieldLines } from "./handoff.ts";
 export { STATUS_CLASSES, statusClassIndex } from "./status.ts";
 export { TOKEN } from "./syntax.ts";
 export { Watchdog, type Watched } from "./watchdog.ts";

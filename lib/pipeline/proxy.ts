@@ -13,10 +13,11 @@
 import type { Upstream } from "../config/mod.ts";
 import { RelayError, relayError } from "../errors.ts";
 import type { HeaderList } from "../http/mod.ts";
-import { responseHeaders } from "../http/mod.ts";
+import { responseFields, withFieldLines } from "../http/mod.ts";
 import {
   type BodyReader,
   BodySource,
+  type BodyTap,
   type PoolSet,
   UpstreamError,
   type UpstreamResponse,
@@ -27,11 +28,26 @@ import type { Watchdog } from "../http/mod.ts";
 
 /** What the proxy reports about one forwarded request. */
 export interface ForwardResult {
+  /** The response for the client, its body still streaming (its headers are final: see handoff.ts). */
   response: Response;
-  upstream: Upstream | null;
+  upstream: Upstream;
   /** Upstreams tried before the one that answered (connect failures). */
   failovers: number;
-  upstreamResponse: UpstreamResponse | null;
+  /** A's status. */
+  status: number;
+  /** A's header lines as received (hop-by-hop ones included), for debug output. */
+  upstreamHeaders: HeaderList;
+  /** A's `x-request-id`, when it sent one (all its lines joined, as `Headers.get` does). */
+  upstreamRequestId: string | null;
+  /** 1, or 2 when a stale pooled connection forced a resend. */
+  attempts: number;
+  /**
+   * The whole body when it arrived with the head (the tap then sees nothing of it), else null: the
+   * body streams and the tap sees each chunk and the end.
+   */
+  whole: Uint8Array | null;
+  /** Whether there is a body stream (the tap's `end` will be called). */
+  streaming: boolean;
 }
 
 /** Everything `forward` needs besides the request. */
@@ -54,6 +70,10 @@ export interface ForwardContext {
    * server cannot watch its own writes, `send_watch.ts`). Must pass bytes through unchanged.
    */
   watchBody?: ((body: ReadableStream<Uint8Array>) => ReadableStream<Uint8Array>) | undefined;
+  /** Watches a streamed response body pass (bytes, usage, its end). */
+  tap?: BodyTap | undefined;
+  /** Sent to the client as `x-request-id` when A sends none. */
+  requestId: string;
 }
 
 /** Maps an upstream failure to the relay's client-facing error. */
@@ -99,7 +119,7 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
         target: upstreamTarget(upstream.prefix, ctx.target),
         headers: ctx.headers,
         body,
-      }, { watchdog: ctx.watchdog, signal: req.signal });
+      }, { watchdog: ctx.watchdog, signal: req.signal, tap: ctx.tap });
     } catch (err) {
       lastError = err;
       // Only a failure to connect is known not to have reached A: anything else is final.
@@ -117,18 +137,41 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
     const stream = res.body !== null && ctx.watchBody !== undefined
       ? ctx.watchBody(res.body)
       : res.body;
+    const fields = responseFields(res.headers, res.status);
+    const aId = joinedValue(fields, "x-request-id");
+    if (aId === null) fields.push(["x-request-id", ctx.requestId]);
     try {
-      response = new Response(res.complete ?? stream, {
-        status: res.status,
-        statusText: res.statusText,
-        headers: responseHeaders(res.headers, res.status),
-      });
+      response = withFieldLines(
+        new Response(res.complete ?? stream, {
+          status: res.status,
+          statusText: res.statusText,
+          headers: fields,
+        }),
+        fields,
+      );
     } catch (err) {
       await stream?.cancel();
       throw relayError("upstream_protocol_error", { reason: "unusable_response", cause: err });
     }
-    return { response, upstream, failovers: i, upstreamResponse: res };
+    return {
+      response,
+      upstream,
+      failovers: i,
+      status: res.status,
+      upstreamHeaders: res.headers,
+      upstreamRequestId: aId,
+      attempts: res.attempts,
+      whole: res.complete,
+      streaming: res.body !== null,
+    };
   }
   body?.cancel();
   throw relayErrorFor(lastError);
+}
+
+/** Every value of `name` in `list` joined with ", " (as `Headers.get` does), or null. */
+function joinedValue(list: HeaderList, name: string): string | null {
+  let out: string | null = null;
+  for (const [n, v] of list) if (n === name) out = out === null ? v : `${out}, ${v}`;
+  return out;
 }

@@ -671,7 +671,12 @@ export class BodySource {
 }
 
 /** Sees every response body chunk as it passes; must be cheap and must not throw. */
-export interface BodyObserver {
+/**
+ * Watches a streamed response body pass, synchronously, without a stream in between: given by the
+ * caller with the exchange (never called for a body that arrived whole with the head).
+ */
+export interface BodyTap {
+  /** Each body byte, in order, as it is handed to the reader. */
   chunk(bytes: Uint8Array): void;
   /** Called once: null for a clean end, else why the body broke or was cancelled. */
   end(error: UpstreamError | null): void;
@@ -696,6 +701,8 @@ export interface ExchangeOptions {
    * and is not counted as a client request that found no connection ready.
    */
   probe?: boolean | undefined;
+  /** Watches the response body, when it streams. */
+  tap?: BodyTap | undefined;
 }
 
 /** The upstream's response; the body streams straight from the socket. */
@@ -713,8 +720,6 @@ export interface UpstreamResponse {
   attempts: number;
   /** Whether the answering connection had served a request before. */
   reused: boolean;
-  /** Set before reading the body to watch it pass. */
-  observer: BodyObserver | null;
 }
 
 const MAX_HEAD = 64 * 1024;
@@ -929,7 +934,6 @@ class Exchange implements Watched, Attempt {
       complete: null,
       attempts: 1,
       reused: this.reused,
-      observer: null,
     };
     const framing = bodyFraming(this.#req.method, head);
     if (framing.kind === "none") {
@@ -967,7 +971,8 @@ class Exchange implements Watched, Attempt {
         conn.unread(left);
       }
     }
-    const end = endOnce(res);
+    const tap = this.#opts.tap;
+    const end = endOnce(tap);
     const fail = (ctrl: ReadableStreamDefaultController<Uint8Array>, err: unknown): void => {
       const e = this.#classify(err);
       this.#finish(false);
@@ -980,7 +985,7 @@ class Exchange implements Watched, Attempt {
       ctrl.close();
     };
     const emit = (ctrl: ReadableStreamDefaultController<Uint8Array>, bytes: Uint8Array): void => {
-      res.observer?.chunk(bytes);
+      tap?.chunk(bytes);
       ctrl.enqueue(bytes);
     };
     res.body = new ReadableStream<Uint8Array>({
@@ -1079,13 +1084,13 @@ export function requestHead(req: ExchangeRequest, hostHeader: string): Uint8Arra
   }
 }
 
-/** `res.observer.end`, called at most once however many ways the body ends. */
-export function endOnce(res: UpstreamResponse): (e: UpstreamError | null) => void {
+/** `tap.end`, called at most once however many ways the body ends. */
+export function endOnce(tap: BodyTap | undefined): (e: UpstreamError | null) => void {
   let ended = false;
   return (e) => {
     if (ended) return;
     ended = true;
-    res.observer?.end(e);
+    tap?.end(e);
   };
 }
 

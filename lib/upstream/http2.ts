@@ -618,7 +618,6 @@ class StreamExchange implements Watched, Attempt {
           complete: null,
           attempts: 1,
           reused: this.reused,
-          observer: null,
         };
         if (noBody) {
           stream.resume();
@@ -628,7 +627,8 @@ class StreamExchange implements Watched, Attempt {
           return;
         }
         const r = res;
-        const end = endOnce(r);
+        const tap = this.#opts.tap;
+        const end = endOnce(tap);
         r.body = new ReadableStream<Uint8Array>({
           pull: async (ctrl) => {
             while (true) {
@@ -636,7 +636,7 @@ class StreamExchange implements Watched, Attempt {
               if (chunk !== undefined) {
                 queued -= chunk.byteLength;
                 if (queued < QUEUE_HIGH && stream.isPaused()) stream.resume();
-                r.observer?.chunk(chunk);
+                tap?.chunk(chunk);
                 ctrl.enqueue(chunk);
                 return;
               }

@@ -9,6 +9,7 @@ export {
   bodyFraming,
   type BodyReader,
   BodySource,
+  type BodyTap,
   type Connection,
   type Connector,
   exchange,

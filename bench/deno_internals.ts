@@ -1,0 +1,84 @@
+/**
+ * What each Deno internal in `lib/http/deno_internals.ts` saves per request, against its public-API
+ * fallback, and what the public replacements in `lib/http/handoff.ts` cost:
+ *
+ *   deno bench bench/deno_internals.ts
+ *
+ * Each pair does the work the own server does per request, once with the internal and once
+ * without; the difference is the number quoted in the module's comment.
+ */
+
+import { attachCancel, staticBody } from "../lib/http/deno_internals.ts";
+
+const json = JSON.stringify({ id: "chatcmpl-1", choices: [{ message: { content: "hello" } }] });
+const bytes = new TextEncoder().encode(json);
+let sink = 0;
+
+Deno.bench("JSON body: staticBody (internal)", { group: "body" }, () => {
+  const res = new Response(bytes);
+  sink += staticBody(res)!.byteLength;
+});
+
+Deno.bench("JSON body: read the stream (fallback)", { group: "body", baseline: true }, async () => {
+  const res = new Response(bytes);
+  const reader = res.body!.getReader();
+  const first = await reader.read();
+  const end = await reader.read();
+  sink += (first.value?.byteLength ?? 0) + (end.done ? 1 : 0);
+  reader.releaseLock();
+});
+
+Deno.bench("request signal: attachCancel (internal)", { group: "signal" }, () => {
+  const req = new Request("http://b/v1/chat/completions", { method: "POST", body: bytes });
+  let abort: (() => void) | null = null;
+  attachCancel(req, (f) => (abort = f));
+  sink += req.signal.aborted ? 1 : 0;
+  sink += abort === null ? 0 : 1;
+});
+
+Deno.bench("request signal: RequestInit.signal (fallback)", {
+  group: "signal",
+  baseline: true,
+}, () => {
+  const ac = new AbortController();
+  const req = new Request("http://b/v1/chat/completions", {
+    method: "POST",
+    body: bytes,
+    signal: ac.signal,
+  });
+  sink += req.signal.aborted ? 1 : 0;
+});
+
+const list: [string, string][] = [
+  ["content-type", "application/json"],
+  ["date", "Fri, 04 Dec 2026 19:00:00 GMT"],
+  ["x-request-id", "abc123"],
+  ["cache-control", "no-cache"],
+  ["x-ratelimit-remaining", "100"],
+  ["x-ratelimit-limit", "200"],
+  ["server", "cch"],
+  ["vary", "accept-encoding"],
+  ["content-encoding", "gzip"],
+  ["anthropic-ratelimit-requests-remaining", "5"],
+];
+const HEADER_LIST = Object.getOwnPropertySymbols(new Headers()).find((s) =>
+  s.description === "header list"
+)!;
+
+Deno.bench("10 response headers: Headers.forEach (public, used)", { group: "headers" }, () => {
+  const h = new Headers(list);
+  h.forEach((v, n) => (sink += v.length + n.length));
+});
+
+Deno.bench("10 response headers: private header list (dropped)", {
+  group: "headers",
+  baseline: true,
+}, () => {
+  const h = new Headers(list);
+  const entries = (h as unknown as Record<symbol, [string, string][]>)[HEADER_LIST]!;
+  for (const e of entries) sink += e[0].length + e[1].length;
+});
+
+globalThis.addEventListener("unload", () => {
+  if (sink === -1) console.log(sink);
+});

@@ -1,0 +1,698 @@
+/**
+ * @module connection
+ * One client socket of the own HTTP/1.1 server: reads request heads and bodies, runs the handler,
+ * has `response_writer.ts` write each response, in order, and keeps the socket's deadlines.
+ *
+ * States: Head (a request head is arriving; header deadline) → Active (with the handler, or its
+ * response being written; the send deadline watches each write) → Idle (kept alive; idle
+ * deadline) or Drain (reading and dropping a body the handler left unread) → Head ...; Upgraded
+ * (after a 101, owned by the upgrade) and Closed end it.
+ *
+ * Must never: read a request body ahead of its consumer; abort `req.signal` once a response was
+ * written in full; move or replace the read buffer while a read is in flight (its bytes land at
+ * the old end).
+ */
+
+import { badRequest, parseRequestHead, type RequestHead, requestUrl } from "./request_head.ts";
+import { Exchange, RequestBody } from "./exchange.ts";
+import { respond, type ResponseSink } from "./response_writer.ts";
+import { errorBytes } from "./response_head.ts";
+import { takeUpgrade, type Upgrade } from "./upgrade.ts";
+import type { DropReason, Http1Handler } from "./types.ts";
+import { RelayError, relayError, toRelayError } from "../errors.ts";
+import { concat, decodeLatin1, encodeLatin1, keepSentUrl } from "../http/mod.ts";
+import type { Watchdog, Watched } from "../http/mod.ts";
+import { attachCancel, cancelHookAvailable } from "../http/mod.ts";
+
+/** What a connection needs from its server. */
+export interface ConnectionHost {
+  readonly handler: Http1Handler;
+  readonly maxHeadBytes: number;
+  /** Host for `req.url` when the request has no Host header. */
+  readonly fallbackHost: string;
+  readonly headerDog: Watchdog;
+  readonly idleDog: Watchdog;
+  /** Watches response writes in progress; null when there is no send deadline. */
+  readonly sendDog: Watchdog | null;
+  readonly closing: boolean;
+  /** The response for a handler failure; never throws. */
+  errorResponse(err: unknown): Promise<Response>;
+  /** Reports a socket the server closed on its own. */
+  dropped(reason: DropReason): void;
+  /** Sends an error answer and closes after a short linger. */
+  linger(conn: Deno.Conn, bytes: Uint8Array): void;
+  takeBuffer(): Uint8Array;
+  giveBuffer(buf: Uint8Array): void;
+  /** The connection is gone (exactly once). */
+  remove(c: Connection): void;
+}
+
+/**
+ * Request bodies up to this size that arrived in the same reads as their head are handed over as
+ * bytes, with no stream. Not the relay's `READ_WHOLE_MAX` (lib/relay.ts), which decides when the
+ * pipeline waits for a whole body before forwarding it.
+ */
+const INLINE_BODY_MAX = 64 * 1024;
+/** An unread request body up to this size is read and dropped after the response, to keep the connection. */
+const MAX_DRAIN_BYTES = 1024 * 1024;
+/** Per-connection read buffer; heads grow it up to `maxHeadBytes`, bodies use {@link BODY_BUF}. */
+const SMALL_BUF = 4096;
+const BODY_BUF = 64 * 1024;
+
+const encoder = new TextEncoder();
+const asciiDecoder = new TextDecoder();
+const EMPTY = new Uint8Array(0);
+const CONTINUE = encoder.encode("HTTP/1.1 100 Continue\r\n\r\n");
+const FALSE = Promise.resolve(false);
+const noop = (): void => {};
+
+export function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch { /* already closed */ }
+}
+
+export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < bytes.byteLength) off += await conn.write(off === 0 ? bytes : bytes.subarray(off));
+}
+
+const enum State {
+  /** Waiting for (the rest of) a request head. */
+  Head,
+  /** Kept alive between requests, nothing of the next one received. */
+  Idle,
+  /** A request is with the handler or its response is being written. */
+  Active,
+  /** Reading and dropping a request body the handler left unread. */
+  Drain,
+  /** Switched protocols: no longer HTTP, owned by the upgrade's `onSocket`. */
+  Upgraded,
+  Closed,
+}
+
+export class Connection implements Watched, ResponseSink {
+  lastTick = 0;
+  readonly #server: ConnectionHost;
+  readonly #conn: Deno.TcpConn;
+  readonly #remoteAddr: Deno.NetAddr;
+  #state = State.Head;
+  #closed = false;
+  /** Set when the socket is closed by a path that writes first (408). */
+  #ending = false;
+  // The read buffer: bytes [#start, #end) have arrived and are not consumed yet.
+  #buf = new Uint8Array(SMALL_BUF);
+  #start = 0;
+  #end = 0;
+  /** The read in flight; its bytes land at #end. Never replace #buf while it is set. */
+  #pending: Promise<boolean> | null = null;
+  #eof = false;
+  // Head scanning, relative to #start so that compaction does not disturb it.
+  #scanOff = 0;
+  #lineOff = 0;
+  #nonAscii = false;
+  /** Empty lines seen before the current request line. */
+  #blankLead = 0;
+  /** Start of the blank line that ended the head found by #scanHead. */
+  #blankAt = 0;
+  #ex: Exchange | null = null;
+  /** A read is kept pending to notice the client leaving while the handler works. */
+  #watching = false;
+  /** The current request asks to switch protocols: no read may be pending when it does. */
+  #noWatch = false;
+  /** Watched by the server's send watchdog while a write is in flight. */
+  readonly #send: Watched = { lastTick: 0, expire: () => this.#sendTimedOut() };
+
+  constructor(server: ConnectionHost, conn: Deno.TcpConn) {
+    this.#server = server;
+    this.#conn = conn;
+    this.#remoteAddr = conn.remoteAddr;
+    server.headerDog.watch(this);
+  }
+
+  /** The client's address, as counted by the per-address cap. */
+  get ip(): string {
+    return this.#remoteAddr.hostname;
+  }
+
+  /** Serves requests until the connection ends; never rejects. */
+  async run(): Promise<void> {
+    try {
+      while (true) {
+        const head = await this.#readHead();
+        if (head === null) break;
+        if (!(await this.#exchange(head))) break;
+      }
+    } catch {
+      // Only a bug gets here: drop the connection rather than the process.
+    }
+    if (this.#state !== State.Upgraded && !this.#ending) this.#close();
+  }
+
+  /** Called by the header, drain and idle watchdogs. */
+  expire(): void {
+    if (this.#closed) return;
+    if (this.#state === State.Head) this.#server.dropped("header_timeout");
+    else if (this.#state === State.Idle) this.#server.dropped("idle_timeout");
+    if (this.#state === State.Head && this.#end > this.#start) {
+      this.#ending = true;
+      this.#state = State.Closed;
+      const bytes = errorBytes(
+        relayError("request_header_timeout"),
+      );
+      writeAll(this.#conn, bytes).catch(noop).finally(() => this.#close());
+      return;
+    }
+    this.#close();
+  }
+
+  shutdown(): void {
+    switch (this.#state) {
+      case State.Idle:
+      case State.Drain:
+        this.#close();
+        break;
+      case State.Head:
+        // A request that has started arriving is served (with `connection: close`).
+        if (this.#end === this.#start) this.#close();
+        break;
+      default:
+        // Active: closes after its response. Upgraded: its owner closes it.
+        break;
+    }
+  }
+
+  #close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#state = State.Closed;
+    this.#watching = false;
+    this.#server.headerDog.unwatch(this);
+    this.#server.idleDog.unwatch(this);
+    closeQuietly(this.#conn);
+    this.#server.remove(this);
+  }
+
+  /**
+   * A write made no progress for the send timeout: the client takes no bytes. Closing the socket
+   * fails the pending write; the exchange is aborted as if the client had left, which cancels the
+   * response body and with it the stream from A (its connection is closed, not pooled).
+   */
+  #sendTimedOut(): void {
+    if (this.#closed) return;
+    this.#server.dropped("send_timeout");
+    this.#gone();
+  }
+
+  /** The client is gone (EOF, reset, failed write): abort the exchange and close. */
+  #gone(): void {
+    this.#ex?.abort();
+    this.#close();
+  }
+
+  /** Answers with an error and hands the socket to the server's lingering close. */
+  #refuse(err: RelayError): void {
+    this.#server.dropped(err.status === 431 ? "headers_too_large" : "bad_request");
+    this.#closed = true;
+    this.#state = State.Closed;
+    this.#server.headerDog.unwatch(this);
+    this.#server.idleDog.unwatch(this);
+    // Lingering first: shutdown must not see a moment with neither.
+    this.#server.linger(this.#conn, errorBytes(err));
+    this.#server.remove(this);
+  }
+
+  // ---- reading ----
+
+  /** Reads more bytes to #end; false at end of stream or on error. Needs room in #buf. */
+  #more(): Promise<boolean> {
+    if (this.#pending !== null) return this.#pending;
+    // No room would read nothing forever: callers make room first, this is the safety net.
+    if (this.#eof || this.#closed || this.#end >= this.#buf.byteLength) return FALSE;
+    const p = this.#conn.read(this.#buf.subarray(this.#end)).then(this.#onRead, this.#onReadError);
+    this.#pending = p;
+    return p;
+  }
+
+  #onRead = (n: number | null): boolean => {
+    this.#pending = null;
+    if (n === null) {
+      this.#eof = true;
+      return false;
+    }
+    this.#end += n;
+    return true;
+  };
+
+  #onReadError = (): boolean => {
+    this.#pending = null;
+    this.#eof = true;
+    return false;
+  };
+
+  /** Makes room after #end (compacting, or growing #buf up to `limit`); false when full. */
+  #room(limit: number): boolean {
+    // The read in flight fills the buffer it was given; #more() waits for it.
+    if (this.#pending !== null) return true;
+    if (this.#start === this.#end) this.#start = this.#end = 0;
+    if (this.#end < this.#buf.byteLength) return true;
+    if (this.#start > 0) {
+      this.#buf.copyWithin(0, this.#start, this.#end);
+      this.#end -= this.#start;
+      this.#start = 0;
+      return true;
+    }
+    if (this.#buf.byteLength >= limit) return false;
+    const next = new Uint8Array(Math.min(this.#buf.byteLength * 2, limit));
+    next.set(this.#buf.subarray(0, this.#end));
+    this.#buf = next;
+    return true;
+  }
+
+  /** Goes back to a small buffer after a large body, unless a read is in flight. */
+  #shrink(): void {
+    if (this.#buf.byteLength <= SMALL_BUF || this.#pending !== null) return;
+    const n = this.#end - this.#start;
+    if (n > SMALL_BUF) return;
+    const next = new Uint8Array(SMALL_BUF);
+    next.set(this.#buf.subarray(this.#start, this.#end));
+    this.#buf = next;
+    this.#start = 0;
+    this.#end = n;
+  }
+
+  /**
+   * Scans the bytes not scanned yet for the blank line that ends the head; returns the index just
+   * past it, -1 when it has not arrived yet, or -2 when the bytes cannot be a request (a control
+   * byte in the request line, e.g. a TLS ClientHello on the plain port, or more than one empty line
+   * before it): those are refused at once instead of waiting for the header timeout. One empty
+   * line before the request line is skipped (RFC 9112 §2.2); a bare LF ends a line like CRLF does
+   * (as hyper accepts).
+   */
+  #scanHead(): number {
+    const buf = this.#buf;
+    const end = this.#end;
+    let i = this.#start + this.#scanOff;
+    let line = this.#start + this.#lineOff;
+    let nonAscii = this.#nonAscii;
+    for (; i < end; i++) {
+      const b = buf[i]!;
+      if (b === 10) {
+        const len = i - line;
+        if (len === 0 || (len === 1 && buf[i - 1] === 13)) {
+          if (line === this.#start) {
+            if (++this.#blankLead > 1) return -2;
+            this.#start = line = i + 1;
+            continue;
+          }
+          this.#blankLead = 0;
+          this.#scanOff = this.#lineOff = 0;
+          this.#nonAscii = nonAscii;
+          this.#blankAt = line;
+          return i + 1;
+        }
+        line = i + 1;
+      } else if (b > 127) {
+        nonAscii = true;
+      } else if (line === this.#start && ((b < 32 && b !== 13 && b !== 9) || b === 127)) {
+        return -2;
+      }
+    }
+    this.#scanOff = i - this.#start;
+    this.#lineOff = line - this.#start;
+    this.#nonAscii = nonAscii;
+    return -1;
+  }
+
+  /** Reads the next request head; null when the connection should end (it was answered or closed). */
+  async #readHead(): Promise<RequestHead | null> {
+    const server = this.#server;
+    while (true) {
+      if (this.#closed || this.#ending) return null;
+      const headEnd = this.#scanHead();
+      if (headEnd === -2) {
+        this.#refuse(badRequest("request_line"));
+        return null;
+      }
+      if (headEnd >= 0 && headEnd - this.#start <= server.maxHeadBytes) {
+        server.headerDog.unwatch(this);
+        server.idleDog.unwatch(this);
+        const bytes = this.#buf.subarray(this.#start, this.#blankAt);
+        const nonAscii = this.#nonAscii;
+        this.#nonAscii = false;
+        this.#start = headEnd;
+        try {
+          return parseRequestHead(nonAscii ? decodeLatin1(bytes) : asciiDecoder.decode(bytes));
+        } catch (err) {
+          this.#refuse(err instanceof RelayError ? err : badRequest("head"));
+          return null;
+        }
+      }
+      if (headEnd >= 0 || this.#end - this.#start > server.maxHeadBytes) {
+        this.#refuse(
+          relayError("headers_too_large", { reason: "raw", maxBytes: server.maxHeadBytes }),
+        );
+        return null;
+      }
+      if (this.#state === State.Idle && this.#end > this.#start) {
+        // The next request has started: from now on its head has a deadline.
+        server.idleDog.unwatch(this);
+        server.headerDog.watch(this);
+        this.#state = State.Head;
+      }
+      if (this.#pending === null) this.#room(server.maxHeadBytes + 1);
+      if (!(await this.#more())) {
+        if (this.#ending) return null;
+        this.#close();
+        return null;
+      }
+    }
+  }
+
+  // ---- one exchange ----
+
+  /** Runs one request through the handler and writes its response; true to read the next one. */
+  async #exchange(head: RequestHead): Promise<boolean> {
+    const server = this.#server;
+    this.#state = State.Active;
+    let url: string;
+    try {
+      url = requestUrl(head, server.fallbackHost);
+    } catch (err) {
+      this.#refuse(err instanceof RelayError ? err : badRequest("target"));
+      return false;
+    }
+    const m = head.method;
+    const bodiless = m === "GET" || m === "HEAD" ||
+      (m.length <= 4 && (m.toUpperCase() === "GET" || m.toUpperCase() === "HEAD"));
+    let framed = head.chunked || head.contentLength > 0;
+    // A small body that arrived with its head (a typical JSON request) is handed over as bytes:
+    // no stream to build and drain, and `req.bytes()` is a copy. Nothing waits for it.
+    let whole: Uint8Array<ArrayBuffer> | null = null;
+    if (
+      framed && !head.chunked && !head.expectContinue && head.contentLength <= INLINE_BODY_MAX &&
+      this.#end - this.#start >= head.contentLength
+    ) {
+      whole = this.#buf.slice(this.#start, this.#start + head.contentLength);
+      this.#start += head.contentLength;
+      framed = false;
+    }
+    const ex = new Exchange(this.#remoteAddr);
+    const body = framed ? new RequestBody(head) : null;
+    ex.body = body;
+    const init: RequestInit & { duplex?: "half" } = { headers: head.headers };
+    if (m !== "GET") init.method = m;
+    if (!cancelHookAvailable) init.signal = ex.signal();
+    if (!bodiless) {
+      // Like Deno.serve: GET/HEAD get no body; other methods an empty one when none was framed.
+      if (whole !== null) init.body = whole;
+      else if (body === null) init.body = EMPTY;
+      else {
+        init.body = this.#bodyStream(body);
+        init.duplex = "half";
+      }
+    }
+    let req: Request;
+    try {
+      req = new Request(url, init);
+    } catch {
+      // Forbidden methods (CONNECT, TRACE, TRACK) or a host the URL parser refuses.
+      this.#refuse(badRequest("unrepresentable"));
+      return false;
+    }
+    if (cancelHookAvailable) attachCancel(req, ex.onCancel);
+    // `new Request` normalises the URL (dot-segments, `\`, escaping, host case). Deno.serve hands
+    // the target over as sent, and the relay's own checks depend on seeing it so.
+    if (req.url !== url) keepSentUrl(req, url);
+    this.#ex = ex;
+    this.#noWatch = head.upgrade;
+    if (body === null) this.#startWatch();
+
+    let res: Response;
+    try {
+      res = await server.handler(req, ex);
+      if (!(res instanceof Response)) throw new TypeError("the handler did not return a Response");
+    } catch (err) {
+      res = await server.errorResponse(err);
+    }
+    if (this.#closed) {
+      // The client left while the handler worked.
+      res.body?.cancel().catch(noop);
+      ex.finish();
+      return false;
+    }
+    const upgrade = takeUpgrade(res);
+    if (upgrade !== undefined) {
+      await this.#upgrade(upgrade, ex);
+      return false;
+    }
+    // Decided before the head goes out, so that it can say `connection: close`.
+    // A broken body (bad chunked framing) ends the connection whoever was reading it.
+    let keep = head.keepAlive && !server.closing && (body === null || body.done ||
+      (!body.broken && (body.started || (!(body.expect && !body.continueSent) &&
+        (body.decoder !== null || body.remaining <= MAX_DRAIN_BYTES)))));
+    keep = await respond(this, res, head.http10, req.method === "HEAD", keep, ex);
+    this.#watching = false;
+    ex.finish();
+    this.#ex = null;
+    if (this.#closed) return false;
+    if (body !== null && !body.done) {
+      body.detached = true;
+      body.fail(new Error("the response was sent before the request body was read"));
+      if (!keep || !(await this.#drain(body))) return false;
+    }
+    if (!keep || server.closing) return false;
+    // Between requests: the idle deadline if nothing of the next request is here yet.
+    if (this.#start === this.#end) {
+      this.#shrink();
+      this.#state = State.Idle;
+      server.idleDog.watch(this);
+    } else {
+      this.#state = State.Head;
+      server.headerDog.watch(this);
+    }
+    return true;
+  }
+
+  #startWatch(): void {
+    if (this.#watching || this.#closed || this.#noWatch) return;
+    this.#watching = true;
+    this.#shrink();
+    this.#watchNext();
+  }
+
+  #watchNext(): void {
+    if (!this.#watching || this.#pending !== null || this.#eof) return;
+    // Pipelined bytes fill the buffer: stop reading (and watching) until this response is done.
+    if (!this.#room(Math.max(this.#server.maxHeadBytes + 1, SMALL_BUF))) return;
+    this.#more().then(this.#onWatch);
+  }
+
+  #onWatch = (ok: boolean): void => {
+    if (!this.#watching) return;
+    if (!ok) this.#gone();
+    else this.#watchNext();
+  };
+
+  #bodyStream(body: RequestBody): ReadableStream<Uint8Array> {
+    return new ReadableStream<Uint8Array>({
+      start: (ctrl) => {
+        body.ctrl = ctrl;
+      },
+      pull: (ctrl) => this.#pull(body, ctrl),
+      cancel: () => {
+        body.ctrl = null;
+      },
+    }, { highWaterMark: 0 });
+  }
+
+  /** Delivers the next piece of the request body: one socket read at most, never ahead. */
+  async #pull(body: RequestBody, ctrl: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
+    if (body.detached || body.broken || this.#closed) {
+      body.fail(new Error("the request body is no longer available"));
+      return;
+    }
+    body.started = true;
+    if (body.expect && !body.continueSent && !body.headSent) {
+      body.continueSent = true;
+      if (this.#start === this.#end && !(await this.write(CONTINUE))) return;
+    }
+    while (true) {
+      if (this.#start < this.#end) {
+        let chunk: Uint8Array | null;
+        try {
+          chunk = this.#takeBody(body, true);
+        } catch {
+          // A RelayError, so that the handler reading the body answers 400 rather than 499.
+          body.fail(badRequest("chunked_body"));
+          return;
+        }
+        if (body.ctrl === null) return; // cancelled meanwhile
+        if (chunk !== null) ctrl.enqueue(chunk);
+        if (body.done) {
+          body.ctrl = null;
+          ctrl.close();
+          if (this.#ex !== null && !this.#ex.done && this.#ex.body === body) this.#startWatch();
+          return;
+        }
+        if (chunk !== null) return;
+      }
+      this.#bodyRoom(body);
+      const ok = await this.#more();
+      if (body.detached) return;
+      if (!ok) {
+        body.fail(new Error("the client closed the connection before the request body ended"));
+        this.#gone();
+        return;
+      }
+    }
+  }
+
+  /** Room for a body read; a bigger buffer for bulk bodies (given back after the exchange). */
+  #bodyRoom(body: RequestBody): void {
+    // A read in flight (the watch for a client leaving) lands at the old #end: moving or
+    // replacing the buffer under it would hand out stale bytes as this body.
+    if (this.#pending !== null) return;
+    if (this.#start === this.#end) this.#start = this.#end = 0;
+    const big = body.decoder !== null || body.remaining > this.#buf.byteLength;
+    if (big && this.#buf.byteLength < BODY_BUF && this.#start === this.#end) {
+      this.#buf = new Uint8Array(BODY_BUF);
+      return;
+    }
+    this.#room(BODY_BUF);
+  }
+
+  /**
+   * Takes body bytes from the buffer: the payload (copied out when `keep`, so that the buffer can be
+   * reused) or null when the bytes held only framing. Sets `body.done` at the end. Throws on bad
+   * chunked framing.
+   */
+  #takeBody(body: RequestBody, keep: boolean): Uint8Array | null {
+    const decoder = body.decoder;
+    if (decoder === null) {
+      const take = Math.min(this.#end - this.#start, body.remaining);
+      const from = this.#start;
+      this.#start += take;
+      body.remaining -= take;
+      if (body.remaining === 0) body.done = true;
+      return keep && take > 0 ? this.#buf.slice(from, from + take) : null;
+    }
+    const pieces = decoder.push(this.#buf.subarray(this.#start, this.#end));
+    if (decoder.done) {
+      body.done = true;
+      body.decoder = null;
+      this.#start = this.#end - (decoder.rest?.byteLength ?? 0);
+    } else {
+      this.#start = this.#end;
+    }
+    if (!keep || pieces.length === 0) return null;
+    return pieces.length === 1 ? pieces[0]!.slice() : concat(pieces);
+  }
+
+  /** Reads and drops what is left of a request body; true if it ended within the limits. */
+  async #drain(body: RequestBody): Promise<boolean> {
+    if (body.expect && !body.continueSent) return false;
+    if (body.decoder === null && body.remaining > MAX_DRAIN_BYTES) return false;
+    this.#state = State.Drain;
+    this.#server.headerDog.watch(this);
+    let budget = MAX_DRAIN_BYTES;
+    try {
+      while (!body.done) {
+        if (this.#start < this.#end) {
+          const before = this.#end - this.#start;
+          this.#takeBody(body, false);
+          budget -= before - (this.#end - this.#start);
+          if (budget < 0) return false;
+          continue;
+        }
+        this.#bodyRoom(body);
+        if (!(await this.#more())) return false;
+      }
+    } catch {
+      return false; // malformed chunked framing
+    } finally {
+      this.#server.headerDog.unwatch(this);
+    }
+    return !this.#closed;
+  }
+
+  // ---- writing ----
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  close(): void {
+    this.#close();
+  }
+
+  takeBuffer(): Uint8Array {
+    return this.#server.takeBuffer();
+  }
+
+  giveBuffer(buf: Uint8Array): void {
+    this.#server.giveBuffer(buf);
+  }
+
+  /** Writes all of `bytes`; false (and the exchange aborted) if the client is gone. */
+  async write(bytes: Uint8Array): Promise<boolean> {
+    const dog = this.#server.sendDog;
+    const send = this.#send;
+    try {
+      const conn = this.#conn;
+      dog?.watch(send);
+      let off = await conn.write(bytes);
+      while (off < bytes.byteLength) {
+        // Part of it was taken: the client reads, so its deadline starts again.
+        if (dog !== null) send.lastTick = dog.tick;
+        off += await conn.write(bytes.subarray(off));
+      }
+      return true;
+    } catch {
+      this.#gone();
+      return false;
+    } finally {
+      dog?.unwatch(send);
+    }
+  }
+
+  async #upgrade(upgrade: Upgrade, ex: Exchange): Promise<void> {
+    if (this.#pending !== null) {
+      // A read is in flight (no Upgrade header on the request): bytes after the 101 would go to it.
+      ex.finish();
+      await this.write(
+        errorBytes(toRelayError(new Error("upgrade on a request without an Upgrade header"))),
+      );
+      this.#close();
+      return;
+    }
+    let text = "HTTP/1.1 101 Switching Protocols\r\n";
+    for (const [name, value] of upgrade.headers) text += `${name}: ${value}\r\n`;
+    const ok = await this.write(encodeLatin1(`${text}\r\n`));
+    ex.finish();
+    if (!ok || this.#closed) return;
+    this.#state = State.Upgraded;
+    this.#watching = false;
+    const buffered = this.#buf.slice(this.#start, this.#end);
+    this.#start = this.#end = 0;
+    const conn = this.#conn;
+    const close = conn.close.bind(conn);
+    // The socket counts as a connection until its new owner closes it.
+    conn.close = () => {
+      try {
+        close();
+      } finally {
+        if (!this.#closed) {
+          this.#closed = true;
+          this.#state = State.Closed;
+          this.#server.remove(this);
+        }
+      }
+    };
+    try {
+      upgrade.onSocket(conn, buffered);
+    } catch {
+      closeQuietly(conn);
+    }
+  }
+}
