@@ -683,15 +683,28 @@ async function sectionSse(): Promise<void> {
     { cpu: PROXY_CPU, ports: [nginxPort] },
   );
   procs.push(nginx);
+  // The fake upstream lives inside sse_load.ts and starts with each round; fetch connects lazily.
+  const minimal = await startDenoRow(
+    "deno-minimal",
+    "minimal_relay.ts",
+    sseBase,
+    "deno-minimal-sse",
+  );
   const havePortkey = await ensurePortkeyRunning();
   const path = "/v1/chat/completions";
-  const targets = [
+  const at = (port: number) => `http://${HOST}:${port}${path}`;
+  /** Targets; `pid` is the proxy whose CPU is read (none for direct, whose upstream is the client). */
+  const targets: Array<{ name: string; url: string; pid?: number }> = [
     { name: "direct", url: `${sseBase}${path}` },
-    { name: "relay", url: `http://${HOST}:${relayPort}${path}` },
-    { name: "relay (Deno.serve)", url: `http://${HOST}:${relayDenoPort}${path}` },
-    { name: "nginx", url: `http://${HOST}:${nginxPort}${path}` },
+    { name: "relay", url: at(relayPort), pid: relay.pid },
+    { name: "relay (Deno.serve)", url: at(relayDenoPort), pid: relayDeno.pid },
+    { name: "nginx", url: at(nginxPort), pid: nginx.pid },
+    { name: "deno-minimal", url: at(minimal.port), pid: minimal.proc.pid },
   ];
-  if (havePortkey) targets.push({ name: "portkey", url: `http://${HOST}:${portkeyPort}${path}` });
+  if (havePortkey) targets.push({ name: "portkey", url: at(portkeyPort) });
+  const measured = targets.filter((t): t is { name: string; url: string; pid: number } =>
+    t.pid !== undefined
+  );
   const streams = 1000, events = quick ? 6 : 10, intervalMs = 500, rampMs = 2000;
   const raw: Array<Record<string, DelayResult> & { cpuUsPerEvent?: Record<string, number> }> = [];
   let relayRss = 0;
@@ -700,11 +713,7 @@ async function sectionSse(): Promise<void> {
     progress(`sse round ${k + 1}/${rounds}: ${streams} streams × ${events} events per target`);
     bg.push(await waitQuiet());
     const rss = rssSampler(relay.pid, 100);
-    const cpu0 = {
-      relay: cpuSeconds(relay.pid),
-      relayDeno: cpuSeconds(relayDeno.pid),
-      nginx: cpuSeconds(nginx.pid),
-    };
+    const cpu0 = new Map(measured.map((m) => [m.name, cpuSeconds(m.pid)]));
     const out = await runToEnd("sse-load", [
       "deno",
       "run",
@@ -720,17 +729,17 @@ async function sectionSse(): Promise<void> {
       ...rotate(targets, k).map((t) => `--target=${t.name}=${t.url}`),
     ], { cpu: LOAD_CPU, timeoutMs: 400_000 });
     relayRss = Math.max(relayRss, rss.stop());
-    const perEvent = (pid: number, before: number) =>
-      round(((cpuSeconds(pid) - before) / (streams * (events + 2))) * 1e6, 1);
+    // Each process's CPU over the whole round; it is busy only while its own target runs.
+    const perEvent = (m: { name: string; pid: number }) =>
+      round(((cpuSeconds(m.pid) - cpu0.get(m.name)!) / (streams * (events + 2))) * 1e6, 1);
     raw.push({
       ...JSON.parse(out),
-      cpuUsPerEvent: {
-        relay: perEvent(relay.pid, cpu0.relay),
-        "relay (Deno.serve)": perEvent(relayDeno.pid, cpu0.relayDeno),
-        nginx: perEvent(nginx.pid, cpu0.nginx),
-      },
+      cpuUsPerEvent: Object.fromEntries(measured.map((m) => [m.name, perEvent(m)])),
     });
   }
+  /** Median over rounds of `name`'s CPU per event divided by `ref`'s in the same round. */
+  const cpuRatio = (name: string, ref: string) =>
+    median(raw.map((r) => (r.cpuUsPerEvent?.[name] ?? NaN) / (r.cpuUsPerEvent?.[ref] ?? NaN)));
   const summary: Record<string, Record<string, number>> = {};
   for (const t of targets) {
     summary[t.name] = {
@@ -741,12 +750,30 @@ async function sectionSse(): Promise<void> {
       addedP99Ms: median(raw.map((r) => num(r[t.name]!.p99) - num(r.direct!.p99))),
       completed: Math.min(...raw.map((r) => r[t.name]!.completed)),
       cpuUsPerEvent: median(raw.map((r) => r.cpuUsPerEvent?.[t.name] ?? NaN)),
+      cpuVsMinimal: cpuRatio(t.name, "deno-minimal"),
     };
   }
-  results.sse = { raw, summary, relayRssMaxMb: relayRss, streams, events, intervalMs, rampMs, bg };
+  const goals = {
+    relayCpuPerEventVsMinimal: summary.relay!.cpuVsMinimal!,
+    relayAddedP99MinusNginxMs: median(
+      raw.map((r) => num(r.relay!.p99) - num(r.nginx!.p99)),
+    ),
+  };
+  results.sse = {
+    raw,
+    summary,
+    goals,
+    relayRssMaxMb: relayRss,
+    streams,
+    events,
+    intervalMs,
+    rampMs,
+    bg,
+  };
   let t = `### SSE: ${streams} concurrent streams (opened over ${rampMs / 1000} s), ${events} ` +
     `events each ${intervalMs} ms apart (medians of ${rounds})\n\n| row | event delay p50 | p99 | max | added p50 | added p99 | ` +
-    "streams complete | proxy CPU µs/event |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    "streams complete | proxy CPU µs/event | vs deno-minimal |\n" +
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const tg of targets) {
     const s = summary[tg.name]!;
     const d = tg.name === "direct";
@@ -754,17 +781,23 @@ async function sectionSse(): Promise<void> {
       d ? "–" : `${fmt(s.addedP50Ms, 3)} ms`
     } | ${d ? "–" : `${fmt(s.addedP99Ms, 3)} ms`} | ${s.completed}/${streams} | ${
       fmt(s.cpuUsPerEvent, 1)
-    } |\n`;
+    } | ${fmt(s.cpuVsMinimal)} |\n`;
   }
+  t +=
+    `\nrelay / deno-minimal, CPU per event: ${
+      fmt(goals.relayCpuPerEventVsMinimal)
+    } (goal ≤ 1.0). Relay p99 event delay minus nginx's: ${
+      fmt(goals.relayAddedP99MinusNginxMs, 3)
+    } ms (goal ≤ 0). ` +
+    `CPU per event is each proxy's CPU over the round divided by ${streams} × ${events + 2} ` +
+    "events, so it includes setting up each stream.\n";
   t += `\nRelay RSS peak during the SSE runs: ${relayRss} MB. Other load before each round: ${
     bg.join(", ")
   }%. Errors: ${
     JSON.stringify(Object.fromEntries(targets.map((tg) => [tg.name, raw.at(-1)![tg.name]!.errors])))
   }\n`;
   md.push(t);
-  await relay.stop();
-  await relayDeno.stop();
-  await nginx.stop();
+  for (const m of [relay, relayDeno, nginx, minimal.proc]) await m.stop();
 }
 
 async function sectionStreams(): Promise<void> {
