@@ -521,9 +521,9 @@ async function sectionHttp(): Promise<void> {
     Object.entries(after).map(([k, v]) => `${k} ${v} MB`).join(", ")
   }. Errors (non-2xx, socket, client): ${
     rows.map((r) => `${r.name} ${summary[r.name]!.errors}`).join(", ")
-  }.${portkeyNote ? ` ${portkeyNote}` : ""}${seedNote ? ` **${seedNote}**` : ""}${
+  }.${portkeyNote ? ` ${portkeyNote}` : ""}${
     seedVersions ? ` seed-stack: ${seedVersions}.` : ""
-  }\n`;
+  }\n${seedNote ? `\n**${seedNote}**\n` : ""}`;
   t += "\nThe relay against each reference, per round then the median (goal: req/s ≥ 0.85 × " +
     "tcp-pipe):\n\n| ratio | req/s | CPU µs/req | c=1 p99, relay − reference |\n|---|---:|---:|---:|\n";
   for (const ref of refs) {
