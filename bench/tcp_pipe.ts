@@ -32,8 +32,8 @@ function closeQuietly(conn: Deno.Conn): void {
   } catch { /* already closed */ }
 }
 
-async function serve(client: Deno.Conn): Promise<void> {
-  let server: Deno.Conn;
+async function serve(client: Deno.TcpConn): Promise<void> {
+  let server: Deno.TcpConn;
   try {
     server = await Deno.connect(upstreamAddr);
   } catch {
