@@ -44,6 +44,7 @@ import {
 } from "./common.ts";
 import { nginxVersion, proxyConfig, startNginx, staticConfig } from "./nginx.ts";
 import { ensurePortkey, PORTKEY_VERSION, startPortkey } from "./portkey.ts";
+import { SEED_INSTALL, seedStackAvailable, startSeedStack } from "./seed_stack.ts";
 import { summarise, summaryMarkdown } from "./profile_summary.ts";
 import type { LatencyResult } from "./latency.ts";
 import type { CapacityResult, DelayResult } from "./sse_load.ts";
@@ -337,6 +338,58 @@ async function startRelayPair(section: string, upstream: string): Promise<{
   return { relay: own.proc, relayPort: own.port, relayDeno: deno.proc, relayDenoPort: deno.port };
 }
 
+/**
+ * Starts a calibration script of `bench/` (deno-minimal, tcp-pipe) pinned to the proxy core,
+ * forwarding to `upstream`; resolves once it listens.
+ */
+async function startDenoRow(
+  name: string,
+  script: string,
+  upstream: string,
+  logName: string,
+): Promise<{ proc: Proc; port: number }> {
+  const port = freePort();
+  const proc = spawn(name, ["deno", "run", "-A", `${BENCH}/${script}`], {
+    cpu: PROXY_CPU,
+    env: { UPSTREAM: upstream, PORT: String(port) },
+    logFile: relayLog(logName),
+  });
+  procs.push(proc);
+  await waitForPort(port, 30_000, proc);
+  return { proc, port };
+}
+
+/** Why the seed-stack row is missing, if it is ("" when it ran). */
+let seedNote = "";
+let seedVersions = "";
+
+async function startSeedStackRow(upstream: string): Promise<{ proc: Proc; port: number } | null> {
+  const have = await seedStackAvailable();
+  if (!have.ok) {
+    seedNote = `seed-stack skipped: ${have.reason}; install with \`${SEED_INSTALL}\`.`;
+    progress(seedNote);
+    return null;
+  }
+  seedVersions = have.versions;
+  const port = freePort();
+  try {
+    const proc = await startSeedStack(port, {
+      upstream,
+      cpu: PROXY_CPU,
+      logFile: relayLog("seed-stack"),
+    });
+    procs.push(proc);
+    return { proc, port };
+  } catch (err) {
+    seedNote = `seed-stack did not start: ${err instanceof Error ? err.message : err}.`;
+    progress(seedNote);
+    return null;
+  }
+}
+
+/** The rows every other row is divided by, in the ratio table under the request-path table. */
+const HTTP_REFERENCES = ["tcp-pipe", "deno-minimal", "nginx", "seed-stack", "portkey"];
+
 async function sectionHttp(): Promise<void> {
   await ensureUpstream();
   const base = `http://${HOST}:${upstreamPort}`;
@@ -350,47 +403,35 @@ async function sectionHttp(): Promise<void> {
     { cpu: PROXY_CPU, ports: [nginxPort] },
   );
   procs.push(nginx);
-  const minimalPort = freePort();
-  const minimal = spawn("deno-minimal", ["deno", "run", "-A", `${BENCH}/minimal_relay.ts`], {
-    cpu: PROXY_CPU,
-    env: { UPSTREAM: base, PORT: String(minimalPort) },
-    logFile: relayLog("deno-minimal"),
-  });
-  procs.push(minimal);
-  await waitForPort(minimalPort, 30_000, minimal);
+  const minimal = await startDenoRow("deno-minimal", "minimal_relay.ts", base, "deno-minimal");
+  const pipe = await startDenoRow("tcp-pipe", "tcp_pipe.ts", base, "tcp-pipe");
+  const seed = await startSeedStackRow(base);
   const havePortkey = await ensurePortkeyRunning();
-  await sleep(3000);
-  const idle: Record<string, number> = {
-    relay: memory(relay.pid).rssMb,
-    "relay (Deno.serve)": memory(relayDeno.pid).rssMb,
-    nginx: memory(nginx.pid).rssMb,
-    "deno-minimal": memory(minimal.pid).rssMb,
-  };
-  if (havePortkey) idle.portkey = memory(portkey!.pid).rssMb;
 
   const path = "/v1/chat/completions";
+  const at = (port: number) => `http://${HOST}:${port}${path}`;
   const rows: Row[] = [
     { name: "direct", url: `${base}${path}`, pid: () => upstreamNginx!.pid },
-    { name: "relay", url: `http://${HOST}:${relayPort}${path}`, pid: () => relay.pid },
-    {
-      name: "relay (Deno.serve)",
-      url: `http://${HOST}:${relayDenoPort}${path}`,
-      pid: () => relayDeno.pid,
-    },
-    { name: "nginx", url: `http://${HOST}:${nginxPort}${path}`, pid: () => nginx.pid },
-    {
-      name: "deno-minimal",
-      url: `http://${HOST}:${minimalPort}${path}`,
-      pid: () => minimal.pid,
-    },
+    { name: "relay", url: at(relayPort), pid: () => relay.pid },
+    { name: "relay (Deno.serve)", url: at(relayDenoPort), pid: () => relayDeno.pid },
+    { name: "nginx", url: at(nginxPort), pid: () => nginx.pid },
+    { name: "tcp-pipe", url: at(pipe.port), pid: () => pipe.proc.pid },
+    { name: "deno-minimal", url: at(minimal.port), pid: () => minimal.proc.pid },
   ];
-  if (havePortkey) {
+  if (seed !== null) {
     rows.push({
-      name: "portkey",
-      url: `http://${HOST}:${portkeyPort}${path}`,
-      pid: () => portkey!.pid,
+      name: "seed-stack",
+      url: at(seed.port),
+      pid: () => seed.proc.pid,
     });
   }
+  if (havePortkey) rows.push({ name: "portkey", url: at(portkeyPort), pid: () => portkey!.pid });
+  // The upstream is shared with every row; its memory is not a proxy's.
+  const proxies = rows.filter((r) => r.name !== "direct");
+  const rssNow = () => Object.fromEntries(proxies.map((r) => [r.name, memory(r.pid()).rssMb]));
+  await sleep(3000);
+  const idle = rssNow();
+
   // Warm every path (JIT, pools) before measuring.
   for (const r of rows) await wrk(r.url, script, 1, 10);
 
@@ -408,15 +449,14 @@ async function sectionHttp(): Promise<void> {
     }
   }
   await sleep(2000);
-  const after: Record<string, number> = {
-    relay: memory(relay.pid).rssMb,
-    "relay (Deno.serve)": memory(relayDeno.pid).rssMb,
-    nginx: memory(nginx.pid).rssMb,
-    "deno-minimal": memory(minimal.pid).rssMb,
-  };
-  if (havePortkey) after.portkey = memory(portkey!.pid).rssMb;
+  const after = rssNow();
 
   const per = (f: (i: number) => number) => median(Array.from({ length: rounds }, (_, i) => f(i)));
+  /** Median over rounds of `row`'s value divided by `ref`'s in the same round (NaN if no `ref`). */
+  const ratio = (row: string, ref: string, f: (w: LoadSample) => number) =>
+    load[ref] === undefined ? NaN : per((i) => f(load[row]![i]!) / f(load[ref]![i]!));
+  const rps = (w: LoadSample) => w.rps;
+  const cpu = (w: LoadSample) => w.cpuUsPerReq;
   const summary: Record<string, Record<string, number>> = {};
   for (const r of rows) {
     const L = lat[r.name]!, W = load[r.name]!;
@@ -426,9 +466,11 @@ async function sectionHttp(): Promise<void> {
       addedP50Ms: per((i) => L[i]!.p50 - lat.direct![i]!.p50),
       addedP99Ms: per((i) => L[i]!.p99 - lat.direct![i]!.p99),
       rps: per((i) => W[i]!.rps),
-      rpsVsNginx: per((i) => W[i]!.rps / load.nginx![i]!.rps),
+      rpsVsNginx: ratio(r.name, "nginx", rps),
+      rpsVsPipe: ratio(r.name, "tcp-pipe", rps),
       cpuUsPerReq: per((i) => W[i]!.cpuUsPerReq),
-      cpuVsNginx: per((i) => W[i]!.cpuUsPerReq / load.nginx![i]!.cpuUsPerReq),
+      cpuVsNginx: ratio(r.name, "nginx", cpu),
+      cpuVsPipe: ratio(r.name, "tcp-pipe", cpu),
       procCpuPct: per((i) => W[i]!.procCpuPct),
       core0BusyPct: per((i) => W[i]!.core0BusyPct),
       core1BusyPct: per((i) => W[i]!.core1BusyPct),
@@ -439,12 +481,27 @@ async function sectionHttp(): Promise<void> {
         L.reduce((a, l) => a + l.errors, 0),
     };
   }
-  results.http = { raw: { latency: lat, load }, summary, idleRssMb: idle, afterLoadRssMb: after };
+  const refs = HTTP_REFERENCES.filter((ref) => load[ref] !== undefined);
+  const relayRatios = Object.fromEntries(refs.map((ref) => [ref, {
+    rps: ratio("relay", ref, rps),
+    cpuUsPerReq: ratio("relay", ref, cpu),
+    p99DiffMs: per((i) => lat.relay![i]!.p99 - lat[ref]![i]!.p99),
+  }]));
+  results.http = {
+    raw: { latency: lat, load },
+    summary,
+    relayRatios,
+    idleRssMb: idle,
+    afterLoadRssMb: after,
+    ...(seedVersions ? { seedStack: seedVersions } : {}),
+    ...(seedNote ? { seedStackNote: seedNote } : {}),
+  };
 
   let t = `### Request path: one core, ~1 KB JSON (medians of ${rounds} round(s))\n\n` +
     "| row | c=1 p50 | c=1 p99 | added p50 | added p99 | req/s (wrk -c50) | vs nginx | " +
-    "CPU µs/req | vs nginx | proxy CPU | core0/core1 busy | other load before | " +
-    "RSS idle → max under load |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    "vs tcp-pipe | CPU µs/req | vs nginx | vs tcp-pipe | proxy CPU | core0/core1 busy | " +
+    "other load before | RSS idle → max under load |\n" +
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const r of rows) {
     const s = summary[r.name]!;
     const d = r.name === "direct";
@@ -452,22 +509,32 @@ async function sectionHttp(): Promise<void> {
       fmt(s.p99Ms, 3)
     } ms | ${d ? "–" : `${fmt(s.addedP50Ms, 3)} ms`} | ${
       d ? "–" : `${fmt(s.addedP99Ms, 3)} ms`
-    } | ${fmt(s.rps, 0)} | ${fmt(s.rpsVsNginx)} | ${fmt(s.cpuUsPerReq, 1)} | ${
-      fmt(s.cpuVsNginx)
-    } | ${fmt(s.procCpuPct, 0)}% | ${fmt(s.core0BusyPct, 0)}% / ${fmt(s.core1BusyPct, 0)}% | ${
-      fmt(s.bgBusyPct, 0)
-    }% | ${d ? "–" : `${idle[r.name]} → ${s.rssMaxMb} MB`} |\n`;
+    } | ${fmt(s.rps, 0)} | ${fmt(s.rpsVsNginx)} | ${fmt(s.rpsVsPipe)} | ${
+      fmt(s.cpuUsPerReq, 1)
+    } | ${fmt(s.cpuVsNginx)} | ${fmt(s.cpuVsPipe)} | ${fmt(s.procCpuPct, 0)}% | ${
+      fmt(s.core0BusyPct, 0)
+    }% / ${fmt(s.core1BusyPct, 0)}% | ${fmt(s.bgBusyPct, 0)}% | ${
+      d ? "–" : `${idle[r.name]} → ${s.rssMaxMb} MB`
+    } |\n`;
   }
   t += `\nRSS after the load, settled 2 s: ${
     Object.entries(after).map(([k, v]) => `${k} ${v} MB`).join(", ")
   }. Errors (non-2xx, socket, client): ${
     rows.map((r) => `${r.name} ${summary[r.name]!.errors}`).join(", ")
-  }.${portkeyNote ? ` ${portkeyNote}` : ""}\n`;
+  }.${portkeyNote ? ` ${portkeyNote}` : ""}${
+    seedVersions ? ` seed-stack: ${seedVersions}.` : ""
+  }\n${seedNote ? `\n**${seedNote}**\n` : ""}`;
+  t += "\nThe relay against each reference, per round then the median (goal: req/s ≥ 0.85 × " +
+    "tcp-pipe):\n\n| ratio | req/s | CPU µs/req | c=1 p99, relay − reference |\n|---|---:|---:|---:|\n";
+  for (const ref of refs) {
+    const x = relayRatios[ref]!;
+    t += `| relay / ${ref} | ${fmt(x.rps)} | ${fmt(x.cpuUsPerReq)} | ${
+      x.p99DiffMs >= 0 ? "+" : ""
+    }${fmt(x.p99DiffMs, 3)} ms |\n`;
+  }
   md.push(t);
-  await relay.stop();
-  await relayDeno.stop();
-  await nginx.stop();
-  await minimal.stop();
+  // Portkey is shared with the SSE section and stopped at the end of the run.
+  for (const p of [relay, relayDeno, nginx, minimal.proc, pipe.proc, seed?.proc]) await p?.stop();
 }
 
 async function sectionObservers(): Promise<void> {
@@ -616,15 +683,28 @@ async function sectionSse(): Promise<void> {
     { cpu: PROXY_CPU, ports: [nginxPort] },
   );
   procs.push(nginx);
+  // The fake upstream lives inside sse_load.ts and starts with each round; fetch connects lazily.
+  const minimal = await startDenoRow(
+    "deno-minimal",
+    "minimal_relay.ts",
+    sseBase,
+    "deno-minimal-sse",
+  );
   const havePortkey = await ensurePortkeyRunning();
   const path = "/v1/chat/completions";
-  const targets = [
+  const at = (port: number) => `http://${HOST}:${port}${path}`;
+  /** Targets; `pid` is the proxy whose CPU is read (none for direct, whose upstream is the client). */
+  const targets: Array<{ name: string; url: string; pid?: number }> = [
     { name: "direct", url: `${sseBase}${path}` },
-    { name: "relay", url: `http://${HOST}:${relayPort}${path}` },
-    { name: "relay (Deno.serve)", url: `http://${HOST}:${relayDenoPort}${path}` },
-    { name: "nginx", url: `http://${HOST}:${nginxPort}${path}` },
+    { name: "relay", url: at(relayPort), pid: relay.pid },
+    { name: "relay (Deno.serve)", url: at(relayDenoPort), pid: relayDeno.pid },
+    { name: "nginx", url: at(nginxPort), pid: nginx.pid },
+    { name: "deno-minimal", url: at(minimal.port), pid: minimal.proc.pid },
   ];
-  if (havePortkey) targets.push({ name: "portkey", url: `http://${HOST}:${portkeyPort}${path}` });
+  if (havePortkey) targets.push({ name: "portkey", url: at(portkeyPort) });
+  const measured = targets.filter((t): t is { name: string; url: string; pid: number } =>
+    t.pid !== undefined
+  );
   const streams = 1000, events = quick ? 6 : 10, intervalMs = 500, rampMs = 2000;
   const raw: Array<Record<string, DelayResult> & { cpuUsPerEvent?: Record<string, number> }> = [];
   let relayRss = 0;
@@ -633,11 +713,7 @@ async function sectionSse(): Promise<void> {
     progress(`sse round ${k + 1}/${rounds}: ${streams} streams × ${events} events per target`);
     bg.push(await waitQuiet());
     const rss = rssSampler(relay.pid, 100);
-    const cpu0 = {
-      relay: cpuSeconds(relay.pid),
-      relayDeno: cpuSeconds(relayDeno.pid),
-      nginx: cpuSeconds(nginx.pid),
-    };
+    const cpu0 = new Map(measured.map((m) => [m.name, cpuSeconds(m.pid)]));
     const out = await runToEnd("sse-load", [
       "deno",
       "run",
@@ -653,17 +729,17 @@ async function sectionSse(): Promise<void> {
       ...rotate(targets, k).map((t) => `--target=${t.name}=${t.url}`),
     ], { cpu: LOAD_CPU, timeoutMs: 400_000 });
     relayRss = Math.max(relayRss, rss.stop());
-    const perEvent = (pid: number, before: number) =>
-      round(((cpuSeconds(pid) - before) / (streams * (events + 2))) * 1e6, 1);
+    // Each process's CPU over the whole round; it is busy only while its own target runs.
+    const perEvent = (m: { name: string; pid: number }) =>
+      round(((cpuSeconds(m.pid) - cpu0.get(m.name)!) / (streams * (events + 2))) * 1e6, 1);
     raw.push({
       ...JSON.parse(out),
-      cpuUsPerEvent: {
-        relay: perEvent(relay.pid, cpu0.relay),
-        "relay (Deno.serve)": perEvent(relayDeno.pid, cpu0.relayDeno),
-        nginx: perEvent(nginx.pid, cpu0.nginx),
-      },
+      cpuUsPerEvent: Object.fromEntries(measured.map((m) => [m.name, perEvent(m)])),
     });
   }
+  /** Median over rounds of `name`'s CPU per event divided by `ref`'s in the same round. */
+  const cpuRatio = (name: string, ref: string) =>
+    median(raw.map((r) => (r.cpuUsPerEvent?.[name] ?? NaN) / (r.cpuUsPerEvent?.[ref] ?? NaN)));
   const summary: Record<string, Record<string, number>> = {};
   for (const t of targets) {
     summary[t.name] = {
@@ -674,12 +750,30 @@ async function sectionSse(): Promise<void> {
       addedP99Ms: median(raw.map((r) => num(r[t.name]!.p99) - num(r.direct!.p99))),
       completed: Math.min(...raw.map((r) => r[t.name]!.completed)),
       cpuUsPerEvent: median(raw.map((r) => r.cpuUsPerEvent?.[t.name] ?? NaN)),
+      cpuVsMinimal: cpuRatio(t.name, "deno-minimal"),
     };
   }
-  results.sse = { raw, summary, relayRssMaxMb: relayRss, streams, events, intervalMs, rampMs, bg };
+  const goals = {
+    relayCpuPerEventVsMinimal: summary.relay!.cpuVsMinimal!,
+    relayAddedP99MinusNginxMs: median(
+      raw.map((r) => num(r.relay!.p99) - num(r.nginx!.p99)),
+    ),
+  };
+  results.sse = {
+    raw,
+    summary,
+    goals,
+    relayRssMaxMb: relayRss,
+    streams,
+    events,
+    intervalMs,
+    rampMs,
+    bg,
+  };
   let t = `### SSE: ${streams} concurrent streams (opened over ${rampMs / 1000} s), ${events} ` +
     `events each ${intervalMs} ms apart (medians of ${rounds})\n\n| row | event delay p50 | p99 | max | added p50 | added p99 | ` +
-    "streams complete | proxy CPU µs/event |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    "streams complete | proxy CPU µs/event | vs deno-minimal |\n" +
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const tg of targets) {
     const s = summary[tg.name]!;
     const d = tg.name === "direct";
@@ -687,17 +781,23 @@ async function sectionSse(): Promise<void> {
       d ? "–" : `${fmt(s.addedP50Ms, 3)} ms`
     } | ${d ? "–" : `${fmt(s.addedP99Ms, 3)} ms`} | ${s.completed}/${streams} | ${
       fmt(s.cpuUsPerEvent, 1)
-    } |\n`;
+    } | ${fmt(s.cpuVsMinimal)} |\n`;
   }
+  t +=
+    `\nrelay / deno-minimal, CPU per event: ${
+      fmt(goals.relayCpuPerEventVsMinimal)
+    } (goal ≤ 1.0). Relay p99 event delay minus nginx's: ${
+      fmt(goals.relayAddedP99MinusNginxMs, 3)
+    } ms (goal ≤ 0). ` +
+    `CPU per event is each proxy's CPU over the round divided by ${streams} × ${events + 2} ` +
+    "events, so it includes setting up each stream.\n";
   t += `\nRelay RSS peak during the SSE runs: ${relayRss} MB. Other load before each round: ${
     bg.join(", ")
   }%. Errors: ${
     JSON.stringify(Object.fromEntries(targets.map((tg) => [tg.name, raw.at(-1)![tg.name]!.errors])))
   }\n`;
   md.push(t);
-  await relay.stop();
-  await relayDeno.stop();
-  await nginx.stop();
+  for (const m of [relay, relayDeno, nginx, minimal.proc]) await m.stop();
 }
 
 async function sectionStreams(): Promise<void> {
