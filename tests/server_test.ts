@@ -15,7 +15,7 @@ import {
 } from "../lib/server/server.ts";
 import { parseRequestHead, requestUrl } from "../lib/server/request_head.ts";
 import { internalsFound } from "../lib/http/deno_internals.ts";
-import { sentUrl, withFieldLines } from "../lib/http/handoff.ts";
+import { sentUrl, withDirectBody, withFieldLines } from "../lib/http/handoff.ts";
 import { RelayError } from "../lib/errors.ts";
 import { concat, deadline, dec, delay, enc, sha256, spawnCaptured, waitFor } from "./helpers.ts";
 
@@ -1120,6 +1120,39 @@ deadline.test("a request body with broken chunked framing ends the connection, a
     const r = await c.response();
     assert.equal(r.status, 400);
     assert.equal(r.headers.get("connection"), "close");
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+deadline.test("a response with a direct body reader is written from the reader; its stream is never read", async () => {
+  let pulled = false;
+  const { server, port } = start(() => {
+    const res = new Response(
+      new ReadableStream({
+        pull() {
+          pulled = true;
+        },
+      }, { highWaterMark: 0 }),
+    );
+    const parts = [enc.encode("data: a\n\n"), enc.encode("data: b\n\n")];
+    return withDirectBody(res, {
+      read: () =>
+        Promise.resolve(
+          parts.length > 0
+            ? { done: false as const, value: parts.shift()! }
+            : { done: true as const },
+        ),
+      cancel: () => Promise.resolve(),
+    });
+  });
+  const c = await Raw.open(port);
+  try {
+    await c.send(get());
+    const r = await c.response();
+    assert.equal(dec.decode(r.body), "data: a\n\ndata: b\n\n");
+    assert.equal(pulled, false);
   } finally {
     c.close();
     await server.shutdown();

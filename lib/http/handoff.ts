@@ -10,13 +10,24 @@
  *   ({@link withFieldLines}): iterating `Headers` joins two `www-authenticate` lines into one and
  *   sorts names, where `Deno.serve` sends them as they were appended.
  *
- * Handlers served by `Deno.serve` need neither: there `req.url` is already as sent and a
+ * - a response body that can be read without a stream ({@link withDirectBody}): the upstream
+ *   client's reader goes straight to A's socket, so the own server's write loop costs no stream
+ *   machinery per chunk.
+ *
+ * Handlers served by `Deno.serve` need none of them: there `req.url` is already as sent and a
  * Response's own header list is written.
  */
 
 import type { HeaderList } from "./headers.ts";
 
+/** The reading half of a `ReadableStreamDefaultReader`, which also satisfies it. */
+export interface BodyReaderLike {
+  read(): Promise<ReadableStreamReadResult<Uint8Array>>;
+  cancel(reason?: unknown): Promise<void>;
+}
+
 const sentUrls = new WeakMap<Request, string>();
+const directBodies = new WeakMap<Response, BodyReaderLike>();
 const fieldLines = new WeakMap<Response, HeaderList>();
 
 /** Records the URL as sent, when `new Request` changed it (the server calls this). */
@@ -60,4 +71,24 @@ export function eachFieldLine(res: Response, fn: (value: string, name: string) =
     return;
   }
   for (let i = 0; i < lines.length; i++) fn(lines[i]![1], lines[i]![0]);
+}
+
+/**
+ * Registers `reader` as another way to read the body of `res` and returns `res`. Contract: it
+ * reads the same bytes as `res.body`, and only one of the two is ever read.
+ */
+export function withDirectBody(res: Response, reader: BodyReaderLike): Response {
+  directBodies.set(res, reader);
+  return res;
+}
+
+/**
+ * The direct reader of `res`'s body, once (the registration is removed), or null when there is
+ * none or the body stream was already taken.
+ */
+export function takeDirectBody(res: Response): BodyReaderLike | null {
+  const reader = directBodies.get(res);
+  if (reader === undefined) return null;
+  directBodies.delete(res);
+  return res.bodyUsed || res.body?.locked ? null : reader;
 }

@@ -21,7 +21,16 @@ export {
   trimOws,
   trimOwsFrom,
 } from "./headers.ts";
-export { appendLine, eachFieldLine, keepSentUrl, sentUrl, withFieldLines } from "./handoff.ts";
+export {
+  appendLine,
+  type BodyReaderLike,
+  eachFieldLine,
+  keepSentUrl,
+  sentUrl,
+  takeDirectBody,
+  withDirectBody,
+  withFieldLines,
+} from "./handoff.ts";
 export { STATUS_CLASSES, statusClassIndex } from "./status.ts";
 export { TOKEN } from "./syntax.ts";
 export { Watchdog, type Watched } from "./watchdog.ts";

@@ -13,7 +13,7 @@
 import type { Upstream } from "../config/mod.ts";
 import { RelayError, relayError } from "../errors.ts";
 import type { HeaderList } from "../http/mod.ts";
-import { responseFields, withFieldLines } from "../http/mod.ts";
+import { responseFields, withDirectBody, withFieldLines } from "../http/mod.ts";
 import {
   type BodyReader,
   BodySource,
@@ -149,6 +149,8 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
         }),
         fields,
       );
+      // Unwrapped bodies only: a watched body must be read through its watch.
+      if (stream === res.body && res.reader) withDirectBody(response, res.reader);
     } catch (err) {
       await stream?.cancel();
       throw relayError("upstream_protocol_error", { reason: "unusable_response", cause: err });

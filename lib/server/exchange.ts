@@ -8,14 +8,14 @@
 import type { ServeInfo } from "./types.ts";
 import { upgradeResponse } from "./upgrade.ts";
 import type { RequestHead } from "./request_head.ts";
-import { ChunkedDecoder } from "../http/mod.ts";
+import { type BodyReaderLike, ChunkedDecoder } from "../http/mod.ts";
 
 const noop = (): void => {};
 
 export class Exchange implements ServeInfo {
   readonly remoteAddr: Deno.NetAddr;
   readonly upgrade = upgradeResponse;
-  reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
+  reader: BodyReaderLike | null = null;
   body: RequestBody | null = null;
   done = false;
   aborted = false;

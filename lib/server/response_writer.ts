@@ -13,7 +13,7 @@ import { hasToken, parseLength } from "./request_head.ts";
 import { errorBytes, fill, headTail, type Part, statusLine } from "./response_head.ts";
 import type { Exchange } from "./exchange.ts";
 import { toRelayError } from "../errors.ts";
-import { eachFieldLine } from "../http/mod.ts";
+import { type BodyReaderLike, eachFieldLine, takeDirectBody } from "../http/mod.ts";
 import { staticBody } from "../http/mod.ts";
 
 /** Most bytes of a response gathered into one write when several chunks are ready at once. */
@@ -49,7 +49,7 @@ class Peek {
   readonly wait: Promise<void>;
 
   /** A read on `reader`; with null, an end of stream that is already known. */
-  constructor(reader: ReadableStreamDefaultReader<Uint8Array> | null) {
+  constructor(reader: BodyReaderLike | null) {
     if (reader === null) {
       this.ready = this.done = true;
       this.wait = Promise.resolve();
@@ -73,7 +73,7 @@ class Peek {
  * recognised and sent with `content-length`, and how chunks that are ready together go out in one
  * write, without ever waiting for a chunk that is not ready.
  */
-async function peek(reader: ReadableStreamDefaultReader<Uint8Array>): Promise<Peek> {
+async function peek(reader: BodyReaderLike): Promise<Peek> {
   const p = new Peek(reader);
   for (let i = 0; i < SETTLE_TURNS && !p.ready; i++) await null;
   return p;
@@ -191,14 +191,17 @@ export async function respond(
     }
     return await writeHead(sink, text, hasDate, keep, http10, ex) && keep;
   }
-  let reader: ReadableStreamDefaultReader<Uint8Array>;
-  try {
-    reader = stream.getReader();
-  } catch {
-    // A body already read or locked: nothing was written yet, so answer 500.
-    await sink.write(errorBytes(toRelayError(new TypeError("response body is unusable"))));
-    sink.close();
-    return false;
+  // A body the upstream client can hand over without a stream is read directly.
+  let reader: BodyReaderLike | null = takeDirectBody(res);
+  if (reader === null) {
+    try {
+      reader = stream.getReader();
+    } catch {
+      // A body already read or locked: nothing was written yet, so answer 500.
+      await sink.write(errorBytes(toRelayError(new TypeError("response body is unusable"))));
+      sink.close();
+      return false;
+    }
   }
   ex.reader = reader;
   let pk = await peek(reader);
@@ -310,7 +313,7 @@ function writeHead(
 }
 
 /** Cancels the rest of a response body; the read in flight (if any) is not waited for. */
-function stopBody(reader: ReadableStreamDefaultReader<Uint8Array>): Peek {
+function stopBody(reader: BodyReaderLike): Peek {
   reader.cancel().catch(noop);
   return new Peek(null);
 }

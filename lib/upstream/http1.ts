@@ -19,7 +19,13 @@ import { ChunkedDecoder, FramingError } from "../http/mod.ts";
 import type { Endpoint } from "../http/mod.ts";
 
 export type { Endpoint };
-import { type HeaderList, isEventStream, trimOws, trimOwsFrom } from "../http/mod.ts";
+import {
+  type BodyReaderLike,
+  type HeaderList,
+  isEventStream,
+  trimOws,
+  trimOwsFrom,
+} from "../http/mod.ts";
 import { TOKEN } from "../http/mod.ts";
 import { IdleSweeper } from "./sweeper.ts";
 import type { Watchdog, Watched } from "../http/mod.ts";
@@ -716,6 +722,11 @@ export interface UpstreamResponse {
    * `body` is null and the connection is already back in the pool. Cheaper to serve than a stream.
    */
   complete: Uint8Array<ArrayBuffer> | null;
+  /**
+   * The body without a stream: reads go straight to the socket (HTTP/1.1 only; null otherwise).
+   * Use it or `body`, never both.
+   */
+  reader?: BodyReaderLike | null;
   /** 1, or 2 when a stale pooled connection forced a resend. */
   attempts: number;
   /** Whether the answering connection had served a request before. */
@@ -973,67 +984,102 @@ class Exchange implements Watched, Attempt {
     }
     const tap = this.#opts.tap;
     const end = endOnce(tap);
-    const fail = (ctrl: ReadableStreamDefaultController<Uint8Array>, err: unknown): void => {
+    // Decoded payload not handed out yet; every piece passed the tap when it was queued.
+    const queue: Uint8Array[] = [];
+    /** Set once the body is over: null for a clean end, else why it failed. */
+    let over: UpstreamError | null | undefined;
+    const push = (bytes: Uint8Array): void => {
+      if (bytes.byteLength === 0) return;
+      tap?.chunk(bytes);
+      queue.push(bytes);
+    };
+    const fail = (err: unknown): void => {
+      if (over !== undefined) return;
       const e = this.#classify(err);
+      over = e;
       this.#finish(false);
       end(e);
-      errorBody(ctrl, e, this.abortKind);
     };
-    const done = (ctrl: ReadableStreamDefaultController<Uint8Array>, reusable: boolean): void => {
+    const done = (reusable: boolean): void => {
+      if (over !== undefined) return;
+      over = null;
       this.#finish(reusable && head.keepAlive);
       end(null);
-      ctrl.close();
     };
-    const emit = (ctrl: ReadableStreamDefaultController<Uint8Array>, bytes: Uint8Array): void => {
-      tap?.chunk(bytes);
-      ctrl.enqueue(bytes);
-    };
-    res.body = new ReadableStream<Uint8Array>({
-      pull: async (ctrl) => {
-        if (decoder?.poisoned) return fail(ctrl, new UpstreamError("protocol", "bad chunked body"));
-        if (early.length > 0) {
-          for (const p of early) emit(ctrl, p);
-          early = [];
-          if (decoder?.done) return done(ctrl, decoder.rest === null);
-          return;
+    let primed = false;
+    /** Reads from A until some payload is queued or the body is over. */
+    const fill = async (): Promise<void> => {
+      if (!primed) {
+        // What came with the head is handed out on the first read, like any later chunk: the
+        // tap's owner is set up by then.
+        primed = true;
+        if (over === undefined) {
+          for (const p of early) push(p);
+          if (decoder?.done) done(decoder.rest === null);
         }
-        while (true) {
-          let chunk: Uint8Array | null;
-          try {
-            chunk = await conn.read();
-          } catch (err) {
-            return fail(ctrl, err);
-          }
-          this.lastTick = watchdog.tick;
-          if (chunk === null) {
-            if (framing.kind === "close") return done(ctrl, false);
-            return fail(ctrl, new UpstreamError("reset", "upstream closed mid-body"));
-          }
-          if (framing.kind === "close") return emit(ctrl, chunk);
-          if (decoder === null) {
-            const extra = chunk.byteLength > remaining;
-            if (extra) chunk = chunk.subarray(0, remaining);
-            remaining -= chunk.byteLength;
-            emit(ctrl, chunk);
-            if (remaining === 0) done(ctrl, !extra);
-            return;
-          }
+      }
+      while (queue.length === 0 && over === undefined) {
+        if (decoder?.poisoned) return fail(new UpstreamError("protocol", "bad chunked body"));
+        let chunk: Uint8Array | null;
+        try {
+          chunk = await conn.read();
+        } catch (err) {
+          return fail(err);
+        }
+        if (over !== undefined) return; // cancelled meanwhile
+        this.lastTick = watchdog.tick;
+        if (chunk === null) {
+          if (framing.kind === "close") return done(false);
+          return fail(new UpstreamError("reset", "upstream closed mid-body"));
+        }
+        if (framing.kind === "close") {
+          push(chunk);
+        } else if (decoder === null) {
+          const extra = chunk.byteLength > remaining;
+          if (extra) chunk = chunk.subarray(0, remaining);
+          remaining -= chunk.byteLength;
+          push(chunk);
+          if (remaining === 0) done(!extra);
+        } else {
           let pieces: Uint8Array[];
           try {
             pieces = decoder.push(chunk);
           } catch (err) {
-            return fail(ctrl, err);
+            return fail(err);
           }
-          for (const p of pieces) emit(ctrl, p);
-          if (decoder.done) return done(ctrl, decoder.rest === null);
-          if (pieces.length > 0) return;
+          for (const p of pieces) push(p);
+          if (decoder.done) done(decoder.rest === null);
         }
+      }
+    };
+    const cancel = (): void => {
+      this.abortKind ??= "aborted";
+      if (over !== undefined) return;
+      fail(new UpstreamError("aborted", "client went away"));
+    };
+    // The direct reader (no stream machinery per chunk) for a server that writes the body
+    // itself; the stream below for everyone else. Whichever reads first takes the body.
+    res.reader = {
+      read: async () => {
+        if (queue.length === 0 && (over === undefined || !primed)) await fill();
+        const value = queue.shift();
+        if (value !== undefined) return { done: false, value };
+        if (over === null) return DONE;
+        throw over ?? new UpstreamError("aborted", "client went away");
       },
       cancel: () => {
-        this.abortKind ??= "aborted";
-        this.#finish(false);
-        end(new UpstreamError("aborted", "client went away"));
+        cancel();
+        return Promise.resolve();
       },
+    };
+    res.body = new ReadableStream<Uint8Array>({
+      pull: async (ctrl) => {
+        if (queue.length === 0 && (over === undefined || !primed)) await fill();
+        while (queue.length > 0) ctrl.enqueue(queue.shift()!);
+        if (over === null) ctrl.close();
+        else if (over !== undefined) errorBody(ctrl, over, this.abortKind);
+      },
+      cancel,
     }, { highWaterMark: 0 });
     return res;
   }
@@ -1254,3 +1300,5 @@ function indexOfHeadEnd(buf: Uint8Array, from: number): number {
   }
   return -1;
 }
+
+const DONE: ReadableStreamReadDoneResult<Uint8Array> = { done: true };
