@@ -1,6 +1,12 @@
 import { deepStrictEqual, doesNotThrow, equal, ok, strictEqual } from "node:assert/strict";
 import fc from "fast-check";
-import { MAX_JSON_BYTES, MAX_SSE_EVENT_CHARS, type Usage, UsageTap } from "../lib/observe/usage.ts";
+import {
+  MAX_JSON_BYTES,
+  MAX_SSE_EVENT_CHARS,
+  mayMatter,
+  type Usage,
+  UsageTap,
+} from "../lib/observe/usage.ts";
 import { deadline } from "./helpers.ts";
 
 const SSE = "text/event-stream; charset=utf-8";
@@ -583,4 +589,39 @@ Deno.test("UsageTap ignores pushes after finish and repeats its result when fini
   tap.push(encoder.encode(OPENAI_CHAT_STREAM));
   deepStrictEqual(first, ANTHROPIC_USAGE);
   equal(tap.finish(), first);
+});
+
+Deno.test("mayMatter skips only chunks that visibly name no usage object (and no model while one is wanted)", () => {
+  const e = (s: string) => new TextEncoder().encode(s);
+  // Skipped: a content delta whose usage is null, model already known.
+  equal(mayMatter(e('data: {"model":"m","usage":null,"choices":[]}\n\n'), false), false);
+  equal(mayMatter(e('data: {"delta":{"text":"the usage of"}}\n\n'), false), false);
+  // Kept: an object value, with or without blanks, usageMetadata, and anything cut off.
+  equal(mayMatter(e('data: {"usage":{"prompt_tokens":1}}\n\n'), false), true);
+  equal(mayMatter(e('data: {"usage" :\t{"x":1}}\n\n'), false), true);
+  equal(mayMatter(e('data: {"usageMetadata": {"x":1}}\n\n'), false), true);
+  equal(mayMatter(e('data: {"usage"'), false), true);
+  equal(mayMatter(e('data: {"usage":\ndata: {"x":1}}\n\n'), false), true);
+  // A model is wanted until one is known.
+  equal(mayMatter(e('data: {"model":"m","usage":null}\n\n'), true), true);
+});
+
+Deno.test("UsageTap gives the same result with content deltas skipped as a stream it must parse whole", () => {
+  const enc = new TextEncoder();
+  const events = [
+    'data: {"id":"1","model":"gpt-x","choices":[{"delta":{"content":"a"}}],"usage":null}\n\n',
+    'data: {"id":"1","model":"gpt-x","choices":[{"delta":{"content":"b"}}],"usage":null}\n\n',
+    'data: {"id":"1","model":"gpt-x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n',
+    "data: [DONE]\n\n",
+  ];
+  const perEvent = new UsageTap("text/event-stream", null);
+  for (const ev of events) perEvent.push(enc.encode(ev));
+  // One chunk cut inside an event: no skipping possible, every event parsed.
+  const all = enc.encode(events.join(""));
+  const cut = new UsageTap("text/event-stream", null);
+  cut.push(all.subarray(0, 7));
+  cut.push(all.subarray(7));
+  deepStrictEqual(perEvent.finish(), cut.finish());
+  deepStrictEqual(perEvent.finish()?.inputTokens, 3);
+  deepStrictEqual(perEvent.finish()?.model, "gpt-x");
 });

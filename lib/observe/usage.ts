@@ -83,6 +83,8 @@ export class UsageTap {
   /** Copies of the JSON body's chunks (never the caller's buffers). */
   #jsonParts: Uint8Array[] = [];
   #jsonBytes = 0;
+  /** Everything fed so far ended exactly at an SSE event boundary (the parser holds nothing). */
+  #atBoundary = true;
 
   /**
    * @param contentType The response's `content-type` header, or `null`.
@@ -112,6 +114,11 @@ export class UsageTap {
     if (this.#finished || this.#mode === "off" || chunk.byteLength === 0) return;
     try {
       if (this.#mode === "sse") {
+        const ends = endsAtBoundary(chunk);
+        // Whole events that name no usage object (and no model, while none is known) cannot change
+        // the result: most content deltas are skipped without decoding or parsing them.
+        if (this.#atBoundary && ends && !mayMatter(chunk, this.#acc.model === undefined)) return;
+        this.#atBoundary = ends;
         this.#feed(this.#decoder!.decode(chunk, { stream: true }));
       } else {
         this.#jsonBytes += chunk.byteLength;
@@ -314,4 +321,52 @@ function toUsage(acc: Acc): Usage | undefined {
     (acc.input !== undefined && acc.output !== undefined ? acc.input + acc.output : undefined);
   if (total !== undefined) usage.totalTokens = total;
   return Object.keys(usage).length === 0 ? undefined : usage;
+}
+
+/** Whether `chunk` ends with a blank line (`\n\n` or `\n\r\n`): an SSE event boundary. */
+function endsAtBoundary(chunk: Uint8Array): boolean {
+  const n = chunk.byteLength;
+  if (n < 2 || chunk[n - 1] !== 10) return false;
+  return chunk[n - 2] === 10 || (n >= 3 && chunk[n - 2] === 13 && chunk[n - 3] === 10);
+}
+
+const U = 0x75; // "u"
+const M = 0x6d; // "m"
+const USAGE = [0x75, 0x73, 0x61, 0x67, 0x65]; // "usage"
+const METADATA = [0x4d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61]; // "Metadata"
+const MODEL = [0x6d, 0x6f, 0x64, 0x65, 0x6c]; // "model"
+
+function at(chunk: Uint8Array, i: number, word: number[]): boolean {
+  if (i + word.length > chunk.byteLength) return false;
+  for (let k = 0; k < word.length; k++) if (chunk[i + k] !== word[k]) return false;
+  return true;
+}
+
+function skipBlanks(chunk: Uint8Array, i: number): number {
+  while (i < chunk.byteLength && (chunk[i] === 32 || chunk[i] === 9)) i++;
+  return i;
+}
+
+/**
+ * Whether the events in `chunk` could name a usage object (`"usage": {`, `"usageMetadata": {`)
+ * or, with `wantModel`, a model. Errs towards yes: a key whose value is cut by a line break (a
+ * multi-line data field) or by the chunk's end counts as a match; only a value that visibly is not
+ * an object (`"usage":null`) rules one out.
+ */
+export function mayMatter(chunk: Uint8Array, wantModel: boolean): boolean {
+  const n = chunk.byteLength;
+  for (let i = 0; i < n; i++) {
+    const b = chunk[i];
+    if (b === M && wantModel && at(chunk, i, MODEL)) return true;
+    if (b !== U || !at(chunk, i, USAGE)) continue;
+    let j = i + USAGE.length;
+    if (at(chunk, j, METADATA)) j += METADATA.length;
+    if (j >= n || chunk[j] !== 0x22) continue; // not a key: "usage" inside some text
+    j = skipBlanks(chunk, j + 1);
+    if (j >= n || chunk[j] === 10 || chunk[j] === 13) return true;
+    if (chunk[j] !== 0x3a) continue; // ":"
+    j = skipBlanks(chunk, j + 1);
+    if (j >= n || chunk[j] === 10 || chunk[j] === 13 || chunk[j] === 0x7b) return true; // "{"
+  }
+  return false;
 }
