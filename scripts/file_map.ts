@@ -67,8 +67,13 @@ if (import.meta.main) {
     const doc = Deno.readTextFileSync(url);
     if (check) {
       const listed = listedFiles(doc);
-      for (const f of files) if (!listed.includes(f)) (bad++, console.log(`${d}: missing ${f}`));
-      for (const f of listed) if (!files.includes(f)) (bad++, console.log(`${d}: stale ${f}`));
+      const problems = [
+        ...files.filter((f) => !listed.includes(f)).map((f) => `${d}: missing ${f}`),
+        ...listed.filter((f) => !files.includes(f)).map((f) => `${d}: stale ${f}`),
+      ];
+      bad += problems.length;
+      // deno-lint-ignore no-console
+      for (const p of problems) console.log(p);
       continue;
     }
     const i = doc.indexOf(START);
