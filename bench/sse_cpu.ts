@@ -1,6 +1,6 @@
 /**
- * SSE CPU per event, the relay (own server) against deno-minimal, 3 alternating rounds of 1,000
- * streams x 10 events; each proxy is charged only its own run. `--prof` adds a `--cpu-prof` summary.
+ * SSE CPU per event, the relay (own server) against deno-minimal, 3 alternating rounds (`--rounds`, after one uncounted warm-up round) of 1,000
+ * streams x 10 events (`--streams`, `--events`, `--interval-ms` change the shape); each proxy is charged only its own run. `--prof` adds a `--cpu-prof` summary.
  *
  *   deno run -A bench/sse_cpu.ts [tree root, default this checkout] [--prof]
  */
@@ -8,6 +8,14 @@ import { cpuSeconds, freePort, runToEnd, sleep, spawn, waitForPort } from "./com
 import { summarise, summaryMarkdown } from "./profile_summary.ts";
 const root = Deno.args.find((a) => !a.startsWith("--")) ?? new URL("..", import.meta.url).pathname;
 const prof = Deno.args.includes("--prof");
+const flag = (name: string, def: number): number => {
+  const a = Deno.args.find((x) => x.startsWith(`--${name}=`));
+  return a ? Number(a.slice(name.length + 3)) : def;
+};
+// More events per stream at the same total time separate the per-event cost from the per-stream one.
+const events = flag("events", 10),
+  intervalMs = flag("interval-ms", 500),
+  streams = flag("streams", 1000);
 const ssePort = freePort(), relayPort = freePort(), minPort = freePort();
 const dir = await Deno.makeTempDir();
 const relay = spawn("relay", [
@@ -44,7 +52,15 @@ await waitForPort(relayPort, 30000, relay);
 await waitForPort(minPort, 30000, min);
 await sleep(1000);
 const res: Record<string, number[]> = { relay: [], min: [] };
-for (let k = 0; k < 3; k++) {
+/** Numeric median (a bare sort() orders numbers as strings). */
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+const rounds = flag("rounds", 3);
+// Round 0 warms both up (JIT, pools) and is not counted.
+for (let k = 0; k <= rounds; k++) {
   for (
     const [name, port, pid] of (k % 2
       ? [["min", minPort, min.pid], ["relay", relayPort, relay.pid]]
@@ -61,15 +77,17 @@ for (let k = 0; k < 3; k++) {
       `${root}/bench/sse_load.ts`,
       "--mode=delay",
       `--upstream-port=${ssePort}`,
-      "--streams=1000",
-      "--events=10",
-      "--interval-ms=500",
+      `--streams=${streams}`,
+      `--events=${events}`,
+      `--interval-ms=${intervalMs}`,
       "--ramp-ms=2000",
       "--max-sec=60",
       `--target=${name}=http://127.0.0.1:${port}/v1/chat/completions`,
     ], { timeoutMs: 120000 });
-    const us = (cpuSeconds(pid) - c0) * 1e6 / (1000 * 12);
-    res[name]!.push(Math.round(us * 10) / 10);
+    const us = (cpuSeconds(pid) - c0) * 1e6 / (streams * (events + 2));
+    if (k > 0) {
+      res[name]!.push(Math.round(us * 10) / 10);
+    }
     // deno-lint-ignore no-console
     console.log(name, "cpu µs/event", us.toFixed(1), out.slice(0, 300).replace(/\n/g, " "));
   }
@@ -78,7 +96,7 @@ for (let k = 0; k < 3; k++) {
 console.log(
   JSON.stringify(res),
   "ratio medians",
-  (res.relay!.sort()[1]! / res.min!.sort()[1]!).toFixed(2),
+  (median(res.relay!) / median(res.min!)).toFixed(2),
 );
 await relay.stop(8000);
 await min.stop(3000);

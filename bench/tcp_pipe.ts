@@ -10,6 +10,8 @@
 const upstream = new URL(Deno.env.get("UPSTREAM") ?? "http://127.0.0.1:9000");
 const upstreamAddr = { hostname: upstream.hostname, port: Number(upstream.port || "80") };
 const port = Number(Deno.env.get("PORT") ?? "8002");
+/** Read buffer per direction; `bench/stream_mem.ts` sets 4 KiB to find the runtime's memory floor. */
+const bufSize = Number(Deno.env.get("PIPE_BUF") ?? 64 * 1024);
 
 /**
  * Copies until `from` ends, through one reused buffer. A plain read/write loop rather than
@@ -17,7 +19,7 @@ const port = Number(Deno.env.get("PORT") ?? "8002");
  * next read (back-pressure).
  */
 async function copy(from: Deno.Conn, to: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(64 * 1024);
+  const buf = new Uint8Array(bufSize);
   while (true) {
     const n = await from.read(buf);
     if (n === null) return;

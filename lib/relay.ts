@@ -131,6 +131,8 @@ export function requestIdFor(req: Request, newId: () => string): string {
 /** No headers or target yet: the steps build the ones A gets. */
 const NO_HEADERS: HeaderList = [];
 const NO_TARGET: RawTarget = { path: "", query: "" };
+/** Stands in for a request whose response streams (see relay): its record keeps no Request alive. */
+const SPENT = new Request("http://spent.invalid/");
 
 /** One request as the relay handles it: what the steps decided, then what came back. */
 interface Ctx extends Admission {
@@ -430,6 +432,10 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     }
     ctx.usage = new UsageTap(contentType, contentEncoding);
     ctx.streaming = true;
+    // A stream can last minutes: its record needs nothing more of the request.
+    ctx.req = SPENT;
+    ctx.headers = NO_HEADERS;
+    ctx.target = NO_TARGET;
     openStreams++;
     inFlight++;
     return response;

@@ -95,7 +95,8 @@ export class LimitedBody implements BodyReader, Watched {
   error: RelayError | null = null;
   /** Bytes passed so far. */
   bytes = 0;
-  readonly #sourceOf: () => ReadableStream<Uint8Array>;
+  /** Null once the body ended: a stream answered to it can last minutes and keep the Request. */
+  #sourceOf: (() => ReadableStream<Uint8Array>) | null;
   #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
   readonly #opts: Omit<BodyLimitOptions, "whole">;
   readonly #watchdog: Watchdog;
@@ -159,7 +160,7 @@ export class LimitedBody implements BodyReader, Watched {
         this.#wholeStarted = true;
         pending = whole();
       } else {
-        this.#reader ??= this.#sourceOf().getReader();
+        this.#reader ??= this.#sourceOf!().getReader();
         pending = this.#reader.read().then((r) => (r.done ? null : r.value));
       }
       // Not Promise.race with one long-lived "tripped" promise: every race would leave a reaction
@@ -195,7 +196,7 @@ export class LimitedBody implements BodyReader, Watched {
   cancel(reason?: unknown): void {
     this.#end();
     if (this.#reader !== null) this.#reader.cancel(reason).catch(() => {});
-    else if (!this.#wholeStarted) this.#sourceOf().cancel(reason).catch(() => {});
+    else if (!this.#wholeStarted) this.#sourceOf?.().cancel(reason).catch(() => {});
   }
 
   /** Called by the watchdog: the client has been silent for too long during a read. */
@@ -213,6 +214,7 @@ export class LimitedBody implements BodyReader, Watched {
 
   #end(): void {
     this.#ended = true;
+    if (this.#reader !== null || this.#wholeStarted) this.#sourceOf = null;
     this.#watchdog.unwatch(this);
   }
 }

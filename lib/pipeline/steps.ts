@@ -28,7 +28,8 @@ const READ_WHOLE_MAX = 256 * 1024;
 
 /** What the steps know about one request: given when it arrives, then decided step by step. */
 export interface Admission {
-  readonly req: Request;
+  /** The client's request; a placeholder once the response streams, so a stream keeps none of it. */
+  req: Request;
   /** The configuration in force when the request arrived (a reload cannot split a request). */
   readonly cfg: Config;
   readonly id: string;

@@ -383,8 +383,7 @@ export class Connection implements Watched, ResponseSink {
       return false;
     }
     const m = head.method;
-    const bodiless = m === "GET" || m === "HEAD" ||
-      (m.length <= 4 && (m.toUpperCase() === "GET" || m.toUpperCase() === "HEAD"));
+    const isHead = m === "HEAD" || (m.length === 4 && m.toUpperCase() === "HEAD");
     let framed = head.chunked || head.contentLength > 0;
     // A small body that arrived with its head (a typical JSON request) is handed over as bytes:
     // no stream to build and drain, and `req.bytes()` is a copy. Nothing waits for it.
@@ -400,41 +399,9 @@ export class Connection implements Watched, ResponseSink {
     const ex = new Exchange(this.#remoteAddr);
     const body = framed ? new RequestBody(head) : null;
     ex.body = body;
-    const init: RequestInit & { duplex?: "half" } = { headers: head.headers };
-    if (m !== "GET") init.method = m;
-    if (!cancelHookAvailable) init.signal = ex.signal();
-    if (!bodiless) {
-      // Like Deno.serve: GET/HEAD get no body; other methods an empty one when none was framed.
-      if (whole !== null) init.body = whole;
-      else if (body === null) init.body = EMPTY;
-      else {
-        init.body = this.#bodyStream(body);
-        init.duplex = "half";
-      }
-    }
-    let req: Request;
-    try {
-      req = new Request(url, init);
-    } catch {
-      // Forbidden methods (CONNECT, TRACE, TRACK) or a host the URL parser refuses.
-      this.#refuse(badRequest("unrepresentable"));
-      return false;
-    }
-    if (cancelHookAvailable) attachCancel(req, ex.onCancel);
-    // `new Request` normalises the URL (dot-segments, `\`, escaping, host case). Deno.serve hands
-    // the target over as sent, and the relay's own checks depend on seeing it so.
-    if (req.url !== url) keepSentUrl(req, url);
-    this.#ex = ex;
-    this.#noWatch = head.upgrade;
-    if (body === null) this.#startWatch();
-
-    let res: Response;
-    try {
-      res = await server.handler(req, ex);
-      if (!(res instanceof Response)) throw new TypeError("the handler did not return a Response");
-    } catch (err) {
-      res = await server.errorResponse(err);
-    }
+    let res = await this.#handle(head, url, whole, body, ex);
+    whole = null;
+    if (res === null) return false;
     if (this.#closed) {
       // The client left while the handler worked.
       res.body?.cancel().catch(noop);
@@ -451,7 +418,10 @@ export class Connection implements Watched, ResponseSink {
     let keep = head.keepAlive && !server.closing && (body === null || body.done ||
       (!body.broken && (body.started || (!(body.expect && !body.continueSent) &&
         (body.decoder !== null || body.remaining <= MAX_DRAIN_BYTES)))));
-    keep = await respond(this, res, head.http10, req.method === "HEAD", keep, ex);
+    const sent = respond(this, res, head.http10, isHead, keep, ex);
+    // A suspended async function keeps every local: a long stream need not keep the Response.
+    res = null;
+    keep = await sent;
     this.#watching = false;
     ex.finish();
     this.#ex = null;
@@ -472,6 +442,59 @@ export class Connection implements Watched, ResponseSink {
       server.headerDog.watch(this);
     }
     return true;
+  }
+
+  /**
+   * Makes the Request and runs the handler; null when the request cannot be represented (refused).
+   * Apart from #exchange so that nothing of the Request is kept while a long response streams.
+   */
+  async #handle(
+    head: RequestHead,
+    url: string,
+    whole: Uint8Array<ArrayBuffer> | null,
+    body: RequestBody | null,
+    ex: Exchange,
+  ): Promise<Response | null> {
+    const server = this.#server;
+    const m = head.method;
+    const bodiless = m === "GET" || m === "HEAD" ||
+      (m.length <= 4 && (m.toUpperCase() === "GET" || m.toUpperCase() === "HEAD"));
+    const init: RequestInit & { duplex?: "half" } = { headers: head.headers };
+    if (m !== "GET") init.method = m;
+    if (!cancelHookAvailable) init.signal = ex.signal();
+    if (!bodiless) {
+      // Like Deno.serve: GET/HEAD get no body; other methods an empty one when none was framed.
+      if (whole !== null) init.body = whole;
+      else if (body === null) init.body = EMPTY;
+      else {
+        init.body = this.#bodyStream(body);
+        init.duplex = "half";
+      }
+    }
+    let req: Request;
+    try {
+      req = new Request(url, init);
+    } catch {
+      // Forbidden methods (CONNECT, TRACE, TRACK) or a host the URL parser refuses.
+      this.#refuse(badRequest("unrepresentable"));
+      return null;
+    }
+    if (cancelHookAvailable) attachCancel(req, ex.onCancel);
+    // `new Request` normalises the URL (dot-segments, `\`, escaping, host case). Deno.serve hands
+    // the target over as sent, and the relay's own checks depend on seeing it so.
+    if (req.url !== url) keepSentUrl(req, url);
+    this.#ex = ex;
+    this.#noWatch = head.upgrade;
+    if (body === null) this.#startWatch();
+
+    let res: Response;
+    try {
+      res = await server.handler(req, ex);
+      if (!(res instanceof Response)) throw new TypeError("the handler did not return a Response");
+    } catch (err) {
+      res = await server.errorResponse(err);
+    }
+    return res;
   }
 
   #startWatch(): void {

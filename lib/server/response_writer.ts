@@ -204,6 +204,25 @@ export async function respond(
     }
   }
   ex.reader = reader;
+  return writeBody(sink, reader, text, declared, eventStream, hasDate, keep, http10, isHead, ex);
+}
+
+/**
+ * Writes the head and a streamed body read from `reader`. Apart from {@link respond}, which
+ * holds the Response, so that a long stream keeps nothing of it.
+ */
+async function writeBody(
+  sink: ResponseSink,
+  reader: BodyReaderLike,
+  text: string,
+  declared: number,
+  eventStream: boolean,
+  hasDate: boolean,
+  keep: boolean,
+  http10: boolean,
+  isHead: boolean,
+  ex: Exchange,
+): Promise<boolean> {
   let pk = await peek(reader);
   let first: Uint8Array | null = null;
   let mode = Mode.Length;

@@ -215,24 +215,27 @@ export class Connection {
     if (bytes.byteLength > 0) this.#leftover = bytes;
   }
 
-  async #rawRead(quiet: boolean): Promise<Uint8Array | null> {
+  #rawRead(quiet: boolean): Promise<Uint8Array | null> {
     // One read at a time per connection, so its buffer is reused; only the bytes read are copied
-    // out. A fresh 8 KB buffer per read was a measurable share of GC time.
+    // out. A fresh 8 KB buffer per read was a measurable share of GC time. Not an async function:
+    // one suspended per open stream was memory and a turn per chunk.
     let buf = this.#buf;
     if (buf === null || buf.byteLength !== this.#readSize) {
       buf = this.#buf = new Uint8Array(this.#readSize);
     }
-    let n: number | null;
+    const got = (n: number | null): Uint8Array | null => {
+      if (n === null) return null;
+      // A full buffer means a bulk body: read bigger from now on.
+      if (n === buf.byteLength) this.#readSize = LARGE_READ;
+      return buf.slice(0, n);
+    };
+    let read: Promise<number | null>;
     try {
-      n = await this.#conn.read(buf);
+      read = this.#conn.read(buf);
     } catch (err) {
-      if (quiet) return null;
-      throw err;
+      return quiet ? Promise.resolve(null) : Promise.reject(err);
     }
-    if (n === null) return null;
-    // A full buffer means a bulk body: read bigger from now on.
-    if (n === buf.byteLength) this.#readSize = LARGE_READ;
-    return buf.slice(0, n);
+    return quiet ? read.then(got, () => null) : read.then(got);
   }
 
   /** Bytes already read past the response head, taken out of the connection. */
@@ -800,7 +803,7 @@ class Exchange implements Watched, Attempt {
   abortKind: "timeout" | "aborted" | null = null;
   readonly #pool: Pool;
   readonly #conn: Connection;
-  readonly #req: ExchangeRequest;
+  #req: ExchangeRequest;
   readonly #opts: ExchangeOptions;
   #writeDone = false;
   #headSeen = false;
@@ -849,7 +852,7 @@ class Exchange implements Watched, Attempt {
       () => {
         this.#writeDone = true;
         // Sent in full and answered: no resend can happen any more, so keep nothing.
-        if (this.#headSeen) this.#req.body?.forget();
+        if (this.#headSeen) this.#spent();
       },
       (err) => {
         this.#writeError = err;
@@ -873,8 +876,18 @@ class Exchange implements Watched, Attempt {
     // A stream can stay open for minutes: the kept copy of the request body (a whole Claude Code
     // conversation, often megabytes) must not live as long as it.
     this.#headSeen = true;
-    if (this.#writeDone) this.#req.body?.forget();
+    if (this.#writeDone) this.#spent();
     return this.#respond(answer);
+  }
+
+  /**
+   * Sent in full and answered: no resend can happen any more, so keep nothing of the request (its
+   * body copy, headers and target) while the response streams, for minutes perhaps.
+   */
+  #spent(): void {
+    const req = this.#req;
+    req.body?.forget();
+    this.#req = { method: req.method, target: "", headers: NO_FIELDS, body: null };
   }
 
   #classify(err: unknown): UpstreamError {
@@ -947,6 +960,8 @@ class Exchange implements Watched, Attempt {
       reused: this.reused,
     };
     const framing = bodyFraming(this.#req.method, head);
+    // The closures below outlive the head; they need only this of it.
+    const keepAlive = head.keepAlive;
     if (framing.kind === "none") {
       this.#finish(head.keepAlive);
       return res;
@@ -1003,7 +1018,7 @@ class Exchange implements Watched, Attempt {
     const done = (reusable: boolean): void => {
       if (over !== undefined) return;
       over = null;
-      this.#finish(reusable && head.keepAlive);
+      this.#finish(reusable && keepAlive);
       end(null);
     };
     let primed = false;
@@ -1059,13 +1074,21 @@ class Exchange implements Watched, Attempt {
     };
     // The direct reader (no stream machinery per chunk) for a server that writes the body
     // itself; the stream below for everyone else. Whichever reads first takes the body.
+    const take = (): ReadableStreamReadResult<Uint8Array> => {
+      const value = queue.shift();
+      if (value !== undefined) return { done: false, value };
+      if (over === null) return DONE;
+      throw over ?? new UpstreamError("aborted", "client went away");
+    };
     res.reader = {
-      read: async () => {
-        if (queue.length === 0 && (over === undefined || !primed)) await fill();
-        const value = queue.shift();
-        if (value !== undefined) return { done: false, value };
-        if (over === null) return DONE;
-        throw over ?? new UpstreamError("aborted", "client went away");
+      // Not an async function: what is queued is handed out without another suspended frame.
+      read: () => {
+        if (queue.length === 0 && (over === undefined || !primed)) return fill().then(take);
+        try {
+          return Promise.resolve(take());
+        } catch (err) {
+          return Promise.reject(err);
+        }
       },
       cancel: () => {
         cancel();
@@ -1302,3 +1325,5 @@ function indexOfHeadEnd(buf: Uint8Array, from: number): number {
 }
 
 const DONE: ReadableStreamReadDoneResult<Uint8Array> = { done: true };
+/** The headers of a request already sent (see Exchange#spent). */
+const NO_FIELDS: HeaderList = [];
