@@ -24,6 +24,11 @@ import type { HeaderList } from "./headers.ts";
 export interface BodyReaderLike {
   read(): Promise<ReadableStreamReadResult<Uint8Array>>;
   cancel(reason?: unknown): Promise<void>;
+  /**
+   * False when the next read must wait for I/O; then the writer sends what it gathered without
+   * first letting microtask turns pass in case a chunk is produced without I/O.
+   */
+  ready?(): boolean;
 }
 
 const sentUrls = new WeakMap<Request, string>();

@@ -73,8 +73,13 @@ class Peek {
  * recognised and sent with `content-length`, and how chunks that are ready together go out in one
  * write, without ever waiting for a chunk that is not ready.
  */
-async function peek(reader: BodyReaderLike): Promise<Peek> {
-  const p = new Peek(reader);
+function peek(reader: BodyReaderLike): Peek | Promise<Peek> {
+  // A reader that knows it must wait for I/O is not given turns: its chunk cannot come sooner.
+  if (reader.ready?.() === false) return new Peek(reader);
+  return settle(new Peek(reader));
+}
+
+async function settle(p: Peek): Promise<Peek> {
   for (let i = 0; i < SETTLE_TURNS && !p.ready; i++) await null;
   return p;
 }
@@ -306,7 +311,8 @@ async function writeBody(
       if (!(await flush(sink, parts, total))) return false;
       total = 0;
     }
-    pk = await peek(reader);
+    const next = peek(reader);
+    pk = next instanceof Peek ? next : await next;
   }
   if (mode === Mode.Chunked) {
     parts.push("0\r\n\r\n");

@@ -1094,6 +1094,7 @@ class Exchange implements Watched, Attempt {
         cancel();
         return Promise.resolve();
       },
+      ready: () => queue.length > 0 || !primed || over !== undefined,
     };
     res.body = new ReadableStream<Uint8Array>({
       pull: async (ctrl) => {
