@@ -24,6 +24,8 @@ export const TEST_FLAGS: readonly string[] = [
   "--allow-write",
   "--allow-run",
   "--allow-sys",
+  // For the retention test (stream_retention_test.ts), which must force a collection.
+  "--v8-flags=--expose-gc",
 ];
 
 /** Longest a file may run before it is killed, s. The slowest file takes about 15 s alone. */
