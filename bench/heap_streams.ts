@@ -6,30 +6,20 @@
  *
  *   deno run -A bench/heap_streams.ts [--streams=1000] [--top=30]
  */
-import { freePort, runToEnd, sleep, spawn, waitForPort } from "./common.ts";
+import { BENCH, freePort, numFlag, parseFlags, runToEnd, sleep, startRelay } from "./common.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
-const arg = (name: string, def: number): number =>
-  Number(Deno.args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? def);
-const streams = arg("streams", 1000), top = arg("top", 30);
+const flags = parseFlags(Deno.args);
+const streams = numFlag(flags, "streams", 1000), top = numFlag(flags, "top", 30);
 const dir = await Deno.makeTempDir();
 const ssePort = freePort(), port = freePort();
-const relay = spawn("relay", [
-  "deno",
-  "run",
-  "--unstable-no-legacy-abort",
-  "-A",
-  `${ROOT}/bench/heap_main.ts`,
-], {
-  env: {
-    UPSTREAM_SERVER_A: `http://127.0.0.1:${ssePort}`,
-    PORT: String(port),
-    ACCESS_LOG: "0",
-    HEAP_SNAPSHOT_DIR: dir,
-  },
+const relay = await startRelay("relay", {
+  port,
+  upstream: `http://127.0.0.1:${ssePort}`,
+  cpu: "0",
+  env: { ACCESS_LOG: "0", HEAP_SNAPSHOT_DIR: dir },
+  script: `${BENCH}/heap_main.ts`,
   logFile: `${dir}/relay.log`,
 });
-await waitForPort(port, 30000, relay);
 await sleep(1000);
 const snapshot = async (i: number): Promise<string> => {
   const file = `${dir}/snap${i}.heapsnapshot`;
@@ -51,7 +41,7 @@ const load = runToEnd("sse", [
   "deno",
   "run",
   "-A",
-  `${ROOT}/bench/sse_load.ts`,
+  `${BENCH}/sse_load.ts`,
   "--mode=delay",
   `--upstream-port=${ssePort}`,
   `--streams=${streams}`,
@@ -60,7 +50,7 @@ const load = runToEnd("sse", [
   "--ramp-ms=2000",
   "--max-sec=60",
   `--target=relay=http://127.0.0.1:${port}/v1/chat/completions`,
-], { timeoutMs: 120000 });
+], { cpu: "1", timeoutMs: 120000 });
 await sleep(3500);
 const during = await snapshot(1);
 await load;

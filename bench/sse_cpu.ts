@@ -4,61 +4,46 @@
  *
  *   deno run -A bench/sse_cpu.ts [tree root, default this checkout] [--prof]
  */
-import { cpuSeconds, freePort, runToEnd, sleep, spawn, waitForPort } from "./common.ts";
+import {
+  cpuSeconds,
+  freePort,
+  median,
+  numFlag,
+  parseFlags,
+  runToEnd,
+  sleep,
+  spawn,
+  startRelay,
+  waitForPort,
+} from "./common.ts";
 import { summarise, summaryMarkdown } from "./profile_summary.ts";
 const root = Deno.args.find((a) => !a.startsWith("--")) ?? new URL("..", import.meta.url).pathname;
-const prof = Deno.args.includes("--prof");
-const flag = (name: string, def: number): number => {
-  const a = Deno.args.find((x) => x.startsWith(`--${name}=`));
-  return a ? Number(a.slice(name.length + 3)) : def;
-};
+const flags = parseFlags(Deno.args);
+const prof = flags.has("prof");
 // More events per stream at the same total time separate the per-event cost from the per-stream one.
-const events = flag("events", 10),
-  intervalMs = flag("interval-ms", 500),
-  streams = flag("streams", 1000);
+const events = numFlag(flags, "events", 10),
+  intervalMs = numFlag(flags, "interval-ms", 500),
+  streams = numFlag(flags, "streams", 1000);
 const ssePort = freePort(), relayPort = freePort(), minPort = freePort();
 const dir = await Deno.makeTempDir();
-const relay = spawn("relay", [
-  "taskset",
-  "-c",
-  "0",
-  "deno",
-  "run",
-  "--unstable-no-legacy-abort",
-  ...(prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}`] : []),
-  "-A",
-  `${root}/main.ts`,
-], {
-  env: {
-    UPSTREAM_SERVER_A: `http://127.0.0.1:${ssePort}`,
-    PORT: String(relayPort),
-    ACCESS_LOG: "0",
-  },
+const relay = await startRelay("relay", {
+  port: relayPort,
+  upstream: `http://127.0.0.1:${ssePort}`,
+  cpu: "0",
+  env: { ACCESS_LOG: "0" },
+  denoFlags: prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}`] : [],
+  script: `${root}/main.ts`,
   logFile: `${dir}/relay.log`,
 });
-const min = spawn("min", [
-  "taskset",
-  "-c",
-  "0",
-  "deno",
-  "run",
-  "-A",
-  `${root}/bench/minimal_relay.ts`,
-], {
+const min = spawn("min", ["deno", "run", "-A", `${root}/bench/minimal_relay.ts`], {
+  cpu: "0",
   env: { UPSTREAM: `http://127.0.0.1:${ssePort}`, PORT: String(minPort) },
   logFile: `${dir}/min.log`,
 });
-await waitForPort(relayPort, 30000, relay);
 await waitForPort(minPort, 30000, min);
 await sleep(1000);
 const res: Record<string, number[]> = { relay: [], min: [] };
-/** Numeric median (a bare sort() orders numbers as strings). */
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-const rounds = flag("rounds", 3);
+const rounds = numFlag(flags, "rounds", 3);
 // Round 0 warms both up (JIT, pools) and is not counted.
 for (let k = 0; k <= rounds; k++) {
   for (
@@ -68,9 +53,6 @@ for (let k = 0; k <= rounds; k++) {
   ) {
     const c0 = cpuSeconds(pid);
     const out = await runToEnd("sse", [
-      "taskset",
-      "-c",
-      "1",
       "deno",
       "run",
       "-A",
@@ -83,7 +65,7 @@ for (let k = 0; k <= rounds; k++) {
       "--ramp-ms=2000",
       "--max-sec=60",
       `--target=${name}=http://127.0.0.1:${port}/v1/chat/completions`,
-    ], { timeoutMs: 120000 });
+    ], { cpu: "1", timeoutMs: 120000 });
     const us = (cpuSeconds(pid) - c0) * 1e6 / (streams * (events + 2));
     if (k > 0) {
       res[name]!.push(Math.round(us * 10) / 10);
