@@ -66,6 +66,11 @@ const CONTINUE = encoder.encode("HTTP/1.1 100 Continue\r\n\r\n");
 const FALSE = Promise.resolve(false);
 const noop = (): void => {};
 
+/** `m` names `method` as `new Request` normalises it (GET and HEAD in any case). */
+function isMethod(m: string, method: "GET" | "HEAD"): boolean {
+  return m === method || (m.length === method.length && m.toUpperCase() === method);
+}
+
 export function closeQuietly(conn: Deno.Conn): void {
   try {
     conn.close();
@@ -383,7 +388,7 @@ export class Connection implements Watched, ResponseSink {
       return false;
     }
     const m = head.method;
-    const isHead = m === "HEAD" || (m.length === 4 && m.toUpperCase() === "HEAD");
+    const isHead = isMethod(m, "HEAD");
     let framed = head.chunked || head.contentLength > 0;
     // A small body that arrived with its head (a typical JSON request) is handed over as bytes:
     // no stream to build and drain, and `req.bytes()` is a copy. Nothing waits for it.
@@ -457,8 +462,7 @@ export class Connection implements Watched, ResponseSink {
   ): Promise<Response | null> {
     const server = this.#server;
     const m = head.method;
-    const bodiless = m === "GET" || m === "HEAD" ||
-      (m.length <= 4 && (m.toUpperCase() === "GET" || m.toUpperCase() === "HEAD"));
+    const bodiless = isMethod(m, "GET") || isMethod(m, "HEAD");
     const init: RequestInit & { duplex?: "half" } = { headers: head.headers };
     if (m !== "GET") init.method = m;
     if (!cancelHookAvailable) init.signal = ex.signal();

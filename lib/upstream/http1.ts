@@ -169,6 +169,8 @@ export interface SpareOptions {
 export const SPARE_FAILURE_LIMIT = 3;
 
 const SMALL_READ = 4 * 1024;
+/** A failed read on an idle connection is only its end. */
+const quietFailure = (): null => null;
 const LARGE_READ = 64 * 1024;
 
 /** One socket with a read buffer and an idle liveness watch. */
@@ -223,20 +225,23 @@ export class Connection {
     if (buf === null || buf.byteLength !== this.#readSize) {
       buf = this.#buf = new Uint8Array(this.#readSize);
     }
-    const got = (n: number | null): Uint8Array | null => {
-      if (n === null) return null;
-      // A full buffer means a bulk body: read bigger from now on.
-      if (n === buf.byteLength) this.#readSize = LARGE_READ;
-      return buf.slice(0, n);
-    };
     let read: Promise<number | null>;
     try {
       read = this.#conn.read(buf);
     } catch (err) {
       return quiet ? Promise.resolve(null) : Promise.reject(err);
     }
-    return quiet ? read.then(got, () => null) : read.then(got);
+    return quiet ? read.then(this.#got, quietFailure) : read.then(this.#got);
   }
+
+  /** The bytes of the read that just ended, copied out of #buf (the buffer it was given). */
+  readonly #got = (n: number | null): Uint8Array | null => {
+    if (n === null) return null;
+    const buf = this.#buf!;
+    // A full buffer means a bulk body: read bigger from now on.
+    if (n === buf.byteLength) this.#readSize = LARGE_READ;
+    return buf.slice(0, n);
+  };
 
   /** Bytes already read past the response head, taken out of the connection. */
   takeLeftover(): Uint8Array | null {
