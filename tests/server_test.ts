@@ -420,6 +420,77 @@ deadline.test("keep-alive: three requests on one socket, pipelined requests answ
   }
 });
 
+deadline.test("keep-alive: heads and bodies past the connection's small read buffer, whole, split, pipelined and during a stream", async () => {
+  // The connection reads into a 1 KiB buffer of its own and moves longer heads to a pooled one;
+  // each size and arrival pattern here crosses that boundary.
+  const { server, port } = start(async (req) => {
+    const url = new URL(req.url);
+    const body = new Uint8Array(await req.arrayBuffer());
+    const info = `${url.pathname} pad=${req.headers.get("x-pad")?.length ?? 0} body=${
+      body.length > 0 ? await sha256(body) : "-"
+    }`;
+    if (url.pathname === "/stream") {
+      let n = 0;
+      return new Response(
+        new ReadableStream<Uint8Array>({
+          async pull(ctrl) {
+            if (n++ < 4) {
+              await delay(30);
+              ctrl.enqueue(enc.encode(`e${n};`));
+            } else ctrl.close();
+          },
+        }, { highWaterMark: 0 }),
+      );
+    }
+    return new Response(info);
+  });
+  const request = (path: string, pad: number, body = new Uint8Array(0)): Uint8Array =>
+    concat([
+      enc.encode(
+        `${body.length > 0 ? "POST" : "GET"} ${path} HTTP/1.1\r\nhost: t\r\nx-pad: ${
+          "p".repeat(pad)
+        }\r\ncontent-length: ${body.length}\r\n\r\n`,
+      ),
+      body,
+    ]);
+  const expect = async (path: string, pad: number, body = new Uint8Array(0)) =>
+    `${path} pad=${pad} body=${body.length > 0 ? await sha256(body) : "-"}`;
+  const c = await Raw.open(port);
+  try {
+    for (const [pad, size] of [[900, 0], [1000, 100], [3000, 0], [100, 3000], [5000, 20000]]) {
+      const body = randomBytes(size!);
+      // Whole, then split inside the head.
+      await c.send(request("/a", pad!, body));
+      assert.equal(dec.decode((await c.response()).body), await expect("/a", pad!, body));
+      const bytes = request("/b", pad!, body);
+      await c.send(bytes.subarray(0, 700));
+      await delay(10);
+      await c.send(bytes.subarray(700));
+      assert.equal(dec.decode((await c.response()).body), await expect("/b", pad!, body));
+    }
+    // Pipelined: three long heads in one write.
+    const body = randomBytes(1500);
+    await c.send(concat([request("/c", 1200), request("/d", 2500, body), request("/e", 10)]));
+    for (const [p, pad, b] of [["/c", 1200], ["/d", 2500, body], ["/e", 10]] as const) {
+      assert.equal(dec.decode((await c.response()).body), await expect(p, pad, b));
+    }
+    // A long head and a short one in one write: the short one moves to the small buffer.
+    await c.send(concat([request("/g", 1500), request("/h", 10)]));
+    assert.equal(dec.decode((await c.response()).body), await expect("/g", 1500));
+    assert.equal(dec.decode((await c.response()).body), await expect("/h", 10));
+    // A long head arriving while a response streams waits for it, then is read in full.
+    await c.send(request("/stream", 10));
+    await delay(40);
+    await c.send(request("/f", 4000, body));
+    assert.equal(dec.decode((await c.response()).body), "e1;e2;e3;e4;");
+    assert.equal(dec.decode((await c.response()).body), await expect("/f", 4000, body));
+    assert.equal(server.connections, 1);
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
 deadline.test("HEAD gets headers without a body; 204 gets neither body nor content-length", async () => {
   const { server, port } = start((req) => {
     if (new URL(req.url).pathname === "/204") return new Response(null, { status: 204 });

@@ -15,7 +15,7 @@
 
 import { badRequest, parseRequestHead, type RequestHead, requestUrl } from "./request_head.ts";
 import { Exchange, RequestBody } from "./exchange.ts";
-import { respond, type ResponseSink } from "./response_writer.ts";
+import { POOL_BUF, respond, type ResponseSink } from "./response_writer.ts";
 import { errorBytes } from "./response_head.ts";
 import { takeUpgrade, type Upgrade } from "./upgrade.ts";
 import type { DropReason, Http1Handler } from "./types.ts";
@@ -55,8 +55,13 @@ export interface ConnectionHost {
 const INLINE_BODY_MAX = 64 * 1024;
 /** An unread request body up to this size is read and dropped after the response, to keep the connection. */
 const MAX_DRAIN_BYTES = 1024 * 1024;
-/** Per-connection read buffer; heads grow it up to `maxHeadBytes`, bodies use {@link BODY_BUF}. */
-const SMALL_BUF = 4096;
+/**
+ * The connection's own read buffer. It is what a read waiting for the client holds: for the whole
+ * of a long response (noticing the client leave) and between requests. Most request heads of
+ * small clients fit; a longer head moves to a pooled {@link POOL_BUF} buffer, given back once
+ * the bytes in it are consumed. Bodies use {@link BODY_BUF}.
+ */
+const SMALL_BUF = 1024;
 const BODY_BUF = 64 * 1024;
 
 const encoder = new TextEncoder();
@@ -107,6 +112,10 @@ export class Connection implements Watched, ResponseSink {
   #ending = false;
   // The read buffer: bytes [#start, #end) have arrived and are not consumed yet.
   #buf = new Uint8Array(SMALL_BUF);
+  /** The connection's own small buffer (kept while #buf is a larger one). */
+  readonly #small = this.#buf;
+  /** #buf came from the server's buffer pool. */
+  #pooled = false;
   #start = 0;
   #end = 0;
   /** The read in flight; its bytes land at #end. Never replace #buf while it is set. */
@@ -140,18 +149,40 @@ export class Connection implements Watched, ResponseSink {
     return this.#remoteAddr.hostname;
   }
 
-  /** Serves requests until the connection ends; never rejects. */
-  async run(): Promise<void> {
-    try {
-      while (true) {
-        const head = await this.#readHead();
-        if (head === null) break;
-        if (!(await this.#exchange(head))) break;
-      }
-    } catch {
-      // Only a bug gets here: drop the connection rather than the process.
-    }
+  /**
+   * Serves requests until the connection ends; never rejects. A chain of callbacks rather than an
+   * async loop: nothing stays suspended for the life of a long response but the body's writer.
+   */
+  run(): Promise<void> {
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#ended = resolve;
+    this.#serveNext();
+    return promise;
+  }
+
+  #ended: () => void = noop;
+
+  #serveNext(): void {
+    this.#serveOne().then(this.#served, this.#failed);
+  }
+
+  readonly #served = (more: boolean): void => {
+    if (more) this.#serveNext();
+    else this.#endRun();
+  };
+
+  // Only a bug gets here: drop the connection rather than the process.
+  readonly #failed = (): void => this.#endRun();
+
+  #endRun(): void {
     if (this.#state !== State.Upgraded && !this.#ending) this.#close();
+    this.#ended();
+  }
+
+  /** One request and its response (the promise ends with the response); true to read the next. */
+  async #serveOne(): Promise<boolean> {
+    const head = await this.#readHead();
+    return head === null ? false : this.#exchange(head);
   }
 
   /** Called by the header, drain and idle watchdogs. */
@@ -267,21 +298,31 @@ export class Connection implements Watched, ResponseSink {
       this.#start = 0;
       return true;
     }
-    if (this.#buf.byteLength >= limit) return false;
-    const next = new Uint8Array(Math.min(this.#buf.byteLength * 2, limit));
+    const size = this.#buf.byteLength;
+    if (size >= limit) return false;
+    const pool = size < POOL_BUF && limit >= POOL_BUF;
+    const next = pool
+      ? this.#server.takeBuffer() as Uint8Array<ArrayBuffer>
+      : new Uint8Array(Math.min(size * 2, limit));
     next.set(this.#buf.subarray(0, this.#end));
-    this.#buf = next;
+    this.#replace(next, pool);
     return true;
   }
 
-  /** Goes back to a small buffer after a large body, unless a read is in flight. */
+  /** Puts `next` in place of #buf (no read may be in flight), a pooled one going back. */
+  #replace(next: Uint8Array<ArrayBuffer>, pooled: boolean): void {
+    if (this.#pooled) this.#server.giveBuffer(this.#buf);
+    this.#buf = next;
+    this.#pooled = pooled;
+  }
+
+  /** Goes back to the small buffer once what is left fits, unless a read is in flight. */
   #shrink(): void {
-    if (this.#buf.byteLength <= SMALL_BUF || this.#pending !== null) return;
+    if (this.#buf === this.#small || this.#pending !== null) return;
     const n = this.#end - this.#start;
     if (n > SMALL_BUF) return;
-    const next = new Uint8Array(SMALL_BUF);
-    next.set(this.#buf.subarray(this.#start, this.#end));
-    this.#buf = next;
+    this.#small.set(this.#buf.subarray(this.#start, this.#end));
+    this.#replace(this.#small, false);
     this.#start = 0;
     this.#end = n;
   }
@@ -404,8 +445,7 @@ export class Connection implements Watched, ResponseSink {
     const ex = new Exchange(this.#remoteAddr);
     const body = framed ? new RequestBody(head) : null;
     ex.body = body;
-    let res = await this.#handle(head, url, whole, body, ex);
-    whole = null;
+    const res = await this.#handle(head, url, whole, body, ex);
     if (res === null) return false;
     if (this.#closed) {
       // The client left while the handler worked.
@@ -420,13 +460,18 @@ export class Connection implements Watched, ResponseSink {
     }
     // Decided before the head goes out, so that it can say `connection: close`.
     // A broken body (bad chunked framing) ends the connection whoever was reading it.
-    let keep = head.keepAlive && !server.closing && (body === null || body.done ||
+    const keep = head.keepAlive && !server.closing && (body === null || body.done ||
       (!body.broken && (body.started || (!(body.expect && !body.continueSent) &&
         (body.decoder !== null || body.remaining <= MAX_DRAIN_BYTES)))));
     const sent = respond(this, res, head.http10, isHead, keep, ex);
-    // A suspended async function keeps every local: a long stream need not keep the Response.
-    res = null;
-    keep = await sent;
+    // This frame ends here: a long stream keeps neither the request head nor the Response.
+    return sent.then(this.#afterResponse);
+  }
+
+  /** The response was written (or the client left); true to read the next request. */
+  readonly #afterResponse = (keep: boolean): boolean | Promise<boolean> => {
+    const ex = this.#ex!;
+    const body = ex.body;
     this.#watching = false;
     ex.finish();
     this.#ex = null;
@@ -434,9 +479,16 @@ export class Connection implements Watched, ResponseSink {
     if (body !== null && !body.done) {
       body.detached = true;
       body.fail(new Error("the response was sent before the request body was read"));
-      if (!keep || !(await this.#drain(body))) return false;
+      if (!keep) return false;
+      return this.#drain(body).then((ok) => ok && this.#between());
     }
-    if (!keep || server.closing) return false;
+    return keep && this.#between();
+  };
+
+  /** Readies the connection for the next request; false when it should end instead. */
+  #between(): boolean {
+    const server = this.#server;
+    if (server.closing) return false;
     // Between requests: the idle deadline if nothing of the next request is here yet.
     if (this.#start === this.#end) {
       this.#shrink();
@@ -583,7 +635,7 @@ export class Connection implements Watched, ResponseSink {
     if (this.#start === this.#end) this.#start = this.#end = 0;
     const big = body.decoder !== null || body.remaining > this.#buf.byteLength;
     if (big && this.#buf.byteLength < BODY_BUF && this.#start === this.#end) {
-      this.#buf = new Uint8Array(BODY_BUF);
+      this.#replace(new Uint8Array(BODY_BUF), false);
       return;
     }
     this.#room(BODY_BUF);

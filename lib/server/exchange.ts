@@ -21,7 +21,8 @@ export class Exchange implements ServeInfo {
   aborted = false;
   #completed: Promise<void> | null = null;
   #resolve: (() => void) | null = null;
-  #onAbort: (() => void)[] | null = null;
+  /** One listener as it is (the usual case: the Request's signal), more in an array. */
+  #onAbort: (() => void) | (() => void)[] | null = null;
   #ac: AbortController | null = null;
 
   constructor(remoteAddr: Deno.NetAddr) {
@@ -41,7 +42,9 @@ export class Exchange implements ServeInfo {
   /** The Request's lazy signal registers here (`attachCancel` in http/deno_internals.ts). */
   readonly onCancel = (abort: () => void): void => {
     if (this.aborted) abort();
-    else (this.#onAbort ??= []).push(abort);
+    else if (this.#onAbort === null) this.#onAbort = abort;
+    else if (typeof this.#onAbort === "function") this.#onAbort = [this.#onAbort, abort];
+    else this.#onAbort.push(abort);
   };
 
   /** A signal for `new Request`, when the lazy one cannot be used. */
@@ -60,7 +63,9 @@ export class Exchange implements ServeInfo {
     if (this.done) return;
     this.aborted = true;
     this.#ac?.abort();
-    for (const abort of this.#onAbort ?? []) {
+    const listeners = this.#onAbort;
+    this.#onAbort = null;
+    for (const abort of typeof listeners === "function" ? [listeners] : listeners ?? []) {
       try {
         abort();
       } catch { /* an abort listener's failure is not the server's */ }

@@ -262,6 +262,8 @@ async function writeBody(
   if (ex.body !== null) ex.body.headSent = true;
   const parts: Part[] = [text];
   let total = text.length;
+  // The head goes out with the first flush; this frame lives as long as the stream.
+  text = "";
   let sent = 0;
   /** Adds a chunk with its framing; false when it went past the declared length. */
   const add = (chunk: Uint8Array): boolean => {

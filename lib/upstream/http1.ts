@@ -168,10 +168,18 @@ export interface SpareOptions {
 /** Default {@link SpareOptions.failureLimit}. */
 export const SPARE_FAILURE_LIMIT = 3;
 
+/** The read size of a response's first bytes (head and a short body). */
 const SMALL_READ = 4 * 1024;
+/** The read size once a read has filled a {@link SMALL_READ} buffer: a bulk body. */
+const LARGE_READ = 64 * 1024;
+/**
+ * The read size once a read has brought less than this: A sends in small pieces (an event stream),
+ * and the next read may wait long for the next one. A waiting read holds its buffer, so thousands
+ * of open streams hold this much each instead of 4 KiB; a read that fills it goes back up.
+ */
+const TRICKLE_READ = 1024;
 /** A failed read on an idle connection is only its end. */
 const quietFailure = (): null => null;
-const LARGE_READ = 64 * 1024;
 
 /** One socket with a read buffer and an idle liveness watch. */
 export class Connection {
@@ -239,7 +247,8 @@ export class Connection {
     if (n === null) return null;
     const buf = this.#buf!;
     // A full buffer means a bulk body: read bigger from now on.
-    if (n === buf.byteLength) this.#readSize = LARGE_READ;
+    if (n === buf.byteLength) this.#readSize = n < SMALL_READ ? SMALL_READ : LARGE_READ;
+    else if (n < TRICKLE_READ) this.#readSize = TRICKLE_READ;
     return buf.slice(0, n);
   };
 
@@ -1035,6 +1044,7 @@ class Exchange implements Watched, Attempt {
         primed = true;
         if (over === undefined) {
           for (const p of early) push(p);
+          early = []; // the closure lives as long as the body; these bytes need not
           if (decoder?.done) done(decoder.rest === null);
         }
       }
