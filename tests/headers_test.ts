@@ -124,6 +124,42 @@ Deno.test("requestHeaders drops host and expect when the client sends them", () 
   assert.deepEqual(get(out, "expect"), []);
 });
 
+Deno.test("requestHeaders given the lines as they arrived: the client's order, repeated fields apart, the same lines dropped", () => {
+  // The own server hands over the field lines, names as sent; every rule above applies to them.
+  const lines: HeaderList = [
+    ["Host", "relay.test"],
+    ["Accept", "text/event-stream"],
+    ["Connection", "keep-alive, X-Hop-One"],
+    ["session_id", "019a"],
+    ["Content-Length", "38"],
+    ["X-Hop-One", "1"],
+    ["anthropic-beta", "a"],
+    ["Transfer-Encoding", "chunked"],
+    ["connection", "x-hop-two"],
+    ["x-hop-two", "2"],
+    ["anthropic-beta", "b"],
+    ["Expect", "100-continue"],
+    ["Keep-Alive", "timeout=5"],
+    ["X-Forwarded-For", "6.6.6.6"],
+    ["Proxy-Authorization", "Basic c2VjcmV0"],
+  ];
+  const out = requestHeaders(lines, IP);
+  assert.deepEqual(out, [
+    ["accept", "text/event-stream"],
+    ["session_id", "019a"],
+    ["anthropic-beta", "a"],
+    ["anthropic-beta", "b"],
+    ["x-real-ip", "203.0.113.7"],
+    ["x-forwarded-for", "203.0.113.7"],
+  ]);
+  // The same lines as `Headers` (Deno.serve): joined and sorted, the same ones dropped.
+  assert.deepEqual(requestHeaders(new Headers(lines), IP).slice(0, 3), [
+    ["accept", "text/event-stream"],
+    ["anthropic-beta", "a, b"],
+    ["session_id", "019a"],
+  ]);
+});
+
 Deno.test("requestHeaders replaces client IP headers with its own when the client is untrusted", () => {
   const incoming = new Headers([
     ["x-real-ip", "6.6.6.6"],

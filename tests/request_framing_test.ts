@@ -261,6 +261,32 @@ deadline.test("an HTTP/1.1 request without Host gets a 400 from the own server",
   }
 });
 
+deadline.test("a client's repeated header lines reach A apart and in order through the own server (joined by Deno.serve)", async () => {
+  const { up, seen } = recordingUpstream(() => OK("ok"));
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, UPSTREAM_TIMEOUT_SEC: "5" });
+  try {
+    const got = await rawRequest(
+      relay.port,
+      "GET /v1/models HTTP/1.1\r\nHost: r\r\nAnthropic-Beta: a\r\nsession_id: s1\r\n" +
+        "anthropic-beta: b\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n",
+    );
+    assert.match(got.head, /^HTTP\/1\.1 200 /);
+    const lines = seen[0]!.head.split("\r\n").slice(1)
+      .filter((l) => /^(anthropic-beta|session_id|x-hop|connection):/i.test(l));
+    // Deno.serve hands the relay `Headers`, which join a repeated field into one line.
+    const own = Deno.env.get("PF_TEST_HTTP_SERVER") !== "deno";
+    assert.deepEqual(
+      lines,
+      own
+        ? ["anthropic-beta: a", "session_id: s1", "anthropic-beta: b"]
+        : ["anthropic-beta: a, b", "session_id: s1"],
+    );
+  } finally {
+    await relay.close();
+    up.close();
+  }
+});
+
 deadline.test("A's repeated header lines reach the client apart and in A's order, x-request-id added last", async () => {
   const { first } = await throughRelay(
     'HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm="a"\r\nlink: </x>\r\n' +

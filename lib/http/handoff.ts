@@ -14,6 +14,10 @@
  *   client's reader goes straight to A's socket, so the own server's write loop costs no stream
  *   machinery per chunk.
  *
+ * - a request's field lines as they arrived ({@link withRequestFields}): iterating `Headers` costs
+ *   a sorted, joined copy (about 14 KB of garbage for a typical request), and A should get the
+ *   lines as the client sent them.
+ *
  * Handlers served by `Deno.serve` need none of them: there `req.url` is already as sent and a
  * Response's own header list is written.
  */
@@ -34,6 +38,20 @@ export interface BodyReaderLike {
 const sentUrls = new WeakMap<Request, string>();
 const directBodies = new WeakMap<Response, BodyReaderLike>();
 const fieldLines = new WeakMap<Response, HeaderList>();
+const requestFields = new WeakMap<Request, HeaderList>();
+
+/**
+ * Registers `lines` as the field lines `req` was made from, as they arrived (names as sent,
+ * values without surrounding whitespace). Contract: `req.headers` is not changed afterwards.
+ */
+export function withRequestFields(req: Request, lines: HeaderList): void {
+  requestFields.set(req, lines);
+}
+
+/** The field lines `req` arrived with, or its `Headers` when the server did not register them. */
+export function requestFieldsOf(req: Request): HeaderList | Headers {
+  return requestFields.get(req) ?? req.headers;
+}
 
 /** Records the URL as sent, when `new Request` changed it (the server calls this). */
 export function keepSentUrl(req: Request, url: string): void {

@@ -70,14 +70,37 @@ export interface RequestHeaderOptions {
 
 /**
  * The headers to send to Server A for a client request: every end-to-end header as sent, minus
- * hop-by-hop ones and those named by `Connection`, plus the client IP headers.
+ * hop-by-hop ones and those named by `Connection`, plus the client IP headers. Given the field
+ * lines as they arrived (the own server hands them over), they go on in the client's order,
+ * repeated fields apart; given `Headers` (`Deno.serve`), as `Headers` iterates them: sorted, a
+ * repeated field joined into one line.
  */
-export function requestHeaders(incoming: Headers, options: RequestHeaderOptions): HeaderList {
-  const named = connectionTokens(incoming.get("connection"));
+export function requestHeaders(
+  incoming: Headers | HeaderList,
+  options: RequestHeaderOptions,
+): HeaderList {
   const out: HeaderList = [];
-  for (const [name, value] of incoming) {
-    if (HOP_BY_HOP.has(name) || REQUEST_OWN.has(name) || named?.has(name)) continue;
-    out.push([name, value]);
+  if (incoming instanceof Headers) {
+    const named = connectionTokens(incoming.get("connection"));
+    for (const [name, value] of incoming) {
+      if (HOP_BY_HOP.has(name) || REQUEST_OWN.has(name) || named?.has(name)) continue;
+      out.push([name, value]);
+    }
+  } else {
+    // Every Connection line counts, as in {@link responseFields}.
+    let named: Set<string> | null = null;
+    for (let i = 0; i < incoming.length; i++) {
+      const [name, value] = incoming[i]!;
+      if (name.length !== 10 || name.toLowerCase() !== "connection") continue;
+      const tokens = connectionTokens(value);
+      if (tokens !== null) named = named === null ? tokens : new Set([...named, ...tokens]);
+    }
+    for (let i = 0; i < incoming.length; i++) {
+      const field = incoming[i]!;
+      const name = field[0].toLowerCase();
+      if (HOP_BY_HOP.has(name) || REQUEST_OWN.has(name) || named?.has(name)) continue;
+      out.push(name === field[0] ? field : [name, field[1]]);
+    }
   }
   out.push(["x-real-ip", options.clientIp]);
   const chain = options.trustedForwardedFor?.trim();
@@ -104,14 +127,16 @@ export function responseFields(incoming: HeaderList, status: number): HeaderList
   // Every Connection line counts: an upstream may send several.
   let named: Set<string> | null = null;
   let dropLength = status < 200 || status === 204 || status === 304;
-  for (const [name, value] of incoming) {
+  for (let i = 0; i < incoming.length; i++) {
+    const name = incoming[i]![0];
     if (name === "transfer-encoding") dropLength = true;
     if (name !== "connection") continue;
-    const tokens = connectionTokens(value);
+    const tokens = connectionTokens(incoming[i]![1]);
     if (tokens !== null) named = named === null ? tokens : new Set([...named, ...tokens]);
   }
   const out: HeaderList = [];
-  for (const field of incoming) {
+  for (let i = 0; i < incoming.length; i++) {
+    const field = incoming[i]!;
     const name = field[0];
     if (HOP_BY_HOP.has(name) || named?.has(name)) continue;
     if (dropLength && name === "content-length") continue;
@@ -180,9 +205,10 @@ export function isKeyParam(rawName: string): boolean {
  * Whether a response is an event stream (`text/event-stream`, any case, any parameters). Its
  * framing is passed on as A chose it, and it is logged as a stream, however fast it arrived.
  */
-export function isEventStream(headers: Iterable<[string, string]>): boolean {
-  for (const [name, value] of headers) {
-    if (name.toLowerCase() === "content-type") {
+export function isEventStream(headers: ReadonlyArray<readonly [string, string]>): boolean {
+  for (let i = 0; i < headers.length; i++) {
+    const [name, value] = headers[i]!;
+    if (name.length === 12 && name.toLowerCase() === "content-type") {
       return value.trimStart().toLowerCase().startsWith("text/event-stream");
     }
   }

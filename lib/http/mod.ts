@@ -26,10 +26,12 @@ export {
   type BodyReaderLike,
   eachFieldLine,
   keepSentUrl,
+  requestFieldsOf,
   sentUrl,
   takeDirectBody,
   withDirectBody,
   withFieldLines,
+  withRequestFields,
 } from "./handoff.ts";
 export { STATUS_CLASSES, statusClassIndex } from "./status.ts";
 export { TOKEN } from "./syntax.ts";

@@ -54,9 +54,10 @@ export interface Admission {
 const NO_RELEASE: Admission = { release: () => {} };
 
 /** Sum of the sizes of a header section as it was on the wire (approximately: `name: value\r\n`). */
-export function headerBytes(headers: Iterable<readonly [string, string]>): number {
+export function headerBytes(headers: ReadonlyArray<readonly [string, string]>): number {
   let n = 0;
-  for (const [name, value] of headers) n += name.length + value.length + 4;
+  // Indexed: an iterator with destructuring allocated ~1 KB per request.
+  for (let i = 0; i < headers.length; i++) n += headers[i]![0].length + headers[i]![1].length + 4;
   return n;
 }
 
@@ -196,7 +197,7 @@ export class Guards {
   }
 
   /** Throws 431 when the header section is larger than {@link MAX_HEADER_BYTES}. */
-  checkHeaders(headers: Iterable<readonly [string, string]>): void {
+  checkHeaders(headers: ReadonlyArray<readonly [string, string]>): void {
     if (headerBytes(headers) > MAX_HEADER_BYTES) {
       throw relayError("headers_too_large", { reason: "parsed", maxBytes: MAX_HEADER_BYTES });
     }

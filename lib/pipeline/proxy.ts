@@ -174,6 +174,9 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
 /** Every value of `name` in `list` joined with ", " (as `Headers.get` does), or null. */
 function joinedValue(list: HeaderList, name: string): string | null {
   let out: string | null = null;
-  for (const [n, v] of list) if (n === name) out = out === null ? v : `${out}, ${v}`;
+  for (let i = 0; i < list.length; i++) {
+    const [n, v] = list[i]!;
+    if (n === name) out = out === null ? v : `${out}, ${v}`;
+  }
   return out;
 }

@@ -11,7 +11,13 @@
 
 import type { Config, Route, Upstream } from "../config/mod.ts";
 import { relayError } from "../errors.ts";
-import { type HeaderList, redactHeaders, redactQuery, requestHeaders } from "../http/mod.ts";
+import {
+  type HeaderList,
+  redactHeaders,
+  redactQuery,
+  requestFieldsOf,
+  requestHeaders,
+} from "../http/mod.ts";
 import type { LogWriter } from "../observe/record.ts";
 import { announcedLength, checkAnnouncedLength, LimitedBody } from "./body_limit.ts";
 import { swapKey } from "./credentials.ts";
@@ -88,7 +94,7 @@ function route(a: Admission): void {
 
 /** The headers A gets: end-to-end ones as sent, the relay's own client-IP headers. */
 function headers(a: Admission, d: StepDeps): void {
-  a.headers = requestHeaders(a.req.headers, {
+  a.headers = requestHeaders(requestFieldsOf(a.req), {
     clientIp: a.clientIp,
     trustedForwardedFor: a.forwardedFor,
     peerIp: a.peerIp,

@@ -20,7 +20,7 @@ import { errorBytes } from "./response_head.ts";
 import { takeUpgrade, type Upgrade } from "./upgrade.ts";
 import type { DropReason, Http1Handler } from "./types.ts";
 import { RelayError, relayError, toRelayError } from "../errors.ts";
-import { concat, decodeLatin1, encodeLatin1, keepSentUrl } from "../http/mod.ts";
+import { concat, decodeLatin1, encodeLatin1, keepSentUrl, withRequestFields } from "../http/mod.ts";
 import type { Watchdog, Watched } from "../http/mod.ts";
 import { attachCancel, cancelHookAvailable } from "../http/mod.ts";
 
@@ -539,6 +539,7 @@ export class Connection implements Watched, ResponseSink {
     // `new Request` normalises the URL (dot-segments, `\`, escaping, host case). Deno.serve hands
     // the target over as sent, and the relay's own checks depend on seeing it so.
     if (req.url !== url) keepSentUrl(req, url);
+    withRequestFields(req, head.headers);
     this.#ex = ex;
     this.#noWatch = head.upgrade;
     if (body === null) this.#startWatch();
