@@ -10,6 +10,7 @@ export { attachCancel, cancelHookAvailable, internalsFound, staticBody } from ".
 export { type ClientInfo, type Upgrader } from "./client_info.ts";
 export { type Endpoint, type Upstream } from "./endpoint.ts";
 export {
+  appendAll,
   type HeaderList,
   isEventStream,
   isSecretHeader,

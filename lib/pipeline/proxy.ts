@@ -13,7 +13,7 @@
 import type { Upstream } from "../config/mod.ts";
 import { RelayError, relayError } from "../errors.ts";
 import type { HeaderList } from "../http/mod.ts";
-import { responseFields, withDirectBody, withFieldLines } from "../http/mod.ts";
+import { appendAll, responseFields, withDirectBody, withFieldLines } from "../http/mod.ts";
 import {
   type BodyReader,
   BodySource,
@@ -141,14 +141,12 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
     const aId = joinedValue(fields, "x-request-id");
     if (aId === null) fields.push(["x-request-id", ctx.requestId]);
     try {
-      response = withFieldLines(
-        new Response(res.complete ?? stream, {
-          status: res.status,
-          statusText: res.statusText,
-          headers: fields,
-        }),
-        fields,
-      );
+      response = new Response(res.complete ?? stream, {
+        status: res.status,
+        statusText: res.statusText,
+      });
+      appendAll(response.headers, fields);
+      withFieldLines(response, fields);
       // Unwrapped bodies only: a watched body must be read through its watch.
       if (stream === res.body && res.reader) withDirectBody(response, res.reader);
     } catch (err) {

@@ -20,7 +20,8 @@ import { errorBytes } from "./response_head.ts";
 import { takeUpgrade, type Upgrade } from "./upgrade.ts";
 import type { DropReason, Http1Handler } from "./types.ts";
 import { RelayError, relayError, toRelayError } from "../errors.ts";
-import { concat, decodeLatin1, encodeLatin1, keepSentUrl, withRequestFields } from "../http/mod.ts";
+import { appendAll, concat, decodeLatin1, encodeLatin1, keepSentUrl } from "../http/mod.ts";
+import { withRequestFields } from "../http/mod.ts";
 import type { Watchdog, Watched } from "../http/mod.ts";
 import { attachCancel, cancelHookAvailable } from "../http/mod.ts";
 
@@ -515,7 +516,7 @@ export class Connection implements Watched, ResponseSink {
     const server = this.#server;
     const m = head.method;
     const bodiless = isMethod(m, "GET") || isMethod(m, "HEAD");
-    const init: RequestInit & { duplex?: "half" } = { headers: head.headers };
+    const init: RequestInit & { duplex?: "half" } = {};
     if (m !== "GET") init.method = m;
     if (!cancelHookAvailable) init.signal = ex.signal();
     if (!bodiless) {
@@ -532,6 +533,12 @@ export class Connection implements Watched, ResponseSink {
       req = new Request(url, init);
     } catch {
       // Forbidden methods (CONNECT, TRACE, TRACK) or a host the URL parser refuses.
+      this.#refuse(badRequest("unrepresentable"));
+      return null;
+    }
+    try {
+      appendAll(req.headers, head.headers);
+    } catch {
       this.#refuse(badRequest("unrepresentable"));
       return null;
     }

@@ -1,0 +1,130 @@
+/**
+ * CPU per relayed request and req/s under `wrk -t1 -c50` (1 KB JSON answers from nginx), in
+ * alternating rounds: the relay of this checkout, optionally the relay of another tree
+ * (`--base=/path/to/checkout`, e.g. a `git worktree` of an older commit), deno-minimal and the
+ * TCP pipe. Each proxy is pinned to core 0 and charged only its own run (`/proc` CPU time over
+ * requests); wrk and nginx share core 1. A quicker A/B than `deno task bench --only=http`.
+ *
+ *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5]
+ */
+import {
+  BENCH,
+  CHAT_REQUEST,
+  cpuSeconds,
+  freePort,
+  median,
+  numFlag,
+  parseFlags,
+  type Proc,
+  runToEnd,
+  sleep,
+  spawn,
+  startRelay,
+  waitForPort,
+} from "./common.ts";
+import { startNginx, staticConfig } from "./nginx.ts";
+
+const flags = parseFlags(Deno.args);
+const rounds = numFlag(flags, "rounds", 3), seconds = numFlag(flags, "seconds", 5);
+const base = flags.get("base");
+const dir = await Deno.makeTempDir();
+const upPort = freePort();
+const upstream = `http://127.0.0.1:${upPort}`;
+const nginx = await startNginx("nginx", `${dir}/nginx`, staticConfig(`${dir}/nginx`, upPort), {
+  cpu: "1",
+  ports: [upPort],
+});
+const script = `${dir}/post.lua`;
+Deno.writeTextFileSync(
+  script,
+  `wrk.method = "POST"\nwrk.body = [[${CHAT_REQUEST}]]\n` +
+    `wrk.headers["Content-Type"] = "application/json"\n` +
+    `wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"\n`,
+);
+
+interface Row {
+  name: string;
+  port: number;
+  proc: Proc;
+}
+const rows: Row[] = [];
+const relay = async (name: string, root: string): Promise<void> => {
+  const port = freePort();
+  const proc = await startRelay(name, {
+    port,
+    upstream,
+    cpu: "0",
+    env: { ACCESS_LOG: "0" },
+    script: `${root}/main.ts`,
+    logFile: `${dir}/${name}.log`,
+  });
+  rows.push({ name, port, proc });
+};
+const plain = async (name: string, file: string): Promise<void> => {
+  const port = freePort();
+  const proc = spawn(name, ["deno", "run", "-A", `${BENCH}/${file}`], {
+    cpu: "0",
+    env: { UPSTREAM: upstream, PORT: String(port) },
+    logFile: `${dir}/${name}.log`,
+  });
+  await waitForPort(port, 30_000, proc);
+  rows.push({ name, port, proc });
+};
+await relay("relay", new URL("..", import.meta.url).pathname.replace(/\/$/, ""));
+if (base !== undefined) await relay("relay-base", base.replace(/\/$/, ""));
+await plain("deno-minimal", "minimal_relay.ts");
+await plain("tcp-pipe", "tcp_pipe.ts");
+
+const wrk = async (port: number, secs: number): Promise<number> => {
+  const out = await runToEnd("wrk", [
+    "wrk",
+    "-t1",
+    "-c50",
+    `-d${secs}s`,
+    "-s",
+    script,
+    `http://127.0.0.1:${port}/v1/chat/completions`,
+  ], { cpu: "1", timeoutMs: (secs + 20) * 1000 });
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
+  if (/Non-2xx/.test(out) || requests === 0) throw new Error(`wrk: ${out}`);
+  return requests;
+};
+const us: Record<string, number[]> = {}, rps: Record<string, number[]> = {};
+try {
+  for (const r of rows) await wrk(r.port, 1); // warm-up: JIT, connections to nginx
+  for (let k = 0; k < rounds; k++) {
+    // Each round in another order, so no row always follows the same neighbour.
+    const order = rows.map((_, i) => rows[(i + k) % rows.length]!);
+    for (const r of order) {
+      await sleep(500);
+      const c0 = cpuSeconds(r.proc.pid);
+      const n = await wrk(r.port, seconds);
+      (us[r.name] ??= []).push((cpuSeconds(r.proc.pid) - c0) * 1e6 / n);
+      (rps[r.name] ??= []).push(n / seconds);
+    }
+  }
+} finally {
+  for (const r of rows) await r.proc.stop();
+  await nginx.stop();
+}
+const m = (xs: number[]) => median(xs);
+const pipe = m(rps["tcp-pipe"]!), minimal = m(us["deno-minimal"]!);
+const lines = [
+  `wrk -t1 -c50 -d${seconds}s, ${rounds} rounds, medians (each round's value in brackets)`,
+  "",
+  "| row | req/s | × tcp-pipe req/s | CPU µs/request | × deno-minimal CPU |",
+  "|---|---:|---:|---:|---:|",
+];
+for (const r of rows) {
+  const R = rps[r.name]!, U = us[r.name]!;
+  lines.push(
+    `| ${r.name} | ${Math.round(m(R))} (${R.map(Math.round).join(", ")}) | ${
+      (m(R) / pipe).toFixed(2)
+    } | ${m(U).toFixed(1)} (${U.map((x) => x.toFixed(1)).join(", ")}) | ${
+      (m(U) / minimal).toFixed(2)
+    } |`,
+  );
+}
+// deno-lint-ignore no-console
+console.log(lines.join("\n"));
+await Deno.remove(dir, { recursive: true });
