@@ -8,7 +8,7 @@
  * without; the difference is the number quoted in the module's comment.
  */
 
-import { attachCancel, staticBody } from "../lib/http/deno_internals.ts";
+import { attachCancel, readConn, staticBody } from "../lib/http/deno_internals.ts";
 
 const json = JSON.stringify({ id: "chatcmpl-1", choices: [{ message: { content: "hello" } }] });
 const bytes = new TextEncoder().encode(json);
@@ -77,6 +77,27 @@ Deno.bench("10 response headers: private header list (dropped)", {
   const h = new Headers(list);
   const entries = (h as unknown as Record<symbol, [string, string][]>)[HEADER_LIST]!;
   for (const e of entries) sink += e[0].length + e[1].length;
+});
+
+// One socket pair on 127.0.0.1: each iteration writes 300 bytes (an SSE event) one way and reads
+// them on the other end, as the relay reads each event from A.
+const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+const writer = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+const reader = await listener.accept();
+writer.setNoDelay(true);
+const event = new Uint8Array(300);
+const readBuf = new Uint8Array(1024);
+
+Deno.bench("socket read: readConn (internal op)", { group: "read" }, async () => {
+  const read = readConn(reader, readBuf);
+  await writer.write(event);
+  sink += (await read) ?? 0;
+});
+
+Deno.bench("socket read: conn.read (fallback)", { group: "read", baseline: true }, async () => {
+  const read = reader.read(readBuf);
+  await writer.write(event);
+  sink += (await read) ?? 0;
 });
 
 // Keeps `sink` observable so the measured work is not optimised away.

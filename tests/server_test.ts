@@ -14,7 +14,7 @@ import {
   upgradeResponse,
 } from "../lib/server/server.ts";
 import { parseRequestHead, requestUrl } from "../lib/server/request_head.ts";
-import { internalsFound } from "../lib/http/deno_internals.ts";
+import { directReadAvailable, internalsFound, readConn } from "../lib/http/deno_internals.ts";
 import { sentUrl, withDirectBody, withFieldLines } from "../lib/http/handoff.ts";
 import { RelayError } from "../lib/errors.ts";
 import { concat, deadline, dec, delay, enc, sha256, spawnCaptured, waitFor } from "./helpers.ts";
@@ -1168,10 +1168,27 @@ deadline.test("bodies given as bytes or text, and small request bodies that came
   }
 });
 
-Deno.test("the Deno internals the server relies on are found on this Deno version", () => {
+deadline.test("the Deno internals the server relies on are found on this Deno version", async () => {
   // Each has a fallback, but a silent fallback would cost speed or exactness unnoticed: a Deno
   // upgrade that changes one must fail here and be looked at.
-  assert.deepEqual(internalsFound, { staticBody: true, cancelHook: true });
+  assert.deepEqual(internalsFound, { staticBody: true, cancelHook: true, readOp: true });
+  // The read op, on a real socket pair: bytes as sent, then the end of the stream.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const a = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  const b = await listener.accept();
+  try {
+    assert.ok(directReadAvailable(b));
+    const buf = new Uint8Array(16);
+    const read = readConn(b, buf);
+    await a.write(enc.encode("hello"));
+    assert.equal(await read, 5);
+    assert.equal(dec.decode(buf.subarray(0, 5)), "hello");
+    a.close();
+    assert.ok(!(await readConn(b, buf)), "0 or null at the end of the stream");
+  } finally {
+    b.close();
+    listener.close();
+  }
 });
 
 deadline.test("a request body with broken chunked framing ends the connection, and the response says so", async () => {

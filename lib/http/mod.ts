@@ -6,7 +6,14 @@
 
 export { concat, decodeLatin1, encodeLatin1 } from "./bytes.ts";
 export { ChunkedDecoder, FramingError } from "./chunked.ts";
-export { attachCancel, cancelHookAvailable, internalsFound, staticBody } from "./deno_internals.ts";
+export {
+  attachCancel,
+  cancelHookAvailable,
+  directReadAvailable,
+  internalsFound,
+  readConn,
+  staticBody,
+} from "./deno_internals.ts";
 export { type ClientInfo, type Upgrader } from "./client_info.ts";
 export { type Endpoint, type Upstream } from "./endpoint.ts";
 export {

@@ -21,7 +21,7 @@ import { takeUpgrade, type Upgrade } from "./upgrade.ts";
 import type { DropReason, Http1Handler } from "./types.ts";
 import { RelayError, relayError, toRelayError } from "../errors.ts";
 import { appendAll, concat, decodeLatin1, encodeLatin1, keepSentUrl } from "../http/mod.ts";
-import { withRequestFields } from "../http/mod.ts";
+import { readConn, withRequestFields } from "../http/mod.ts";
 import type { Watchdog, Watched } from "../http/mod.ts";
 import { attachCancel, cancelHookAvailable } from "../http/mod.ts";
 
@@ -266,14 +266,17 @@ export class Connection implements Watched, ResponseSink {
     if (this.#pending !== null) return this.#pending;
     // No room would read nothing forever: callers make room first, this is the safety net.
     if (this.#eof || this.#closed || this.#end >= this.#buf.byteLength) return FALSE;
-    const p = this.#conn.read(this.#buf.subarray(this.#end)).then(this.#onRead, this.#onReadError);
+    const p = readConn(this.#conn, this.#buf.subarray(this.#end)).then(
+      this.#onRead,
+      this.#onReadError,
+    );
     this.#pending = p;
     return p;
   }
 
   #onRead = (n: number | null): boolean => {
     this.#pending = null;
-    if (n === null) {
+    if (!n) {
       this.#eof = true;
       return false;
     }

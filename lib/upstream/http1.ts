@@ -13,7 +13,7 @@
  * what one socket read delivered, or reuse a connection whose exchange did not end cleanly.
  */
 
-import { concat, decodeLatin1, encodeLatin1 } from "../http/mod.ts";
+import { concat, decodeLatin1, encodeLatin1, readConn } from "../http/mod.ts";
 import { errName } from "../errors.ts";
 import { ChunkedDecoder, FramingError } from "../http/mod.ts";
 import type { Endpoint } from "../http/mod.ts";
@@ -235,7 +235,7 @@ export class Connection {
     }
     let read: Promise<number | null>;
     try {
-      read = this.#conn.read(buf);
+      read = readConn(this.#conn, buf);
     } catch (err) {
       return quiet ? Promise.resolve(null) : Promise.reject(err);
     }
@@ -244,7 +244,7 @@ export class Connection {
 
   /** The bytes of the read that just ended, copied out of #buf (the buffer it was given). */
   readonly #got = (n: number | null): Uint8Array | null => {
-    if (n === null) return null;
+    if (!n) return null; // 0 or null: the end of the stream
     const buf = this.#buf!;
     // A full buffer means a bulk body: read bigger from now on.
     if (n === buf.byteLength) this.#readSize = n < SMALL_READ ? SMALL_READ : LARGE_READ;
