@@ -2,8 +2,9 @@
  * @module pools
  * One pool per upstream origin, made on first use: HTTP/1.1 (`http1.ts`), with HTTP/2
  * (`http2.ts`) as the alternative an HTTPS upstream may choose by ALPN, and spare connections when
- * configured. Must never: share a pool between origins, or open connections for an upstream the
- * caller says is down.
+ * configured. `http2.ts` (and `node:http2` behind it, about 10 MB of resident memory) is imported
+ * only when an upstream first picks `h2`. Must never: share a pool between origins, or open
+ * connections for an upstream the caller says is down.
  */
 
 import type { Endpoint, Upstream } from "../http/mod.ts";
@@ -17,7 +18,9 @@ import {
   type TransportStats,
   type UpstreamResponse,
 } from "./http1.ts";
-import { H2Pool } from "./http2.ts";
+
+/** Makes the alternative transport for an origin that chose it by ALPN. */
+type AltFactory = (endpoint: Endpoint) => Promise<AltTransport>;
 
 /**
  * One upstream origin: its HTTP/1.1 pool, and the HTTP/2 client once the upstream chose it. The
@@ -27,13 +30,13 @@ import { H2Pool } from "./http2.ts";
  */
 export class Origin {
   readonly h1: Pool;
-  readonly #alternate: ((endpoint: Endpoint) => AltTransport) | null;
+  readonly #alternate: AltFactory | null;
   #alt: AltTransport | null = null;
   #negotiating: Promise<AltTransport | null> | null = null;
   /** Whether the protocol is settled (plain HTTP, or no alternative, settles it at once). */
   negotiated: boolean;
 
-  constructor(h1: Pool, alternate: ((endpoint: Endpoint) => AltTransport) | null) {
+  constructor(h1: Pool, alternate: AltFactory | null) {
     this.h1 = h1;
     this.#alternate = alternate;
     this.negotiated = h1.endpoint.protocol === "http:" || alternate === null;
@@ -72,7 +75,7 @@ export class Origin {
     }
     if (c.alpn === "h2") {
       c.close();
-      this.#alt = this.#alternate!(this.h1.endpoint);
+      this.#alt = await this.#alternate!(this.h1.endpoint);
     } else {
       this.h1.adopt(c);
     }
@@ -145,13 +148,16 @@ export class PoolSet {
       });
       origin = new Origin(
         h1,
-        o.http2 === false ? null : (endpoint) =>
-          new H2Pool(endpoint, {
+        o.http2 === false ? null : async (endpoint) => {
+          // Loaded here, not at start: node:http2 is large and only an upstream that picks h2 needs it.
+          const { H2Pool } = await import("./http2.ts");
+          return new H2Pool(endpoint, {
             connectTimeoutMs: o.connectTimeoutMs,
             idleTimeoutMs: o.idleTimeoutMs,
             caCerts: o.caCerts,
             spares,
-          }),
+          });
+        },
       );
       this.#pools.set(key, origin);
     }
