@@ -627,12 +627,15 @@ async function profiledRun(
 const OBSERVER_GROUPS: Array<[string, RegExp]> = [
   [
     "access log (lib/observe/access_log.ts, lib/observe/log.ts, stdout writes)",
-    /^(lib\/access_log\.ts|lib\/log\.ts|op_write_sync)$/,
+    /^(lib\/(observe\/)?(access_log|log)\.ts|op_write_sync)$/,
   ],
-  ["metrics (lib/observe/telemetry.ts, lib/observe/metrics.ts)", /^lib\/(telemetry|metrics)\.ts$/],
   [
-    "usage parsing (lib/observe/usage.ts, eventsource-parser)",
-    /^(lib\/usage\.ts|npm:eventsource-parser)$/,
+    "metrics (lib/observe/telemetry.ts, lib/observe/metrics.ts)",
+    /^lib\/(observe\/)?(telemetry|metrics)\.ts$/,
+  ],
+  [
+    "usage parsing (lib/observe/usage.ts, lib/observe/sse_events.ts)",
+    /^lib\/(observe\/)?(usage|sse_events)\.ts$/,
   ],
 ];
 

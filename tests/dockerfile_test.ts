@@ -136,9 +136,10 @@ deadline.test("Dockerfile: the npm packages it keeps cover everything the relay 
   const graph = JSON.parse(new TextDecoder().decode(out.stdout)) as {
     modules: Array<{ kind: string; npmPackage?: string }>;
   };
-  // npm packages the module graph of main.ts really loads, e.g. "eventsource-parser@4.1.3".
+  // npm packages the module graph of main.ts really loads, e.g. "eventsource-parser@4.1.3"
+  // (none today).
+  assert.ok(graph.modules.length > 10, "deno info found no modules: check the test");
   const loaded = graph.modules.filter((m) => m.kind === "npm").map((m) => m.npmPackage!);
-  assert.ok(loaded.length > 0, "deno info found no npm module: check the test");
   for (const name of keep) assert.ok(imports[name], `${name} is not in deno.json`);
   const missing = loaded.filter((pkg) => !keep.some((k) => pkg.startsWith(`${k}@`)));
   assert.deepEqual(missing, [], "the relay imports an npm package the Dockerfile drops");
@@ -172,7 +173,7 @@ deadline.test("Dockerfile: its build steps and CMD work in a copy laid out like 
     }).output();
     assert.ok(trimmed.success);
     const config = JSON.parse(await Deno.readTextFile(`${app}/deno.json`));
-    assert.deepEqual(Object.keys(config.imports), ["eventsource-parser"]);
+    assert.deepEqual(Object.keys(config.imports), []);
     const cached = await new Deno.Command(Deno.execPath(), {
       args: ["cache", "main.ts", "scripts/healthcheck.ts"],
       cwd: app,
@@ -181,7 +182,7 @@ deadline.test("Dockerfile: its build steps and CMD work in a copy laid out like 
     }).output();
     assert.ok(cached.success, new TextDecoder().decode(cached.stderr));
     const lock = await Deno.readTextFile(`${app}/deno.lock`);
-    assert.ok(!lock.includes("openai") && lock.includes("eventsource-parser"), "lockfile trimmed");
+    assert.ok(!lock.includes("openai") && !lock.includes("fast-check"), "lockfile trimmed");
 
     // CMD, with /app pointing at the copy.
     const cmd = execForm(last("CMD")!.args).map((a) => a.replace("=/app", `=${app}`));

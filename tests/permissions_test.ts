@@ -48,6 +48,7 @@ Deno.test("netAllowList holds the listen address and every upstream host:port, n
   const args = relayDenoArgs(config, {}, "main.ts");
   assert.deepEqual(args, [
     "run",
+    "--no-config",
     "--unstable-no-legacy-abort",
     "--allow-net=0.0.0.0:8000,10.0.0.5:3000,[2001:db8::1]:8443,hub.example.com:443",
     "--allow-env",
@@ -212,7 +213,10 @@ deadline.test("started with -A, the relay logs one warning naming the narrow com
     assert.equal(lines.length, 1);
     const line = JSON.parse(lines[0]!);
     assert.equal(line.level, "warn");
-    assert.match(line.narrow, /^deno run --unstable-no-legacy-abort --allow-net=127\.0\.0\.1,/);
+    assert.match(
+      line.narrow,
+      /^deno run --no-config --unstable-no-legacy-abort --allow-net=127\.0\.0\.1,/,
+    );
     assert.ok(line.broad.includes("run"));
   } finally {
     await relay.stop();

@@ -23,7 +23,7 @@
 import type { Usage } from "./record.ts";
 export type { Usage };
 import { concat } from "../http/mod.ts";
-import { createParser, type EventSourceMessage, type EventSourceParser } from "eventsource-parser";
+import { SseEvents } from "./sse_events.ts";
 
 /** Non-streamed JSON bodies larger than this are not counted (8 MiB). */
 export const MAX_JSON_BYTES = 8 * 1024 * 1024;
@@ -78,8 +78,7 @@ export class UsageTap {
   };
   /** Streaming decoder for SSE (events arrive split anywhere); JSON is decoded once at the end. */
   #decoder: TextDecoder | undefined;
-  #parser: EventSourceParser | undefined;
-  #overflowed = false;
+  #parser: SseEvents | undefined;
   /** Copies of the JSON body's chunks (never the caller's buffers). */
   #jsonParts: Uint8Array[] = [];
   #jsonBytes = 0;
@@ -96,13 +95,7 @@ export class UsageTap {
     this.#mode = pickMode(contentType, contentEncoding);
     if (this.#mode === "sse") {
       this.#decoder = new TextDecoder("utf-8", { fatal: false });
-      this.#parser = createParser({
-        onEvent: (event) => this.#onEvent(event),
-        onError: (error) => {
-          if (error.type === "max-buffer-size-exceeded") this.#overflowed = true;
-        },
-        maxBufferSize: MAX_SSE_EVENT_CHARS,
-      });
+      this.#parser = new SseEvents((data) => this.#onData(data), MAX_SSE_EVENT_CHARS);
     }
   }
 
@@ -164,24 +157,10 @@ export class UsageTap {
   }
 
   #feed(text: string): void {
-    const parser = this.#parser;
-    if (parser === undefined || text === "") return;
-    try {
-      parser.feed(text);
-    } catch {
-      // The parser refuses input after an overflow; handled just below.
-      this.#overflowed = true;
-    }
-    if (this.#overflowed) {
-      // Drop the oversized event and carry on: the parser skips the remainder of the long line
-      // because it cannot start a field, and later events (where usage usually is) still count.
-      this.#overflowed = false;
-      parser.reset();
-    }
+    if (text !== "") this.#parser?.feed(text);
   }
 
-  #onEvent(event: EventSourceMessage): void {
-    const data = event.data;
+  #onData(data: string): void {
     // Cheap filter first: most events are content deltas that cannot change the result.
     if (!USAGE_KEY.test(data) && (this.#acc.model !== undefined || !MODEL_KEY.test(data))) return;
     let parsed: unknown;
