@@ -167,7 +167,9 @@ export class Connection implements Watched, ResponseSink {
     this.#serveOne().then(this.#served, this.#failed);
   }
 
-  readonly #served = (more: boolean): void => {
+  /** null: the exchange goes on, and its response calls this again when written. */
+  readonly #served = (more: boolean | null): void => {
+    if (more === null) return;
     if (more) this.#serveNext();
     else this.#endRun();
   };
@@ -180,8 +182,11 @@ export class Connection implements Watched, ResponseSink {
     this.#ended();
   }
 
-  /** One request and its response (the promise ends with the response); true to read the next. */
-  async #serveOne(): Promise<boolean> {
+  /**
+   * One request: false to end, or null once its response is being written (which reports to
+   * #served itself). Ends early so that a long response keeps no frame or promise of it.
+   */
+  async #serveOne(): Promise<boolean | null> {
     const head = await this.#readHead();
     return head === null ? false : this.#exchange(head);
   }
@@ -421,8 +426,8 @@ export class Connection implements Watched, ResponseSink {
 
   // ---- one exchange ----
 
-  /** Runs one request through the handler and writes its response; true to read the next one. */
-  async #exchange(head: RequestHead): Promise<boolean> {
+  /** Runs one request through the handler and starts writing its response (then null). */
+  async #exchange(head: RequestHead): Promise<boolean | null> {
     const server = this.#server;
     this.#state = State.Active;
     let url: string;
@@ -469,7 +474,8 @@ export class Connection implements Watched, ResponseSink {
         (body.decoder !== null || body.remaining <= MAX_DRAIN_BYTES)))));
     const sent = respond(this, res, head.http10, isHead, keep, ex);
     // This frame ends here: a long stream keeps neither the request head nor the Response.
-    return sent.then(this.#afterResponse);
+    sent.then(this.#afterResponse).then(this.#served, this.#failed);
+    return null;
   }
 
   /** The response was written (or the client left); true to read the next request. */

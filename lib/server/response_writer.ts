@@ -131,11 +131,18 @@ async function flush(sink: ResponseSink, parts: Part[], total: number): Promise<
   return group.length === 0 || await flush(sink, group, size);
 }
 
+const alwaysFalse = (): boolean => false;
+
+/** `written`, or false when the connection is not kept (no closure made per response). */
+function andKeep(written: Promise<boolean>, keep: boolean): Promise<boolean> {
+  return keep ? written : written.then(alwaysFalse);
+}
+
 /**
  * Writes the response: the head and the first ready chunks in one write, then each chunk as it
  * comes. Returns whether the connection can carry another request.
  */
-export async function respond(
+export function respond(
   sink: ResponseSink,
   res: Response,
   http10: boolean,
@@ -175,13 +182,12 @@ export async function respond(
   if (fixed !== null) {
     if (isHead) {
       text += `content-length: ${declared >= 0 ? declared : fixed.byteLength}\r\n`;
-      return await writeHead(sink, text, hasDate, keep, http10, ex) && keep;
+      return andKeep(writeHead(sink, text, hasDate, keep, http10, ex), keep);
     }
     text += `content-length: ${fixed.byteLength}\r\n`;
     text += headTail(hasDate, keep, http10);
     if (ex.body !== null) ex.body.headSent = true;
-    const ok = await flush(sink, [text, fixed], text.length + fixed.byteLength);
-    return ok && keep;
+    return andKeep(flush(sink, [text, fixed], text.length + fixed.byteLength), keep);
   }
   const stream = res.body;
   if (stream === null || noBody) {
@@ -194,7 +200,7 @@ export async function respond(
     } else {
       text += "content-length: 0\r\n";
     }
-    return await writeHead(sink, text, hasDate, keep, http10, ex) && keep;
+    return andKeep(writeHead(sink, text, hasDate, keep, http10, ex), keep);
   }
   // A body the upstream client can hand over without a stream is read directly.
   let reader: BodyReaderLike | null = takeDirectBody(res);
@@ -203,9 +209,11 @@ export async function respond(
       reader = stream.getReader();
     } catch {
       // A body already read or locked: nothing was written yet, so answer 500.
-      await sink.write(errorBytes(toRelayError(new TypeError("response body is unusable"))));
-      sink.close();
-      return false;
+      return sink.write(errorBytes(toRelayError(new TypeError("response body is unusable"))))
+        .then(() => {
+          sink.close();
+          return false;
+        });
     }
   }
   ex.reader = reader;

@@ -818,7 +818,10 @@ class Exchange implements Watched, Attempt {
   readonly #pool: Pool;
   readonly #conn: Connection;
   #req: ExchangeRequest;
-  readonly #opts: ExchangeOptions;
+  readonly #watchdog: Watchdog;
+  readonly #tap: BodyTap | undefined;
+  /** The client's signal, until the response head arrives (a stream need not keep it). */
+  #signal: AbortSignal | undefined;
   #writeDone = false;
   #headSeen = false;
   #writeError: unknown = null;
@@ -828,7 +831,9 @@ class Exchange implements Watched, Attempt {
     this.#pool = pool;
     this.#conn = conn;
     this.#req = req;
-    this.#opts = opts;
+    this.#watchdog = opts.watchdog;
+    this.#tap = opts.tap;
+    this.#signal = opts.signal;
   }
 
   get reused(): boolean {
@@ -850,7 +855,7 @@ class Exchange implements Watched, Attempt {
   };
 
   async run(): Promise<UpstreamResponse> {
-    const { watchdog, signal } = this.#opts;
+    const watchdog = this.#watchdog, signal = this.#signal;
     let head: Uint8Array;
     try {
       head = requestHead(this.#req, this.#pool.endpoint.hostHeader);
@@ -887,6 +892,7 @@ class Exchange implements Watched, Attempt {
       throw this.#classify(err);
     }
     signal?.removeEventListener("abort", this.#onAbort);
+    this.#signal = undefined;
     // A stream can stay open for minutes: the kept copy of the request body (a whole Claude Code
     // conversation, often megabytes) must not live as long as it.
     this.#headSeen = true;
@@ -953,13 +959,13 @@ class Exchange implements Watched, Attempt {
 
   async #send(bytes: Uint8Array): Promise<void> {
     await this.#conn.write(bytes);
-    this.lastTick = this.#opts.watchdog.tick;
+    this.lastTick = this.#watchdog.tick;
   }
 
   #readHead(): Promise<Head> {
     return readHead(this.#conn, () => {
       this.gotBytes = true;
-      this.lastTick = this.#opts.watchdog.tick;
+      this.lastTick = this.#watchdog.tick;
     }, false);
   }
 
@@ -981,7 +987,7 @@ class Exchange implements Watched, Attempt {
       return res;
     }
     const conn = this.#conn;
-    const watchdog = this.#opts.watchdog;
+    const watchdog = this.#watchdog;
     let remaining = framing.kind === "length" ? framing.length : 0;
     const decoder = framing.kind === "chunked" ? new ChunkedDecoder() : null;
     // Payload decoded from bytes that came with the head, emitted before reading further.
@@ -1011,7 +1017,7 @@ class Exchange implements Watched, Attempt {
         conn.unread(left);
       }
     }
-    const tap = this.#opts.tap;
+    const tap = this.#tap;
     const end = endOnce(tap);
     // Decoded payload not handed out yet; every piece passed the tap when it was queued.
     const queue: Uint8Array[] = [];
@@ -1127,7 +1133,7 @@ class Exchange implements Watched, Attempt {
   #finish(reusable: boolean, cancelBody = true): void {
     if (this.#finished) return;
     this.#finished = true;
-    this.#opts.watchdog.unwatch(this);
+    this.#watchdog.unwatch(this);
     const ok = reusable && this.#writeDone && this.#writeError === null && this.abortKind === null;
     if (!ok) {
       this.#conn.close();
