@@ -32,11 +32,6 @@ export class SseEvents {
     this.#maxChars = maxChars;
   }
 
-  /** Whether a partial line or event is held (false right after a blank line). */
-  get pending(): boolean {
-    return this.#line !== "" || this.#data !== null || this.#skipLine || this.#skipEvent;
-  }
-
   feed(text: string): void {
     const n = text.length;
     let i = 0;
