@@ -368,3 +368,76 @@ export async function startRelay(name: string, o: RelayStart): Promise<Proc> {
   }
   return proc;
 }
+
+/** What {@link sseDelayLoad} runs: `sse_load.ts --mode=delay`, hosting the fake SSE upstream. */
+export interface SseDelayLoad {
+  upstreamPort: number;
+  streams: number;
+  events: number;
+  intervalMs: number;
+  rampMs: number;
+  maxSec: number;
+  /** `name=url` per target, measured one after another. */
+  targets: string[];
+  cpu: string;
+  timeoutMs: number;
+}
+
+/** Runs `sse_load.ts --mode=delay` to its end and returns its JSON output. */
+export function sseDelayLoad(o: SseDelayLoad): Promise<string> {
+  return runToEnd("sse-load", [
+    "deno",
+    "run",
+    "-A",
+    `${BENCH}/sse_load.ts`,
+    "--mode=delay",
+    `--upstream-port=${o.upstreamPort}`,
+    `--streams=${o.streams}`,
+    `--events=${o.events}`,
+    `--interval-ms=${o.intervalMs}`,
+    `--ramp-ms=${o.rampMs}`,
+    `--max-sec=${o.maxSec}`,
+    ...o.targets.map((t) => `--target=${t}`),
+  ], { cpu: o.cpu, timeoutMs: o.timeoutMs });
+}
+
+/**
+ * Runs `sse_load.ts --mode=capacity` (`streams` opened at `ramp` per second to `url`, an
+ * upstream running `fake_sse.ts`) to its end and returns its JSON output.
+ */
+export function sseCapacityLoad(
+  o: { url: string; streams: number; events: number; ramp: number; maxSec: number; cpu: string },
+): Promise<string> {
+  return runToEnd("sse-capacity", [
+    "deno",
+    "run",
+    "-A",
+    `${BENCH}/sse_load.ts`,
+    "--mode=capacity",
+    `--url=${o.url}`,
+    `--streams=${o.streams}`,
+    `--events=${o.events}`,
+    `--ramp=${o.ramp}`,
+    `--max-sec=${o.maxSec}`,
+  ], { cpu: o.cpu, timeoutMs: (o.maxSec + 60) * 1000 });
+}
+
+/** Starts `fake_sse.ts` (`events` events `intervalMs` apart per stream) and waits for its port. */
+export async function startFakeSse(
+  name: string,
+  o: { port: number; events: number; intervalMs: number; maxSec: number; cpu: string },
+  logFile: string,
+): Promise<Proc> {
+  const proc = spawn(name, [
+    "deno",
+    "run",
+    "-A",
+    `${BENCH}/fake_sse.ts`,
+    `--port=${o.port}`,
+    `--events=${o.events}`,
+    `--interval-ms=${o.intervalMs}`,
+    `--max-sec=${o.maxSec}`,
+  ], { cpu: o.cpu, logFile });
+  await waitForPort(o.port, 30_000, proc);
+  return proc;
+}

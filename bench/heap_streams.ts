@@ -6,7 +6,7 @@
  *
  *   deno run -A bench/heap_streams.ts [--streams=1000] [--top=30]
  */
-import { BENCH, freePort, numFlag, parseFlags, runToEnd, sleep, startRelay } from "./common.ts";
+import { BENCH, freePort, numFlag, parseFlags, sleep, sseDelayLoad, startRelay } from "./common.ts";
 
 const flags = parseFlags(Deno.args);
 const streams = numFlag(flags, "streams", 1000), top = numFlag(flags, "top", 30);
@@ -37,20 +37,17 @@ const snapshot = async (i: number): Promise<string> => {
 };
 const before = await snapshot(0);
 // Streams of 10 events 500 ms apart, opened over 2 s: all open together from 2 s to ~5 s.
-const load = runToEnd("sse", [
-  "deno",
-  "run",
-  "-A",
-  `${BENCH}/sse_load.ts`,
-  "--mode=delay",
-  `--upstream-port=${ssePort}`,
-  `--streams=${streams}`,
-  "--events=10",
-  "--interval-ms=500",
-  "--ramp-ms=2000",
-  "--max-sec=60",
-  `--target=relay=http://127.0.0.1:${port}/v1/chat/completions`,
-], { cpu: "1", timeoutMs: 120000 });
+const load = sseDelayLoad({
+  upstreamPort: ssePort,
+  streams,
+  events: 10,
+  intervalMs: 500,
+  rampMs: 2000,
+  maxSec: 60,
+  targets: [`relay=http://127.0.0.1:${port}/v1/chat/completions`],
+  cpu: "1",
+  timeoutMs: 120_000,
+});
 await sleep(3500);
 const during = await snapshot(1);
 await load;

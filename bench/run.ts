@@ -38,6 +38,9 @@ import {
   runToEnd,
   sleep,
   spawn,
+  sseCapacityLoad,
+  sseDelayLoad,
+  startFakeSse,
   startRelay,
   tempDir,
   waitForPort,
@@ -717,20 +720,17 @@ async function sectionSse(): Promise<void> {
     bg.push(await waitQuiet());
     const rss = rssSampler(relay.pid, 100);
     const cpu0 = new Map(measured.map((m) => [m.name, cpuSeconds(m.pid)]));
-    const out = await runToEnd("sse-load", [
-      "deno",
-      "run",
-      "-A",
-      `${BENCH}/sse_load.ts`,
-      "--mode=delay",
-      `--upstream-port=${ssePort}`,
-      `--streams=${streams}`,
-      `--events=${events}`,
-      `--interval-ms=${intervalMs}`,
-      `--ramp-ms=${rampMs}`,
-      "--max-sec=60",
-      ...rotate(targets, k).map((t) => `--target=${t.name}=${t.url}`),
-    ], { cpu: LOAD_CPU, timeoutMs: 400_000 });
+    const out = await sseDelayLoad({
+      upstreamPort: ssePort,
+      streams,
+      events,
+      intervalMs,
+      rampMs,
+      maxSec: 60,
+      targets: rotate(targets, k).map((t) => `${t.name}=${t.url}`),
+      cpu: LOAD_CPU,
+      timeoutMs: 400_000,
+    });
     relayRss = Math.max(relayRss, rss.stop());
     // Each process's CPU over the whole round; it is busy only while its own target runs.
     const perEvent = (m: { name: string; pid: number }) =>
@@ -818,18 +818,12 @@ async function sectionStreams(): Promise<void> {
     const events = eventsFor(n);
     progress(`streams: ${proxy}, ${n} concurrent (ramp ${ramp}/s, ${events} events 1 s apart)`);
     const upPort = freePort();
-    const upstream = spawn("fake-sse", [
-      "deno",
-      "run",
-      "-A",
-      `${BENCH}/fake_sse.ts`,
-      `--port=${upPort}`,
-      `--events=${events}`,
-      "--interval-ms=1000",
-      "--max-sec=900",
-    ], { cpu: LOAD_CPU, logFile: `${tmp}/fake-sse-${proxy}-${n}.log` });
+    const upstream = await startFakeSse(
+      "fake-sse",
+      { port: upPort, events, intervalMs: 1000, maxSec: 900, cpu: LOAD_CPU },
+      `${tmp}/fake-sse-${proxy}-${n}.log`,
+    );
     procs.push(upstream);
-    await waitForPort(upPort, 15_000, upstream);
     const port = freePort();
     const log = relayLog(`${proxy}-streams-${n}`);
     let relay: Proc;
@@ -851,18 +845,14 @@ async function sectionStreams(): Promise<void> {
     }
     procs.push(relay);
     const rss = rssSampler(relay.pid, 200);
-    const out = await runToEnd("sse-capacity", [
-      "deno",
-      "run",
-      "-A",
-      `${BENCH}/sse_load.ts`,
-      "--mode=capacity",
-      `--url=http://${HOST}:${port}/v1/chat/completions`,
-      `--streams=${n}`,
-      `--events=${events}`,
-      `--ramp=${ramp}`,
-      `--max-sec=${events + Math.ceil(n / ramp) + 30}`,
-    ], { cpu: LOAD_CPU, timeoutMs: (events + n / ramp + 90) * 1000 });
+    const out = await sseCapacityLoad({
+      url: `http://${HOST}:${port}/v1/chat/completions`,
+      streams: n,
+      events,
+      ramp,
+      maxSec: events + Math.ceil(n / ramp) + 30,
+      cpu: LOAD_CPU,
+    });
     const rssMaxMb = rss.stop();
     const relayAlive = relay.exitCode === null;
     const text = Deno.readTextFileSync(log);

@@ -10,9 +10,9 @@ import {
   median,
   numFlag,
   parseFlags,
-  runToEnd,
   sleep,
   spawn,
+  sseDelayLoad,
   startRelay,
   waitForPort,
 } from "./common.ts";
@@ -52,20 +52,17 @@ for (let k = 0; k <= rounds; k++) {
       : [["relay", relayPort, relay.pid], ["min", minPort, min.pid]]) as [string, number, number][]
   ) {
     const c0 = cpuSeconds(pid);
-    const out = await runToEnd("sse", [
-      "deno",
-      "run",
-      "-A",
-      `${root}/bench/sse_load.ts`,
-      "--mode=delay",
-      `--upstream-port=${ssePort}`,
-      `--streams=${streams}`,
-      `--events=${events}`,
-      `--interval-ms=${intervalMs}`,
-      "--ramp-ms=2000",
-      "--max-sec=60",
-      `--target=${name}=http://127.0.0.1:${port}/v1/chat/completions`,
-    ], { cpu: "1", timeoutMs: 120000 });
+    const out = await sseDelayLoad({
+      upstreamPort: ssePort,
+      streams,
+      events,
+      intervalMs,
+      rampMs: 2000,
+      maxSec: 60,
+      targets: [`${name}=http://127.0.0.1:${port}/v1/chat/completions`],
+      cpu: "1",
+      timeoutMs: 120_000,
+    });
     const us = (cpuSeconds(pid) - c0) * 1e6 / (streams * (events + 2));
     if (k > 0) {
       res[name]!.push(Math.round(us * 10) / 10);

@@ -15,9 +15,10 @@ import {
   parseFlags,
   type Proc,
   rssSampler,
-  runToEnd,
   sleep,
   spawn,
+  sseCapacityLoad,
+  startFakeSse,
   startRelay,
   waitForPort,
 } from "./common.ts";
@@ -60,33 +61,23 @@ async function startProxy(name: string, port: number, upstream: string): Promise
 for (const name of ["relay", "min", "pipe"]) {
   if (only !== undefined && only !== name) continue;
   const upPort = freePort(), port = freePort();
-  const upstream = spawn("fake-sse", [
-    "deno",
-    "run",
-    "-A",
-    `${BENCH}/fake_sse.ts`,
-    `--port=${upPort}`,
-    `--events=${events}`,
-    "--interval-ms=1000",
-    "--max-sec=300",
-  ], { cpu: "1", logFile: `${dir}/up-${name}.log` });
-  await waitForPort(upPort, 30000, upstream);
+  const upstream = await startFakeSse(
+    "fake-sse",
+    { port: upPort, events, intervalMs: 1000, maxSec: 300, cpu: "1" },
+    `${dir}/up-${name}.log`,
+  );
   const proxy = await startProxy(name, port, `http://127.0.0.1:${upPort}`);
   await sleep(3000);
   const idle = memory(proxy.pid).rssMb;
   const rss = rssSampler(proxy.pid, 100);
-  const out = await runToEnd("sse", [
-    "deno",
-    "run",
-    "-A",
-    `${BENCH}/sse_load.ts`,
-    "--mode=capacity",
-    `--url=http://127.0.0.1:${port}/v1/chat/completions`,
-    `--streams=${streams}`,
-    `--events=${events}`,
-    `--ramp=${ramp}`,
-    `--max-sec=${events + 40}`,
-  ], { cpu: "1", timeoutMs: (events + 90) * 1000 });
+  const out = await sseCapacityLoad({
+    url: `http://127.0.0.1:${port}/v1/chat/completions`,
+    streams,
+    events,
+    ramp,
+    maxSec: events + 40,
+    cpu: "1",
+  });
   const peak = rss.stop();
   const r = JSON.parse(out) as { completed: number; peakOpen: number };
   const perStream = (peak - idle) * 1024 / streams;
