@@ -52,6 +52,21 @@ function connectionTokens(value: string | null): Set<string> | null {
   return names.length === 0 ? null : new Set(names);
 }
 
+/**
+ * The header names listed by the `Connection` lines of `lines` (names in any case). Every line
+ * counts: a client or an upstream may send several.
+ */
+function namedByConnection(lines: ReadonlyArray<readonly [string, string]>): Set<string> | null {
+  let named: Set<string> | null = null;
+  for (let i = 0; i < lines.length; i++) {
+    const [name, value] = lines[i]!;
+    if (name.length !== 10 || name.toLowerCase() !== "connection") continue;
+    const tokens = connectionTokens(value);
+    if (tokens !== null) named = named === null ? tokens : new Set([...named, ...tokens]);
+  }
+  return named;
+}
+
 /** Options for {@link requestHeaders}. */
 export interface RequestHeaderOptions {
   /** The real client IP, sent as `X-Real-IP` and appended to `X-Forwarded-For`. */
@@ -79,28 +94,14 @@ export function requestHeaders(
   incoming: Headers | HeaderList,
   options: RequestHeaderOptions,
 ): HeaderList {
+  const lines = incoming instanceof Headers ? [...incoming] : incoming;
+  const named = namedByConnection(lines);
   const out: HeaderList = [];
-  if (incoming instanceof Headers) {
-    const named = connectionTokens(incoming.get("connection"));
-    for (const [name, value] of incoming) {
-      if (HOP_BY_HOP.has(name) || REQUEST_OWN.has(name) || named?.has(name)) continue;
-      out.push([name, value]);
-    }
-  } else {
-    // Every Connection line counts, as in {@link responseFields}.
-    let named: Set<string> | null = null;
-    for (let i = 0; i < incoming.length; i++) {
-      const [name, value] = incoming[i]!;
-      if (name.length !== 10 || name.toLowerCase() !== "connection") continue;
-      const tokens = connectionTokens(value);
-      if (tokens !== null) named = named === null ? tokens : new Set([...named, ...tokens]);
-    }
-    for (let i = 0; i < incoming.length; i++) {
-      const field = incoming[i]!;
-      const name = field[0].toLowerCase();
-      if (HOP_BY_HOP.has(name) || REQUEST_OWN.has(name) || named?.has(name)) continue;
-      out.push(name === field[0] ? field : [name, field[1]]);
-    }
+  for (let i = 0; i < lines.length; i++) {
+    const field = lines[i]!;
+    const name = field[0].toLowerCase();
+    if (HOP_BY_HOP.has(name) || REQUEST_OWN.has(name) || named?.has(name)) continue;
+    out.push(name === field[0] ? field : [name, field[1]]);
   }
   out.push(["x-real-ip", options.clientIp]);
   const chain = options.trustedForwardedFor?.trim();
@@ -124,15 +125,10 @@ export function responseHeaders(incoming: HeaderList, status: number): Headers {
 
 /** {@link responseHeaders} as a header list: the field lines in A's order, repeated ones apart. */
 export function responseFields(incoming: HeaderList, status: number): HeaderList {
-  // Every Connection line counts: an upstream may send several.
-  let named: Set<string> | null = null;
+  const named = namedByConnection(incoming);
   let dropLength = status < 200 || status === 204 || status === 304;
-  for (let i = 0; i < incoming.length; i++) {
-    const name = incoming[i]![0];
-    if (name === "transfer-encoding") dropLength = true;
-    if (name !== "connection") continue;
-    const tokens = connectionTokens(incoming[i]![1]);
-    if (tokens !== null) named = named === null ? tokens : new Set([...named, ...tokens]);
+  for (let i = 0; i < incoming.length && !dropLength; i++) {
+    if (incoming[i]![0] === "transfer-encoding") dropLength = true;
   }
   const out: HeaderList = [];
   for (let i = 0; i < incoming.length; i++) {
