@@ -89,7 +89,7 @@ export class SseEvents {
       return;
     }
     // "data" or "data:...": any other field, and a comment (":..."), changes nothing counted.
-    if (this.#skipEvent || line.charCodeAt(0) !== 100 || !line.startsWith("data")) return;
+    if (this.#skipEvent || !line.startsWith("data")) return;
     let value: string;
     if (line.length === 4) value = "";
     else if (line.charCodeAt(4) !== 58) return; // "dataX...": another field

@@ -20,8 +20,15 @@ import { errorBytes } from "./response_head.ts";
 import { takeUpgrade, type Upgrade } from "./upgrade.ts";
 import type { DropReason, Http1Handler } from "./types.ts";
 import { RelayError, relayError, toRelayError } from "../errors.ts";
-import { appendAll, concat, decodeLatin1, encodeLatin1, keepSentUrl } from "../http/mod.ts";
-import { readConn, withRequestFields } from "../http/mod.ts";
+import {
+  appendAll,
+  concat,
+  decodeLatin1,
+  encodeLatin1,
+  keepSentUrl,
+  readConn,
+  withRequestFields,
+} from "../http/mod.ts";
 import type { Watchdog, Watched } from "../http/mod.ts";
 import { attachCancel, cancelHookAvailable } from "../http/mod.ts";
 

@@ -21,8 +21,7 @@ export class Exchange implements ServeInfo {
   aborted = false;
   #completed: Promise<void> | null = null;
   #resolve: (() => void) | null = null;
-  /** One listener as it is (the usual case: the Request's signal), more in an array. */
-  #onAbort: (() => void) | (() => void)[] | null = null;
+  #onAbort: (() => void)[] | null = null;
   #ac: AbortController | null = null;
 
   constructor(remoteAddr: Deno.NetAddr) {
@@ -42,8 +41,8 @@ export class Exchange implements ServeInfo {
   /** The Request's lazy signal registers here (`attachCancel` in http/deno_internals.ts). */
   readonly onCancel = (abort: () => void): void => {
     if (this.aborted) abort();
-    else if (this.#onAbort === null) this.#onAbort = abort;
-    else if (typeof this.#onAbort === "function") this.#onAbort = [this.#onAbort, abort];
+    // Made with its first listener (usually the only one): `[]` then push reserves 17 slots.
+    else if (this.#onAbort === null) this.#onAbort = [abort];
     else this.#onAbort.push(abort);
   };
 
@@ -63,9 +62,7 @@ export class Exchange implements ServeInfo {
     if (this.done) return;
     this.aborted = true;
     this.#ac?.abort();
-    const listeners = this.#onAbort;
-    this.#onAbort = null;
-    for (const abort of typeof listeners === "function" ? [listeners] : listeners ?? []) {
+    for (const abort of this.#onAbort ?? []) {
       try {
         abort();
       } catch { /* an abort listener's failure is not the server's */ }
