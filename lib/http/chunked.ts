@@ -15,14 +15,37 @@ export class FramingError extends Error {
 }
 
 const enum ChunkState {
+  /** A size line: its hex digits, then blanks, then an extension. */
   Size,
   Data,
+  /** The line that ends a chunk's data: empty. */
   DataEnd,
   Trailer,
   Done,
 }
 
-/** Incremental `Transfer-Encoding: chunked` decoder; yields payload slices without copying. */
+/** The longest framing line taken (size line with extensions, trailer line), in bytes. */
+const MAX_LINE = 4096;
+/** Most hex digits in a chunk size: 16^12 - 1 is still an exact double. */
+const MAX_DIGITS = 12;
+const NONE: Uint8Array[] = [];
+
+/** The value of an ASCII hex digit, or -1. */
+function hexValue(b: number): number {
+  if (b >= 0x30 && b <= 0x39) return b - 0x30;
+  const lower = b | 0x20;
+  return lower >= 0x61 && lower <= 0x66 ? lower - 0x57 : -1;
+}
+
+/**
+ * Incremental `Transfer-Encoding: chunked` decoder; yields payload slices without copying.
+ *
+ * Framing lines are read byte by byte into a few numbers, never into strings: this runs for every
+ * event of every stream. A line ends at LF, one CR before it dropped. A size line is 1 to 12 hex
+ * digits, blanks (SP, HTAB), then optionally `;` and an extension without CR; the line after a
+ * chunk's data is empty; trailer lines are skipped up to the empty one. Any other line is a
+ * framing error, thrown at its LF (or once it passes {@link MAX_LINE} bytes).
+ */
 export class ChunkedDecoder {
   #state = ChunkState.Size;
   /** Set after a framing error seen before the body stream existed. */
@@ -33,7 +56,17 @@ export class ChunkedDecoder {
     this.poisoned = true;
   }
 
-  #line = "";
+  /** Bytes of the current line so far (LF not counted). */
+  #lineLen = 0;
+  /** The line so far breaks the grammar (reported at its end). */
+  #bad = false;
+  /** The previous byte of the line was CR: only LF may follow it. */
+  #cr = false;
+  /** Size line: hex digits read, their value, and whether blanks or `;` came after them. */
+  #digits = 0;
+  #size = 0;
+  #afterDigits = false;
+  #inExtension = false;
   #remaining = 0;
   /** Bytes after the terminating chunk (a pipelined response we never asked for). */
   rest: Uint8Array | null = null;
@@ -44,56 +77,82 @@ export class ChunkedDecoder {
 
   /** Feeds bytes; returns the payload slices they complete. Throws UpstreamError("protocol"). */
   push(bytes: Uint8Array): Uint8Array[] {
-    const out: Uint8Array[] = [];
+    let out = NONE;
     let i = 0;
     const n = bytes.byteLength;
     while (i < n) {
-      switch (this.#state) {
-        case ChunkState.Data: {
-          const take = Math.min(this.#remaining, n - i);
-          out.push(bytes.subarray(i, i + take));
-          i += take;
-          this.#remaining -= take;
-          if (this.#remaining === 0) this.#state = ChunkState.DataEnd;
-          break;
-        }
-        case ChunkState.Size:
-        case ChunkState.DataEnd:
-        case ChunkState.Trailer: {
-          const b = bytes[i++]!;
-          if (b !== 0x0a) {
-            if (this.#line.length > 4096) {
-              throw new FramingError("chunk line too long");
-            }
-            this.#line += String.fromCharCode(b);
-            break;
-          }
-          const line = this.#line.endsWith("\r") ? this.#line.slice(0, -1) : this.#line;
-          this.#line = "";
-          this.#onLine(line);
-          break;
-        }
-        case ChunkState.Done:
-          this.rest = bytes.subarray(i);
-          return out;
+      const state = this.#state;
+      if (state === ChunkState.Data) {
+        const take = Math.min(this.#remaining, n - i);
+        if (out === NONE) out = [];
+        out.push(bytes.subarray(i, i + take));
+        i += take;
+        this.#remaining -= take;
+        if (this.#remaining === 0) this.#state = ChunkState.DataEnd;
+        continue;
       }
+      if (state === ChunkState.Done) {
+        this.rest = bytes.subarray(i);
+        return out;
+      }
+      const b = bytes[i++]!;
+      if (b === 0x0a) {
+        this.#endLine();
+        continue;
+      }
+      if (this.#lineLen > MAX_LINE) throw new FramingError("chunk line too long");
+      this.#lineLen++;
+      if (this.#cr) this.#bad = true; // a CR inside the line
+      this.#cr = b === 0x0d;
+      if (this.#cr || state === ChunkState.Trailer) continue;
+      if (state === ChunkState.DataEnd) this.#bad = true;
+      else this.#sizeByte(b);
     }
     return out;
   }
 
-  #onLine(line: string): void {
-    if (this.#state === ChunkState.DataEnd) {
-      if (line !== "") throw new FramingError("missing CRLF after chunk");
+  /** One byte (not CR or LF) of a size line. */
+  #sizeByte(b: number): void {
+    if (this.#inExtension) return;
+    if (b === 0x3b) {
+      this.#inExtension = true;
+      if (this.#digits === 0) this.#bad = true;
+      return;
+    }
+    if (b === 0x20 || b === 0x09) {
+      this.#afterDigits = true;
+      if (this.#digits === 0) this.#bad = true;
+      return;
+    }
+    const v = hexValue(b);
+    if (v < 0 || this.#afterDigits || this.#digits === MAX_DIGITS) {
+      this.#bad = true;
+      return;
+    }
+    this.#digits++;
+    this.#size = this.#size * 16 + v;
+  }
+
+  #endLine(): void {
+    const state = this.#state;
+    const empty = this.#lineLen === 0 || (this.#lineLen === 1 && this.#cr);
+    const bad = this.#bad;
+    const digits = this.#digits, size = this.#size;
+    this.#lineLen = this.#digits = this.#size = 0;
+    this.#bad =
+      this.#cr =
+      this.#afterDigits =
+      this.#inExtension =
+        false;
+    if (state === ChunkState.DataEnd) {
+      if (!empty) throw new FramingError("missing CRLF after chunk");
       this.#state = ChunkState.Size;
-      return;
+    } else if (state === ChunkState.Trailer) {
+      if (empty) this.#state = ChunkState.Done;
+    } else {
+      if (bad || digits === 0) throw new FramingError("bad chunk size");
+      this.#remaining = size;
+      this.#state = size === 0 ? ChunkState.Trailer : ChunkState.Data;
     }
-    if (this.#state === ChunkState.Trailer) {
-      if (line === "") this.#state = ChunkState.Done;
-      return;
-    }
-    const m = /^([0-9A-Fa-f]{1,12})[ \t]*(;.*)?$/.exec(line);
-    if (m === null) throw new FramingError("bad chunk size");
-    this.#remaining = parseInt(m[1]!, 16);
-    this.#state = this.#remaining === 0 ? ChunkState.Trailer : ChunkState.Data;
   }
 }
