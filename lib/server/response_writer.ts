@@ -40,43 +40,56 @@ export interface ResponseSink {
   giveBuffer(buf: Uint8Array): void;
 }
 
+/**
+ * One read on a body reader and its outcome. A writer reuses one for the whole body ({@link start}
+ * begins the next read), so an event costs no object and no closures of its own.
+ */
 class Peek {
   ready = false;
   failed = false;
   done = false;
   value: unknown = undefined;
   error: unknown = undefined;
-  readonly wait: Promise<void>;
+  wait: Promise<void> = Promise.resolve();
 
   /** A read on `reader`; with null, an end of stream that is already known. */
   constructor(reader: BodyReaderLike | null) {
-    if (reader === null) {
-      this.ready = this.done = true;
-      this.wait = Promise.resolve();
-      return;
-    }
-    this.wait = reader.read().then((r) => {
-      this.ready = true;
-      this.done = r.done;
-      this.value = r.value;
-    }, (err) => {
-      this.ready = true;
-      this.failed = true;
-      this.error = err;
-    });
+    if (reader === null) this.ready = this.done = true;
+    else this.start(reader);
   }
+
+  /** Starts the next read; the previous outcome must have been taken. */
+  start(reader: BodyReaderLike): this {
+    this.ready = this.failed = false;
+    this.value = this.error = undefined;
+    this.wait = reader.read().then(this.#got, this.#failed);
+    return this;
+  }
+
+  readonly #got = (r: ReadableStreamReadResult<Uint8Array>): void => {
+    this.ready = true;
+    this.done = r.done;
+    this.value = r.value;
+  };
+
+  readonly #failed = (err: unknown): void => {
+    this.ready = true;
+    this.failed = true;
+    this.error = err;
+  };
 }
 
 /**
- * Starts a read and lets a few microtask turns pass: a chunk (or the end) of a body that needs no
- * I/O, such as a string or an in-memory stream, is there by then. This is how a whole body is
- * recognised and sent with `content-length`, and how chunks that are ready together go out in one
- * write, without ever waiting for a chunk that is not ready.
+ * Starts a read (on `reuse` when given) and lets a few microtask turns pass: a chunk (or the end)
+ * of a body that needs no I/O, such as a string or an in-memory stream, is there by then. This is
+ * how a whole body is recognised and sent with `content-length`, and how chunks that are ready
+ * together go out in one write, without ever waiting for a chunk that is not ready.
  */
-function peek(reader: BodyReaderLike): Peek | Promise<Peek> {
+function peek(reader: BodyReaderLike, reuse?: Peek): Peek | Promise<Peek> {
+  const p = reuse === undefined ? new Peek(reader) : reuse.start(reader);
   // A reader that knows it must wait for I/O is not given turns: its chunk cannot come sooner.
-  if (reader.ready?.() === false) return new Peek(reader);
-  return settle(new Peek(reader));
+  if (reader.ready?.() === false) return p;
+  return settle(p);
 }
 
 async function settle(p: Peek): Promise<Peek> {
@@ -95,26 +108,33 @@ const enum Mode {
  * in one write through a pooled buffer when small (no allocation), a lone payload as it is,
  * else joined in writes of at most {@link MAX_COALESCE} bytes with large payloads on their own.
  */
-async function flush(sink: ResponseSink, parts: Part[], total: number): Promise<boolean> {
+function flush(sink: ResponseSink, parts: Part[], total: number): Promise<boolean> {
   const only = parts.length === 1 ? parts[0]! : null;
   if (only !== null && typeof only !== "string") {
     parts.length = 0;
-    return await sink.write(only);
+    return sink.write(only);
   }
   if (total <= POOL_BUF) {
     const buf = sink.takeBuffer();
     const n = fill(buf, parts);
     parts.length = 0;
-    const ok = await sink.write(buf.subarray(0, n));
-    sink.giveBuffer(buf);
-    return ok;
+    // Not an async function: this runs for every SSE event.
+    return sink.write(buf.subarray(0, n)).then((ok) => {
+      sink.giveBuffer(buf);
+      return ok;
+    });
   }
   if (total <= MAX_COALESCE || parts.length === 1) {
     const out = new Uint8Array(total);
     fill(out, parts);
     parts.length = 0;
-    return await sink.write(out);
+    return sink.write(out);
   }
+  return flushLarge(sink, parts);
+}
+
+/** Writes more than {@link MAX_COALESCE} bytes of parts: joined in groups, large payloads alone. */
+async function flushLarge(sink: ResponseSink, parts: Part[]): Promise<boolean> {
   const all = parts.splice(0);
   let group: Part[] = [];
   let size = 0;
@@ -321,7 +341,8 @@ async function writeBody(
       if (!(await flush(sink, parts, total))) return false;
       total = 0;
     }
-    const next = peek(reader);
+    // The outcome was taken (added above): the same Peek carries the next read.
+    const next = peek(reader, pk);
     pk = next instanceof Peek ? next : await next;
   }
   if (mode === Mode.Chunked) {
