@@ -737,27 +737,50 @@ export class Connection implements Watched, ResponseSink {
     this.#server.giveBuffer(buf);
   }
 
-  /** Writes all of `bytes`; false (and the exchange aborted) if the client is gone. */
-  async write(bytes: Uint8Array): Promise<boolean> {
-    const dog = this.#server.sendDog;
-    const send = this.#send;
+  /**
+   * Writes all of `bytes`; false (and the exchange aborted) if the client is gone. Not an async
+   * function: a write the socket takes whole (nearly all of them) costs the op's promise and one
+   * reaction, where an async frame per write was most of the garbage an SSE event made.
+   */
+  write(bytes: Uint8Array): Promise<boolean> {
+    this.#server.sendDog?.watch(this.#send);
+    let written: Promise<number>;
     try {
-      const conn = this.#conn;
-      dog?.watch(send);
-      let off = await conn.write(bytes);
+      written = this.#conn.write(bytes);
+    } catch {
+      return Promise.resolve(this.#writeFailed());
+    }
+    return written.then(
+      (n) => n >= bytes.byteLength ? this.#wrote() : this.#writeRest(bytes, n),
+      this.#writeFailed,
+    );
+  }
+
+  /** The rest of a write the socket took only part of: the client reads slowly. */
+  async #writeRest(bytes: Uint8Array, off: number): Promise<boolean> {
+    const dog = this.#server.sendDog;
+    try {
       while (off < bytes.byteLength) {
         // Part of it was taken: the client reads, so its deadline starts again.
-        if (dog !== null) send.lastTick = dog.tick;
-        off += await conn.write(bytes.subarray(off));
+        if (dog !== null) this.#send.lastTick = dog.tick;
+        off += await this.#conn.write(bytes.subarray(off));
       }
-      return true;
     } catch {
-      this.#gone();
-      return false;
-    } finally {
-      dog?.unwatch(send);
+      return this.#writeFailed();
     }
+    return this.#wrote();
   }
+
+  readonly #wrote = (): boolean => {
+    this.#server.sendDog?.unwatch(this.#send);
+    return true;
+  };
+
+  readonly #writeFailed = (): boolean => {
+    this.#server.sendDog?.unwatch(this.#send);
+    this.#gone();
+    return false;
+  };
 
   async #upgrade(upgrade: Upgrade, ex: Exchange): Promise<void> {
     if (this.#pending !== null) {
