@@ -5,7 +5,10 @@
  * TCP pipe. Each proxy is pinned to core 0 and charged only its own run (`/proc` CPU time over
  * requests); wrk and nginx share core 1. A quicker A/B than `deno task bench --only=http`.
  *
- *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5]
+ * `--close` sends `Connection: close`, so every request comes on a new connection: what a
+ * connection costs (accept, setup, close), which an SSE stream pays once per stream.
+ *
+ *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close]
  */
 import {
   BENCH,
@@ -39,7 +42,8 @@ Deno.writeTextFileSync(
   script,
   `wrk.method = "POST"\nwrk.body = [[${CHAT_REQUEST}]]\n` +
     `wrk.headers["Content-Type"] = "application/json"\n` +
-    `wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"\n`,
+    `wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"\n` +
+    (flags.has("close") ? `wrk.headers["Connection"] = "close"\n` : ""),
 );
 
 interface Row {
@@ -110,7 +114,9 @@ try {
 const m = (xs: number[]) => median(xs);
 const pipe = m(rps["tcp-pipe"]!), minimal = m(us["deno-minimal"]!);
 const lines = [
-  `wrk -t1 -c50 -d${seconds}s, ${rounds} rounds, medians (each round's value in brackets)`,
+  `wrk -t1 -c50 -d${seconds}s${
+    flags.has("close") ? ", Connection: close" : ""
+  }, ${rounds} rounds, medians (each round's value in brackets)`,
   "",
   "| row | req/s | × tcp-pipe req/s | CPU µs/request | × deno-minimal CPU |",
   "|---|---:|---:|---:|---:|",
