@@ -33,6 +33,11 @@ export interface BodyReaderLike {
    * first letting microtask turns pass in case a chunk is produced without I/O.
    */
   ready?(): boolean;
+  /**
+   * True when a chunk read is only lent: valid until the next `read()` (it is a view of the
+   * reader's buffer). The reader must then be done with every chunk before reading again.
+   */
+  readonly lent?: boolean;
 }
 
 const sentUrls = new WeakMap<Request, string>();

@@ -267,8 +267,9 @@ async function writeBody(
         declared = 0;
         mode = Mode.Length;
       } else if (pk.value instanceof Uint8Array) {
-        // The whole body, if the stream ends right after its first chunk.
-        first = pk.value;
+        // The whole body, if the stream ends right after its first chunk. The read below may
+        // reuse a lent chunk's buffer.
+        first = reader.lent ? pk.value.slice() : pk.value;
         pk = await peek(reader);
         if (pk.ready && !pk.failed && pk.done) {
           declared = first.byteLength;
@@ -315,6 +316,7 @@ async function writeBody(
     }
     return true;
   };
+  const lent = reader.lent === true;
   if (first !== null && !add(first)) pk = stopBody(reader);
   while (true) {
     if (!pk.ready) {
@@ -337,7 +339,9 @@ async function writeBody(
       pk = stopBody(reader);
       break;
     }
-    if (total >= MAX_COALESCE) {
+    if (total >= MAX_COALESCE || (lent && reader.ready?.() === false)) {
+      // A lent chunk lives in the reader's buffer, which its next socket read reuses: what is
+      // gathered goes out (the write awaited) before that read starts.
       if (!(await flush(sink, parts, total))) return false;
       total = 0;
     }

@@ -190,6 +190,8 @@ export class Connection {
   #idleSettled = false;
   #readSize = SMALL_READ;
   #buf: Uint8Array | null = null;
+  /** #buf was lent out ({@link readLent}): a read its borrower did not ask for needs another. */
+  #lent = false;
   closed = false;
   /** The protocol chosen by ALPN when it was asked for, else null. */
   alpn: string | null = null;
@@ -207,6 +209,19 @@ export class Connection {
 
   /** The next bytes from the socket (or from what was read ahead), null at end of stream. */
   read(): Promise<Uint8Array | null> {
+    return this.#next(false);
+  }
+
+  /**
+   * Like {@link read}, but bytes that come from the socket are lent: a view of the connection's
+   * read buffer, valid only until the next read of either kind. Saves a copy (and an ArrayBuffer)
+   * per chunk for a reader that is done with each chunk before it reads again.
+   */
+  readLent(): Promise<Uint8Array | null> {
+    return this.#next(true);
+  }
+
+  #next(lend: boolean): Promise<Uint8Array | null> {
     const left = this.#leftover;
     if (left !== null) {
       this.#leftover = null;
@@ -217,7 +232,7 @@ export class Connection {
       this.#idleRead = null;
       return idle;
     }
-    return this.#rawRead(false);
+    return this.#rawRead(false, lend);
   }
 
   /** Puts bytes back to be returned by the next {@link read}. */
@@ -225,7 +240,7 @@ export class Connection {
     if (bytes.byteLength > 0) this.#leftover = bytes;
   }
 
-  #rawRead(quiet: boolean): Promise<Uint8Array | null> {
+  #rawRead(quiet: boolean, lend = false): Promise<Uint8Array | null> {
     // One read at a time per connection, so its buffer is reused; only the bytes read are copied
     // out. A fresh 8 KB buffer per read was a measurable share of GC time. Not an async function:
     // one suspended per open stream was memory and a turn per chunk.
@@ -239,18 +254,31 @@ export class Connection {
     } catch (err) {
       return quiet ? Promise.resolve(null) : Promise.reject(err);
     }
-    return quiet ? read.then(this.#got, quietFailure) : read.then(this.#got);
+    if (quiet) return read.then(this.#got, quietFailure);
+    return read.then(lend ? this.#gotLent : this.#got);
   }
 
   /** The bytes of the read that just ended, copied out of #buf (the buffer it was given). */
   readonly #got = (n: number | null): Uint8Array | null => {
     if (!n) return null; // 0 or null: the end of the stream
+    return this.#sized(n).slice(0, n);
+  };
+
+  /** The bytes of the read that just ended, as a view of #buf (see {@link readLent}). */
+  readonly #gotLent = (n: number | null): Uint8Array | null => {
+    if (!n) return null;
+    this.#lent = true;
+    return this.#sized(n).subarray(0, n);
+  };
+
+  /** #buf, after choosing the next read's size from this read's `n` bytes. */
+  #sized(n: number): Uint8Array {
     const buf = this.#buf!;
     // A full buffer means a bulk body: read bigger from now on.
     if (n === buf.byteLength) this.#readSize = n < SMALL_READ ? SMALL_READ : LARGE_READ;
     else if (n < TRICKLE_READ) this.#readSize = TRICKLE_READ;
-    return buf.slice(0, n);
-  };
+    return buf;
+  }
 
   /** Bytes already read past the response head, taken out of the connection. */
   takeLeftover(): Uint8Array | null {
@@ -268,7 +296,9 @@ export class Connection {
   startIdle(onLost: () => void): void {
     this.#idleSettled = false;
     this.#readSize = SMALL_READ;
-    if (this.#buf !== null && this.#buf.byteLength > SMALL_READ) this.#buf = null;
+    // The last chunk may still be on its way to the client, in the buffer it was lent in.
+    if (this.#lent || (this.#buf !== null && this.#buf.byteLength > SMALL_READ)) this.#buf = null;
+    this.#lent = false;
     const pending = this.#rawRead(true);
     this.#idleRead = pending;
     pending.then(() => {
@@ -1042,6 +1072,8 @@ class Exchange implements Watched, Attempt {
       end(null);
     };
     let primed = false;
+    /** The direct reader takes lent chunks (its contract: done with each before the next read). */
+    let lend = false;
     /** Hands out what came with the head, on the first read: the tap's owner is set up by then. */
     const prime = (): void => {
       primed = true;
@@ -1090,7 +1122,7 @@ class Exchange implements Watched, Attempt {
         } else {
           let read: Promise<Uint8Array | null>;
           try {
-            read = conn.read();
+            read = lend ? conn.readLent() : conn.read();
           } catch (err) {
             fail(err);
             return settled();
@@ -1132,7 +1164,11 @@ class Exchange implements Watched, Attempt {
       }
     }
     res.reader = {
-      read: next,
+      read: () => {
+        lend = true;
+        return next();
+      },
+      lent: true,
       cancel: () => {
         cancel();
         return Promise.resolve();
