@@ -115,6 +115,26 @@ Deno.test("requestHeaders drops the headers named by Connection, case-insensitiv
   assert.deepEqual(get(out, "x-stay"), ["3"]);
 });
 
+Deno.test("every Connection line counts, in any case, and a common value on one line changes no other request", () => {
+  const lines: HeaderList = [
+    ["Connection", "close"],
+    ["CONNECTION", "X-Hop-One"],
+    ["connection", "keep-alive"],
+    ["X-Hop-One", "1"],
+    ["close", "dropped: named by Connection"],
+    ["x-stay", "3"],
+  ];
+  for (let round = 0; round < 2; round++) {
+    const out = requestHeaders(lines, IP);
+    assert.deepEqual(get(out, "x-hop-one"), [], `round ${round}`);
+    assert.deepEqual(get(out, "close"), [], `round ${round}`);
+    assert.deepEqual(get(out, "x-stay"), ["3"], `round ${round}`);
+  }
+  // The X-Hop-One named above must not stay named for a request that only says "close".
+  const next = requestHeaders([["Connection", "close"], ["X-Hop-One", "1"]], IP);
+  assert.deepEqual(get(next, "x-hop-one"), ["1"]);
+});
+
 Deno.test("requestHeaders drops host and expect when the client sends them", () => {
   const out = requestHeaders(
     new Headers([["host", "relay.test"], ["expect", "100-continue"], ["accept", "*/*"]]),

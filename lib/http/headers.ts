@@ -46,22 +46,37 @@ const REQUEST_OWN = new Set([
  */
 const SECRET = /auth|key|token|secret|passw|cookie|signature|credential/i;
 
-function connectionTokens(value: string | null): Set<string> | null {
+/** The `Connection` values nearly every message has, parsed once (never changed by callers). */
+const COMMON_TOKENS: ReadonlyMap<string, ReadonlySet<string>> = new Map(
+  ["keep-alive", "close", "Keep-Alive", "Close"].map((v) => [v, new Set([v.toLowerCase()])]),
+);
+
+function connectionTokens(value: string | null): ReadonlySet<string> | null {
   if (value === null || value === "") return null;
+  const common = COMMON_TOKENS.get(value);
+  if (common !== undefined) return common;
   const names = value.toLowerCase().split(",").map(trimOws).filter((s) => s !== "");
   return names.length === 0 ? null : new Set(names);
+}
+
+/** Whether a field name is `Connection` in any case, without a lower-cased copy for most names. */
+function isConnection(name: string): boolean {
+  return name === "connection" || name === "Connection" ||
+    (name.length === 10 && name.toLowerCase() === "connection");
 }
 
 /**
  * The header names listed by the `Connection` lines of `lines` (names in any case). Every line
  * counts: a client or an upstream may send several.
  */
-function namedByConnection(lines: ReadonlyArray<readonly [string, string]>): Set<string> | null {
-  let named: Set<string> | null = null;
+function namedByConnection(
+  lines: ReadonlyArray<readonly [string, string]>,
+): ReadonlySet<string> | null {
+  let named: ReadonlySet<string> | null = null;
   for (let i = 0; i < lines.length; i++) {
-    const [name, value] = lines[i]!;
-    if (name.length !== 10 || name.toLowerCase() !== "connection") continue;
-    const tokens = connectionTokens(value);
+    const line = lines[i]!;
+    if (!isConnection(line[0])) continue;
+    const tokens = connectionTokens(line[1]);
     if (tokens !== null) named = named === null ? tokens : new Set([...named, ...tokens]);
   }
   return named;
