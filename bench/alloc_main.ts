@@ -1,7 +1,8 @@
 /**
  * Runs the relay (`main.ts`) under V8's sampling heap profiler: the first SIGUSR2 starts sampling
  * (objects collected by either GC included, so it counts garbage too), the second stops and writes
- * the profile to `ALLOC_PROFILE`. Used by `alloc_requests.ts`; not for production.
+ * the profile to `ALLOC_PROFILE`, and so on. Used by `alloc_requests.ts` and `alloc_streams.ts`; not
+ * for production.
  */
 import { Session } from "node:inspector";
 import { main } from "../main.ts";
@@ -25,6 +26,7 @@ Deno.addSignalListener("SIGUSR2", async () => {
     });
     return;
   }
+  sampling = false; // the next signal starts another sampling (alloc_streams.ts takes two)
   const result = await post("HeapProfiler.stopSampling") as { profile: unknown };
   Deno.writeTextFileSync(out, JSON.stringify(result.profile));
 });

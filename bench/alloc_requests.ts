@@ -6,7 +6,13 @@
  *
  *   deno run -A bench/alloc_requests.ts [--n=2000] [--top=25]
  */
-import { BENCH, freePort, numFlag, parseFlags, runToEnd, sleep, startRelay } from "./common.ts";
+import { BENCH, freePort, numFlag, parseFlags, runToEnd, startRelay } from "./common.ts";
+import {
+  allocation,
+  allocationTable,
+  type ProfileNode,
+  sampleAllocation,
+} from "./alloc_profile.ts";
 import { startNginx, staticConfig } from "./nginx.ts";
 
 const flags = parseFlags(Deno.args);
@@ -39,57 +45,20 @@ const requests = (count: number, warmup: number) =>
     `--warmup=${warmup}`,
     "--max-sec=60",
   ], { cpu: "1", timeoutMs: 90_000 });
+let root: ProfileNode;
 try {
   await requests(500, 100); // warm: connections to A, JIT
-  Deno.kill(relay.pid, "SIGUSR2");
-  await sleep(300);
-  await requests(n, 0);
-  Deno.kill(relay.pid, "SIGUSR2");
-  for (let i = 0; i < 50; i++) {
-    await sleep(200);
-    try {
-      if (Deno.statSync(profile).size > 0) break;
-    } catch { /* not written yet */ }
-  }
-  await sleep(500);
+  root = await sampleAllocation(relay.pid, profile, () => requests(n, 0));
 } finally {
   await relay.stop(5000);
   await nginx.stop();
 }
-
-interface Node {
-  callFrame: { functionName: string; url: string; lineNumber: number };
-  selfSize: number;
-  children: Node[];
-}
-const root = (JSON.parse(Deno.readTextFileSync(profile)) as { head: Node }).head;
-const byFunction = new Map<string, number>(), byOurs = new Map<string, number>();
-let total = 0;
-const walk = (node: Node, ours: string): void => {
-  const f = node.callFrame;
-  const name = `${f.functionName || "(anonymous)"} ${f.url.replace(/^.*?\/(lib|bench)\//, "$1/")}:${
-    f.lineNumber + 1
-  }`;
-  if (/\blib\//.test(name)) ours = name;
-  if (node.selfSize > 0) {
-    total += node.selfSize;
-    byFunction.set(name, (byFunction.get(name) ?? 0) + node.selfSize);
-    byOurs.set(ours, (byOurs.get(ours) ?? 0) + node.selfSize);
-  }
-  for (const c of node.children) walk(c, ours);
-};
-walk(root, "(outside lib/)");
-const table = (title: string, m: Map<string, number>): string =>
-  [`| ${title} | bytes per request |`, "|---|---:|"].concat(
-    [...m].sort((a, b) => b[1] - a[1]).slice(0, top).map(([k, v]) =>
-      `| \`${k}\` | ${Math.round(v / n)} |`
-    ),
-  ).join("\n");
+const a = allocation(root);
 // deno-lint-ignore no-console
 console.log(
-  `allocated per request: ${(total / n / 1024).toFixed(1)} KB (${n} requests)\n\n` +
-    `${table("allocating function", byFunction)}\n\n${
-      table("nearest lib/ frame (what caused it)", byOurs)
+  `allocated per request: ${(a.total / n / 1024).toFixed(1)} KB (${n} requests)\n\n` +
+    `${allocationTable("allocating function", a.byFunction, n, "request", top)}\n\n${
+      allocationTable("nearest lib/ frame (what caused it)", a.byOurs, n, "request", top)
     }`,
 );
 await Deno.remove(dir, { recursive: true });

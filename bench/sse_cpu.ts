@@ -2,7 +2,10 @@
  * SSE CPU per event, the relay (own server) against deno-minimal, 3 alternating rounds (`--rounds`, after one uncounted warm-up round) of 1,000
  * streams x 10 events (`--streams`, `--events`, `--interval-ms` change the shape); each proxy is charged only its own run. `--prof` adds a `--cpu-prof` summary.
  *
- *   deno run -A bench/sse_cpu.ts [tree root, default this checkout] [--prof]
+ * `--base=TREE` adds the relay of another tree (e.g. a `git worktree` of an older commit) to the
+ * rotation, for an A/B; runs on this shared machine swing by ±15 %, so take 5 or more rounds.
+ *
+ *   deno run -A bench/sse_cpu.ts [tree root, default this checkout] [--prof] [--base=TREE] [--rounds=3]
  */
 import {
   cpuSeconds,
@@ -41,16 +44,32 @@ const min = spawn("min", ["deno", "run", "-A", `${root}/bench/minimal_relay.ts`]
   logFile: `${dir}/min.log`,
 });
 await waitForPort(minPort, 30000, min);
+const base = flags.get("base")?.replace(/\/$/, "");
+const basePort = freePort();
+const baseRelay = base === undefined ? null : await startRelay("relay-base", {
+  port: basePort,
+  upstream: `http://127.0.0.1:${ssePort}`,
+  cpu: "0",
+  env: { ACCESS_LOG: "0" },
+  script: `${base}/main.ts`,
+  logFile: `${dir}/relay-base.log`,
+});
 await sleep(1000);
 const res: Record<string, number[]> = { relay: [], min: [] };
+const rows: [string, number, number][] = [["relay", relayPort, relay.pid], [
+  "min",
+  minPort,
+  min.pid,
+]];
+if (baseRelay !== null) {
+  rows.push(["relay-base", basePort, baseRelay.pid]);
+  res["relay-base"] = [];
+}
 const rounds = numFlag(flags, "rounds", 3);
 // Round 0 warms both up (JIT, pools) and is not counted.
 for (let k = 0; k <= rounds; k++) {
-  for (
-    const [name, port, pid] of (k % 2
-      ? [["min", minPort, min.pid], ["relay", relayPort, relay.pid]]
-      : [["relay", relayPort, relay.pid], ["min", minPort, min.pid]]) as [string, number, number][]
-  ) {
+  // Each round in another order, so no row always follows the same neighbour.
+  for (const [name, port, pid] of rows.map((_, i) => rows[(i + k) % rows.length]!)) {
     const c0 = cpuSeconds(pid);
     const out = await sseDelayLoad({
       upstreamPort: ssePort,
@@ -76,8 +95,12 @@ console.log(
   JSON.stringify(res),
   "ratio medians",
   (median(res.relay!) / median(res.min!)).toFixed(2),
+  ...(baseRelay === null
+    ? []
+    : ["base", (median(res["relay-base"]!) / median(res.min!)).toFixed(2)]),
 );
 await relay.stop(8000);
+await baseRelay?.stop(8000);
 await min.stop(3000);
 await sleep(2000);
 if (prof) {
