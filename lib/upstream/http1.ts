@@ -242,8 +242,8 @@ export class Connection {
 
   #rawRead(quiet: boolean, lend = false): Promise<Uint8Array | null> {
     // One read at a time per connection, so its buffer is reused; the bytes read are copied out,
-    // or lent (readLent). A fresh 8 KB buffer per read was a measurable share of GC time. Not an async function:
-    // one suspended per open stream was memory and a turn per chunk.
+    // or lent (readLent). A fresh 8 KB buffer per read was a measurable share of GC time. Not an
+    // async function: one suspended per open stream was memory and a turn per chunk.
     let buf = this.#buf;
     if (buf === null || buf.byteLength !== this.#readSize) {
       buf = this.#buf = new Uint8Array(this.#readSize);
