@@ -42,7 +42,7 @@ class Sink implements ResponseSink {
 function lendingReader(groups: string[][]): BodyReaderLike {
   const buf = new Uint8Array(64 * 1024);
   let g = -1;
-  let queue: Uint8Array[] = [];
+  const queue: Uint8Array[] = [];
   return {
     lent: true,
     ready: () => queue.length > 0 || g + 1 >= groups.length,
