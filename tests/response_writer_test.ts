@@ -16,11 +16,14 @@ const dec = new TextDecoder();
 /** Collects what is written; writes complete at once unless `slow`. */
 class Sink implements ResponseSink {
   readonly out: number[] = [];
+  /** Each write's bytes as text. */
+  readonly writes: string[] = [];
   closed = false;
   constructor(readonly slow = false) {}
   async write(bytes: Uint8Array): Promise<boolean> {
     if (this.slow) await new Promise((r) => setTimeout(r, 1));
     this.out.push(...bytes);
+    this.writes.push(dec.decode(bytes));
     return true;
   }
   close(): void {
@@ -129,3 +132,12 @@ function unchunk(body: string): string {
     i = eol + 2 + size + 2;
   }
 }
+
+Deno.test("chunks that are ready together go out in one write, with the head", async () => {
+  const sink = new Sink();
+  const groups = [["data: a\n\n", "data: bb\n\n", "data: ccc\n\n"], ["data: d\n\n"]];
+  await respond(sink, response("text/event-stream", groups), false, false, true, ex());
+  assert.match(sink.writes[0]!, /^HTTP\/1\.1 200 /);
+  assert.equal(unchunk(bodyOf(sink.writes[0]!) + "0\r\n\r\n"), groups[0]!.join(""));
+  assert.equal(unchunk(bodyOf(sink.text())), groups.flat().join(""));
+});

@@ -50,12 +50,16 @@ class Peek {
   done = false;
   value: unknown = undefined;
   error: unknown = undefined;
-  wait: Promise<void> = Promise.resolve();
+  wait!: Promise<void>;
 
   /** A read on `reader`; with null, an end of stream that is already known. */
   constructor(reader: BodyReaderLike | null) {
-    if (reader === null) this.ready = this.done = true;
-    else this.start(reader);
+    if (reader !== null) {
+      this.start(reader);
+      return;
+    }
+    this.ready = this.done = true;
+    this.wait = Promise.resolve();
   }
 
   /** Starts the next read; the previous outcome must have been taken. */
@@ -86,10 +90,11 @@ class Peek {
  * together go out in one write, without ever waiting for a chunk that is not ready.
  */
 function peek(reader: BodyReaderLike, reuse?: Peek): Peek | Promise<Peek> {
-  const p = reuse === undefined ? new Peek(reader) : reuse.start(reader);
   // A reader that knows it must wait for I/O is not given turns: its chunk cannot come sooner.
-  if (reader.ready?.() === false) return p;
-  return settle(p);
+  // Asked before the read starts, which may take the last chunk that was ready.
+  const mustWait = reader.ready?.() === false;
+  const p = reuse === undefined ? new Peek(reader) : reuse.start(reader);
+  return mustWait ? p : settle(p);
 }
 
 async function settle(p: Peek): Promise<Peek> {
