@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import { cutAt, enc } from "./helpers.ts";
 import { ChunkedDecoder, FramingError } from "../lib/http/chunked.ts";
 
 const enum OracleState {
@@ -105,8 +106,6 @@ function run(
   return { payload, done: d.done, rest: d.rest === null ? null : [...d.rest], threw: null };
 }
 
-const enc = new TextEncoder();
-
 /** Framing fragments, good and bad, that a decoder must tell apart. */
 const fragment = fc.oneof(
   fc.constantFrom(
@@ -141,26 +140,13 @@ const fragment = fc.oneof(
   fc.constantFrom("x".repeat(4095), "y".repeat(4097), "1".repeat(5000)),
 );
 
-/** `bytes` cut at the given points. */
-function cut(bytes: Uint8Array, points: number[]): Uint8Array[] {
-  const at = [...new Set(points.map((p) => p % (bytes.byteLength + 1)))].sort((a, b) => a - b);
-  const pieces: Uint8Array[] = [];
-  let last = 0;
-  for (const p of at) {
-    pieces.push(bytes.subarray(last, p));
-    last = p;
-  }
-  pieces.push(bytes.subarray(last));
-  return pieces;
-}
-
 Deno.test("ChunkedDecoder matches the string-based decoder on any framing cut anywhere", () => {
   fc.assert(
     fc.property(
       fc.array(fragment, { maxLength: 12 }),
       fc.array(fc.nat(), { maxLength: 8 }),
       (parts, points) => {
-        const pieces = cut(enc.encode(parts.join("")), points);
+        const pieces = cutAt(enc.encode(parts.join("")), points);
         assert.deepEqual(run(new ChunkedDecoder(), pieces), run(new OracleDecoder(), pieces));
       },
     ),
@@ -183,7 +169,7 @@ Deno.test("ChunkedDecoder matches the string-based decoder on any bytes", () => 
       framingBytes,
       fc.array(fc.nat(), { maxLength: 4 }),
       (bytes, points) => {
-        const pieces = cut(bytes, points);
+        const pieces = cutAt(bytes, points);
         assert.deepEqual(run(new ChunkedDecoder(), pieces), run(new OracleDecoder(), pieces));
       },
     ),

@@ -215,6 +215,25 @@ export async function rawRequest(port: number, request: string | Uint8Array): Pr
   }
 }
 
+/**
+ * `value` cut at the given points (each taken modulo its length + 1, repeats ignored), in order:
+ * how property tests feed a parser a stream in arbitrary pieces.
+ */
+export function cutAt<T extends { readonly length: number; slice(start: number, end?: number): T }>(
+  value: T,
+  points: number[],
+): T[] {
+  const at = [...new Set(points.map((p) => p % (value.length + 1)))].sort((a, b) => a - b);
+  const pieces: T[] = [];
+  let last = 0;
+  for (const p of at) {
+    pieces.push(value.slice(last, p));
+    last = p;
+  }
+  pieces.push(value.slice(last));
+  return pieces;
+}
+
 export function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let off = 0;

@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import { cutAt } from "./helpers.ts";
 import { createParser } from "eventsource-parser";
 import { SseEvents } from "../lib/observe/sse_events.ts";
 
@@ -21,19 +22,6 @@ function oracle(pieces: string[]): string[] {
   const p = createParser({ onEvent: (e) => out.push(e.data) });
   for (const piece of pieces) p.feed(piece);
   return out;
-}
-
-/** `text` cut at the given points. */
-function cut(text: string, points: number[]): string[] {
-  const at = [...new Set(points.map((p) => p % (text.length + 1)))].sort((a, b) => a - b);
-  const pieces: string[] = [];
-  let last = 0;
-  for (const p of at) {
-    pieces.push(text.slice(last, p));
-    last = p;
-  }
-  pieces.push(text.slice(last));
-  return pieces;
 }
 
 const line = fc.oneof(
@@ -52,7 +40,7 @@ Deno.test("SseEvents reports the same event data as eventsource-parser, however 
       fc.array(fc.nat(), { maxLength: 12 }),
       (lines, bom, points) => {
         const text = (bom ? "\ufeff" : "") + lines.map(([l, e]) => l + e).join("");
-        const pieces = cut(text, points);
+        const pieces = cutAt(text, points);
         assert.deepEqual(ours(pieces), oracle([text]), JSON.stringify(pieces));
       },
     ),
