@@ -91,7 +91,7 @@ interface Outcome {
 }
 
 function run(
-  d: { push(b: Uint8Array): Uint8Array[]; done: boolean; rest: Uint8Array | null },
+  d: { push(b: Uint8Array): readonly Uint8Array[]; done: boolean; rest: Uint8Array | null },
   pieces: Uint8Array[],
 ): Outcome {
   const payload: number[] = [];

@@ -234,7 +234,7 @@ export function cutAt<T extends { readonly length: number; slice(start: number, 
   return pieces;
 }
 
-export function concat(parts: Uint8Array[]): Uint8Array {
+export function concat(parts: readonly Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let off = 0;
   for (const p of parts) {

@@ -3,7 +3,7 @@ import fc from "fast-check";
 import { encodeLatin1 } from "../lib/http/bytes.ts";
 import { ChunkedDecoder, FramingError } from "../lib/http/chunked.ts";
 import { bodyFraming, BodySource, parseHead, UpstreamError } from "../lib/upstream/http1.ts";
-import { deadline } from "./helpers.ts";
+import { concat, deadline } from "./helpers.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -27,16 +27,6 @@ function throwsProtocol(fn: () => unknown, message?: RegExp): void {
     if (message !== undefined) assert.match(err.message, message);
     return true;
   });
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.byteLength;
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ const encoder = new TextEncoder();
 const asciiDecoder = new TextDecoder();
 
 /** Joins byte arrays (returns the only part as is). */
-export function concat(parts: Uint8Array[]): Uint8Array {
+export function concat(parts: readonly Uint8Array[]): Uint8Array {
   if (parts.length === 1) return parts[0]!;
   let len = 0;
   for (const p of parts) len += p.byteLength;

@@ -28,7 +28,8 @@ const enum ChunkState {
 const MAX_LINE = 4096;
 /** Most hex digits in a chunk size: 16^12 - 1 is still an exact double. */
 const MAX_DIGITS = 12;
-const NONE: Uint8Array[] = [];
+/** What a push that completes no payload returns: shared, so callers never change it. */
+const NONE: readonly Uint8Array[] = [];
 
 /** The value of an ASCII hex digit, or -1. */
 function hexValue(b: number): number {
@@ -76,8 +77,8 @@ export class ChunkedDecoder {
   }
 
   /** Feeds bytes; returns the payload slices they complete. Throws UpstreamError("protocol"). */
-  push(bytes: Uint8Array): Uint8Array[] {
-    let out = NONE;
+  push(bytes: Uint8Array): readonly Uint8Array[] {
+    let out: readonly Uint8Array[] | Uint8Array[] = NONE;
     let i = 0;
     const n = bytes.byteLength;
     while (i < n) {
@@ -85,7 +86,7 @@ export class ChunkedDecoder {
       if (state === ChunkState.Data) {
         const take = Math.min(this.#remaining, n - i);
         if (out === NONE) out = [];
-        out.push(bytes.subarray(i, i + take));
+        (out as Uint8Array[]).push(bytes.subarray(i, i + take));
         i += take;
         this.#remaining -= take;
         if (this.#remaining === 0) this.#state = ChunkState.DataEnd;

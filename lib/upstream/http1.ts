@@ -1021,7 +1021,7 @@ class Exchange implements Watched, Attempt {
     let remaining = framing.kind === "length" ? framing.length : 0;
     const decoder = framing.kind === "chunked" ? new ChunkedDecoder() : null;
     // Payload decoded from bytes that came with the head, emitted before reading further.
-    let early: Uint8Array[] = [];
+    let early: readonly Uint8Array[] = [];
     const left = conn.takeLeftover();
     if (left !== null) {
       if (framing.kind === "length" && left.byteLength >= remaining) {
@@ -1099,7 +1099,7 @@ class Exchange implements Watched, Attempt {
         push(chunk);
         if (remaining === 0) done(!extra);
       } else {
-        let pieces: Uint8Array[];
+        let pieces: readonly Uint8Array[];
         try {
           pieces = decoder.push(chunk);
         } catch (err) {
