@@ -9,7 +9,22 @@
  *   deno run -A bench/alloc_streams.ts [--streams=1000] [--events=10] [--top=20]
  */
 import { BENCH, freePort, numFlag, parseFlags, sseDelayLoad, startRelay } from "./common.ts";
-import { allocation, allocationTable, sampleAllocation } from "./alloc_profile.ts";
+import { type Allocation, allocation, allocationTable, sampleAllocation } from "./alloc_profile.ts";
+
+/** The 10-event run less its chunks' share of the difference: what each stream costs once. */
+function fixedPart(short: Map<string, number>, long: Map<string, number>): Map<string, number> {
+  const chunks = events + 2, extra = events * 4;
+  const out = new Map<string, number>();
+  for (const [k, v] of short) out.set(k, v - ((long.get(k) ?? 0) - v) / extra * chunks);
+  return out;
+}
+
+/** `a - b` by key (sampled counts: a small negative is noise). */
+function difference(a: Map<string, number>, b: Map<string, number>): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [k, v] of a) out.set(k, v - (b.get(k) ?? 0));
+  return out;
+}
 
 const flags = parseFlags(Deno.args);
 const streams = numFlag(flags, "streams", 1000), events = numFlag(flags, "events", 10);
@@ -40,12 +55,14 @@ const load = (n: number) =>
 // Each stream's body is its events, [DONE] and the end: events + 2 chunks from A.
 const shapes = [events, events * 5];
 const totals: number[] = [];
+const runs: Allocation[] = [];
 let tables = "";
 try {
   await load(events); // warm: JIT, pools
   for (const n of shapes) {
     const a = allocation(await sampleAllocation(relay.pid, profile, () => load(n)));
     totals.push(a.total / streams);
+    runs.push(a);
     if (n === events) {
       tables = `${
         allocationTable("allocating function", a.byFunction, streams, "stream", top)
@@ -66,6 +83,32 @@ console.log(
     `per event (chunk from A): ${kb(perEvent)} KB; per stream besides its chunks: ${
       kb(fixed)
     } KB\n\n` +
-    `${events} events per stream:\n\n${tables}`,
+    `${events} events per stream:\n\n${tables}\n\n` +
+    // What grows with the events: the difference of the two runs, per extra event.
+    `per event (the ${shapes[1]! - shapes[0]!} extra events' difference):\n\n${
+      allocationTable(
+        "allocating function",
+        difference(runs[1]!.byFunction, runs[0]!.byFunction),
+        streams * (shapes[1]! - shapes[0]!),
+        "event",
+        top,
+      )
+    }\n\nper stream besides its chunks:\n\n${
+      allocationTable(
+        "nearest lib/ frame",
+        fixedPart(runs[0]!.byOurs, runs[1]!.byOurs),
+        streams,
+        "stream",
+        top,
+      )
+    }\n\nper event, by lib/ frame:\n\n${
+      allocationTable(
+        "nearest lib/ frame",
+        difference(runs[1]!.byOurs, runs[0]!.byOurs),
+        streams * (shapes[1]! - shapes[0]!),
+        "event",
+        top,
+      )
+    }`,
 );
 await Deno.remove(dir, { recursive: true });
