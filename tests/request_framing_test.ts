@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { encodeLatin1 } from "../lib/http/bytes.ts";
 import {
   BodySource,
@@ -53,8 +54,48 @@ Deno.test("requestHead refuses a header character above U+00FF instead of maskin
     () => requestHead(r, "a"),
     (e: unknown) => e instanceof UpstreamError && e.kind === "request",
   );
+  // Latin-1 is one byte per character, and the head ends with its blank line, not short of it.
+  const latin = requestHead({ ...req("GET", null), headers: [["x-name", "caf\xe9"]] }, "a");
+  assert.equal(
+    new TextDecoder("latin1").decode(latin),
+    "GET /v1/x HTTP/1.1\r\nhost: a\r\nx-name: caf\xe9\r\n\r\n",
+  );
+  assert.equal(latin.byteLength, 45);
   assert.throws(() => encodeLatin1("\u0141"), RangeError);
   assert.deepEqual([...encodeLatin1("\xe9")], [0xe9]);
+});
+
+Deno.test("requestHead writes the bytes of the head as one Latin-1 string would encode", () => {
+  // The oracle: the head joined as text, then one byte per character.
+  const latin1 = fc.string({ unit: fc.integer({ min: 0x20, max: 0xff }).map(String.fromCharCode) });
+  const ref = (r: ExchangeRequest, host: string): number[] => {
+    let t = `${r.method} ${r.target} HTTP/1.1\r\nhost: ${host}\r\n`;
+    for (const [n, v] of r.headers) t += `${n}: ${v}\r\n`;
+    if (r.body !== null) t += `content-length: ${r.body.length}\r\n`;
+    else if (!["GET", "HEAD", "DELETE", "OPTIONS", "TRACE"].includes(r.method)) {
+      t += "content-length: 0\r\n";
+    }
+    return [...t + "\r\n"].map((c) => c.charCodeAt(0));
+  };
+  fc.assert(
+    fc.property(
+      fc.constantFrom("GET", "POST", "DELETE", "PATCH"),
+      latin1,
+      fc.array(fc.tuple(fc.stringMatching(/^[a-z_-]{1,12}$/), latin1), { maxLength: 12 }),
+      latin1,
+      fc.option(fc.nat(1 << 30)),
+      (method, target, headers, host, length) => {
+        const r: ExchangeRequest = {
+          method,
+          target,
+          headers,
+          body: length === null ? null : bodyOf(length),
+        };
+        assert.deepEqual([...requestHead(r, host)], ref(r, host));
+      },
+    ),
+    { numRuns: 300 },
+  );
 });
 
 /** A fake A that records each request (head, and body by content-length) and answers it. */

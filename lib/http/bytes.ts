@@ -37,6 +37,20 @@ export function encodeLatin1(s: string): Uint8Array {
   return out;
 }
 
+/**
+ * Writes `s` as Latin-1 bytes into `out` at `off` and returns the offset after it; throws a
+ * RangeError, as {@link encodeLatin1} does, for a character above U+00FF. For a head built from
+ * many pieces: written straight into one buffer, no joined string is made and then encoded.
+ */
+export function putLatin1(out: Uint8Array, off: number, s: string): number {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 0xff) throw new RangeError("character above U+00FF in a header");
+    out[off++] = c;
+  }
+  return off;
+}
+
 /** Bytes as a Latin-1 string (one char per byte). */
 export function decodeLatin1(bytes: Uint8Array): string {
   // Nearly every head is ASCII: decode natively; only bytes >= 0x80 need the Latin-1 mapping.

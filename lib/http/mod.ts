@@ -4,7 +4,7 @@
  * folder import from here, never from the files behind it (tests may).
  */
 
-export { concat, decodeLatin1, encodeLatin1 } from "./bytes.ts";
+export { concat, decodeLatin1, encodeLatin1, putLatin1 } from "./bytes.ts";
 export { ChunkedDecoder, FramingError } from "./chunked.ts";
 export {
   attachCancel,

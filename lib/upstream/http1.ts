@@ -13,7 +13,7 @@
  * what one socket read delivered, or reuse a connection whose exchange did not end cleanly.
  */
 
-import { concat, decodeLatin1, encodeLatin1, readConn } from "../http/mod.ts";
+import { concat, decodeLatin1, putLatin1, readConn } from "../http/mod.ts";
 import { errName } from "../errors.ts";
 import { ChunkedDecoder, FramingError } from "../http/mod.ts";
 import type { Endpoint } from "../http/mod.ts";
@@ -1220,20 +1220,41 @@ export const BODILESS_METHODS: ReadonlySet<string> = new Set([
  */
 export function requestHead(req: ExchangeRequest, hostHeader: string): Uint8Array {
   const { method, target, headers, body } = req;
-  let head = `${method} ${target} HTTP/1.1\r\nhost: ${hostHeader}\r\n`;
-  for (const [name, value] of headers) head += `${name}: ${value}\r\n`;
+  let framing = "";
   if (body === null) {
-    if (!BODILESS_METHODS.has(method)) head += "content-length: 0\r\n";
-  } else if (body.length === null) head += "transfer-encoding: chunked\r\n";
-  else head += `content-length: ${body.length}\r\n`;
-  head += "\r\n";
+    if (!BODILESS_METHODS.has(method)) framing = "content-length: 0\r\n";
+  } else if (body.length === null) framing = "transfer-encoding: chunked\r\n";
+  else framing = `content-length: ${body.length}\r\n`;
+  // Sized first and written piece by piece into one buffer: joining a dozen headers into one
+  // string made a string per piece (~2.4 KB of garbage per request) before the encode.
+  let size = method.length + target.length + hostHeader.length + framing.length + 22;
+  for (let i = 0; i < headers.length; i++) {
+    const h = headers[i]!;
+    size += h[0].length + h[1].length + 4;
+  }
+  const out = new Uint8Array(size);
   try {
-    return encodeLatin1(head);
+    let off = putLatin1(out, 0, method);
+    off = putLatin1(out, off, " ");
+    off = putLatin1(out, off, target);
+    off = putLatin1(out, off, " HTTP/1.1\r\nhost: ");
+    off = putLatin1(out, off, hostHeader);
+    off = putLatin1(out, off, "\r\n");
+    for (let i = 0; i < headers.length; i++) {
+      const h = headers[i]!;
+      off = putLatin1(out, off, h[0]);
+      off = putLatin1(out, off, ": ");
+      off = putLatin1(out, off, h[1]);
+      off = putLatin1(out, off, "\r\n");
+    }
+    off = putLatin1(out, off, framing);
+    putLatin1(out, off, "\r\n");
   } catch (err) {
     throw new UpstreamError("request", "a request header has a character above U+00FF", {
       cause: err,
     });
   }
+  return out;
 }
 
 /** `tap.end`, called at most once however many ways the body ends. */
