@@ -20,19 +20,26 @@ class Sink implements ResponseSink {
   readonly writes: string[] = [];
   closed = false;
   constructor(readonly slow = false) {}
-  async write(bytes: Uint8Array): Promise<boolean> {
+  async write(bytes: Uint8Array, pooled?: Uint8Array): Promise<boolean> {
     if (this.slow) await new Promise((r) => setTimeout(r, 1));
     this.out.push(...bytes);
     this.writes.push(dec.decode(bytes));
+    if (pooled !== undefined) {
+      assert.equal(bytes.buffer, pooled.buffer, "the bytes written are in the buffer given back");
+      assert.ok(this.lent.delete(pooled), "a pooled buffer is given back once");
+    }
     return true;
   }
   close(): void {
     this.closed = true;
   }
+  /** Pooled buffers handed out and not given back yet. */
+  readonly lent = new Set<Uint8Array>();
   takeBuffer(): Uint8Array {
-    return new Uint8Array(16 * 1024);
+    const buf = new Uint8Array(16 * 1024);
+    this.lent.add(buf);
+    return buf;
   }
-  giveBuffer(): void {}
   text(): string {
     return dec.decode(new Uint8Array(this.out));
   }
@@ -100,6 +107,7 @@ for (const [shape, groups] of Object.entries(GROUPS)) {
       const body = bodyOf(sink.text());
       // Chunked framing: strip the size lines.
       assert.equal(unchunk(body), expected);
+      assert.equal(sink.lent.size, 0, "every pooled write buffer came back");
     });
     Deno.test(`lent chunks reach the client intact: JSON, ${shape}${how}`, async () => {
       const sink = new Sink(slow);
@@ -113,6 +121,7 @@ for (const [shape, groups] of Object.entries(GROUPS)) {
       const length = enc.encode(expected).byteLength;
       await respond(sink, response("application/json", groups, length), false, false, true, ex());
       assert.equal(bodyOf(sink.text()), expected);
+      assert.equal(sink.lent.size, 0, "every pooled write buffer came back");
     });
   }
 }

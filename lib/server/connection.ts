@@ -733,16 +733,12 @@ export class Connection implements Watched, ResponseSink {
     return this.#server.takeBuffer();
   }
 
-  giveBuffer(buf: Uint8Array): void {
-    this.#server.giveBuffer(buf);
-  }
-
   /**
    * Writes all of `bytes`; false (and the exchange aborted) if the client is gone. Not an async
    * function: a write the socket takes whole (nearly all of them) costs the op's promise and one
    * reaction, where an async frame per write was most of the garbage an SSE event made.
    */
-  write(bytes: Uint8Array): Promise<boolean> {
+  write(bytes: Uint8Array, pooled?: Uint8Array): Promise<boolean> {
     this.#server.sendDog?.watch(this.#send);
     let written: Promise<number>;
     try {
@@ -750,14 +746,15 @@ export class Connection implements Watched, ResponseSink {
     } catch {
       return Promise.resolve(this.#writeFailed());
     }
+    // A failed write does not give `pooled` back: its buffer is left to the GC, as is rare.
     return written.then(
-      (n) => n >= bytes.byteLength ? this.#wrote() : this.#writeRest(bytes, n),
+      (n) => n >= bytes.byteLength ? this.#wrote(pooled) : this.#writeRest(bytes, n, pooled),
       this.#writeFailed,
     );
   }
 
   /** The rest of a write the socket took only part of: the client reads slowly. */
-  async #writeRest(bytes: Uint8Array, off: number): Promise<boolean> {
+  async #writeRest(bytes: Uint8Array, off: number, pooled?: Uint8Array): Promise<boolean> {
     const dog = this.#server.sendDog;
     try {
       while (off < bytes.byteLength) {
@@ -768,13 +765,15 @@ export class Connection implements Watched, ResponseSink {
     } catch {
       return this.#writeFailed();
     }
-    return this.#wrote();
+    return this.#wrote(pooled);
   }
 
-  readonly #wrote = (): boolean => {
+  #wrote(pooled: Uint8Array | undefined): boolean {
     this.#server.sendDog?.unwatch(this.#send);
+    // Only now is the socket done with the bytes: the buffer may be filled again.
+    if (pooled !== undefined) this.#server.giveBuffer(pooled);
     return true;
-  };
+  }
 
   readonly #writeFailed = (): boolean => {
     this.#server.sendDog?.unwatch(this.#send);

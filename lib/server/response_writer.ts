@@ -30,14 +30,16 @@ const noop = (): void => {};
 
 /** Where a response goes: the connection, seen from the writer. */
 export interface ResponseSink {
-  /** Writes all of `bytes`; false (and the exchange aborted) if the client is gone. */
-  write(bytes: Uint8Array): Promise<boolean>;
+  /**
+   * Writes all of `bytes`; false (and the exchange aborted) if the client is gone. `pooled`, when
+   * given, is the {@link takeBuffer} buffer `bytes` lives in, given back once the write completed.
+   */
+  write(bytes: Uint8Array, pooled?: Uint8Array): Promise<boolean>;
   readonly closed: boolean;
   /** Closes the socket (a broken body: the client must see the response end short). */
   close(): void;
-  /** A write buffer of {@link POOL_BUF} bytes, given back once its write completed. */
+  /** A write buffer of {@link POOL_BUF} bytes, given back by passing it to {@link write}. */
   takeBuffer(): Uint8Array;
-  giveBuffer(buf: Uint8Array): void;
 }
 
 /**
@@ -123,11 +125,9 @@ function flush(sink: ResponseSink, parts: Part[], total: number): Promise<boolea
     const buf = sink.takeBuffer();
     const n = fill(buf, parts);
     parts.length = 0;
-    // Not an async function: this runs for every SSE event.
-    return sink.write(buf.subarray(0, n)).then((ok) => {
-      sink.giveBuffer(buf);
-      return ok;
-    });
+    // The sink gives the buffer back when the write is done: no closure and no promise of its
+    // own per SSE event.
+    return sink.write(buf.subarray(0, n), buf);
   }
   if (total <= MAX_COALESCE || parts.length === 1) {
     const out = new Uint8Array(total);
