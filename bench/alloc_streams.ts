@@ -11,21 +11,6 @@
 import { BENCH, freePort, numFlag, parseFlags, sseDelayLoad, startRelay } from "./common.ts";
 import { type Allocation, allocation, allocationTable, sampleAllocation } from "./alloc_profile.ts";
 
-/** The 10-event run less its chunks' share of the difference: what each stream costs once. */
-function fixedPart(short: Map<string, number>, long: Map<string, number>): Map<string, number> {
-  const chunks = events + 2, extra = events * 4;
-  const out = new Map<string, number>();
-  for (const [k, v] of short) out.set(k, v - ((long.get(k) ?? 0) - v) / extra * chunks);
-  return out;
-}
-
-/** `a - b` by key (sampled counts: a small negative is noise). */
-function difference(a: Map<string, number>, b: Map<string, number>): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const [k, v] of a) out.set(k, v - (b.get(k) ?? 0));
-  return out;
-}
-
 const flags = parseFlags(Deno.args);
 const streams = numFlag(flags, "streams", 1000), events = numFlag(flags, "events", 10);
 const top = numFlag(flags, "top", 20);
@@ -72,8 +57,28 @@ try {
 } finally {
   await relay.stop(5000);
 }
-const perEvent = (totals[1]! - totals[0]!) / (shapes[1]! - shapes[0]!);
+const extraEvents = shapes[1]! - shapes[0]!;
+const perEvent = (totals[1]! - totals[0]!) / extraEvents;
 const fixed = totals[0]! - perEvent * (events + 2);
+
+/**
+ * The same split by key (bytes over all streams): what grows per event is the two runs'
+ * difference, what each stream costs once is the short run less its chunks' share of it.
+ */
+function split(pick: (a: Allocation) => Map<string, number>) {
+  const [short, long] = [pick(runs[0]!), pick(runs[1]!)];
+  const event = new Map<string, number>(), once = new Map<string, number>();
+  for (const [k, v] of short) {
+    // Sampled counts: a small negative is noise.
+    const e = ((long.get(k) ?? 0) - v) / extraEvents;
+    event.set(k, e);
+    once.set(k, v - e * (events + 2));
+  }
+  return { event, once };
+}
+const byFunction = split((a) => a.byFunction), byOurs = split((a) => a.byOurs);
+const perEventTable = (title: string, m: Map<string, number>) =>
+  allocationTable(title, m, streams, "event", top);
 const kb = (b: number) => (b / 1024).toFixed(2);
 // deno-lint-ignore no-console
 console.log(
@@ -84,31 +89,10 @@ console.log(
       kb(fixed)
     } KB\n\n` +
     `${events} events per stream:\n\n${tables}\n\n` +
-    // What grows with the events: the difference of the two runs, per extra event.
-    `per event (the ${shapes[1]! - shapes[0]!} extra events' difference):\n\n${
-      allocationTable(
-        "allocating function",
-        difference(runs[1]!.byFunction, runs[0]!.byFunction),
-        streams * (shapes[1]! - shapes[0]!),
-        "event",
-        top,
-      )
+    `per event (the ${extraEvents} extra events' difference):\n\n${
+      perEventTable("allocating function", byFunction.event)
     }\n\nper stream besides its chunks:\n\n${
-      allocationTable(
-        "nearest lib/ frame",
-        fixedPart(runs[0]!.byOurs, runs[1]!.byOurs),
-        streams,
-        "stream",
-        top,
-      )
-    }\n\nper event, by lib/ frame:\n\n${
-      allocationTable(
-        "nearest lib/ frame",
-        difference(runs[1]!.byOurs, runs[0]!.byOurs),
-        streams * (shapes[1]! - shapes[0]!),
-        "event",
-        top,
-      )
-    }`,
+      allocationTable("nearest lib/ frame", byOurs.once, streams, "stream", top)
+    }\n\nper event, by lib/ frame:\n\n${perEventTable("nearest lib/ frame", byOurs.event)}`,
 );
 await Deno.remove(dir, { recursive: true });

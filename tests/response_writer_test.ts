@@ -115,6 +115,7 @@ for (const [shape, groups] of Object.entries(GROUPS)) {
       const wire = sink.text();
       const body = bodyOf(wire);
       assert.equal(/transfer-encoding: chunked/.test(wire) ? unchunk(body) : body, expected);
+      assert.equal(sink.lent.size, 0, "every pooled write buffer came back");
     });
     Deno.test(`lent chunks reach the client intact: content-length, ${shape}${how}`, async () => {
       const sink = new Sink(slow);

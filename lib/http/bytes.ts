@@ -29,11 +29,7 @@ export function encodeLatin1(s: string): Uint8Array {
   // deno-lint-ignore no-control-regex
   if (/^[\x00-\x7f]*$/.test(s)) return encoder.encode(s);
   const out = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c > 0xff) throw new RangeError("character above U+00FF in a header");
-    out[i] = c;
-  }
+  putLatin1(out, 0, s);
   return out;
 }
 

@@ -746,7 +746,7 @@ export class Connection implements Watched, ResponseSink {
     } catch {
       return Promise.resolve(this.#writeFailed());
     }
-    // A failed write does not give `pooled` back: its buffer is left to the GC, as is rare.
+    // A failed write (rare) does not give `pooled` back: that buffer is left to the GC.
     return written.then(
       (n) => n >= bytes.byteLength ? this.#wrote(pooled) : this.#writeRest(bytes, n, pooled),
       this.#writeFailed,
