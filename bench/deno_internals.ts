@@ -1,6 +1,7 @@
 /**
  * What each Deno internal in `lib/http/deno_internals.ts` saves per request, against its public-API
- * fallback, and what the public replacements in `lib/http/handoff.ts` cost:
+ * fallback, and what the public replacements in `lib/http/handoff.ts` cost or save (Headers made
+ * only when read):
  *
  *   deno bench bench/deno_internals.ts
  *
@@ -9,6 +10,8 @@
  */
 
 import { attachCancel, readConn, staticBody } from "../lib/http/deno_internals.ts";
+import { lazyFieldLines, lazyRequestFields, requestField } from "../lib/http/handoff.ts";
+import { appendAll } from "../lib/http/headers.ts";
 
 const json = JSON.stringify({ id: "chatcmpl-1", choices: [{ message: { content: "hello" } }] });
 const bytes = new TextEncoder().encode(json);
@@ -77,6 +80,56 @@ Deno.bench("10 response headers: private header list (dropped)", {
   const h = new Headers(list);
   const entries = (h as unknown as Record<symbol, [string, string][]>)[HEADER_LIST]!;
   for (const e of entries) sink += e[0].length + e[1].length;
+});
+
+// A request's lines as the own server parsed them; the pipeline reads three fields of them.
+const requestLines: [string, string][] = [
+  ["Host", "127.0.0.1:8000"],
+  ["User-Agent", "OpenAI/JS 4.0"],
+  ["Content-Type", "application/json"],
+  ["Authorization", "Bearer sk-abcdefghijklmnopqrstuvwxyz"],
+  ["Accept", "application/json"],
+  ["Content-Length", String(bytes.byteLength)],
+  ["x-stainless-os", "Linux"],
+  ["x-stainless-lang", "js"],
+];
+
+Deno.bench("request: Headers made on read, fields read from lines (used)", {
+  group: "request headers",
+}, () => {
+  const req = new Request("http://b/v1/chat/completions", { method: "POST", body: bytes });
+  lazyRequestFields(req, requestLines);
+  sink += (requestField(req, "content-length")?.length ?? 0) +
+    (requestField(req, "x-request-id") === null ? 1 : 0) +
+    (requestField(req, "transfer-encoding") === null ? 1 : 0);
+});
+
+Deno.bench("request: Headers filled at once, fields from Headers (before)", {
+  group: "request headers",
+  baseline: true,
+}, () => {
+  const req = new Request("http://b/v1/chat/completions", { method: "POST", body: bytes });
+  appendAll(req.headers, requestLines);
+  sink += (req.headers.get("content-length")?.length ?? 0) +
+    (req.headers.get("x-request-id") === null ? 1 : 0) +
+    (req.headers.has("transfer-encoding") ? 0 : 1);
+});
+
+Deno.bench("response: Headers made on read (used, own server)", {
+  group: "response headers",
+}, () => {
+  const res = new Response(bytes, { status: 200 });
+  lazyFieldLines(res, list);
+  sink += res.status;
+});
+
+Deno.bench("response: Headers filled at once (before; Deno.serve)", {
+  group: "response headers",
+  baseline: true,
+}, () => {
+  const res = new Response(bytes, { status: 200 });
+  appendAll(res.headers, list);
+  sink += res.status;
 });
 
 // One socket pair on 127.0.0.1: each iteration writes 300 bytes (an SSE event) one way and reads

@@ -16,7 +16,15 @@ import { Guards } from "./pipeline/mod.ts";
 import { clientIpFrom } from "./config/mod.ts";
 import type { Config, Route, Upstream } from "./config/mod.ts";
 import { errorResponse, relayError, toRelayError } from "./errors.ts";
-import { appendLine, isEventStream, redactHeaders, redactQuery, sentUrl } from "./http/mod.ts";
+import {
+  appendLine,
+  fieldValue,
+  isEventStream,
+  redactHeaders,
+  redactQuery,
+  requestField,
+  sentUrl,
+} from "./http/mod.ts";
 import { type BodyTap, type Connector, UpstreamError } from "./upstream/mod.ts";
 import { Logger } from "./observe/mod.ts";
 import { forward, relayErrorFor } from "./pipeline/mod.ts";
@@ -123,7 +131,7 @@ const SAFE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** The client's `x-request-id` if short and safe, else a new one. */
 export function requestIdFor(req: Request, newId: () => string): string {
-  const given = req.headers.get("x-request-id");
+  const given = requestField(req, "x-request-id");
   return given !== null && SAFE_ID.test(given) ? given : newId();
 }
 
@@ -393,6 +401,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       health,
       body: limited,
       watchBody: server?.kind === "relay" ? undefined : watchBody,
+      writesFieldLines: server?.kind === "relay",
       tap: bodyTap(ctx),
       requestId: ctx.id,
     }).catch((err) => {
@@ -416,8 +425,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     const aId = result.upstreamRequestId;
     if (aId !== null && SAFE_ID.test(aId)) ctx.upstreamRequestId = aId;
     const response = result.response;
-    const contentType = response.headers.get("content-type");
-    const contentEncoding = response.headers.get("content-encoding");
+    // From A's lines: reading `response.headers` would make the Headers the own server never needs.
+    const contentType = fieldValue(result.fields, "content-type");
+    const contentEncoding = fieldValue(result.fields, "content-encoding");
     // Every event stream is a stream, also one that arrived whole in the first read.
     ctx.stream = isEventStream(result.upstreamHeaders);
     if (!result.streaming) {
@@ -508,7 +518,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       method: req.method,
       path,
       query,
-      forwardedFor: trusted ? req.headers.get("x-forwarded-for") ?? undefined : undefined,
+      forwardedFor: trusted ? requestField(req, "x-forwarded-for") ?? undefined : undefined,
       peerIp: trusted ? peer : undefined,
       routeId: undefined,
       route: undefined,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
+  fieldValue,
   type HeaderList,
   isSecretHeader,
   redactHeaders,
@@ -8,6 +9,12 @@ import {
   requestHeaders,
   responseHeaders,
 } from "../lib/http/headers.ts";
+import {
+  eachFieldLine,
+  lazyFieldLines,
+  lazyRequestFields,
+  requestField,
+} from "../lib/http/handoff.ts";
 
 const HOP_BY_HOP = [
   "connection",
@@ -490,4 +497,59 @@ Deno.test("responseHeaders never emits hop-by-hop names and keeps every other pa
       );
     }),
   );
+});
+
+// ---- reading field lines without a Headers (handoff.ts) ----
+
+const NAME = fc.constantFrom("Content-Type", "content-type", "X-Request-Id", "x-a", "X-A", "Via");
+const VALUE = fc.stringMatching(/^[ -~]{0,12}$/).map((v) => v.trim());
+
+Deno.test("fieldValue reads a field as Headers.get does, any case, repeated lines joined", () => {
+  fc.assert(
+    fc.property(fc.array(fc.tuple(NAME, VALUE), { maxLength: 8 }), NAME, (lines, asked) => {
+      const name = asked.toLowerCase();
+      assert.equal(fieldValue(lines, name), new Headers(lines).get(name));
+    }),
+    { numRuns: 300 },
+  );
+  assert.equal(fieldValue([["Content-Typf", "x"]], "content-type"), null);
+  assert.equal(fieldValue([["X-A", "1"], ["x-a", "2"]], "x-a"), "1, 2");
+});
+
+const enc = new TextEncoder();
+const LINES: HeaderList = [["Host", "b:8000"], ["X-A", "1"], ["x-a", "2"], ["session_id", "s"]];
+
+Deno.test("a lazy Request's headers are made on first read, from the lines, once", () => {
+  // Bytes, as the server gives: a string body would add its own content-type.
+  const req = new Request("http://b:8000/v1/x", { method: "POST", body: enc.encode("{}") });
+  assert.equal(lazyRequestFields(req, LINES), true, "Deno's Request could not be stood in for");
+  assert.equal(typeof Object.getOwnPropertyDescriptor(req, "headers")?.get, "function");
+  assert.equal(requestField(req, "x-a"), "1, 2");
+  assert.equal(requestField(req, "session_id"), "s");
+  assert.equal(requestField(req, "missing"), null);
+  // Reading single fields left the Headers unmade.
+  assert.equal(typeof Object.getOwnPropertyDescriptor(req, "headers")?.get, "function");
+  const headers = req.headers;
+  assert.deepEqual([...headers], [...new Headers(LINES)]);
+  assert.equal(req.headers, headers, "a second read must give the same Headers");
+  assert.equal(Object.getOwnPropertyDescriptor(req, "headers")?.value, headers);
+  // The Request is otherwise untouched.
+  assert.equal(req.method, "POST");
+});
+
+Deno.test("requestField falls back to Headers for a request without registered lines", () => {
+  const req = new Request("http://b/", { headers: { "X-A": "1" } });
+  assert.equal(requestField(req, "x-a"), "1");
+});
+
+Deno.test("a lazy Response writes its lines and makes its Headers only when read", () => {
+  const res = new Response(enc.encode("{}"), { status: 201 });
+  assert.equal(lazyFieldLines(res, LINES), true, "Deno's Response could not be stood in for");
+  const written: HeaderList = [];
+  eachFieldLine(res, (value, name) => written.push([name, value]));
+  assert.deepEqual(written, LINES);
+  assert.equal(typeof Object.getOwnPropertyDescriptor(res, "headers")?.get, "function");
+  assert.deepEqual([...res.headers], [...new Headers(LINES)]);
+  assert.equal(res.headers.get("x-a"), "1, 2");
+  assert.equal(res.status, 201);
 });

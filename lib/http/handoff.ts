@@ -18,11 +18,16 @@
  *   a sorted, joined copy (about 14 KB of garbage for a typical request), and A should get the
  *   lines as the client sent them.
  *
+ * - that a Request's or Response's `Headers` are made only when something reads them
+ *   ({@link lazyRequestFields}, {@link lazyFieldLines}): filling one costs ~1 µs and ~1 KB per
+ *   side per request, and on the forwarding path nothing reads them (the relay reads the lines,
+ *   {@link requestField}; the own server writes the lines).
+ *
  * Handlers served by `Deno.serve` need none of them: there `req.url` is already as sent and a
  * Response's own header list is written.
  */
 
-import type { HeaderList } from "./headers.ts";
+import { appendAll, fieldValue, type HeaderList } from "./headers.ts";
 
 /** The reading half of a `ReadableStreamDefaultReader`, which also satisfies it. */
 export interface BodyReaderLike {
@@ -51,6 +56,102 @@ const requestFields = new WeakMap<Request, HeaderList>();
  */
 export function withRequestFields(req: Request, lines: HeaderList): void {
   requestFields.set(req, lines);
+}
+
+/**
+ * The accessor that stands in for `headers` on one Request or Response until it is first read:
+ * then the registered lines are appended to the object's own (empty) `Headers`, which from then on
+ * is a plain property. One shared getter per class, so every object gets the same hidden-class
+ * transition. Null when Deno's class has no `headers` getter to call (the caller then fills the
+ * Headers at once); the probe below also checks the lines come out.
+ */
+function lazyHeadersAccessor(
+  proto: object,
+  lines: WeakMap<object, HeaderList>,
+): PropertyDescriptor | null {
+  const own = Object.getOwnPropertyDescriptor(proto, "headers")?.get;
+  if (own === undefined) return null;
+  return {
+    configurable: true,
+    enumerable: true,
+    get(this: object): Headers {
+      const headers = own.call(this) as Headers;
+      const registered = lines.get(this);
+      if (registered !== undefined) appendAll(headers, registered);
+      Object.defineProperty(this, "headers", {
+        value: headers,
+        configurable: true,
+        enumerable: true,
+      });
+      return headers;
+    },
+  };
+}
+
+function probed(
+  accessor: PropertyDescriptor | null,
+  make: () => Request | Response,
+  lines: WeakMap<object, HeaderList>,
+): PropertyDescriptor | null {
+  if (accessor === null) return null;
+  try {
+    const probe = make();
+    lines.set(probe, [["X-Probe", "1"], ["x-probe", "2"]]);
+    Object.defineProperty(probe, "headers", accessor);
+    const first = probe.headers;
+    return first.get("x-probe") === "1, 2" && probe.headers === first ? accessor : null;
+  } catch {
+    return null;
+  }
+}
+
+const lazyRequest = probed(
+  lazyHeadersAccessor(Request.prototype, requestFields),
+  () => new Request("http://probe/"),
+  requestFields,
+);
+const lazyResponse = probed(
+  lazyHeadersAccessor(Response.prototype, fieldLines),
+  () => new Response(null),
+  fieldLines,
+);
+
+/**
+ * Registers `lines` as the field lines `req` arrived with (as {@link withRequestFields}) and
+ * leaves `req.headers` unmade until something reads it, when the lines are appended. For a Request
+ * made with no headers, whose lines Deno's `Headers` accepts as they are (checked when parsed).
+ * Only public reads see the lines: Deno's own uses of the inner list (`new Request(req)`,
+ * `fetch(req)`) would not, and the relay makes none. Returns false when Deno's Request cannot be
+ * stood in for; then nothing was registered and the caller appends the lines itself.
+ */
+export function lazyRequestFields(req: Request, lines: HeaderList): boolean {
+  if (lazyRequest === null) return false;
+  requestFields.set(req, lines);
+  Object.defineProperty(req, "headers", lazyRequest);
+  return true;
+}
+
+/**
+ * Registers `lines` as the exact field lines of `res` (as {@link withFieldLines}) and leaves
+ * `res.headers` unmade until something reads it. Only for a Response the own server writes: it
+ * writes the registered lines, where `Deno.serve` reads the Response's inner header list, which
+ * stays empty. Returns false when Deno's Response cannot be stood in for; then nothing was
+ * registered and the caller appends the lines itself.
+ */
+export function lazyFieldLines(res: Response, lines: HeaderList): boolean {
+  if (lazyResponse === null) return false;
+  fieldLines.set(res, lines);
+  Object.defineProperty(res, "headers", lazyResponse);
+  return true;
+}
+
+/**
+ * `req.headers.get(name)` (`name` lower-case), read from the lines `req` arrived with when the
+ * server registered them, so that reading one field does not make the whole `Headers`.
+ */
+export function requestField(req: Request, name: string): string | null {
+  const lines = requestFields.get(req);
+  return lines === undefined ? req.headers.get(name) : fieldValue(lines, name);
 }
 
 /** The field lines `req` arrived with, or its `Headers` when the server did not register them. */

@@ -227,6 +227,35 @@ export function isEventStream(headers: ReadonlyArray<readonly [string, string]>)
 }
 
 /**
+ * Every value of the field `name` (given lower-case) in `lines`, whatever the case of the names
+ * there, joined with ", " as `Headers.get` does; null when there is none. Reads the lines as they
+ * arrived without making a `Headers` (see `handoff.ts`).
+ */
+export function fieldValue(
+  lines: ReadonlyArray<readonly [string, string]>,
+  name: string,
+): string | null {
+  let out: string | null = null;
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (sameName(line[0], name)) out = out === null ? line[1] : `${out}, ${line[1]}`;
+  }
+  return out;
+}
+
+/** Whether field name `sent` (any case) is `lower`; no string is made. */
+function sameName(sent: string, lower: string): boolean {
+  if (sent.length !== lower.length) return false;
+  if (sent === lower) return true;
+  for (let i = 0; i < sent.length; i++) {
+    let c = sent.charCodeAt(i);
+    if (c >= 65 && c <= 90) c += 32;
+    if (c !== lower.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
+/**
  * Appends each field line of `lines` to `headers`, validated as `new Headers(lines)` would.
  * A header list given in `RequestInit`/`ResponseInit` goes through WebIDL's sequence conversion
  * first: `new Response(body, { headers: lines })` with six lines takes ~6.6 µs, the Response

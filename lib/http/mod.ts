@@ -18,6 +18,7 @@ export { type ClientInfo, type Upgrader } from "./client_info.ts";
 export { type Endpoint, type Upstream } from "./endpoint.ts";
 export {
   appendAll,
+  fieldValue,
   type HeaderList,
   isEventStream,
   isSecretHeader,
@@ -34,6 +35,9 @@ export {
   type BodyReaderLike,
   eachFieldLine,
   keepSentUrl,
+  lazyFieldLines,
+  lazyRequestFields,
+  requestField,
   requestFieldsOf,
   sentUrl,
   takeDirectBody,

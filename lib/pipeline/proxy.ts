@@ -13,7 +13,14 @@
 import type { Upstream } from "../config/mod.ts";
 import { RelayError, relayError } from "../errors.ts";
 import type { HeaderList } from "../http/mod.ts";
-import { appendAll, responseFields, withDirectBody, withFieldLines } from "../http/mod.ts";
+import {
+  appendAll,
+  fieldValue,
+  lazyFieldLines,
+  responseFields,
+  withDirectBody,
+  withFieldLines,
+} from "../http/mod.ts";
 import {
   type BodyReader,
   BodySource,
@@ -37,6 +44,8 @@ export interface ForwardResult {
   status: number;
   /** A's header lines as received (hop-by-hop ones included), for debug output. */
   upstreamHeaders: HeaderList;
+  /** The response's field lines as the client gets them (read these, not `response.headers`). */
+  fields: HeaderList;
   /** A's `x-request-id`, when it sent one (all its lines joined, as `Headers.get` does). */
   upstreamRequestId: string | null;
   /** 1, or 2 when a stale pooled connection forced a resend. */
@@ -74,6 +83,11 @@ export interface ForwardContext {
   tap?: BodyTap | undefined;
   /** Sent to the client as `x-request-id` when A sends none. */
   requestId: string;
+  /**
+   * The server writes the response's registered field lines itself (the own server): its
+   * `Headers` are then made only if something reads them.
+   */
+  writesFieldLines?: boolean | undefined;
 }
 
 /** Maps an upstream failure to the relay's client-facing error. */
@@ -138,15 +152,17 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
       ? ctx.watchBody(res.body)
       : res.body;
     const fields = responseFields(res.headers, res.status);
-    const aId = joinedValue(fields, "x-request-id");
+    const aId = fieldValue(fields, "x-request-id");
     if (aId === null) fields.push(["x-request-id", ctx.requestId]);
     try {
       response = new Response(res.complete ?? stream, {
         status: res.status,
         statusText: res.statusText,
       });
-      appendAll(response.headers, fields);
-      withFieldLines(response, fields);
+      if (!ctx.writesFieldLines || !lazyFieldLines(response, fields)) {
+        appendAll(response.headers, fields);
+        withFieldLines(response, fields);
+      }
       // Unwrapped bodies only: a watched body must be read through its watch.
       if (stream === res.body && res.reader) withDirectBody(response, res.reader);
     } catch (err) {
@@ -159,6 +175,7 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
       failovers: i,
       status: res.status,
       upstreamHeaders: res.headers,
+      fields,
       upstreamRequestId: aId,
       attempts: res.attempts,
       whole: res.complete,
@@ -167,14 +184,4 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
   }
   body?.cancel();
   throw relayErrorFor(lastError);
-}
-
-/** Every value of `name` in `list` joined with ", " (as `Headers.get` does), or null. */
-function joinedValue(list: HeaderList, name: string): string | null {
-  let out: string | null = null;
-  for (let i = 0; i < list.length; i++) {
-    const [n, v] = list[i]!;
-    if (n === name) out = out === null ? v : `${out}, ${v}`;
-  }
-  return out;
 }

@@ -15,6 +15,7 @@ import {
   type HeaderList,
   redactHeaders,
   redactQuery,
+  requestField,
   requestFieldsOf,
   requestHeaders,
 } from "../http/mod.ts";
@@ -139,12 +140,12 @@ function body(a: Admission): void {
   const { req, cfg } = a;
   // Decided from the headers where possible: touching `req.body` creates a stream and turns off
   // Deno's full-body fast path. (HTTP/2 bodies may come with neither header.)
-  const cl = req.headers.get("content-length");
+  const cl = requestField(req, "content-length");
   const announced = announcedLength(cl);
   a.announced = announced;
   const hasBody = cl !== null
     ? announced !== 0
-    : req.headers.has("transfer-encoding") || req.body !== null;
+    : requestField(req, "transfer-encoding") !== null || req.body !== null;
   if (!hasBody) return;
   if (req.method === "GET" || req.method === "HEAD") {
     // A Request cannot carry a GET or HEAD body (Deno.serve drops it), and one forwarded without

@@ -26,6 +26,7 @@ import {
   decodeLatin1,
   encodeLatin1,
   keepSentUrl,
+  lazyRequestFields,
   readConn,
   withRequestFields,
 } from "../http/mod.ts";
@@ -552,17 +553,22 @@ export class Connection implements Watched, ResponseSink {
       this.#refuse(badRequest("unrepresentable"));
       return null;
     }
-    try {
-      appendAll(req.headers, head.headers);
-    } catch {
-      this.#refuse(badRequest("unrepresentable"));
-      return null;
+    // The parser let through only lines `Headers` accepts (token names; Latin-1 values without
+    // NUL, CR or LF), so they can wait until something reads `req.headers`: the forwarding path
+    // reads the lines instead.
+    if (!lazyRequestFields(req, head.headers)) {
+      try {
+        appendAll(req.headers, head.headers);
+      } catch {
+        this.#refuse(badRequest("unrepresentable"));
+        return null;
+      }
+      withRequestFields(req, head.headers);
     }
     if (cancelHookAvailable) attachCancel(req, ex.onCancel);
     // `new Request` normalises the URL (dot-segments, `\`, escaping, host case). Deno.serve hands
     // the target over as sent, and the relay's own checks depend on seeing it so.
     if (req.url !== url) keepSentUrl(req, url);
-    withRequestFields(req, head.headers);
     this.#ex = ex;
     this.#noWatch = head.upgrade;
     if (body === null) this.#startWatch();
