@@ -434,7 +434,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       if (result.whole !== null) {
         ctx.responseBytes = result.whole.byteLength;
         const tap = new UsageTap(contentType, contentEncoding);
-        tap.push(result.whole);
+        tap.finishWith(result.whole);
         ctx.usage = tap;
       }
       finish(ctx, result.status, undefined);

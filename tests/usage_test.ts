@@ -482,6 +482,42 @@ Deno.test("UsageTap gives up when a JSON body exceeds the size limit", () => {
   strictEqual(tapChunks(JSON_TYPE, chunks), undefined);
 });
 
+Deno.test("UsageTap.finishWith gives what push then finish give, for JSON and streams", () => {
+  const json = encoder.encode(
+    '{"model":"m-é","usage":{"prompt_tokens":4,"completion_tokens":5,"total_tokens":9}}',
+  );
+  const cases = [
+    [JSON_TYPE, json] as const,
+    [JSON_TYPE, encoder.encode('{"model":"m","usage":')] as const,
+    [JSON_TYPE, new Uint8Array(0)] as const,
+    ...STREAMS.map(([, body]) => [SSE, encoder.encode(body)] as const),
+  ];
+  fc.assert(
+    fc.property(fc.constantFrom(...cases), fc.nat(), ([type, bytes], rawCut) => {
+      const cut = rawCut % (bytes.length + 1);
+      const expected = tapChunks(type, [bytes.subarray(0, cut), bytes.subarray(cut)]);
+      const tap = new UsageTap(type, null);
+      tap.push(bytes.subarray(0, cut));
+      const last = bytes.slice(cut);
+      deepStrictEqual(tap.finishWith(last), expected);
+      // Read before it returned: the chunk may be reused at once.
+      last.fill(0x20);
+      deepStrictEqual(tap.finish(), expected);
+    }),
+    { numRuns: 300 },
+  );
+  deepStrictEqual(new UsageTap(JSON_TYPE, null).finishWith(json), {
+    model: "m-é",
+    inputTokens: 4,
+    outputTokens: 5,
+    totalTokens: 9,
+  });
+  strictEqual(new UsageTap(JSON_TYPE, "gzip").finishWith(json), undefined);
+  const oversized = new Uint8Array(MAX_JSON_BYTES + 1).fill(0x20);
+  oversized.set(json);
+  strictEqual(new UsageTap(JSON_TYPE, null).finishWith(oversized), undefined);
+});
+
 // ---------------------------------------------------------------------------------------------
 // Refusals and robustness
 

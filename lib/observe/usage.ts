@@ -156,6 +156,24 @@ export class UsageTap {
     return this.#result;
   }
 
+  /**
+   * Shows the tap the body's last chunk and finishes: the same as {@link push} then
+   * {@link finish}, but `chunk` is read before this returns, so a JSON body that arrived whole is
+   * parsed where it lies instead of being copied first.
+   */
+  finishWith(chunk: Uint8Array): Usage | undefined {
+    if (
+      this.#mode === "json" && !this.#finished && this.#jsonParts.length === 0 &&
+      chunk.byteLength > 0 && chunk.byteLength <= MAX_JSON_BYTES
+    ) {
+      this.#jsonBytes = chunk.byteLength;
+      this.#jsonParts.push(chunk);
+    } else {
+      this.push(chunk);
+    }
+    return this.finish();
+  }
+
   #feed(text: string): void {
     if (text !== "") this.#parser?.feed(text);
   }
