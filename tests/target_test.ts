@@ -293,6 +293,19 @@ Deno.test("upstreamTarget stays under the prefix with no dot-segment when checkT
   );
 });
 
+Deno.test("checkTarget refuses an unescaped path exactly when a segment is . or ..", () => {
+  const piece = fc.constantFrom("/", "//", ".", "..", "...", ".a", "a.", "v1", "a");
+  fc.assert(
+    fc.property(fc.array(piece, { maxLength: 12 }), (pieces) => {
+      const path = `/${pieces.join("")}`;
+      if (path.startsWith("//")) return;
+      const dotted = path.split("/").some((s) => s === "." || s === "..");
+      assert.equal(checkTarget(path, "") !== null, dotted, path);
+    }),
+    { numRuns: 2000 },
+  );
+});
+
 Deno.test("splitRequestUrl always yields a path starting with a slash and a query that is empty or starts with ?", () => {
   fc.assert(
     fc.property(rawTarget, (raw) => {

@@ -62,6 +62,9 @@ export function checkTarget(path: string, query: string): RelayError | null {
   if (!path.startsWith("/") || path.startsWith("//")) return invalid();
   if (!PATH_CHARS.test(path) || PCT.test(path)) return invalid();
   if (query !== "" && (!QUERY_CHARS.test(query) || PCT.test(query))) return invalid();
+  // Without an escape each segment is what A reads, and PATH_CHARS already refused `\` and NUL:
+  // only a dot-segment is left to find, without splitting the path into strings.
+  if (!path.includes("%")) return hasDotSegment(path) ? invalid() : null;
   for (const segment of path.split("/")) {
     if (segment === "") continue;
     const decoded = decodeSegment(segment);
@@ -71,6 +74,23 @@ export function checkTarget(path: string, query: string): RelayError | null {
     for (const part of decoded.split("/")) if (part === "." || part === "..") return invalid();
   }
   return null;
+}
+
+/** Whether a segment of `path` (between slashes or the ends) is `.` or `..`. */
+function hasDotSegment(path: string): boolean {
+  let start = 0;
+  for (let i = 0; i <= path.length; i++) {
+    if (i < path.length && path.charCodeAt(i) !== 47) continue;
+    const len = i - start;
+    if (
+      (len === 1 || len === 2) && path.charCodeAt(start) === 46 &&
+      (len === 1 || path.charCodeAt(start + 1) === 46)
+    ) {
+      return true;
+    }
+    start = i + 1;
+  }
+  return false;
 }
 
 /** The API paths forwarded to Server A. */
