@@ -29,8 +29,10 @@
  *       relay's RSS peak (sampled every 100 ms).
  *
  *   deno run -A bench/h2_upstream.ts [--quick] [--rounds=3] [--duration=5] [--n=500]
- *     [--streams=1000] [--events=5] [--gap-ms=200] [--json=out.json]
+ *     [--streams=1000] [--events=5] [--gap-ms=200] [--json=out.json] [--prof]
  *
+ * `--prof`: each relay runs under `--cpu-prof`; the self time by function and by file of its whole
+ * run is printed after the table (where the HTTP/2 client's extra CPU goes).
  * `--quick`: 1 round, 2 s wrk runs, 200 requests at c=1. The whole run is time-bounded; every
  * child process is stopped by its own PID.
  */
@@ -62,6 +64,7 @@ import {
 import { buildRequest, Client, parseTarget } from "./http_client.ts";
 import { preamble, startNginx } from "./nginx.ts";
 import { makeCert } from "./route_sim/fake_a.ts";
+import { summarise, summaryMarkdown } from "./profile_summary.ts";
 
 const SELF = `${BENCH}/h2_upstream.ts`;
 const enc = new TextEncoder();
@@ -324,6 +327,8 @@ export interface H2BenchOptions {
   gapMs: number;
   relayCpu: string;
   loadCpu: string;
+  /** Runs each relay under `--cpu-prof`, its profile in `<profDir>/<mode>/` (`--prof`). */
+  profDir?: string;
 }
 
 /** Pool counters of the one upstream, from `/debug/info`. */
@@ -530,6 +535,9 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
           ADMIN_TOKEN: token,
         },
         logFile: `${dir}/relay-${mode}.log`,
+        ...(o.profDir === undefined
+          ? {}
+          : { denoFlags: ["--cpu-prof", `--cpu-prof-dir=${o.profDir}/${mode}`] }),
       });
       procs.push(proc);
       relays.push({ name: `UPSTREAM_HTTP2=${mode}`, proc, port });
@@ -733,6 +741,7 @@ if (import.meta.main) {
       gapMs: numFlag(f, "gap-ms", 200),
       relayCpu: f.get("relay-cpu") ?? "0",
       loadCpu: f.get("load-cpu") ?? "1",
+      ...(f.has("prof") ? { profDir: tempDir("h2-prof") } : {}),
     };
     const disarm = installCleanup(opts.rounds * (opts.durationSec * 2 + 120) + 120);
     const started = performance.now();
@@ -753,5 +762,15 @@ if (import.meta.main) {
           Object.entries(result.idleRssMb).map(([k, v]) => `${k} ${v} MB`).join(", ")
         }. Run took ${elapsedSec} s.\n`,
     );
+    for (const mode of opts.profDir === undefined ? [] : ["auto", "off"]) {
+      const at = `${opts.profDir}/${mode}`;
+      const file = [...Deno.readDirSync(at)].find((e) => e.name.endsWith(".cpuprofile"));
+      if (file === undefined) continue;
+      const summary = summarise(JSON.parse(Deno.readTextFileSync(`${at}/${file.name}`)));
+      // deno-lint-ignore no-console
+      console.log(
+        `#### Profile, UPSTREAM_HTTP2=${mode} (whole run)\n\n${summaryMarkdown(summary, 20)}`,
+      );
+    }
   }
 }

@@ -4,8 +4,10 @@
  *
  * `--base=TREE` adds the relay of another tree (e.g. a `git worktree` of an older commit) to the
  * rotation, for an A/B; runs on this shared machine swing by ±15 %, so take 5 or more rounds.
+ * `--v8=FLAGS` adds this tree's relay started with `--v8-flags=FLAGS` (e.g. `--single-threaded-gc`),
+ * for an A/B of V8's settings. Each row's median p99 event delay (ms) is printed too.
  *
- *   deno run -A bench/sse_cpu.ts [tree root, default this checkout] [--prof] [--base=TREE] [--rounds=3]
+ *   deno run -A bench/sse_cpu.ts [tree root, default this checkout] [--prof] [--base=TREE] [--v8=FLAGS] [--rounds=3]
  */
 import {
   cpuSeconds,
@@ -54,8 +56,20 @@ const baseRelay = base === undefined ? null : await startRelay("relay-base", {
   script: `${base}/main.ts`,
   logFile: `${dir}/relay-base.log`,
 });
+const v8 = flags.get("v8");
+const v8Port = freePort();
+const v8Relay = v8 === undefined ? null : await startRelay("relay-v8", {
+  port: v8Port,
+  upstream: `http://127.0.0.1:${ssePort}`,
+  cpu: "0",
+  env: { ACCESS_LOG: "0" },
+  denoFlags: [`--v8-flags=${v8}`],
+  script: `${root}/main.ts`,
+  logFile: `${dir}/relay-v8.log`,
+});
 await sleep(1000);
 const res: Record<string, number[]> = { relay: [], min: [] };
+const p99s: Record<string, number[]> = {};
 const rows: [string, number, number][] = [["relay", relayPort, relay.pid], [
   "min",
   minPort,
@@ -64,6 +78,10 @@ const rows: [string, number, number][] = [["relay", relayPort, relay.pid], [
 if (baseRelay !== null) {
   rows.push(["relay-base", basePort, baseRelay.pid]);
   res["relay-base"] = [];
+}
+if (v8Relay !== null) {
+  rows.push(["relay-v8", v8Port, v8Relay.pid]);
+  res["relay-v8"] = [];
 }
 const rounds = numFlag(flags, "rounds", 3);
 // Round 0 warms both up (JIT, pools) and is not counted.
@@ -85,6 +103,10 @@ for (let k = 0; k <= rounds; k++) {
     const us = (cpuSeconds(pid) - c0) * 1e6 / (streams * (events + 2));
     if (k > 0) {
       res[name]!.push(Math.round(us * 10) / 10);
+      try {
+        const p99 = (JSON.parse(out) as Record<string, { p99?: number }>)[name]?.p99;
+        if (p99 !== undefined) (p99s[name] ??= []).push(p99);
+      } catch { /* no JSON: the line above shows what came instead */ }
     }
     // deno-lint-ignore no-console
     console.log(name, "cpu µs/event", us.toFixed(1), out.slice(0, 300).replace(/\n/g, " "));
@@ -98,9 +120,16 @@ console.log(
   ...(baseRelay === null
     ? []
     : ["base", (median(res["relay-base"]!) / median(res.min!)).toFixed(2)]),
+  ...(v8Relay === null ? [] : ["v8", (median(res["relay-v8"]!) / median(res.min!)).toFixed(2)]),
+);
+// deno-lint-ignore no-console
+console.log(
+  "median p99 event delay, ms:",
+  Object.entries(p99s).map(([name, xs]) => `${name} ${median(xs)} (${xs.join(", ")})`).join("; "),
 );
 await relay.stop(8000);
 await baseRelay?.stop(8000);
+await v8Relay?.stop(8000);
 await min.stop(3000);
 await sleep(2000);
 if (prof) {
