@@ -178,15 +178,29 @@ export interface RawResponse {
   headers: Map<string, string>;
   /** Body bytes exactly as received (de-chunked when chunked). */
   body: Uint8Array;
+  /** The client closed the connection after `closeAfterMs`: the server had not. */
+  closedByClient: boolean;
 }
 
 /**
  * Sends raw request bytes on a new connection and reads the whole response until the server
  * closes (send `connection: close`). Body bytes are not decoded: what the relay sent is what
- * this returns (chunked framing removed).
+ * this returns (chunked framing removed). With `closeAfterMs`, the client closes the connection
+ * itself after that long and returns what it got (for a server that rightly keeps it open).
  */
-export async function rawRequest(port: number, request: string | Uint8Array): Promise<RawResponse> {
+export async function rawRequest(
+  port: number,
+  request: string | Uint8Array,
+  opts: { closeAfterMs?: number } = {},
+): Promise<RawResponse> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  let closedByClient = false;
+  const timer = opts.closeAfterMs === undefined ? undefined : setTimeout(() => {
+    closedByClient = true;
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }, opts.closeAfterMs);
   try {
     await writeAll(conn, request);
     const parts: Uint8Array[] = [];
@@ -207,8 +221,9 @@ export async function rawRequest(port: number, request: string | Uint8Array): Pr
     }
     let body = all.subarray(end + 4);
     if (headers.get("transfer-encoding") === "chunked") body = dechunk(body);
-    return { status: Number(head.split(" ")[1]), head, headers, body };
+    return { status: Number(head.split(" ")[1]), head, headers, body, closedByClient };
   } finally {
+    clearTimeout(timer);
     try {
       conn.close();
     } catch { /* closed */ }
