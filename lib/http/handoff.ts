@@ -99,18 +99,20 @@ function lazyHeadersAccessor<T extends Request | Response>(
     enumerable: true,
     get(this: T): Headers {
       const headers = own.call(this) as Headers;
-      const registered = lines.get(this);
-      if (registered !== undefined) appendAll(headers, registered);
+      // Replaced first: were an append to throw, a second read must not append the lines again.
       Object.defineProperty(this, "headers", {
         value: headers,
         configurable: true,
         enumerable: true,
       });
+      const registered = lines.get(this);
+      if (registered !== undefined) appendAll(headers, registered);
       return headers;
     },
   };
 }
 
+/** `accessor`, if it works on an object `make` gives (two lines in, joined out, made once). */
 function probed<T extends Request | Response>(
   accessor: PropertyDescriptor | null,
   make: () => T,
