@@ -29,17 +29,27 @@ const prof = flags.has("prof");
 const events = numFlag(flags, "events", 10),
   intervalMs = numFlag(flags, "interval-ms", 500),
   streams = numFlag(flags, "streams", 1000);
-const ssePort = freePort(), relayPort = freePort(), minPort = freePort();
+const ssePort = freePort(), minPort = freePort();
 const dir = await Deno.makeTempDir();
-const relay = await startRelay("relay", {
-  port: relayPort,
-  upstream: `http://127.0.0.1:${ssePort}`,
-  cpu: "0",
-  env: { ACCESS_LOG: "0" },
-  denoFlags: prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}`] : [],
-  script: `${root}/main.ts`,
-  logFile: `${dir}/relay.log`,
-});
+/** A relay of tree `tree` on core 0 in front of the SSE upstream, as row `name`. */
+async function relayRow(name: string, tree: string, denoFlags: string[]) {
+  const port = freePort();
+  const proc = await startRelay(name, {
+    port,
+    upstream: `http://127.0.0.1:${ssePort}`,
+    cpu: "0",
+    env: { ACCESS_LOG: "0" },
+    denoFlags,
+    script: `${tree}/main.ts`,
+    logFile: `${dir}/${name}.log`,
+  });
+  return { proc, port };
+}
+const { proc: relay, port: relayPort } = await relayRow(
+  "relay",
+  root,
+  prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}`] : [],
+);
 const min = spawn("min", ["deno", "run", "-A", `${root}/bench/minimal_relay.ts`], {
   cpu: "0",
   env: { UPSTREAM: `http://127.0.0.1:${ssePort}`, PORT: String(minPort) },
@@ -47,26 +57,11 @@ const min = spawn("min", ["deno", "run", "-A", `${root}/bench/minimal_relay.ts`]
 });
 await waitForPort(minPort, 30000, min);
 const base = flags.get("base")?.replace(/\/$/, "");
-const basePort = freePort();
-const baseRelay = base === undefined ? null : await startRelay("relay-base", {
-  port: basePort,
-  upstream: `http://127.0.0.1:${ssePort}`,
-  cpu: "0",
-  env: { ACCESS_LOG: "0" },
-  script: `${base}/main.ts`,
-  logFile: `${dir}/relay-base.log`,
-});
+const baseRow = base === undefined ? null : await relayRow("relay-base", base, []);
+const baseRelay = baseRow?.proc ?? null, basePort = baseRow?.port ?? 0;
 const v8 = flags.get("v8");
-const v8Port = freePort();
-const v8Relay = v8 === undefined ? null : await startRelay("relay-v8", {
-  port: v8Port,
-  upstream: `http://127.0.0.1:${ssePort}`,
-  cpu: "0",
-  env: { ACCESS_LOG: "0" },
-  denoFlags: [`--v8-flags=${v8}`],
-  script: `${root}/main.ts`,
-  logFile: `${dir}/relay-v8.log`,
-});
+const v8Row = v8 === undefined ? null : await relayRow("relay-v8", root, [`--v8-flags=${v8}`]);
+const v8Relay = v8Row?.proc ?? null, v8Port = v8Row?.port ?? 0;
 await sleep(1000);
 const res: Record<string, number[]> = { relay: [], min: [] };
 const p99s: Record<string, number[]> = {};
