@@ -390,6 +390,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     }
     if (announced !== null) ctx.requestBytes = announced || 0;
     ctx.exchangeStart = now();
+    const ownServer = server?.kind === "relay";
     const result = await forward(req, {
       length: announced,
       upstreams,
@@ -400,8 +401,9 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       retryBodyMaxBytes: cfg.retryBodyMaxBytes,
       health,
       body: limited,
-      watchBody: server?.kind === "relay" ? undefined : watchBody,
-      writesFieldLines: server?.kind === "relay",
+      // The own server watches its own writes and writes the registered field lines.
+      watchBody: ownServer ? undefined : watchBody,
+      writesFieldLines: ownServer,
       tap: bodyTap(ctx),
       requestId: ctx.id,
     }).catch((err) => {

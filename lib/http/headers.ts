@@ -219,7 +219,7 @@ export function isKeyParam(rawName: string): boolean {
 export function isEventStream(headers: ReadonlyArray<readonly [string, string]>): boolean {
   for (let i = 0; i < headers.length; i++) {
     const [name, value] = headers[i]!;
-    if (name.length === 12 && name.toLowerCase() === "content-type") {
+    if (sameName(name, "content-type")) {
       return value.trimStart().toLowerCase().startsWith("text/event-stream");
     }
   }

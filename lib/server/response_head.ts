@@ -9,7 +9,7 @@
  */
 
 import { errorBody, type RelayError } from "../errors.ts";
-import { concat, encodeLatin1 } from "../http/mod.ts";
+import { concat, encodeLatin1, putLatin1 } from "../http/mod.ts";
 
 const encoder = new TextEncoder();
 
@@ -117,14 +117,14 @@ export function headTail(hasDate: boolean, keep: boolean, http10: boolean): stri
 export type Part = string | Uint8Array;
 
 /**
- * Copies parts into `out`; returns the length. Strings are copied char by char: header values are
- * ByteStrings (Latin-1), which TextEncoder would turn into UTF-8.
+ * Copies parts into `out`; returns the length. Strings are written as Latin-1: header values are
+ * ByteStrings, which TextEncoder would turn into UTF-8.
  */
 export function fill(out: Uint8Array, parts: Part[]): number {
   let off = 0;
   for (const p of parts) {
     if (typeof p === "string") {
-      for (let i = 0; i < p.length; i++) out[off++] = p.charCodeAt(i);
+      off = putLatin1(out, off, p);
     } else {
       out.set(p, off);
       off += p.byteLength;
