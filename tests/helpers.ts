@@ -178,29 +178,34 @@ export interface RawResponse {
   headers: Map<string, string>;
   /** Body bytes exactly as received (de-chunked when chunked). */
   body: Uint8Array;
-  /** The client closed the connection after `closeAfterMs`: the server had not. */
+  /** The client closed the connection after `closeAfterAnswerMs`: the server had not. */
   closedByClient: boolean;
 }
 
 /**
  * Sends raw request bytes on a new connection and reads the whole response until the server
  * closes (send `connection: close`). Body bytes are not decoded: what the relay sent is what
- * this returns (chunked framing removed). With `closeAfterMs`, the client closes the connection
- * itself after that long and returns what it got (for a server that rightly keeps it open).
+ * this returns (chunked framing removed). With `closeAfterAnswerMs`, the client closes the
+ * connection itself that long after the first bytes of the answer arrived, and returns what it got
+ * (for a server that keeps it open after answering). No answer at all still waits: a hang stays a
+ * failure, and a slow machine only delays the answer, not the grace after it.
  */
 export async function rawRequest(
   port: number,
   request: string | Uint8Array,
-  opts: { closeAfterMs?: number } = {},
+  opts: { closeAfterAnswerMs?: number } = {},
 ): Promise<RawResponse> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   let closedByClient = false;
-  const timer = opts.closeAfterMs === undefined ? undefined : setTimeout(() => {
-    closedByClient = true;
-    try {
-      conn.close();
-    } catch { /* closed */ }
-  }, opts.closeAfterMs);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const graceAfterAnswer = (ms: number) => {
+    timer = setTimeout(() => {
+      closedByClient = true;
+      try {
+        conn.close();
+      } catch { /* closed */ }
+    }, ms);
+  };
   try {
     await writeAll(conn, request);
     const parts: Uint8Array[] = [];
@@ -208,6 +213,9 @@ export async function rawRequest(
     while (true) {
       const n = await conn.read(chunk).catch(() => null);
       if (n === null) break;
+      if (parts.length === 0 && opts.closeAfterAnswerMs !== undefined) {
+        graceAfterAnswer(opts.closeAfterAnswerMs);
+      }
       parts.push(chunk.slice(0, n));
     }
     const all = concat(parts);
