@@ -108,6 +108,8 @@ export interface FileResult {
   ignored: number;
   /** Set when the run gave no summary: killed at the time limit, or crashed. */
   problem?: string;
+  /** Each failed test with the start of its error ({@link failureReports}). */
+  reports?: string[];
 }
 
 // Deno colours its report even into a pipe.
@@ -138,6 +140,48 @@ export function runningTest(output: string): string | null {
     if (line.endsWith(" ...")) return line.slice(0, -4);
   }
   return null;
+}
+
+/**
+ * Each failed test of a file with the first lines of its error, from Deno's ERRORS section, so
+ * the run's closing summary says why, not only where: CI keeps only the tail of a long log.
+ */
+export function failureReports(output: string, maxLines = 10): string[] {
+  const lines = output.replace(ANSI, "").split("\n").map((l) => l.trimEnd());
+  const start = lines.findIndex((l) => l.trim() === "ERRORS");
+  if (start < 0) return [];
+  const reports: string[] = [];
+  let current: string[] | null = null;
+  let done = false;
+  for (const line of lines.slice(start + 1)) {
+    if (line.trim() === "FAILURES") break;
+    const head = / => (\S+:\d+:\d+)$/.exec(line);
+    const uncaught = /^(\S+) \(uncaught error\)$/.exec(line);
+    if (head !== null || uncaught !== null) {
+      if (current !== null) reports.push(current.join("\n"));
+      current = [
+        head !== null
+          ? `"${line.slice(0, head.index)}" (${head[1]})`
+          : `uncaught in ${uncaught![1]}`,
+      ];
+      done = false;
+      continue;
+    }
+    if (current === null || done || line.trim() === "") continue;
+    // The source excerpt (a line, then a caret under it) and the stack repeat the location.
+    if (/^\s*\^+$/.test(line)) {
+      if (current.length > 1) current.pop();
+      done = true;
+      continue;
+    }
+    if (/^\s+at /.test(line)) {
+      done = true;
+      continue;
+    }
+    if (current.length <= maxLines) current.push(`  ${line}`);
+  }
+  if (current !== null) reports.push(current.join("\n"));
+  return reports;
 }
 
 /** Test files under `paths` (files are taken as given), sorted. */
@@ -225,7 +269,7 @@ async function runFile(
   if (!status.success && summary.failed === 0) {
     return { ...summary, failed: 1, problem: `exited ${status.code}`, ms };
   }
-  return { ...summary, ms };
+  return { ...summary, reports: failureReports(output), ms };
 }
 
 async function main(): Promise<number> {
@@ -269,8 +313,11 @@ async function main(): Promise<number> {
       total.ignored += r.ignored;
       times.push([file, r.ms]);
       if (r.failed > 0) {
+        const why = (r.reports ?? []).map((t) => `\n    ${t.replaceAll("\n", "\n    ")}`).join("");
         bad.push(
-          `  ${file}: ${r.problem ?? `${r.failed} failed`}\n    rerun: ${rerun(server, file)}`,
+          `  ${file}: ${r.problem ?? `${r.failed} failed`}${why}\n    rerun: ${
+            rerun(server, file)
+          }`,
         );
       }
     }

@@ -4,7 +4,13 @@
  */
 
 import assert from "node:assert/strict";
-import { parseArgs, parseSummary, runningTest, shuffled } from "../scripts/run_tests.ts";
+import {
+  failureReports,
+  parseArgs,
+  parseSummary,
+  runningTest,
+  shuffled,
+} from "../scripts/run_tests.ts";
 
 Deno.test("parseSummary reads Deno's last summary line, coloured or not", () => {
   assert.deepEqual(parseSummary("x ... ok (1ms)\n\nok | 3 passed | 0 failed | 2 ignored (2s)\n"), {
@@ -23,6 +29,52 @@ Deno.test("runningTest names the test whose result never came, and nothing when 
   assert.equal(runningTest(killed), "this one hangs for ever");
   assert.equal(runningTest("a ... ok (1ms)\nb ... FAILED (2s)\n"), null);
   assert.equal(runningTest(""), null);
+});
+
+Deno.test("failureReports gives each failed test with its error, without source excerpt or stack", () => {
+  const c = (code: string, text: string) => `\x1b[0m\x1b[${code}m${text}\x1b[0m`;
+  const output = [
+    "first ... " + c("31", "FAILED") + " (1ms)",
+    "",
+    c("1m\x1b[37m\x1b[41", " ERRORS "),
+    "",
+    `the second request is fast ${c("38;5;245", "=> ./tests/x_test.ts:3:6")}`,
+    `${c("31", "error")}: AssertionError: second request took 1234 ms`,
+    '  assert.ok(second < 1000, "second request took");',
+    c("31", "           ^"),
+    `    at ${c("36", "file:///w/tests/x_test.ts")}:3:57`,
+    "",
+    "lists match => ./tests/x_test.ts:9:6",
+    "error: AssertionError: Expected values to be strictly deep-equal:",
+    "+ actual - expected",
+    "",
+    "- 3",
+    "    at file:///w/tests/x_test.ts:9:47",
+    "",
+    "./tests/x_test.ts (uncaught error)",
+    "error: Error: late",
+    "    at Timeout._onTimeout (file:///w/tests/x_test.ts:1:49)",
+    "",
+    c("1m\x1b[37m\x1b[41", " FAILURES "),
+    "",
+    "the second request is fast => ./tests/x_test.ts:3:6",
+    "",
+    "FAILED | 1 passed | 2 failed (1s)",
+  ].join("\n");
+  assert.deepEqual(failureReports(output), [
+    '"the second request is fast" (./tests/x_test.ts:3:6)\n' +
+    "  error: AssertionError: second request took 1234 ms",
+    '"lists match" (./tests/x_test.ts:9:6)\n' +
+    "  error: AssertionError: Expected values to be strictly deep-equal:\n" +
+    "  + actual - expected\n  - 3",
+    "uncaught in ./tests/x_test.ts\n  error: Error: late",
+  ]);
+  assert.equal(
+    failureReports(output, 1)[1],
+    '"lists match" (./tests/x_test.ts:9:6)\n' +
+      "  error: AssertionError: Expected values to be strictly deep-equal:",
+  );
+  assert.deepEqual(failureReports("a ... ok (1ms)\n\nok | 1 passed | 0 failed (1s)\n"), []);
 });
 
 Deno.test("shuffled gives the same order for the same seed and a permutation of the input", () => {
