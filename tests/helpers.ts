@@ -451,15 +451,20 @@ function callerLocation(): string {
   return "unknown location";
 }
 
-/** Polls until `cond` holds or `ms` passes. */
+/**
+ * Polls until `cond` holds or `ms` passes. `what` names the condition in the timeout error; as a
+ * function it is asked only then, so the error can show the state that was reached.
+ */
 export async function waitFor(
   cond: () => boolean | Promise<boolean>,
   ms = 3000,
-  what = "condition",
+  what: string | (() => string) = "condition",
 ): Promise<void> {
   const end = Date.now() + ms;
   while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > end) {
+      throw new Error(`timed out waiting for ${typeof what === "string" ? what : what()}`);
+    }
     await delay(10);
   }
 }

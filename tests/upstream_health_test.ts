@@ -89,46 +89,48 @@ deadline.test("a request never waits on a known-dead upstream's connect timeout 
 });
 
 deadline.test("an active probe brings a recovered upstream back to first place", async () => {
-  const port = closedPort();
+  // The primary keeps its port the whole time: while "down" it drops every connection unanswered
+  // (as A does while it restarts behind a proxy). A port released and bound again later could be
+  // taken meanwhile by one of the test's own outgoing connections.
+  let primaryUp = false;
+  const primary = startRawUpstream(async (conn) => {
+    while (primaryUp) {
+      const req = await readRequestHead(conn);
+      if (req === null) return;
+      const body = req.head.split(" ")[1] === "/v1/_ping" ? '{"status":"pong"}' : "primary";
+      await writeAll(conn, `HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+    }
+  });
   const backup = startUpstream(() => new Response("backup"));
   const relay = startRelay(
     {
-      UPSTREAM_SERVER_A: `http://127.0.0.1:${port},${backup.url}`,
+      UPSTREAM_SERVER_A: `${primary.url},${backup.url}`,
       HEALTH_CHECK_SEC: "0.2",
       UPSTREAM_KEEPWARM_SEC: "0",
     },
     { background: true },
   );
-  let primary: Deno.HttpServer | undefined;
+  const health = () =>
+    relay.app.debugInfo().upstreamHealth as Array<
+      { state: string; lastProbeMs?: number; lastError?: string }
+    >;
   try {
     await waitFor(
-      () => {
-        const h = relay.app.debugInfo().upstreamHealth as Array<{ state: string }>;
-        return h[0]!.state === "down";
-      },
+      () => health()[0]!.state === "down",
       3000,
       "primary marked down by the start-up probe",
     );
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "backup");
-    primary = Deno.serve(
-      { hostname: "127.0.0.1", port, onListen() {} },
-      (req) =>
-        new Response(new URL(req.url).pathname === "/v1/_ping" ? '{"status":"pong"}' : "primary"),
-    );
+    primaryUp = true;
     await waitFor(
-      () => {
-        const h = relay.app.debugInfo().upstreamHealth as Array<
-          { state: string; lastProbeMs?: number }
-        >;
-        return h[0]!.state === "up" && typeof h[0]!.lastProbeMs === "number";
-      },
+      () => health()[0]!.state === "up" && typeof health()[0]!.lastProbeMs === "number",
       3000,
-      "primary back up",
+      () => `primary back up (its health now: ${JSON.stringify(health()[0])})`,
     );
     assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "primary");
   } finally {
     await relay.close();
-    await primary?.shutdown();
+    primary.close();
     await backup.close();
   }
 });
@@ -189,11 +191,16 @@ deadline.test("keep-warm keeps a connection to A open across idle periods longer
       const before = a.up.connections;
       const pausedAt = performance.now();
       const old = () => a.conns.slice(0, before);
+      const seen = () =>
+        JSON.stringify(a.conns.map((c) => ({
+          ...c,
+          requests: c.requests.map((r) => `${r.path} +${Math.round(r.at - pausedAt)} ms`),
+        })));
       if (keepWarm === "0") {
         await waitFor(
           () => old().every((c) => c.idleClosed),
           idleMs + 10_000,
-          "A closing the relay's idle connections",
+          () => `A closing the relay's idle connections (A's view: ${seen()})`,
         );
         assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "ok");
         assert.ok(
@@ -209,7 +216,9 @@ deadline.test("keep-warm keeps a connection to A open across idle periods longer
               c.requests.some((r) => r.path === "/v1/_ping" && r.at - pausedAt > 1.5 * idleMs)
             ),
           idleMs + 10_000,
-          "a keep-warm ping after A's idle limit on a connection opened before the pause",
+          () =>
+            "a keep-warm ping after A's idle limit on a connection opened before the pause " +
+            `(A's view: ${seen()})`,
         );
         assert.ok(
           old().some((c) => !c.idleClosed),
