@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { respond, type ResponseSink } from "../lib/server/response_writer.ts";
 import { Exchange } from "../lib/server/exchange.ts";
+import { type WriteSlab, WriteSlabs } from "../lib/server/write_slabs.ts";
 import { type BodyReaderLike, withDirectBody, withFieldLines } from "../lib/http/mod.ts";
 
 const enc = new TextEncoder();
@@ -20,25 +21,27 @@ class Sink implements ResponseSink {
   readonly writes: string[] = [];
   closed = false;
   constructor(readonly slow = false) {}
-  async write(bytes: Uint8Array, pooled?: Uint8Array): Promise<boolean> {
+  async write(bytes: Uint8Array, slab?: WriteSlab): Promise<boolean> {
     if (this.slow) await new Promise((r) => setTimeout(r, 1));
     this.out.push(...bytes);
     this.writes.push(dec.decode(bytes));
-    if (pooled !== undefined) {
-      assert.equal(bytes.buffer, pooled.buffer, "the bytes written are in the buffer given back");
-      assert.ok(this.lent.delete(pooled), "a pooled buffer is given back once");
+    if (slab !== undefined) {
+      assert.equal(bytes.buffer, slab.bytes.buffer, "the bytes written are in the slab released");
+      assert.ok(this.lent > 0, "a slab region is released once");
+      this.lent--;
+      this.slabs.release(slab);
     }
     return true;
   }
   close(): void {
     this.closed = true;
   }
-  /** Pooled buffers handed out and not given back yet. */
-  readonly lent = new Set<Uint8Array>();
-  takeBuffer(): Uint8Array {
-    const buf = new Uint8Array(16 * 1024);
-    this.lent.add(buf);
-    return buf;
+  /** Slab regions reserved and not released yet. */
+  lent = 0;
+  readonly slabs = new WriteSlabs();
+  reserve(n: number): WriteSlab {
+    this.lent++;
+    return this.slabs.reserve(n);
   }
   text(): string {
     return dec.decode(new Uint8Array(this.out));
@@ -107,7 +110,7 @@ for (const [shape, groups] of Object.entries(GROUPS)) {
       const body = bodyOf(sink.text());
       // Chunked framing: strip the size lines.
       assert.equal(unchunk(body), expected);
-      assert.equal(sink.lent.size, 0, "every pooled write buffer came back");
+      assert.equal(sink.lent, 0, "every reserved slab region was released");
     });
     Deno.test(`lent chunks reach the client intact: JSON, ${shape}${how}`, async () => {
       const sink = new Sink(slow);
@@ -115,14 +118,14 @@ for (const [shape, groups] of Object.entries(GROUPS)) {
       const wire = sink.text();
       const body = bodyOf(wire);
       assert.equal(/transfer-encoding: chunked/.test(wire) ? unchunk(body) : body, expected);
-      assert.equal(sink.lent.size, 0, "every pooled write buffer came back");
+      assert.equal(sink.lent, 0, "every reserved slab region was released");
     });
     Deno.test(`lent chunks reach the client intact: content-length, ${shape}${how}`, async () => {
       const sink = new Sink(slow);
       const length = enc.encode(expected).byteLength;
       await respond(sink, response("application/json", groups, length), false, false, true, ex());
       assert.equal(bodyOf(sink.text()), expected);
-      assert.equal(sink.lent.size, 0, "every pooled write buffer came back");
+      assert.equal(sink.lent, 0, "every reserved slab region was released");
     });
   }
 }

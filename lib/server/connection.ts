@@ -16,6 +16,7 @@
 import { badRequest, parseRequestHead, type RequestHead, requestUrl } from "./request_head.ts";
 import { Exchange, RequestBody } from "./exchange.ts";
 import { POOL_BUF, respond, type ResponseSink } from "./response_writer.ts";
+import type { WriteSlab, WriteSlabs } from "./write_slabs.ts";
 import { errorBytes } from "./response_head.ts";
 import { takeUpgrade, type Upgrade } from "./upgrade.ts";
 import type { DropReason, Http1Handler } from "./types.ts";
@@ -50,8 +51,11 @@ export interface ConnectionHost {
   dropped(reason: DropReason): void;
   /** Sends an error answer and closes after a short linger. */
   linger(conn: Deno.Conn, bytes: Uint8Array): void;
+  /** Pooled read buffers of {@link POOL_BUF} bytes. */
   takeBuffer(): Uint8Array;
   giveBuffer(buf: Uint8Array): void;
+  /** Memory for small response writes. */
+  readonly slabs: WriteSlabs;
   /** The connection is gone (exactly once). */
   remove(c: Connection): void;
 }
@@ -735,8 +739,8 @@ export class Connection implements Watched, ResponseSink {
     this.#close();
   }
 
-  takeBuffer(): Uint8Array {
-    return this.#server.takeBuffer();
+  reserve(n: number): WriteSlab {
+    return this.#server.slabs.reserve(n);
   }
 
   /**
@@ -744,7 +748,7 @@ export class Connection implements Watched, ResponseSink {
    * function: a write the socket takes whole (nearly all of them) costs the op's promise and one
    * reaction, where an async frame per write was most of the garbage an SSE event made.
    */
-  write(bytes: Uint8Array, pooled?: Uint8Array): Promise<boolean> {
+  write(bytes: Uint8Array, slab?: WriteSlab): Promise<boolean> {
     this.#server.sendDog?.watch(this.#send);
     let written: Promise<number>;
     try {
@@ -752,15 +756,16 @@ export class Connection implements Watched, ResponseSink {
     } catch {
       return Promise.resolve(this.#writeFailed());
     }
-    // A failed write (rare) does not give `pooled` back: that buffer is left to the GC.
+    // A failed write (rare) does not release its slab region: that slab is never used again and
+    // is left to the GC once full.
     return written.then(
-      (n) => n >= bytes.byteLength ? this.#wrote(pooled) : this.#writeRest(bytes, n, pooled),
+      (n) => n >= bytes.byteLength ? this.#wrote(slab) : this.#writeRest(bytes, n, slab),
       this.#writeFailed,
     );
   }
 
   /** The rest of a write the socket took only part of: the client reads slowly. */
-  async #writeRest(bytes: Uint8Array, off: number, pooled?: Uint8Array): Promise<boolean> {
+  async #writeRest(bytes: Uint8Array, off: number, slab?: WriteSlab): Promise<boolean> {
     const dog = this.#server.sendDog;
     try {
       while (off < bytes.byteLength) {
@@ -771,13 +776,13 @@ export class Connection implements Watched, ResponseSink {
     } catch {
       return this.#writeFailed();
     }
-    return this.#wrote(pooled);
+    return this.#wrote(slab);
   }
 
-  #wrote(pooled: Uint8Array | undefined): boolean {
+  #wrote(slab: WriteSlab | undefined): boolean {
     this.#server.sendDog?.unwatch(this.#send);
-    // Only now is the socket done with the bytes: the buffer may be filled again.
-    if (pooled !== undefined) this.#server.giveBuffer(pooled);
+    // Only now is the socket done with the bytes: the region may be filled again.
+    if (slab !== undefined) this.#server.slabs.release(slab);
     return true;
   }
 

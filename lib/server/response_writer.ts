@@ -15,12 +15,14 @@ import type { Exchange } from "./exchange.ts";
 import { toRelayError } from "../errors.ts";
 import { type BodyReaderLike, eachFieldLine, takeDirectBody } from "../http/mod.ts";
 import { staticBody } from "../http/mod.ts";
+import type { WriteSlab } from "./write_slabs.ts";
 
 /** Most bytes of a response gathered into one write when several chunks are ready at once. */
 const MAX_COALESCE = 128 * 1024;
 /**
- * Size of the pooled write buffers. A fresh Uint8Array costs ~0.8 µs in Deno (off-heap, zeroed);
- * small writes (heads, JSON answers, SSE events) go through a buffer taken from a pool instead.
+ * Largest write made in reserved slab memory, and the size of the pooled read buffers. A fresh
+ * Uint8Array costs ~0.8 µs in Deno (off-heap, zeroed); small writes (heads, JSON answers, SSE
+ * events) go through a region of a shared slab instead (write_slabs.ts).
  */
 export const POOL_BUF = 16 * 1024;
 /** Microtask turns to wait for a body chunk that a stream produces without real I/O. */
@@ -31,15 +33,18 @@ const noop = (): void => {};
 /** Where a response goes: the connection, seen from the writer. */
 export interface ResponseSink {
   /**
-   * Writes all of `bytes`; false (and the exchange aborted) if the client is gone. `pooled`, when
-   * given, is the {@link takeBuffer} buffer `bytes` lives in, given back once the write completed.
+   * Writes all of `bytes`; false (and the exchange aborted) if the client is gone. `slab`, when
+   * given, is the {@link reserve} slab `bytes` lives in, released once the write completed.
    */
-  write(bytes: Uint8Array, pooled?: Uint8Array): Promise<boolean>;
+  write(bytes: Uint8Array, slab?: WriteSlab): Promise<boolean>;
   readonly closed: boolean;
   /** Closes the socket (a broken body: the client must see the response end short). */
   close(): void;
-  /** A write buffer of {@link POOL_BUF} bytes, given back by passing it to {@link write}. */
-  takeBuffer(): Uint8Array;
+  /**
+   * `n` bytes (at most {@link POOL_BUF}) for one write, at the returned slab's `view`; given back
+   * by passing the slab to {@link write}.
+   */
+  reserve(n: number): WriteSlab;
 }
 
 /**
@@ -122,12 +127,13 @@ function flush(sink: ResponseSink, parts: Part[], total: number): Promise<boolea
     return sink.write(only);
   }
   if (total <= POOL_BUF) {
-    const buf = sink.takeBuffer();
-    const n = fill(buf, parts);
+    const slab = sink.reserve(total);
+    const view = slab.view;
+    const n = fill(view, parts);
     parts.length = 0;
-    // The sink gives the buffer back when the write is done: no closure and no promise of its
-    // own per SSE event.
-    return sink.write(buf.subarray(0, n), buf);
+    // The sink releases the slab when the write is done: no closure and no promise of its own
+    // per SSE event.
+    return sink.write(n === total ? view : view.subarray(0, n), slab);
   }
   if (total <= MAX_COALESCE || parts.length === 1) {
     const out = new Uint8Array(total);

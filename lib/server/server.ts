@@ -55,6 +55,7 @@ import { overloaded, PerIpCap, tooManyConnections } from "./conn_limit.ts";
 import { closeQuietly, Connection, type ConnectionHost, writeAll } from "./connection.ts";
 import { errorBytes } from "./response_head.ts";
 import { POOL_BUF } from "./response_writer.ts";
+import { WriteSlabs } from "./write_slabs.ts";
 import type { DropReason, Http1Handler, Http1Server, Http1ServerOptions } from "./types.ts";
 import { errorResponse, toRelayError } from "../errors.ts";
 import { Watchdog, type Watched } from "../http/mod.ts";
@@ -77,7 +78,7 @@ const DEFAULT_HEADER_TIMEOUT_MS = 20_000;
 const DEFAULT_IDLE_TIMEOUT_MS = 75_000;
 const DEFAULT_SEND_TIMEOUT_MS = 60_000;
 const DEFAULT_MAX_HEAD_BYTES = 64 * 1024;
-/** Pooled write buffers kept for reuse (each is in use only while its write is in flight). */
+/** Pooled read buffers kept for reuse (a connection holds one while a long head arrives). */
 const POOL_KEEP = 64;
 /** After an error answer: how long and how much of the client's data is read before closing. */
 const LINGER_MS = 1000;
@@ -108,6 +109,7 @@ class Server implements Http1Server, ConnectionHost {
   readonly conns: Set<Connection> = new Set();
   readonly #lingering = new Set<Deno.Conn>();
   readonly #pool: Uint8Array[] = [];
+  readonly slabs: WriteSlabs = new WriteSlabs();
   readonly #listener: Deno.TcpListener;
   readonly #onError: ((err: unknown) => Response | Promise<Response>) | undefined;
   readonly #onAcceptError: ((err: unknown) => void) | undefined;
@@ -253,7 +255,7 @@ class Server implements Http1Server, ConnectionHost {
     })();
   }
 
-  /** A write buffer of {@link POOL_BUF} bytes; give it back once its write has completed. */
+  /** A read buffer of {@link POOL_BUF} bytes; give it back once the connection is done with it. */
   takeBuffer(): Uint8Array {
     return this.#pool.pop() ?? new Uint8Array(POOL_BUF);
   }
