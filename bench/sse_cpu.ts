@@ -1,6 +1,8 @@
 /**
  * SSE CPU per event, the relay (own server) against deno-minimal, 3 alternating rounds (`--rounds`, after one uncounted warm-up round) of 1,000
- * streams x 10 events (`--streams`, `--events`, `--interval-ms` change the shape); each proxy is charged only its own run. `--prof` adds a `--cpu-prof` summary.
+ * streams x 10 events (`--streams`, `--events`, `--interval-ms` change the shape, `--ramp-ms` the time
+ * over which the streams open: short, and their events coincide); each proxy is charged only its own
+ * run. `--prof` adds a `--cpu-prof` summary. Each row's peak RSS over all its rounds is printed too.
  *
  * `--base=TREE` adds the relay of another tree (e.g. a `git worktree` of an older commit) to the
  * rotation, for an A/B; runs on this shared machine swing by ±15 %, so take 5 or more rounds.
@@ -13,6 +15,7 @@ import {
   cpuSeconds,
   freePort,
   median,
+  memory,
   numFlag,
   parseFlags,
   sleep,
@@ -28,7 +31,8 @@ const prof = flags.has("prof");
 // More events per stream at the same total time separate the per-event cost from the per-stream one.
 const events = numFlag(flags, "events", 10),
   intervalMs = numFlag(flags, "interval-ms", 500),
-  streams = numFlag(flags, "streams", 1000);
+  streams = numFlag(flags, "streams", 1000),
+  rampMs = numFlag(flags, "ramp-ms", 2000);
 const ssePort = freePort(), minPort = freePort();
 const dir = await Deno.makeTempDir();
 /** A relay of tree `tree` on core 0 in front of the SSE upstream, as row `name`. */
@@ -89,7 +93,7 @@ for (let k = 0; k <= rounds; k++) {
       streams,
       events,
       intervalMs,
-      rampMs: 2000,
+      rampMs,
       maxSec: 60,
       targets: [`${name}=http://127.0.0.1:${port}/v1/chat/completions`],
       cpu: "1",
@@ -121,6 +125,11 @@ console.log(
 console.log(
   "median p99 event delay, ms:",
   Object.entries(p99s).map(([name, xs]) => `${name} ${median(xs)} (${xs.join(", ")})`).join("; "),
+);
+// deno-lint-ignore no-console
+console.log(
+  "peak RSS over all rounds, MB:",
+  rows.map(([name, , pid]) => `${name} ${memory(pid).peakMb}`).join("; "),
 );
 await relay.stop(8000);
 await baseRelay?.stop(8000);
