@@ -1,0 +1,150 @@
+/**
+ * The one coarse timer behind every idle, header and send deadline (lib/http/watchdog.ts): what
+ * it expires and when, and that an item it no longer watches is not kept alive by it, not even
+ * for young-generation GCs (each watched exchange holds its whole request).
+ */
+
+import assert from "node:assert/strict";
+import { Watchdog, type Watched } from "../lib/http/watchdog.ts";
+import { deadline, waitFor } from "./helpers.ts";
+
+function item(onExpire: () => void = () => {}): Watched & { expired: number } {
+  const it = {
+    lastTick: 0,
+    expired: 0,
+    expire() {
+      it.expired++;
+      onExpire();
+    },
+  };
+  return it;
+}
+
+deadline.test("a silent item expires once, an active or unwatched one never", async () => {
+  const dog = new Watchdog(50);
+  const silent = item(), active = item(), gone = item();
+  dog.watch(silent);
+  dog.watch(active);
+  dog.watch(gone);
+  dog.watch(gone); // watching twice is watching once
+  assert.equal(dog.size, 3);
+  dog.unwatch(gone);
+  dog.unwatch(gone);
+  assert.equal(dog.size, 2);
+  const keepActive = setInterval(() => (active.lastTick = dog.tick), 5);
+  try {
+    await waitFor(() => silent.expired > 0, 2000, "the silent item to expire");
+    await new Promise((r) => setTimeout(r, 120));
+    assert.equal(silent.expired, 1);
+    assert.equal(active.expired, 0);
+    assert.equal(gone.expired, 0);
+    assert.equal(dog.size, 1);
+  } finally {
+    clearInterval(keepActive);
+    dog.close();
+  }
+  assert.equal(dog.size, 0);
+});
+
+Deno.test("an item in two watchdogs is watched by each on its own", () => {
+  const a = new Watchdog(60_000), b = new Watchdog(60_000);
+  const x = item(), y = item();
+  a.watch(x);
+  a.watch(y);
+  b.watch(y);
+  b.watch(x);
+  a.unwatch(y);
+  assert.equal(a.size, 1);
+  assert.equal(b.size, 2);
+  b.unwatch(x);
+  a.unwatch(x);
+  assert.equal(a.size, 0);
+  assert.equal(b.size, 1);
+  b.unwatch(y);
+  assert.equal(b.size, 0);
+  a.close();
+  b.close();
+});
+
+deadline.test("expiring items may unwatch and watch others during the sweep: each silent one expires once", async () => {
+  const dog = new Watchdog(50);
+  const items: Array<Watched & { expired: number }> = [];
+  const unwatched = new Set<Watched>();
+  for (let i = 0; i < 40; i++) {
+    items.push(item(() => {
+      // From inside the sweep: unwatches another item, and watches a new one.
+      const other = items[(i * 7 + 3) % items.length]!;
+      if (other.expired === 0) unwatched.add(other);
+      dog.unwatch(other);
+      dog.watch(item());
+    }));
+  }
+  for (const it of items) dog.watch(it);
+  try {
+    await waitFor(
+      () => items.every((it) => it.expired > 0 || unwatched.has(it)),
+      3000,
+      () => `every item expired or unwatched (${items.filter((it) => it.expired).length} expired)`,
+    );
+    // Two more sweeps' time: nothing expires twice, and nothing unwatched expires later.
+    const after = items.map((it) => it.expired);
+    await new Promise((r) => setTimeout(r, 120));
+    assert.deepEqual(items.map((it) => it.expired), after);
+    assert.ok(items.every((it) => it.expired <= 1), "an item expired twice");
+    assert.ok(items.every((it) => it.expired === 1 || unwatched.has(it)));
+  } finally {
+    dog.close();
+  }
+});
+
+deadline.test("an item unwatched is not kept alive by the watchdog through young-generation GCs", async () => {
+  const gc = (globalThis as { gc?: (o?: { type: string }) => void }).gc;
+  if (gc === undefined) throw new Error("run with --v8-flags=--expose-gc (deno task test does)");
+  const control = await churn(gc, null);
+  const dog = new Watchdog(60_000);
+  // The watchdog lives long, as in the relay: its storage is in the old generation.
+  dog.watch(item());
+  gc();
+  const watched = await churn(gc, dog);
+  dog.close();
+  // The control (the same churn, no watchdog) counts what survives anyway: items promoted by a
+  // GC that came while they were in flight.
+  assert.ok(
+    watched.survived <= control.survived + 50,
+    `${watched.survived} of ${watched.made} unwatched items survived two young-generation GCs ` +
+      `(${control.survived} without the watchdog)`,
+  );
+});
+
+/**
+ * Makes 2,000 items like requests (~10 in flight, each watched by `dog` while it lasts, with a
+ * payload of its own), then runs two young-generation GCs: how many of them are still alive.
+ */
+async function churn(
+  gc: (o?: { type: string }) => void,
+  dog: Watchdog | null,
+): Promise<{ made: number; survived: number }> {
+  let made = 0, collected = 0;
+  const registry = new FinalizationRegistry(() => collected++);
+  const inFlight: Watched[] = [];
+  for (let round = 0; round < 200; round++) {
+    for (let k = 0; k < 10; k++) {
+      const it = Object.assign(item(), { payload: Array.from({ length: 50 }, (_, i) => ({ i })) });
+      registry.register(it, null);
+      made++;
+      dog?.watch(it);
+      inFlight.push(it);
+    }
+    while (inFlight.length > 5) {
+      const done = inFlight.shift()!;
+      dog?.unwatch(done);
+    }
+    if (round % 20 === 0) await new Promise((r) => setTimeout(r, 0));
+  }
+  for (const it of inFlight.splice(0)) dog?.unwatch(it);
+  gc({ type: "minor" });
+  gc({ type: "minor" });
+  // Finalization callbacks run as tasks after the GC.
+  for (let i = 0; i < 20 && collected < made; i++) await new Promise((r) => setTimeout(r, 10));
+  return { made, survived: made - collected };
+}
