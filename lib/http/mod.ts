@@ -48,3 +48,4 @@ export {
 export { STATUS_CLASSES, statusClassIndex } from "./status.ts";
 export { TOKEN } from "./syntax.ts";
 export { Watchdog, type Watched } from "./watchdog.ts";
+export { SlotSet } from "./slot_set.ts";

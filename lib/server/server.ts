@@ -58,7 +58,7 @@ import { POOL_BUF } from "./response_writer.ts";
 import { WriteSlabs } from "./write_slabs.ts";
 import type { DropReason, Http1Handler, Http1Server, Http1ServerOptions } from "./types.ts";
 import { errorResponse, toRelayError } from "../errors.ts";
-import { Watchdog, type Watched } from "../http/mod.ts";
+import { SlotSet, Watchdog, type Watched } from "../http/mod.ts";
 
 export type {
   DropReason,
@@ -106,7 +106,8 @@ class Server implements Http1Server, ConnectionHost {
   readonly sendDog: Watchdog | null;
   readonly perIp: PerIpCap;
   readonly lingerDog: Watchdog = new Watchdog(LINGER_MS);
-  readonly conns: Set<Connection> = new Set();
+  /** Open connections; a {@link SlotSet}, as they come and go per request for some clients. */
+  readonly conns: SlotSet<Connection> = new SlotSet();
   readonly #lingering = new Set<Deno.Conn>();
   readonly #pool: Uint8Array[] = [];
   readonly slabs: WriteSlabs = new WriteSlabs();
@@ -292,7 +293,7 @@ class Server implements Http1Server, ConnectionHost {
         this.#backoff.wake();
       }
       for (const conn of this.#lingering) closeQuietly(conn);
-      for (const c of [...this.conns]) c.shutdown();
+      for (const c of this.conns.toArray()) c.shutdown();
       this.#checkFinished();
     }
     return this.finished;
