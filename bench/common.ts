@@ -287,6 +287,22 @@ export const CHAT_REQUEST: string = JSON.stringify({
   messages: [{ role: "user", content: "Say hello." }],
 });
 
+/**
+ * Writes a wrk script into `dir` that POSTs {@link CHAT_REQUEST} as JSON (each request on a new
+ * connection with `close`) and returns its path.
+ */
+export function chatPostScript(dir: string, close = false): string {
+  const path = `${dir}/post.lua`;
+  Deno.writeTextFileSync(
+    path,
+    `wrk.method = "POST"\nwrk.body = [[${CHAT_REQUEST}]]\n` +
+      `wrk.headers["Content-Type"] = "application/json"\n` +
+      `wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"\n` +
+      (close ? `wrk.headers["Connection"] = "close"\n` : ""),
+  );
+  return path;
+}
+
 /** Request headers every row sends; the Portkey ones are ignored by the other rows. */
 export function benchHeaders(upstreamBase: string): Record<string, string> {
   return {

@@ -13,7 +13,7 @@
  *   deno run -A bench/gc_load.ts [--base=TREE] [--c=1,10,50] [--seconds=5] [--close]
  */
 import {
-  CHAT_REQUEST,
+  chatPostScript,
   freePort,
   median,
   numFlag,
@@ -21,7 +21,7 @@ import {
   runToEnd,
   startRelay,
 } from "./common.ts";
-import { startNginx, staticConfig } from "./nginx.ts";
+import { startJsonUpstream } from "./nginx.ts";
 
 const flags = parseFlags(Deno.args);
 const seconds = numFlag(flags, "seconds", 5);
@@ -30,18 +30,8 @@ const trees: Array<[string, string]> = [["relay", new URL("..", import.meta.url)
 const base = flags.get("base");
 if (base !== undefined) trees.push(["relay-base", base]);
 const dir = await Deno.makeTempDir();
-const upPort = freePort();
-const nginx = await startNginx("nginx", `${dir}/nginx`, staticConfig(`${dir}/nginx`, upPort), {
-  cpu: "1",
-  ports: [upPort],
-});
-const script = `${dir}/post.lua`;
-Deno.writeTextFileSync(
-  script,
-  `wrk.method = "POST"\nwrk.body = [[${CHAT_REQUEST}]]\n` +
-    `wrk.headers["Content-Type"] = "application/json"\n` +
-    (flags.has("close") ? `wrk.headers["Connection"] = "close"\n` : ""),
-);
+const nginx = await startJsonUpstream(dir);
+const script = chatPostScript(dir, flags.has("close"));
 
 interface Nvp {
   gc: string;
@@ -70,7 +60,7 @@ for (const c of levels) {
     const port = freePort(), log = `${dir}/${name}-${c}.log`;
     const proc = await startRelay(name, {
       port,
-      upstream: `http://127.0.0.1:${upPort}`,
+      upstream: nginx.url,
       cpu: "0",
       env: { ACCESS_LOG: "0" },
       denoFlags: ["--v8-flags=--trace-gc-nvp"],
@@ -100,7 +90,7 @@ for (const c of levels) {
     );
   }
 }
-await nginx.stop();
+await nginx.proc.stop();
 // deno-lint-ignore no-console
 console.log(
   [

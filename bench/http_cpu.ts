@@ -12,7 +12,7 @@
  */
 import {
   BENCH,
-  CHAT_REQUEST,
+  chatPostScript,
   cpuSeconds,
   freePort,
   median,
@@ -25,26 +25,15 @@ import {
   startRelay,
   waitForPort,
 } from "./common.ts";
-import { startNginx, staticConfig } from "./nginx.ts";
+import { startJsonUpstream } from "./nginx.ts";
 
 const flags = parseFlags(Deno.args);
 const rounds = numFlag(flags, "rounds", 3), seconds = numFlag(flags, "seconds", 5);
 const base = flags.get("base");
 const dir = await Deno.makeTempDir();
-const upPort = freePort();
-const upstream = `http://127.0.0.1:${upPort}`;
-const nginx = await startNginx("nginx", `${dir}/nginx`, staticConfig(`${dir}/nginx`, upPort), {
-  cpu: "1",
-  ports: [upPort],
-});
-const script = `${dir}/post.lua`;
-Deno.writeTextFileSync(
-  script,
-  `wrk.method = "POST"\nwrk.body = [[${CHAT_REQUEST}]]\n` +
-    `wrk.headers["Content-Type"] = "application/json"\n` +
-    `wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"\n` +
-    (flags.has("close") ? `wrk.headers["Connection"] = "close"\n` : ""),
-);
+const nginx = await startJsonUpstream(dir);
+const upstream = nginx.url;
+const script = chatPostScript(dir, flags.has("close"));
 
 interface Row {
   name: string;
@@ -109,7 +98,7 @@ try {
   }
 } finally {
   for (const r of rows) await r.proc.stop();
-  await nginx.stop();
+  await nginx.proc.stop();
 }
 const m = (xs: number[]) => median(xs);
 const pipe = m(rps["tcp-pipe"]!), minimal = m(us["deno-minimal"]!);

@@ -5,7 +5,7 @@
  * one process, so its PID is the worker whose CPU we read) with a generated config in a temp dir.
  */
 
-import { CHAT_JSON, HOST, type Proc, spawn, waitForPort } from "./common.ts";
+import { CHAT_JSON, freePort, HOST, type Proc, spawn, waitForPort } from "./common.ts";
 
 const NGINX = "/usr/sbin/nginx";
 
@@ -101,6 +101,16 @@ export async function startNginx(
   );
   for (const p of opts.ports) await waitForPort(p, 15_000, proc);
   return proc;
+}
+
+/** A fake Server A on core 1: nginx answering every request with the benchmark's ~1 KB JSON. */
+export async function startJsonUpstream(dir: string): Promise<{ proc: Proc; url: string }> {
+  const port = freePort();
+  const proc = await startNginx("nginx", `${dir}/nginx`, staticConfig(`${dir}/nginx`, port), {
+    cpu: "1",
+    ports: [port],
+  });
+  return { proc, url: `http://${HOST}:${port}` };
 }
 
 /** `nginx -v` output, e.g. "nginx/1.22.1". */

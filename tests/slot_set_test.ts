@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { SlotSet } from "../lib/http/slot_set.ts";
+import { exposedGc, youngSurvivors } from "./young_gc.ts";
 
 Deno.test("a SlotSet agrees with a Set of the same objects after any adds and deletes, in two sets at once", () => {
   const op = fc.record({
@@ -49,42 +50,20 @@ Deno.test("a SlotSet agrees with a Set of the same objects after any adds and de
 });
 
 Deno.test("a member deleted from a long-lived SlotSet is not kept alive through young-generation GCs", async () => {
-  const gc = (globalThis as { gc?: (o?: { type: string }) => void }).gc;
-  if (gc === undefined) throw new Error("run with --v8-flags=--expose-gc (deno task test does)");
-  const churn = async (set: SlotSet<object> | Set<object> | null) => {
-    let made = 0, collected = 0;
-    const registry = new FinalizationRegistry(() => collected++);
-    const held: object[] = [];
-    for (let round = 0; round < 200; round++) {
-      for (let k = 0; k < 10; k++) {
-        const member = { payload: Array.from({ length: 50 }, (_, i) => ({ i })) };
-        registry.register(member, null);
-        made++;
-        set?.add(member);
-        held.push(member);
-      }
-      while (held.length > 5) {
-        const done = held.shift()!;
-        set?.delete(done);
-      }
-      if (round % 20 === 0) await new Promise((r) => setTimeout(r, 0));
-    }
-    for (const m of held.splice(0)) set?.delete(m);
-    gc({ type: "minor" });
-    gc({ type: "minor" });
-    for (let i = 0; i < 20 && collected < made; i++) await new Promise((r) => setTimeout(r, 10));
-    return made - collected;
-  };
-  const control = await churn(null);
-  const longLived = (set: SlotSet<object> | Set<object>) => {
+  const gc = exposedGc();
+  const make = () => ({});
+  const churn = (set: { add(o: object): unknown; delete(o: object): unknown } | null) =>
+    youngSurvivors(gc, make, (o) => set?.add(o), (o) => set?.delete(o));
+  const control = (await churn(null)).survived;
+  const longLived = <S extends SlotSet<object> | Set<object>>(set: S): S => {
     set.add({});
     gc(); // the owner and its storage in the old generation, as in the relay
     return set;
   };
-  const slotSet = await churn(longLived(new SlotSet()));
+  const slotSet = (await churn(longLived(new SlotSet()))).survived;
   assert.ok(slotSet <= control + 50, `${slotSet} of 2000 survived (${control} with no set)`);
   // What this guards against, so that the test can fail: a churned Set keeps them.
-  const set = await churn(longLived(new Set()));
+  const set = (await churn(longLived(new Set()))).survived;
   assert.ok(
     set > control + 50,
     `a churned Set kept only ${set} of 2000 alive (${control} with none)`,
@@ -92,8 +71,7 @@ Deno.test("a member deleted from a long-lived SlotSet is not kept alive through 
 });
 
 Deno.test("a SlotSet emptied holds none of its former members", async () => {
-  const gc = (globalThis as { gc?: (o?: { type: string }) => void }).gc;
-  if (gc === undefined) throw new Error("run with --v8-flags=--expose-gc (deno task test does)");
+  const gc = exposedGc();
   const set = new SlotSet<object>();
   let collected = 0;
   const registry = new FinalizationRegistry(() => collected++);

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { Watchdog, type Watched } from "../lib/http/watchdog.ts";
 import { deadline, waitFor } from "./helpers.ts";
+import { exposedGc, youngSurvivors } from "./young_gc.ts";
 
 function item(onExpire: () => void = () => {}): Watched & { expired: number } {
   const it = {
@@ -98,53 +99,18 @@ deadline.test("expiring items may unwatch and watch others during the sweep: eac
 });
 
 deadline.test("an item unwatched is not kept alive by the watchdog through young-generation GCs", async () => {
-  const gc = (globalThis as { gc?: (o?: { type: string }) => void }).gc;
-  if (gc === undefined) throw new Error("run with --v8-flags=--expose-gc (deno task test does)");
-  const control = await churn(gc, null);
+  const gc = exposedGc();
+  const none = () => {};
+  const control = await youngSurvivors(gc, item, none, none);
   const dog = new Watchdog(60_000);
   // The watchdog lives long, as in the relay: its storage is in the old generation.
   dog.watch(item());
   gc();
-  const watched = await churn(gc, dog);
+  const watched = await youngSurvivors(gc, item, (it) => dog.watch(it), (it) => dog.unwatch(it));
   dog.close();
-  // The control (the same churn, no watchdog) counts what survives anyway: items promoted by a
-  // GC that came while they were in flight.
   assert.ok(
     watched.survived <= control.survived + 50,
     `${watched.survived} of ${watched.made} unwatched items survived two young-generation GCs ` +
       `(${control.survived} without the watchdog)`,
   );
 });
-
-/**
- * Makes 2,000 items like requests (~10 in flight, each watched by `dog` while it lasts, with a
- * payload of its own), then runs two young-generation GCs: how many of them are still alive.
- */
-async function churn(
-  gc: (o?: { type: string }) => void,
-  dog: Watchdog | null,
-): Promise<{ made: number; survived: number }> {
-  let made = 0, collected = 0;
-  const registry = new FinalizationRegistry(() => collected++);
-  const inFlight: Watched[] = [];
-  for (let round = 0; round < 200; round++) {
-    for (let k = 0; k < 10; k++) {
-      const it = Object.assign(item(), { payload: Array.from({ length: 50 }, (_, i) => ({ i })) });
-      registry.register(it, null);
-      made++;
-      dog?.watch(it);
-      inFlight.push(it);
-    }
-    while (inFlight.length > 5) {
-      const done = inFlight.shift()!;
-      dog?.unwatch(done);
-    }
-    if (round % 20 === 0) await new Promise((r) => setTimeout(r, 0));
-  }
-  for (const it of inFlight.splice(0)) dog?.unwatch(it);
-  gc({ type: "minor" });
-  gc({ type: "minor" });
-  // Finalization callbacks run as tasks after the GC.
-  for (let i = 0; i < 20 && collected < made; i++) await new Promise((r) => setTimeout(r, 10));
-  return { made, survived: made - collected };
-}
