@@ -14,7 +14,7 @@
  */
 
 /** Default size of one slab: room for four writes of the largest size served from slabs. */
-export const SLAB_BYTES = 64 * 1024;
+const SLAB_BYTES = 64 * 1024;
 /** Slabs whose writes have all completed kept for reuse, besides the one being filled. */
 const KEEP_FREE = 4;
 
@@ -46,13 +46,8 @@ export class WriteSlabs {
     this.#size = size;
   }
 
-  /** The largest region {@link reserve} gives. */
-  get maxBytes(): number {
-    return this.#size;
-  }
-
   /**
-   * Reserves `n` bytes (at most {@link maxBytes}) for one write: returns the slab, with the
+   * Reserves `n` bytes (at most the slab size) for one write: returns the slab, with the
    * region at `slab.view`. Give the slab back with {@link release} once the write has completed.
    */
   reserve(n: number): WriteSlab {
