@@ -288,14 +288,28 @@ export const CHAT_REQUEST: string = JSON.stringify({
 });
 
 /**
- * Writes a wrk script into `dir` that POSTs {@link CHAT_REQUEST} as JSON (each request on a new
- * connection with `close`) and returns its path.
+ * {@link CHAT_REQUEST} with a system prompt that brings it to about `bytes` (a Claude Code request
+ * carries tens of KB: system prompt, tools, the conversation so far).
  */
-export function chatPostScript(dir: string, close = false): string {
+export function paddedChatRequest(bytes: number): string {
+  const pad = Math.max(0, bytes - CHAT_REQUEST.length - 40);
+  const words = "You are a careful assistant. ".repeat(Math.ceil(pad / 29)).slice(0, pad);
+  return JSON.stringify({
+    model: "gpt-4o-mini",
+    messages: [{ role: "system", content: words }, { role: "user", content: "Say hello." }],
+  });
+}
+
+/**
+ * Writes a wrk script into `dir` that POSTs {@link CHAT_REQUEST} as JSON (each request on a new
+ * connection with `close`; padded to `bodyBytes` when given) and returns its path.
+ */
+export function chatPostScript(dir: string, close = false, bodyBytes = 0): string {
   const path = `${dir}/post.lua`;
+  const body = bodyBytes > 0 ? paddedChatRequest(bodyBytes) : CHAT_REQUEST;
   Deno.writeTextFileSync(
     path,
-    `wrk.method = "POST"\nwrk.body = [[${CHAT_REQUEST}]]\n` +
+    `wrk.method = "POST"\nwrk.body = [[${body}]]\n` +
       `wrk.headers["Content-Type"] = "application/json"\n` +
       `wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"\n` +
       (close ? `wrk.headers["Connection"] = "close"\n` : ""),

@@ -7,8 +7,9 @@
  *
  * `--close` sends `Connection: close`, so every request comes on a new connection: what a
  * connection costs (accept, setup, close), which an SSE stream pays once per stream.
+ * `--body-kb=N` pads the request body to about N KB (Claude Code sends tens of KB per request).
  *
- *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close]
+ *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N]
  */
 import {
   BENCH,
@@ -33,7 +34,8 @@ const base = flags.get("base");
 const dir = await Deno.makeTempDir();
 const nginx = await startJsonUpstream(dir);
 const upstream = nginx.url;
-const script = chatPostScript(dir, flags.has("close"));
+const bodyKb = numFlag(flags, "body-kb", 0);
+const script = chatPostScript(dir, flags.has("close"), bodyKb * 1024);
 
 interface Row {
   name: string;
@@ -103,8 +105,8 @@ try {
 const m = (xs: number[]) => median(xs);
 const pipe = m(rps["tcp-pipe"]!), minimal = m(us["deno-minimal"]!);
 const lines = [
-  `wrk -t1 -c50 -d${seconds}s${
-    flags.has("close") ? ", Connection: close" : ""
+  `wrk -t1 -c50 -d${seconds}s${flags.has("close") ? ", Connection: close" : ""}${
+    bodyKb > 0 ? `, ${bodyKb} KB request bodies` : ""
   }, ${rounds} rounds, medians (each round's value in brackets)`,
   "",
   "| row | req/s | × tcp-pipe req/s | CPU µs/request | × deno-minimal CPU |",

@@ -370,11 +370,12 @@ deadline.test("a request body the handler leaves unread is drained and the conne
   const { server, port } = start(() => new Response("early"));
   const c = await Raw.open(port);
   try {
-    await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 10000\r\n\r\n");
+    // Over 256 KiB, so streamed to the handler (a smaller one is read before the handler runs).
+    await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 300000\r\n\r\n");
     const r = await c.response();
     assert.equal(dec.decode(r.body), "early");
     assert.equal(r.headers.get("connection"), undefined);
-    await c.send("x".repeat(10000));
+    await c.send("x".repeat(300000));
     await c.send(get());
     assert.equal((await c.response()).status, 200);
     // Over the 1 MiB drain limit: answered with connection: close, then closed.
@@ -382,6 +383,90 @@ deadline.test("a request body the handler leaves unread is drained and the conne
     const big = await c.response();
     assert.equal(big.headers.get("connection"), "close");
     assert.ok(await c.closedWithin(2000));
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+deadline.test("a small body in several writes reaches the handler whole, as bytes, before it runs", async () => {
+  const seen: { len: number; sha: string }[] = [];
+  let calls = 0;
+  const { server, port } = start(async (req) => {
+    calls++;
+    const bytes = await req.bytes();
+    seen.push({ len: bytes.byteLength, sha: await sha256(bytes) });
+    return new Response(String(bytes.byteLength));
+  });
+  const c = await Raw.open(port);
+  try {
+    // Over 64 KiB: read into a 64 KiB buffer first, then into one of the body's size.
+    const body = new Uint8Array(200_000).map((_, i) => (i * 7) & 0xff);
+    await c.send("POST /a HTTP/1.1\r\nhost: t\r\ncontent-length: 200000\r\n\r\n");
+    await c.send(body.subarray(0, 10));
+    await delay(30);
+    await c.send(body.subarray(10, 30_000));
+    await delay(30);
+    assert.equal(calls, 0, "the handler ran before its body was in");
+    // The body's end and the next request in one write: each gets its own bytes.
+    await c.send(concat([body.subarray(30_000), enc.encode(get("/next"))]));
+    assert.equal(dec.decode((await c.response()).body), "200000");
+    assert.equal((await c.response()).status, 200);
+    assert.deepEqual(seen[0], { len: 200_000, sha: await sha256(body) });
+    assert.equal(seen[1]!.len, 0);
+    assert.equal(server.connections, 1);
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+deadline.test("a small body that stops arriving gets 408 body_timeout after bodyTimeoutMs; the handler never runs", async () => {
+  let handled = 0;
+  const drops: string[] = [];
+  const { server, port } = start(() => {
+    handled++;
+    return new Response("ok");
+  }, { bodyTimeoutMs: 300, onDrop: (r) => drops.push(r) });
+  const c = await Raw.open(port);
+  const quitter = await Raw.open(port);
+  try {
+    const t0 = performance.now();
+    await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 5000\r\n\r\n" + "x".repeat(100));
+    // Bytes that keep coming reset the deadline: 4 x 150 ms is longer than 300 ms.
+    for (let i = 0; i < 4; i++) {
+      await delay(150);
+      await c.send("y");
+    }
+    const r = await c.response();
+    const ms = performance.now() - t0;
+    assert.equal(r.status, 408);
+    assert.equal(json(r).error.code, "body_timeout");
+    assert.equal(r.headers.get("connection"), "close");
+    assert.ok(ms >= 800 && ms < 2500, `answered after ${ms.toFixed(0)} ms`);
+    assert.ok(await c.closedWithin(1000));
+    // A client that leaves mid-body: closed without an answer, nothing handled.
+    await quitter.send("PUT / HTTP/1.1\r\nhost: t\r\ncontent-length: 50\r\n\r\nabc");
+    await delay(50);
+    await quitter.conn.closeWrite();
+    assert.ok(await quitter.closedWithin(1000));
+    assert.equal((await quitter.rest()).length, 0);
+    await waitFor(() => server.connections === 0, 1000, "connections closed");
+    assert.equal(handled, 0);
+    assert.deepEqual(drops, ["body_timeout"]);
+  } finally {
+    c.close();
+    quitter.close();
+    await server.shutdown();
+  }
+});
+
+deadline.test("a GET announcing a body it has not sent is handled at once (not waited for)", async () => {
+  const { server, port } = start(() => new Response("refused early"));
+  const c = await Raw.open(port);
+  try {
+    await c.send("GET / HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n");
+    assert.equal(dec.decode((await c.response()).body), "refused early");
   } finally {
     c.close();
     await server.shutdown();
@@ -783,7 +868,10 @@ deadline.test("a client that leaves mid-upload fails the body read and aborts re
   });
   const c = await Raw.open(port);
   try {
-    await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n" + "x".repeat(1000));
+    // Over 256 KiB: streamed, so the handler runs before the body is in.
+    await c.send(
+      "POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 1000000\r\n\r\n" + "x".repeat(1000),
+    );
     await waitFor(() => entered, 3000, "the handler");
     c.close();
     await waitFor(() => readError !== "" && aborted, 1000, "body error and abort");

@@ -28,9 +28,12 @@ export class Watchdog {
   readonly #items = new SlotSet<Watched>();
   readonly #intervalMs: number;
   readonly #limitTicks: number;
+  /** The silence, in ms, after which an item expires. */
+  readonly limitMs: number;
   #timer: ReturnType<typeof setInterval> | undefined;
 
   constructor(limitMs: number) {
+    this.limitMs = limitMs;
     this.#intervalMs = Math.min(1000, Math.max(5, Math.floor(limitMs / 10)));
     this.#limitTicks = Math.ceil(limitMs / this.#intervalMs);
   }

@@ -397,7 +397,7 @@ export class Telemetry {
     );
     this.#dropped = r.counter(
       "relay_client_connections_closed_total",
-      "Client connections the relay closed on its own: header_timeout, idle_timeout, " +
+      "Client connections the relay closed on its own: header_timeout, body_timeout, idle_timeout, " +
         "over_capacity, over_ip_capacity, send_timeout, bad_request, headers_too_large.",
       ["reason"],
     );

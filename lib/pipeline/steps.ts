@@ -27,9 +27,9 @@ import { checkTarget, isApiPath, matchUidPath, type RawTarget } from "./target.t
 
 /**
  * Request bodies up to this size with a `Content-Length` are forwarded from one `req.bytes()`
- * read instead of a chunk stream, waiting for the body if it has not all arrived. Not the same
- * limit as the server's `INLINE_BODY_MAX` (`server/`), which is how much of a body
- * that already arrived with its head the server hands over as bytes without building a stream.
+ * read instead of a chunk stream, waiting for the body if it has not all arrived. The own
+ * server's `INLINE_BODY_MAX` (`server/`) is the same size: it reads such a body before the handler
+ * runs and hands it over as bytes, so that `req.bytes()` has it at once.
  */
 const READ_WHOLE_MAX = 256 * 1024;
 

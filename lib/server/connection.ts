@@ -42,6 +42,8 @@ export interface ConnectionHost {
   readonly fallbackHost: string;
   readonly headerDog: Watchdog;
   readonly idleDog: Watchdog;
+  /** Watches the reading of a small body before its request is handled. */
+  readonly bodyDog: Watchdog;
   /** Watches response writes in progress; null when there is no send deadline. */
   readonly sendDog: Watchdog | null;
   readonly closing: boolean;
@@ -61,11 +63,13 @@ export interface ConnectionHost {
 }
 
 /**
- * Request bodies up to this size that arrived in the same reads as their head are handed over as
- * bytes, with no stream. Not the relay's `READ_WHOLE_MAX` (lib/relay.ts), which decides when the
- * pipeline waits for a whole body before forwarding it.
+ * Request bodies of announced length up to this size are read whole before the handler runs, into
+ * a buffer of their exact size, and handed over as bytes: no stream, no read buffer in between, no
+ * chunk copies to join again (a Claude Code request is tens to hundreds of KB). The pipeline waits
+ * for a body this small before forwarding it anyway (its `READ_WHOLE_MAX`, lib/pipeline/steps.ts,
+ * is the same size); a larger one streams to A as it arrives.
  */
-const INLINE_BODY_MAX = 64 * 1024;
+const INLINE_BODY_MAX = 256 * 1024;
 /** An unread request body up to this size is read and dropped after the response, to keep the connection. */
 const MAX_DRAIN_BYTES = 1024 * 1024;
 /**
@@ -103,6 +107,8 @@ export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void
 const enum State {
   /** Waiting for (the rest of) a request head. */
   Head,
+  /** Reading a small request body whole, before the handler runs. */
+  Body,
   /** Kept alive between requests, nothing of the next one received. */
   Idle,
   /** A request is with the handler or its response is being written. */
@@ -206,18 +212,27 @@ export class Connection implements Watched, ResponseSink {
   /** Called by the header, drain and idle watchdogs. */
   expire(): void {
     if (this.#closed) return;
+    if (this.#state === State.Body) {
+      this.#server.dropped("body_timeout");
+      this.#answerAndClose(
+        relayError("body_timeout", { idleTimeoutMs: this.#server.bodyDog.limitMs }),
+      );
+      return;
+    }
     if (this.#state === State.Head) this.#server.dropped("header_timeout");
     else if (this.#state === State.Idle) this.#server.dropped("idle_timeout");
     if (this.#state === State.Head && this.#end > this.#start) {
-      this.#ending = true;
-      this.#state = State.Closed;
-      const bytes = errorBytes(
-        relayError("request_header_timeout"),
-      );
-      writeAll(this.#conn, bytes).catch(noop).finally(() => this.#close());
+      this.#answerAndClose(relayError("request_header_timeout"));
       return;
     }
     this.#close();
+  }
+
+  /** Writes an error answer (its head says `connection: close`), then closes. */
+  #answerAndClose(err: RelayError): void {
+    this.#ending = true;
+    this.#state = State.Closed;
+    writeAll(this.#conn, errorBytes(err)).catch(noop).finally(() => this.#close());
   }
 
   shutdown(): void {
@@ -438,6 +453,63 @@ export class Connection implements Watched, ResponseSink {
 
   // ---- one exchange ----
 
+  /**
+   * Reads a body of `n` bytes, the part already here first, straight into a buffer of that size
+   * (no read buffer in between; over {@link BODY_BUF} bytes, into one of that size first); null when the client left or went silent for the body timeout
+   * (answered with `408` by {@link expire}).
+   */
+  async #readBody(n: number): Promise<Uint8Array<ArrayBuffer> | null> {
+    // At most BODY_BUF before that much has arrived: announcing a large body and sending nothing
+    // holds no more memory than streaming one does.
+    let out = new Uint8Array(Math.min(n, BODY_BUF));
+    let got = 0;
+    const dog = this.#server.bodyDog;
+    this.#state = State.Body;
+    dog.watch(this);
+    try {
+      while (true) {
+        const take = Math.min(this.#end - this.#start, n - got);
+        if (take > 0) {
+          out.set(this.#buf.subarray(this.#start, this.#start + take), got);
+          this.#start += take;
+          got += take;
+        }
+        if (got === n) break;
+        if (got === out.byteLength) {
+          const grown = new Uint8Array(n);
+          grown.set(out);
+          out = grown;
+        }
+        let ok: boolean;
+        if (this.#pending !== null) {
+          // The previous response's watch for a client leaving still has a read in flight into
+          // #buf: the body's next bytes land there.
+          ok = await this.#pending;
+        } else {
+          this.#start = this.#end = 0;
+          let r: number | null;
+          try {
+            r = await readConn(this.#conn, out.subarray(got));
+          } catch {
+            r = null;
+          }
+          ok = r !== null && r > 0;
+          if (ok) got += r!;
+        }
+        if (this.#closed || this.#ending) return null;
+        if (!ok) {
+          this.#close();
+          return null;
+        }
+        this.lastTick = dog.tick;
+      }
+    } finally {
+      dog.unwatch(this);
+    }
+    this.#state = State.Active;
+    return out;
+  }
+
   /** Runs one request through the handler and starts writing its response (then null). */
   async #exchange(head: RequestHead): Promise<boolean | null> {
     const server = this.#server;
@@ -452,16 +524,22 @@ export class Connection implements Watched, ResponseSink {
     const m = head.method;
     const isHead = isMethod(m, "HEAD");
     let framed = head.chunked || head.contentLength > 0;
-    // A small body that arrived with its head (a typical JSON request) is handed over as bytes:
-    // no stream to build and drain, and `req.bytes()` is a copy. Nothing waits for it.
+    // A small body (a typical JSON request) is handed over as bytes: no stream to build and drain.
+    // Not waited for on GET and HEAD, which the pipeline refuses at once for having a body.
     let whole: Uint8Array<ArrayBuffer> | null = null;
     if (
-      framed && !head.chunked && !head.expectContinue && head.contentLength <= INLINE_BODY_MAX &&
-      this.#end - this.#start >= head.contentLength
+      framed && !head.chunked && !head.expectContinue && head.contentLength <= INLINE_BODY_MAX
     ) {
-      whole = this.#buf.slice(this.#start, this.#start + head.contentLength);
-      this.#start += head.contentLength;
-      framed = false;
+      const n = head.contentLength;
+      if (this.#end - this.#start >= n) {
+        whole = this.#buf.slice(this.#start, this.#start + n);
+        this.#start += n;
+        framed = false;
+      } else if (!isHead && !isMethod(m, "GET")) {
+        whole = await this.#readBody(n);
+        if (whole === null) return false;
+        framed = false;
+      }
     }
     const ex = new Exchange(this.#remoteAddr);
     const body = framed ? new RequestBody(head) : null;

@@ -60,6 +60,7 @@ export interface ListenSettings {
   readonly clientHeaderTimeoutMs: number;
   readonly clientIdleTimeoutMs: number;
   readonly clientSendTimeoutMs: number;
+  readonly clientBodyTimeoutMs: number;
 }
 
 export function listen(config: ListenSettings, o: ListenOptions): Listener {
@@ -104,6 +105,7 @@ export function listen(config: ListenSettings, o: ListenOptions): Listener {
     port,
     headerTimeoutMs: config.clientHeaderTimeoutMs,
     idleTimeoutMs: config.clientIdleTimeoutMs,
+    bodyTimeoutMs: config.clientBodyTimeoutMs,
     sendTimeoutMs: config.clientSendTimeoutMs,
     maxConnections: o.maxConnections,
     maxConnectionsPerIp: config.maxConnectionsPerIp,

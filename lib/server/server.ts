@@ -77,6 +77,7 @@ export function serveHttp1(options: Http1ServerOptions, handler: Http1Handler): 
 const DEFAULT_HEADER_TIMEOUT_MS = 20_000;
 const DEFAULT_IDLE_TIMEOUT_MS = 75_000;
 const DEFAULT_SEND_TIMEOUT_MS = 60_000;
+const DEFAULT_BODY_TIMEOUT_MS = 60_000;
 const DEFAULT_MAX_HEAD_BYTES = 64 * 1024;
 /** Pooled read buffers kept for reuse (a connection holds one while a long head arrives). */
 const POOL_KEEP = 64;
@@ -102,6 +103,7 @@ class Server implements Http1Server, ConnectionHost {
   readonly fallbackHost: string;
   readonly headerDog: Watchdog;
   readonly idleDog: Watchdog;
+  readonly bodyDog: Watchdog;
   /** Watches response writes in progress; null when there is no send deadline. */
   readonly sendDog: Watchdog | null;
   readonly perIp: PerIpCap;
@@ -126,6 +128,7 @@ class Server implements Http1Server, ConnectionHost {
     this.maxHeadBytes = options.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES;
     this.headerDog = new Watchdog(options.headerTimeoutMs ?? DEFAULT_HEADER_TIMEOUT_MS);
     this.idleDog = new Watchdog(options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
+    this.bodyDog = new Watchdog(options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS);
     const sendMs = options.sendTimeoutMs ?? DEFAULT_SEND_TIMEOUT_MS;
     this.sendDog = sendMs > 0 ? new Watchdog(sendMs) : null;
     this.perIp = new PerIpCap(options.maxConnectionsPerIp ?? 0);
@@ -277,6 +280,7 @@ class Server implements Http1Server, ConnectionHost {
     }
     this.headerDog.close();
     this.idleDog.close();
+    this.bodyDog.close();
     this.sendDog?.close();
     this.lingerDog.close();
     this.#resolveFinished();

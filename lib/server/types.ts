@@ -33,6 +33,13 @@ export interface Http1ServerOptions {
   /** A kept-alive connection with no request in progress is closed after this many ms. Default 75,000. */
   idleTimeoutMs?: number;
   /**
+   * A small request body (announced length up to 64 KiB) is read by the server before the handler
+   * runs; when no byte of it arrives for this many ms the client gets `408 body_timeout` and the
+   * socket is closed (the handler never sees the request). Larger and chunked bodies stream to the
+   * handler, whose reader keeps its own deadline. Default 60,000.
+   */
+  bodyTimeoutMs?: number;
+  /**
    * Most open client sockets (upgraded ones included). A socket accepted above it gets `503` with
    * `connection: close` once its request head is in (at most 1 s), and is closed; its request is
    * never handled. 0 = unlimited.
@@ -67,6 +74,7 @@ export interface Http1ServerOptions {
 /** Why the server closed a client socket itself. */
 export type DropReason =
   | "header_timeout"
+  | "body_timeout"
   | "idle_timeout"
   | "over_capacity"
   | "over_ip_capacity"
