@@ -223,6 +223,31 @@ deadline.test("a 20 MB binary body passes byte-identical in both directions", as
   }
 });
 
+deadline.test("bodies around the server's read-whole and join sizes reach A byte-identical, one after another", async () => {
+  // 16 KiB: largest body written with the head; 64 KiB: the pooled first buffer; 256 KiB: the
+  // largest body read whole before handling. Each size once on either side of its edge, on one
+  // kept-alive connection, so that a reused buffer's old bytes would show.
+  const sizes = [1, 16_384, 16_385, 65_536, 65_537, 200_000, 262_144, 262_145, 70_000];
+  const seen: string[] = [];
+  const up = startUpstream(async (req) => {
+    const got = await req.bytes();
+    seen.push(`${got.byteLength}:${await sha256(got)}`);
+    return new Response(String(got.byteLength));
+  });
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+  try {
+    for (const [i, size] of sizes.entries()) {
+      const payload = new Uint8Array(size).map((_, j) => (j * 31 + i * 7) & 0xff);
+      const res = await fetch(`${relay.url}/v1/files`, { method: "POST", body: payload });
+      assert.equal(await res.text(), String(size));
+      assert.equal(seen[i], `${size}:${await sha256(payload)}`, `body of ${size} bytes`);
+    }
+  } finally {
+    await relay.close();
+    await up.close();
+  }
+});
+
 deadline.test("a chunked request body (no content-length) reaches A intact", async () => {
   const up = startUpstream(async (req) => new Response(await req.text()));
   const relay = startRelay({ UPSTREAM_SERVER_A: up.url });

@@ -14,6 +14,11 @@
  *   client's reader goes straight to A's socket, so the own server's write loop costs no stream
  *   machinery per chunk.
  *
+ * - a small request body that the server read whole ({@link withWholeBody}): the handler takes the
+ *   bytes as they are, where a Request made with them copies them and `req.bytes()` may copy again
+ *   (7.7 against 2.1 µs for `new Request` with 128 KB); `req.body` is a stream of the same bytes,
+ *   made for a handler that reads it.
+ *
  * - a request's field lines as they arrived ({@link withRequestFields}): iterating `Headers` costs
  *   a sorted, joined copy (about 14 KB of garbage for a typical request), and A should get the
  *   lines as the client sent them.
@@ -72,6 +77,7 @@ const sentUrls = new Slot<Request, string>("sent url");
 const directBodies = new Slot<Response, BodyReaderLike>("direct body");
 const fieldLines = new Slot<Response, HeaderList>("field lines");
 const requestFields = new Slot<Request, HeaderList>("request fields");
+const wholeBodies = new Slot<Request, Uint8Array>("whole body");
 
 /**
  * Registers `lines` as the field lines `req` was made from, as they arrived (names as sent,
@@ -245,4 +251,37 @@ export function takeDirectBody(res: Response): BodyReaderLike | null {
   if (reader === undefined) return null;
   directBodies.set(res, undefined);
   return res.bodyUsed || res.body?.locked ? null : reader;
+}
+
+/**
+ * A request body stream of `bytes`, made lazily: a Request given it does not copy the bytes, as one
+ * given the bytes themselves does. Pair it with {@link withWholeBody}.
+ */
+export function streamOf(bytes: Uint8Array): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    pull(ctrl) {
+      ctrl.enqueue(bytes);
+      ctrl.close();
+    },
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * Registers `bytes` as the whole body of `req` and returns `req`. Contract: `req.body` is a stream
+ * of the same bytes ({@link streamOf}), and only one of the two is ever read.
+ */
+export function withWholeBody(req: Request, bytes: Uint8Array): Request {
+  wholeBodies.set(req, bytes);
+  return req;
+}
+
+/**
+ * The whole body of `req` registered by {@link withWholeBody}, once (the registration is removed),
+ * or null when there is none or its stream was already taken.
+ */
+export function takeWholeBody(req: Request): Uint8Array | null {
+  const bytes = wholeBodies.get(req);
+  if (bytes === undefined) return null;
+  wholeBodies.set(req, undefined);
+  return req.bodyUsed || req.body?.locked ? null : bytes;
 }

@@ -40,10 +40,13 @@ export {
   requestField,
   requestFieldsOf,
   sentUrl,
+  streamOf,
   takeDirectBody,
+  takeWholeBody,
   withDirectBody,
   withFieldLines,
   withRequestFields,
+  withWholeBody,
 } from "./handoff.ts";
 export { STATUS_CLASSES, statusClassIndex } from "./status.ts";
 export { TOKEN } from "./syntax.ts";

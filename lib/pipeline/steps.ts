@@ -18,6 +18,7 @@ import {
   requestField,
   requestFieldsOf,
   requestHeaders,
+  takeWholeBody,
 } from "../http/mod.ts";
 import type { LogWriter } from "../observe/record.ts";
 import { announcedLength, checkAnnouncedLength, LimitedBody } from "./body_limit.ts";
@@ -158,8 +159,14 @@ function body(a: Admission): void {
     maxBytes: cfg.maxBodyBytes,
     idleTimeoutMs: cfg.clientBodyTimeoutMs,
     // A small body of known length is taken whole: one piece, no per-chunk stream layers.
-    ...(announced !== null && announced <= READ_WHOLE_MAX ? { whole: () => req.bytes() } : {}),
+    ...(announced !== null && announced <= READ_WHOLE_MAX ? { whole: () => wholeOf(req) } : {}),
   });
+}
+
+/** The body the own server read whole, as it is; else `req.bytes()`. */
+function wholeOf(req: Request): Promise<Uint8Array> {
+  const bytes = takeWholeBody(req);
+  return bytes !== null ? Promise.resolve(bytes) : req.bytes();
 }
 
 /** The steps, in order. */

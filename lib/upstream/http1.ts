@@ -18,6 +18,9 @@ import { errName } from "../errors.ts";
 import { ChunkedDecoder, FramingError } from "../http/mod.ts";
 import type { Endpoint } from "../http/mod.ts";
 
+/** Largest first body chunk copied into the request head's write (see `#write`). */
+const JOIN_MAX = 16 * 1024;
+
 export type { Endpoint };
 import {
   type BodyReaderLike,
@@ -970,12 +973,18 @@ class Exchange implements Watched, Attempt {
       if (left < 0) throw new UpstreamError("body", "request body longer than its length");
       return [c];
     };
-    // Head and the first body chunk in one write: one packet for a typical JSON request.
+    // Head and the first body chunk in one write: one packet for a typical JSON request. A large
+    // chunk goes in a write of its own: copying it next to the head cost more than the write.
     const first = await next();
     const parts: Uint8Array[] = [head];
     if (first !== null) parts.push(...take(first));
     else if (chunked) parts.push(LAST_CHUNK);
-    await this.#send(concat(parts));
+    if (!chunked && first !== null && first.byteLength > JOIN_MAX) {
+      await this.#send(head);
+      await this.#send(first);
+    } else {
+      await this.#send(concat(parts));
+    }
     if (first !== null) {
       let c: Uint8Array | null;
       while ((c = await next()) !== null) {
