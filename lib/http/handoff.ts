@@ -71,6 +71,13 @@ class Slot<T extends object, V> {
   set(obj: T, value: V | undefined): void {
     (obj as unknown as Record<symbol, V | undefined>)[this.#key] = value;
   }
+
+  /** The value, once: it is cleared when there was one. */
+  take(obj: T): V | undefined {
+    const value = this.get(obj);
+    if (value !== undefined) this.set(obj, undefined);
+    return value;
+  }
 }
 
 const sentUrls = new Slot<Request, string>("sent url");
@@ -247,9 +254,8 @@ export function withDirectBody(res: Response, reader: BodyReaderLike): Response 
  * none or the body stream was already taken.
  */
 export function takeDirectBody(res: Response): BodyReaderLike | null {
-  const reader = directBodies.get(res);
+  const reader = directBodies.take(res);
   if (reader === undefined) return null;
-  directBodies.set(res, undefined);
   return res.bodyUsed || res.body?.locked ? null : reader;
 }
 
@@ -280,8 +286,7 @@ export function withWholeBody(req: Request, bytes: Uint8Array): Request {
  * or null when there is none or its stream was already taken.
  */
 export function takeWholeBody(req: Request): Uint8Array | null {
-  const bytes = wholeBodies.get(req);
+  const bytes = wholeBodies.take(req);
   if (bytes === undefined) return null;
-  wholeBodies.set(req, undefined);
   return req.bodyUsed || req.body?.locked ? null : bytes;
 }

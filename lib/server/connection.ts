@@ -220,7 +220,7 @@ export class Connection implements Watched, ResponseSink {
     return head === null ? false : this.#exchange(head);
   }
 
-  /** Called by the header, drain and idle watchdogs. */
+  /** Called by the header, body, drain and idle watchdogs. */
   expire(): void {
     if (this.#closed) return;
     if (this.#state === State.Body) {
@@ -551,12 +551,11 @@ export class Connection implements Watched, ResponseSink {
       if (this.#end - this.#start >= n) {
         whole = this.#buf.slice(this.#start, this.#start + n);
         this.#start += n;
-        framed = false;
       } else if (!isHead && !isMethod(m, "GET")) {
         whole = await this.#readBody(n);
         if (whole === null) return false;
-        framed = false;
       }
+      if (whole !== null) framed = false;
     }
     const ex = new Exchange(this.#remoteAddr);
     const body = framed ? new RequestBody(head) : null;
