@@ -295,7 +295,7 @@ async function main(): Promise<number> {
   print(
     `test order: shuffle seed ${args.seed} (run the same order: deno task test --seed=${args.seed})`,
   );
-  const runs: Array<{ server: string; total: FileResult; ms: number }> = [];
+  const runs: Array<{ server: string; total: FileResult; ms: number; bad: string[] }> = [];
   for (const server of args.servers) {
     print(
       `\n=== ${files.length} test files on the ${
@@ -322,7 +322,7 @@ async function main(): Promise<number> {
       }
     }
     const ms = performance.now() - started;
-    runs.push({ server, total, ms });
+    runs.push({ server, total, ms, bad });
     const slowest = times.sort((a, b) => b[1] - a[1]).slice(0, 5)
       .map(([f, t]) => `${f} ${(t / 1000).toFixed(1)} s`).join(", ");
     print(
@@ -330,10 +330,14 @@ async function main(): Promise<number> {
         (ms / 1000).toFixed(1)
       } s (seed ${args.seed}); slowest: ${slowest}`,
     );
-    if (bad.length > 0) print(`failures:\n${bad.join("\n")}`);
   }
   const passed = runs.reduce((n, r) => n + r.total.passed, 0);
   const failed = runs.reduce((n, r) => n + r.total.failed, 0);
+  // After every pass, not after its own: CI keeps only the tail of the log, and the second pass
+  // alone prints hundreds of lines.
+  for (const r of runs) {
+    if (r.bad.length > 0) print(`\nfailures on the ${r.server} server:\n${r.bad.join("\n")}`);
+  }
   print("");
   for (const r of runs) {
     print(
