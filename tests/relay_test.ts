@@ -225,9 +225,22 @@ deadline.test("a 20 MB binary body passes byte-identical in both directions", as
 
 deadline.test("bodies around the server's read-whole and join sizes reach A byte-identical, one after another", async () => {
   // 16 KiB: largest body written with the head; 64 KiB: the pooled first buffer; 256 KiB: the
-  // largest body read whole before handling. Each size once on either side of its edge, on one
-  // kept-alive connection, so that a reused buffer's old bytes would show.
-  const sizes = [1, 16_384, 16_385, 65_536, 65_537, 200_000, 262_144, 262_145, 70_000];
+  // largest body read whole before handling; over it, buffers of the body's own growing to 1 MiB
+  // (1,200,000 and 3,000,000 bytes fill several). Each size once on either side of its edge, on
+  // one kept-alive connection, so that a reused buffer's old bytes would show.
+  const sizes = [
+    1,
+    16_384,
+    16_385,
+    65_536,
+    65_537,
+    200_000,
+    262_144,
+    262_145,
+    1_200_000,
+    3_000_000,
+    70_000,
+  ];
   const seen: string[] = [];
   const up = startUpstream(async (req) => {
     const got = await req.bytes();

@@ -499,6 +499,71 @@ deadline.test("a small body that stops arriving gets 408 body_timeout after body
   }
 });
 
+deadline.test("a streamed body of announced length reaches a handler that keeps every chunk, intact, and the next request its own bytes", async () => {
+  // Over 256 KiB, so streamed: read into buffers of the body's own that grow to 1 MiB. A handler
+  // that keeps the chunks unread (as the upstream client does, for a resend) must find them
+  // unchanged at the end: a buffer reused for a later read would overwrite them.
+  const size = 2_500_000;
+  const body = new Uint8Array(size).map((_, i) => (i * 13 + (i >> 16)) & 0xff);
+  const kept: Uint8Array[] = [];
+  const paths: string[] = [];
+  const { server, port } = start(async (req) => {
+    paths.push(new URL(req.url).pathname);
+    if (req.body === null) return new Response("none");
+    const reader = req.body.getReader();
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      kept.push(value);
+    }
+    return new Response("kept");
+  });
+  const c = await Raw.open(port);
+  try {
+    await c.send(`POST /big HTTP/1.1\r\nhost: t\r\ncontent-length: ${size}\r\n\r\n`);
+    // Pieces of uneven sizes, with pauses, so that reads end inside each buffer.
+    let off = 0;
+    for (const piece of [1, 70_000, 5, 300_000, 999_999]) {
+      await c.send(body.subarray(off, off + piece));
+      off += piece;
+      await delay(5);
+    }
+    // The body's end and the next request in one write.
+    await c.send(concat([body.subarray(off), enc.encode(get("/next"))]));
+    assert.equal(dec.decode((await c.response()).body), "kept");
+    assert.equal(dec.decode((await c.response()).body), "none");
+    assert.deepEqual(paths, ["/big", "/next"]);
+    assert.equal(await sha256(concat(kept)), await sha256(body));
+    assert.equal(server.connections, 1);
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
+deadline.test("a response sent while the handler waits on its streamed body drains the body, then serves the next request", async () => {
+  // The handler's read is in flight (no body byte sent yet) when its answer goes out: the
+  // connection must wait for that read before draining, or two reads would share the socket.
+  const { server, port } = start((req) => {
+    if (req.method === "POST") {
+      req.body!.getReader().read().catch(() => {});
+      return new Response("early");
+    }
+    return new Response("next");
+  });
+  const c = await Raw.open(port);
+  try {
+    await c.send("POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 400000\r\n\r\n");
+    assert.equal(dec.decode((await c.response()).body), "early");
+    await c.send(concat([new Uint8Array(400_000).fill(120), enc.encode(get("/n"))]));
+    assert.equal(dec.decode((await c.response()).body), "next");
+    assert.equal(server.connections, 1);
+  } finally {
+    c.close();
+    await server.shutdown();
+  }
+});
+
 deadline.test("a GET announcing a body it has not sent is handled at once (not waited for)", async () => {
   const { server, port } = start(() => new Response("refused early"));
   const c = await Raw.open(port);

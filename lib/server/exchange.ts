@@ -90,6 +90,12 @@ export class RequestBody {
   /** Malformed framing or the client left: the connection cannot be reused. */
   broken = false;
   ctrl: ReadableStreamDefaultController<Uint8Array> | null = null;
+  /** Where a streamed body of announced length is read: a buffer of its own, never reused. */
+  arena: Uint8Array | null = null;
+  /** Bytes of {@link arena} already read (and handed on). */
+  arenaUsed = 0;
+  /** What the last read into {@link arena} brought, not yet handed on. */
+  fresh: Uint8Array | null = null;
 
   constructor(head: RequestHead) {
     this.remaining = head.chunked ? 0 : head.contentLength;
