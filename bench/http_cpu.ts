@@ -7,9 +7,11 @@
  *
  * `--close` sends `Connection: close`, so every request comes on a new connection: what a
  * connection costs (accept, setup, close), which an SSE stream pays once per stream.
- * `--body-kb=N` pads the request body to about N KB (Claude Code sends tens of KB per request).
+ * `--body-kb=N` pads the request body to about N KB (Claude Code sends tens of KB per request), and
+ * the upstream reads each body whole before it answers, as Server A does.
+ * `--prof` runs this checkout's relay with `--cpu-prof` and prints where its time went.
  *
- *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N]
+ *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N] [--prof]
  */
 import {
   BENCH,
@@ -27,14 +29,16 @@ import {
   waitForPort,
 } from "./common.ts";
 import { startJsonUpstream } from "./nginx.ts";
+import { summarise, summaryMarkdown } from "./profile_summary.ts";
 
 const flags = parseFlags(Deno.args);
 const rounds = numFlag(flags, "rounds", 3), seconds = numFlag(flags, "seconds", 5);
 const base = flags.get("base");
 const dir = await Deno.makeTempDir();
-const nginx = await startJsonUpstream(dir);
-const upstream = nginx.url;
 const bodyKb = numFlag(flags, "body-kb", 0);
+// With bodies, A reads each one whole before it answers, as Server A does.
+const nginx = await startJsonUpstream(dir, bodyKb > 0);
+const upstream = nginx.url;
 const script = chatPostScript(dir, flags.has("close"), bodyKb * 1024);
 
 interface Row {
@@ -43,13 +47,15 @@ interface Row {
   proc: Proc;
 }
 const rows: Row[] = [];
-const relay = async (name: string, root: string): Promise<void> => {
+const prof = flags.has("prof");
+const relay = async (name: string, root: string, denoFlags: string[] = []): Promise<void> => {
   const port = freePort();
   const proc = await startRelay(name, {
     port,
     upstream,
     cpu: "0",
     env: { ACCESS_LOG: "0" },
+    denoFlags,
     script: `${root}/main.ts`,
     logFile: `${dir}/${name}.log`,
   });
@@ -65,7 +71,11 @@ const plain = async (name: string, file: string): Promise<void> => {
   await waitForPort(port, 30_000, proc);
   rows.push({ name, port, proc });
 };
-await relay("relay", new URL("..", import.meta.url).pathname.replace(/\/$/, ""));
+await relay(
+  "relay",
+  new URL("..", import.meta.url).pathname.replace(/\/$/, ""),
+  prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}/prof`] : [],
+);
 if (base !== undefined) await relay("relay-base", base.replace(/\/$/, ""));
 await plain("deno-minimal", "minimal_relay.ts");
 await plain("tcp-pipe", "tcp_pipe.ts");
@@ -99,7 +109,8 @@ try {
     }
   }
 } finally {
-  for (const r of rows) await r.proc.stop();
+  // A relay writes its profile as it exits: give it time.
+  for (const r of rows) await r.proc.stop(8000);
   await nginx.proc.stop();
 }
 const m = (xs: number[]) => median(xs);
@@ -120,6 +131,18 @@ for (const r of rows) {
     } | ${m(U).toFixed(1)} (${U.map((x) => x.toFixed(1)).join(", ")}) | ${
       (m(U) / minimal).toFixed(2)
     } |`,
+  );
+}
+if (prof) {
+  const found = [...Deno.readDirSync(`${dir}/prof`)].find((e) => e.name.endsWith(".cpuprofile"));
+  lines.push(
+    "",
+    found === undefined
+      ? "no .cpuprofile was written (the relay did not exit cleanly)"
+      : summaryMarkdown(
+        summarise(JSON.parse(Deno.readTextFileSync(`${dir}/prof/${found.name}`))),
+        25,
+      ),
   );
 }
 // deno-lint-ignore no-console

@@ -30,11 +30,28 @@ http {
 `;
 }
 
-/** Config of the static upstream on `port`. */
-export function staticConfig(dir: string, port: number): string {
+/**
+ * Config of the static upstream on `port`. With `readBodyPort`, that port is a second server that
+ * reads each request's whole body before it answers, as Server A does (it parses the JSON): the
+ * static one answers at once and drops the body unread, so a proxy that streams a large body to it
+ * gets its answer early and measures an early answer, not a forwarded body.
+ */
+export function staticConfig(dir: string, port: number, readBodyPort?: number): string {
+  // nginx's proxy reads the whole body first (proxy_request_buffering, on by default), in memory.
+  const reader = readBodyPort === undefined ? "" : `  server {
+    listen ${HOST}:${readBodyPort} backlog=4096;
+    client_max_body_size 0;
+    client_body_buffer_size 16m;
+    location / {
+      proxy_pass http://${HOST}:${port};
+    }
+  }
+`;
   // The JSON has no single quotes, so it can sit in a single-quoted nginx string.
-  return `${preamble(dir)}  server {
+  return `${preamble(dir)}${reader}  server {
     listen ${HOST}:${port} backlog=4096;
+    # Request bodies over nginx's default 1 MB would get 413 (\`http_cpu.ts --body-kb\`).
+    client_max_body_size 0;
     location / {
       default_type application/json;
       return 200 '${CHAT_JSON}';
@@ -103,14 +120,23 @@ export async function startNginx(
   return proc;
 }
 
-/** A fake Server A on core 1: nginx answering every request with the benchmark's ~1 KB JSON. */
-export async function startJsonUpstream(dir: string): Promise<{ proc: Proc; url: string }> {
+/**
+ * A fake Server A on core 1: nginx answering every request with the benchmark's ~1 KB JSON; with
+ * `readBody`, only once it has read the request's whole body ({@link staticConfig}).
+ */
+export async function startJsonUpstream(
+  dir: string,
+  readBody = false,
+): Promise<{ proc: Proc; url: string }> {
   const port = freePort();
-  const proc = await startNginx("nginx", `${dir}/nginx`, staticConfig(`${dir}/nginx`, port), {
-    cpu: "1",
-    ports: [port],
-  });
-  return { proc, url: `http://${HOST}:${port}` };
+  const front = readBody ? freePort() : undefined;
+  const proc = await startNginx(
+    "nginx",
+    `${dir}/nginx`,
+    staticConfig(`${dir}/nginx`, port, front),
+    { cpu: "1", ports: front === undefined ? [port] : [port, front] },
+  );
+  return { proc, url: `http://${HOST}:${front ?? port}` };
 }
 
 /** `nginx -v` output, e.g. "nginx/1.22.1". */
