@@ -8,6 +8,7 @@ import {
   closedPort,
   deadline,
   dec,
+  delay,
   enc,
   rawRequest,
   readRequestHead,
@@ -255,6 +256,38 @@ deadline.test("bodies around the server's read-whole and join sizes reach A byte
       assert.equal(await res.text(), String(size));
       assert.equal(seen[i], `${size}:${await sha256(payload)}`, `body of ${size} bytes`);
     }
+  } finally {
+    await relay.close();
+    await up.close();
+  }
+});
+
+deadline.test("30 bodies of 5-250 KB at once each reach A intact: a reused body buffer is never in two requests", async () => {
+  // The own server reads such bodies into pooled buffers and reuses one once the upstream client
+  // has sent its bytes and A answered. Given back any earlier, a buffer would be read into by
+  // another request while its bytes still wait to go to A.
+  const bad: string[] = [];
+  const up = startUpstream(async (req) => {
+    await delay(Number(req.headers.get("x-wait")));
+    const got = await req.bytes();
+    const want = req.headers.get("x-sha")!;
+    if ((await sha256(got)) !== want) bad.push(`${req.headers.get("x-i")}: ${got.byteLength} B`);
+    return new Response(String(got.byteLength));
+  });
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+  try {
+    const sizes = Array.from({ length: 30 }, (_, i) => 5_000 + ((i * 7_919) % 245_000));
+    const answers = await Promise.all(sizes.map(async (size, i) => {
+      const payload = new Uint8Array(size).map((_, j) => (j * 13 + i * 101) & 0xff);
+      const res = await fetch(`${relay.url}/v1/files`, {
+        method: "POST",
+        body: payload,
+        headers: { "x-sha": await sha256(payload), "x-i": String(i), "x-wait": String(i % 5) },
+      });
+      return Number(await res.text());
+    }));
+    assert.deepEqual(answers, sizes);
+    assert.deepEqual(bad, []);
   } finally {
     await relay.close();
     await up.close();

@@ -84,7 +84,7 @@ const sentUrls = new Slot<Request, string>("sent url");
 const directBodies = new Slot<Response, BodyReaderLike>("direct body");
 const fieldLines = new Slot<Response, HeaderList>("field lines");
 const requestFields = new Slot<Request, HeaderList>("request fields");
-const wholeBodies = new Slot<Request, Uint8Array>("whole body");
+const wholeBodies = new Slot<Request, LentBytes>("whole body");
 
 /**
  * Registers `lines` as the field lines `req` was made from, as they arrived (names as sent,
@@ -272,21 +272,38 @@ export function streamOf(bytes: Uint8Array): ReadableStream<Uint8Array> {
   }, { highWaterMark: 0 });
 }
 
+/** Bytes lent by their owner, and how to give them back once nothing reads them any more. */
+export interface LentBytes {
+  readonly bytes: Uint8Array;
+  /** Call at most once, when nothing will read `bytes` again; they may be overwritten after. */
+  readonly release: (() => void) | null;
+}
+
 /**
  * Registers `bytes` as the whole body of `req` and returns `req`. Contract: `req.body` is a stream
- * of the same bytes ({@link streamOf}), and only one of the two is ever read.
+ * of the same bytes ({@link streamOf}), and only one of the two is ever read. With `release`, the
+ * bytes are lent: the server reuses their buffer once {@link takeLentBody}'s taker releases them.
  */
-export function withWholeBody(req: Request, bytes: Uint8Array): Request {
-  wholeBodies.set(req, bytes);
+export function withWholeBody(req: Request, bytes: Uint8Array, release?: () => void): Request {
+  wholeBodies.set(req, { bytes, release: release ?? null });
   return req;
 }
 
 /**
  * The whole body of `req` registered by {@link withWholeBody}, once (the registration is removed),
- * or null when there is none or its stream was already taken.
+ * or null when there is none or its stream was already taken. The bytes are the caller's for good:
+ * they are never released (see {@link takeLentBody}).
  */
 export function takeWholeBody(req: Request): Uint8Array | null {
-  const bytes = wholeBodies.take(req);
-  if (bytes === undefined) return null;
-  return req.bodyUsed || req.body?.locked ? null : bytes;
+  return takeLentBody(req)?.bytes ?? null;
+}
+
+/**
+ * Like {@link takeWholeBody}, with the release to call once nothing reads the bytes any more (null
+ * when they are not lent). A caller that cannot tell when that is must not call it.
+ */
+export function takeLentBody(req: Request): LentBytes | null {
+  const lent = wholeBodies.take(req);
+  if (lent === undefined) return null;
+  return req.bodyUsed || req.body?.locked ? null : lent;
 }

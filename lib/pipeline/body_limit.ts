@@ -15,7 +15,7 @@
 import { RelayError, relayError } from "../errors.ts";
 import { trimOws } from "../http/mod.ts";
 import type { BodyReader } from "../upstream/mod.ts";
-import { Watchdog, type Watched } from "../http/mod.ts";
+import { type LentBytes, Watchdog, type Watched } from "../http/mod.ts";
 
 /** Limits for one request body. */
 export interface BodyLimitOptions {
@@ -23,8 +23,11 @@ export interface BodyLimitOptions {
   maxBytes: number;
   /** Longest wait for the next body bytes from the client, ms. */
   idleTimeoutMs: number;
-  /** Takes the whole body at once (`() => req.bytes()`), for a small body of announced length. */
-  whole?: () => Promise<Uint8Array>;
+  /**
+   * Takes the whole body at once (`() => req.bytes()`), for a small body of announced length; or
+   * the bytes the server lent ({@link release} gives them back).
+   */
+  whole?: (() => Promise<Uint8Array>) | LentBytes;
 }
 
 /** The 413 answered for a body over the limit. */
@@ -100,7 +103,9 @@ export class LimitedBody implements BodyReader, Watched {
   #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
   readonly #opts: Omit<BodyLimitOptions, "whole">;
   readonly #watchdog: Watchdog;
-  #whole: (() => Promise<Uint8Array>) | undefined;
+  #whole: (() => Promise<Uint8Array>) | LentBytes | undefined;
+  /** Gives the lent body back; set once it was handed out. */
+  #release: (() => void) | null = null;
   #ended = false;
   /** Watchdog tick of the last activity; only watched while a read waits on the client. */
   lastTick = 0;
@@ -158,7 +163,11 @@ export class LimitedBody implements BodyReader, Watched {
       if (whole !== undefined) {
         this.#whole = undefined;
         this.#wholeStarted = true;
-        pending = whole();
+        if (typeof whole === "function") pending = whole();
+        else {
+          this.#release = whole.release;
+          pending = Promise.resolve(whole.bytes);
+        }
       } else {
         this.#reader ??= this.#sourceOf!().getReader();
         pending = this.#reader.read().then((r) => (r.done ? null : r.value));
@@ -190,6 +199,16 @@ export class LimitedBody implements BodyReader, Watched {
       throw this.error!;
     }
     return chunk;
+  }
+
+  /**
+   * Gives the bytes of a body the server lent back to it, to be read into again; only for a caller
+   * that read the body whole and knows nothing reads those bytes any more. Once at most.
+   */
+  release(): void {
+    const release = this.#release;
+    this.#release = null;
+    release?.();
   }
 
   /** Stops reading the client's body. */

@@ -18,7 +18,7 @@ import {
   requestField,
   requestFieldsOf,
   requestHeaders,
-  takeWholeBody,
+  takeLentBody,
 } from "../http/mod.ts";
 import type { LogWriter } from "../observe/record.ts";
 import { announcedLength, checkAnnouncedLength, LimitedBody } from "./body_limit.ts";
@@ -155,18 +155,14 @@ function body(a: Admission): void {
   }
   const tooLarge = checkAnnouncedLength(announced, cfg.maxBodyBytes);
   if (tooLarge !== null) throw tooLarge;
+  // A small body of known length is taken whole: one piece, no per-chunk stream layers. The own
+  // server lends the bytes it read (given back once sent); else `req.bytes()`.
+  const whole = announced !== null && announced <= READ_WHOLE_MAX;
   a.body = new LimitedBody(() => req.body!, {
     maxBytes: cfg.maxBodyBytes,
     idleTimeoutMs: cfg.clientBodyTimeoutMs,
-    // A small body of known length is taken whole: one piece, no per-chunk stream layers.
-    ...(announced !== null && announced <= READ_WHOLE_MAX ? { whole: () => wholeOf(req) } : {}),
+    ...(whole ? { whole: takeLentBody(req) ?? (() => req.bytes()) } : {}),
   });
-}
-
-/** The body the own server read whole, as it is; else `req.bytes()`. */
-function wholeOf(req: Request): Promise<Uint8Array> {
-  const bytes = takeWholeBody(req);
-  return bytes !== null ? Promise.resolve(bytes) : req.bytes();
 }
 
 /** The steps, in order. */

@@ -16,6 +16,7 @@
 import { badRequest, parseRequestHead, type RequestHead, requestUrl } from "./request_head.ts";
 import { Exchange, RequestBody } from "./exchange.ts";
 import { POOL_BUF, respond, type ResponseSink } from "./response_writer.ts";
+import type { BodyPool } from "./body_pool.ts";
 import type { WriteSlab, WriteSlabs } from "./write_slabs.ts";
 import { errorBytes } from "./response_head.ts";
 import { takeUpgrade, type Upgrade } from "./upgrade.ts";
@@ -58,9 +59,8 @@ export interface ConnectionHost {
   /** Pooled read buffers of {@link POOL_BUF} bytes. */
   takeBuffer(): Uint8Array;
   giveBuffer(buf: Uint8Array): void;
-  /** Pooled buffers of {@link BODY_BUF} bytes, for reading a request body before its handler runs. */
-  takeBodyBuffer(): Uint8Array;
-  giveBodyBuffer(buf: Uint8Array): void;
+  /** Buffers for request bodies read before their handler runs, reused once given back. */
+  readonly bodies: BodyPool;
   /** Memory for small response writes. */
   readonly slabs: WriteSlabs;
   /** The connection is gone (exactly once). */
@@ -476,15 +476,18 @@ export class Connection implements Watched, ResponseSink {
   /**
    * Reads a body of `n` bytes, the part already here first, straight into a buffer of that size;
    * null when the client left or went silent for the body timeout (answered with `408` by
-   * {@link expire}). A body over {@link BODY_BUF} bytes is read into a pooled buffer of that size
-   * first, and its own buffer made once that is full: announcing a large body and sending nothing
-   * holds no more memory than streaming one does.
+   * {@link expire}). A body over {@link BODY_BUF} bytes is read into a buffer of that size first,
+   * and one of its own size taken once that is full: announcing a large body and sending nothing
+   * holds no more memory than streaming one does. The buffers come from the server's
+   * {@link BodyPool}; see {@link #handle} for how they go back.
    */
   async #readBody(n: number): Promise<Uint8Array<ArrayBuffer> | null> {
     const server = this.#server;
+    const bodies = server.bodies;
     const staged = n > BODY_BUF;
-    let out = staged ? server.takeBodyBuffer() as Uint8Array<ArrayBuffer> : new Uint8Array(n);
+    let out = bodies.take(staged ? BODY_BUF : n);
     let got = 0;
+    let whole = false;
     const dog = server.bodyDog;
     this.#state = State.Body;
     dog.watch(this);
@@ -498,10 +501,10 @@ export class Connection implements Watched, ResponseSink {
         }
         if (got === n) break;
         if (got === out.byteLength) {
-          const whole = new Uint8Array(n);
-          whole.set(out);
-          server.giveBodyBuffer(out);
-          out = whole;
+          const all = bodies.take(n);
+          all.set(out);
+          bodies.give(out);
+          out = all;
           continue;
         }
         let ok: boolean;
@@ -527,10 +530,11 @@ export class Connection implements Watched, ResponseSink {
         }
         this.lastTick = dog.tick;
       }
+      whole = true;
     } finally {
       dog.unwatch(this);
-      // Only a body given up on is still in the pooled buffer (a read into it has ended).
-      if (staged && out.byteLength !== n) server.giveBodyBuffer(out);
+      // A body given up on: nothing reads its buffer (a read into it has ended).
+      if (!whole) bodies.give(out);
     }
     this.#state = State.Active;
     return out;
@@ -644,6 +648,9 @@ export class Connection implements Watched, ResponseSink {
     const handoff = whole !== null && !bodiless && whole.byteLength > HANDOFF_MIN;
     if (m !== "GET") init.method = m;
     if (!cancelHookAvailable) init.signal = ex.signal();
+    // Only this or the handler reads a whole body's buffer: copied into the Request, it can be
+    // used again at once; handed over, the handler gives it back once nothing reads it.
+    let copied = false;
     if (!bodiless) {
       // Like Deno.serve: GET/HEAD get no body; other methods an empty one when none was framed.
       if (whole !== null) {
@@ -651,7 +658,10 @@ export class Connection implements Watched, ResponseSink {
           // Given as bytes, the Request would copy them; the handler takes them by the handoff.
           init.body = streamOf(whole);
           init.duplex = "half";
-        } else init.body = whole;
+        } else {
+          init.body = whole;
+          copied = true;
+        }
       } else if (body === null) init.body = EMPTY;
       else {
         init.body = this.#bodyStream(body);
@@ -665,6 +675,8 @@ export class Connection implements Watched, ResponseSink {
       // Forbidden methods (CONNECT, TRACE, TRACK) or a host the URL parser refuses.
       this.#refuse(badRequest("unrepresentable"));
       return null;
+    } finally {
+      if (copied) server.bodies.give(whole!);
     }
     // The parser let through only lines `Headers` accepts (token names; Latin-1 values without
     // NUL, CR or LF), so they can wait until something reads `req.headers`: the forwarding path
@@ -678,7 +690,7 @@ export class Connection implements Watched, ResponseSink {
       }
       withRequestFields(req, head.headers);
     }
-    if (handoff) withWholeBody(req, whole!);
+    if (handoff) withWholeBody(req, whole!, () => server.bodies.give(whole!));
     if (cancelHookAvailable) attachCancel(req, ex.onCancel);
     // `new Request` normalises the URL (dot-segments, `\`, escaping, host case). Deno.serve hands
     // the target over as sent, and the relay's own checks depend on seeing it so.

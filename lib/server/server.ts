@@ -55,6 +55,7 @@ import { overloaded, PerIpCap, tooManyConnections } from "./conn_limit.ts";
 import { BODY_BUF, closeQuietly, Connection, type ConnectionHost, writeAll } from "./connection.ts";
 import { errorBytes } from "./response_head.ts";
 import { POOL_BUF } from "./response_writer.ts";
+import { BodyPool } from "./body_pool.ts";
 import { WriteSlabs } from "./write_slabs.ts";
 import type { DropReason, Http1Handler, Http1Server, Http1ServerOptions } from "./types.ts";
 import { errorResponse, toRelayError } from "../errors.ts";
@@ -81,8 +82,6 @@ const DEFAULT_BODY_TIMEOUT_MS = 60_000;
 const DEFAULT_MAX_HEAD_BYTES = 64 * 1024;
 /** Pooled read buffers kept for reuse (a connection holds one while a long head arrives). */
 const POOL_KEEP = 64;
-/** Body buffers kept for reuse (64 KiB each): enough for the bodies that arrive at once. */
-const BODY_POOL_KEEP = 8;
 /** After an error answer: how long and how much of the client's data is read before closing. */
 const LINGER_MS = 1000;
 const LINGER_BYTES = 64 * 1024;
@@ -114,7 +113,7 @@ class Server implements Http1Server, ConnectionHost {
   readonly conns: SlotSet<Connection> = new SlotSet();
   readonly #lingering = new Set<Deno.Conn>();
   readonly #pool: Uint8Array[] = [];
-  readonly #bodyPool: Uint8Array[] = [];
+  readonly bodies: BodyPool = new BodyPool();
   readonly slabs: WriteSlabs = new WriteSlabs();
   readonly #listener: Deno.TcpListener;
   readonly #onError: ((err: unknown) => Response | Promise<Response>) | undefined;
@@ -269,15 +268,6 @@ class Server implements Http1Server, ConnectionHost {
 
   giveBuffer(buf: Uint8Array): void {
     if (this.#pool.length < POOL_KEEP) this.#pool.push(buf);
-  }
-
-  /** A buffer of {@link BODY_BUF} bytes for the first part of a large request body. */
-  takeBodyBuffer(): Uint8Array {
-    return this.#bodyPool.pop() ?? new Uint8Array(BODY_BUF);
-  }
-
-  giveBodyBuffer(buf: Uint8Array): void {
-    if (this.#bodyPool.length < BODY_POOL_KEEP) this.#bodyPool.push(buf);
   }
 
   remove(c: Connection): void {

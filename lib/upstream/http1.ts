@@ -594,6 +594,8 @@ export interface BodyReader {
   /** The next chunk, or null at the end. */
   read(): Promise<Uint8Array | null>;
   cancel(reason?: unknown): void;
+  /** Gives the chunks' memory back to their owner: called once nothing reads them any more. */
+  release?(): void;
 }
 
 /** A {@link BodyReader} over a stream. */
@@ -716,13 +718,15 @@ export class BodySource {
 
   /**
    * Drops the kept copy once it can no longer be needed (the body was sent in full and A
-   * answered). The body is no longer replayable afterwards.
+   * answered). The body is no longer replayable afterwards. With `release`, the caller also knows
+   * that no write still reads the chunks, so their memory goes back to the reader's owner.
    */
-  forget(): void {
+  forget(release = false): void {
     if (!this.#done) return;
     this.#overflow = true;
     this.#base += this.#kept.length;
     this.#kept = [];
+    if (release) this.#reader.release?.();
   }
 }
 
@@ -939,7 +943,8 @@ class Exchange implements Watched, Attempt {
    */
   #spent(): void {
     const req = this.#req;
-    req.body?.forget();
+    // Every write of the body has ended (#writeDone): nothing reads its bytes any more.
+    req.body?.forget(true);
     this.#req = { method: req.method, target: "", headers: NO_FIELDS, body: null };
   }
 
