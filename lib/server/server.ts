@@ -52,7 +52,7 @@
  */
 
 import { overloaded, PerIpCap, tooManyConnections } from "./conn_limit.ts";
-import { BODY_BUF, closeQuietly, Connection, type ConnectionHost, writeAll } from "./connection.ts";
+import { closeQuietly, Connection, type ConnectionHost, writeAll } from "./connection.ts";
 import { errorBytes } from "./response_head.ts";
 import { POOL_BUF } from "./response_writer.ts";
 import { BodyPool } from "./body_pool.ts";
