@@ -291,16 +291,9 @@ export function withWholeBody(req: Request, bytes: Uint8Array, release?: () => v
 
 /**
  * The whole body of `req` registered by {@link withWholeBody}, once (the registration is removed),
- * or null when there is none or its stream was already taken. The bytes are the caller's for good:
- * they are never released (see {@link takeLentBody}).
- */
-export function takeWholeBody(req: Request): Uint8Array | null {
-  return takeLentBody(req)?.bytes ?? null;
-}
-
-/**
- * Like {@link takeWholeBody}, with the release to call once nothing reads the bytes any more (null
- * when they are not lent). A caller that cannot tell when that is must not call it.
+ * or null when there is none or its stream was already taken; with the release to call once
+ * nothing reads the bytes any more (null when they are not lent). A caller that cannot tell when
+ * that is must not call it.
  */
 export function takeLentBody(req: Request): LentBytes | null {
   const lent = wholeBodies.take(req);

@@ -44,7 +44,6 @@ export {
   streamOf,
   takeDirectBody,
   takeLentBody,
-  takeWholeBody,
   withDirectBody,
   withFieldLines,
   withRequestFields,

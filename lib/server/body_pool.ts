@@ -5,7 +5,7 @@
  *
  * Why: a fresh buffer per body is allocated, zeroed and later collected; at 128 KB bodies that
  * was 9 % of busy time, and V8 collects more often as such buffers add up ("external memory
- * pressure"). Reusing them brought the relay to deno-minimal's CPU per request there.
+ * pressure"). Reusing them cut CPU per request there by ~6 % (docs/BENCHMARKS.md).
  * Must never: hand out a buffer something still reads. A buffer comes back only through
  * {@link BodyPool.give}, called by the one party that knows nothing reads it any more (the
  * server once `new Request` has copied a small body; the upstream client once a body is sent in

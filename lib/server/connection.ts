@@ -93,7 +93,7 @@ const MAX_DRAIN_BYTES = 1024 * 1024;
  * the bytes in it are consumed. Bodies use {@link BODY_BUF}.
  */
 const SMALL_BUF = 1024;
-export const BODY_BUF = 64 * 1024;
+const BODY_BUF = 64 * 1024;
 /**
  * A whole body over this size is handed to the handler as it is ({@link withWholeBody}); a smaller
  * one is given to the Request, whose copy of it costs less than a stream for it (measured: with
@@ -806,23 +806,21 @@ export class Connection implements Watched, ResponseSink {
    */
   #readArena(body: RequestBody): Promise<boolean> {
     let arena = body.arena;
-    if (arena === null || body.arenaUsed === arena.byteLength) {
-      const size = arena === null ? BODY_BUF : Math.min(arena.byteLength * 2, ARENA_MAX);
+    if (arena === null || arena.byteLength === 0) {
+      const size = arena === null ? BODY_BUF : Math.min(arena.buffer.byteLength * 2, ARENA_MAX);
       // Never past the body's end: the next request's bytes belong in #buf.
-      arena = body.arena = new Uint8Array(Math.min(size, body.remaining));
-      body.arenaUsed = 0;
+      arena = new Uint8Array(Math.min(size, body.remaining));
     }
-    const from = body.arenaUsed;
     const into = arena;
-    const p = readConn(this.#conn, into.subarray(from)).then((n): boolean => {
+    const p = readConn(this.#conn, into).then((n): boolean => {
       this.#pending = null;
       if (!n) {
         this.#eof = true;
         return false;
       }
-      body.arenaUsed = from + n;
       body.remaining -= n;
-      body.fresh = into.subarray(from, from + n);
+      body.fresh = into.subarray(0, n);
+      body.arena = into.subarray(n);
       if (body.remaining === 0) {
         body.done = true;
         // The exchange outlives its body (a long answer streams): it keeps no buffer of it.

@@ -90,10 +90,11 @@ export class RequestBody {
   /** Malformed framing or the client left: the connection cannot be reused. */
   broken = false;
   ctrl: ReadableStreamDefaultController<Uint8Array> | null = null;
-  /** Where a streamed body of announced length is read: a buffer of its own, never reused. */
+  /**
+   * Where a streamed body of announced length is read next: the unread rest of a buffer of its
+   * own, never read into twice (empty when full).
+   */
   arena: Uint8Array | null = null;
-  /** Bytes of {@link arena} already read (and handed on). */
-  arenaUsed = 0;
   /** What the last read into {@link arena} brought, not yet handed on. */
   fresh: Uint8Array | null = null;
 

@@ -33,7 +33,7 @@ export interface Http1ServerOptions {
   /** A kept-alive connection with no request in progress is closed after this many ms. Default 75,000. */
   idleTimeoutMs?: number;
   /**
-   * A small request body (announced length up to 64 KiB) is read by the server before the handler
+   * A request body of announced length up to 256 KiB is read by the server before the handler
    * runs; when no byte of it arrives for this many ms the client gets `408 body_timeout` and the
    * socket is closed (the handler never sees the request). Larger and chunked bodies stream to the
    * handler, whose reader keeps its own deadline. Default 60,000.

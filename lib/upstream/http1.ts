@@ -18,9 +18,6 @@ import { errName } from "../errors.ts";
 import { ChunkedDecoder, FramingError } from "../http/mod.ts";
 import type { Endpoint } from "../http/mod.ts";
 
-/** Largest first body chunk copied into the request head's write (see `#write`). */
-const JOIN_MAX = 16 * 1024;
-
 export type { Endpoint };
 import {
   type BodyReaderLike,
@@ -32,6 +29,9 @@ import {
 import { TOKEN } from "../http/mod.ts";
 import { IdleSweeper } from "./sweeper.ts";
 import type { Watchdog, Watched } from "../http/mod.ts";
+
+/** Largest first body chunk copied into the request head's write (see `#write`). */
+const JOIN_MAX = 16 * 1024;
 
 /** Why an exchange failed; the proxy maps these to client-facing errors. */
 export type UpstreamErrorKind =
