@@ -195,6 +195,25 @@ export function cpuSeconds(pid: number): number {
 
 const CLK_TCK = 100;
 
+/**
+ * CPU seconds of each thread of process `pid`, summed by thread name (main thread, GC helpers,
+ * tokio) and split into user and kernel time (`name user`, `name sys`).
+ */
+export function threadCpuSeconds(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const e of Deno.readDirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/task/${e.name}/stat`);
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      for (const [k, v] of [[`${name} user`, rest[11]], [`${name} sys`, rest[12]]] as const) {
+        out.set(k, (out.get(k) ?? 0) + Number(v) / CLK_TCK);
+      }
+    } catch { /* the thread ended between listing and reading */ }
+  }
+  return out;
+}
+
 /** Resident memory now and at peak, in MB. */
 export function memory(pid: number): { rssMb: number; peakMb: number } {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);

@@ -2,7 +2,8 @@
  * SSE CPU per event, the relay (own server) against deno-minimal, 3 alternating rounds (`--rounds`, after one uncounted warm-up round) of 1,000
  * streams x 10 events (`--streams`, `--events`, `--interval-ms` change the shape, `--ramp-ms` the time
  * over which the streams open: short, and their events coincide); each proxy is charged only its own
- * run. `--prof` adds a `--cpu-prof` summary. Each row's peak RSS over all its rounds is printed too.
+ * run. `--prof` adds a `--cpu-prof` summary, `--threads` each round's CPU by thread (JS main thread,
+ * V8's GC helpers, the runtime's I/O threads). Each row's peak RSS over all its rounds is printed too.
  *
  * `--base=TREE` adds the relay of another tree (e.g. a `git worktree` of an older commit) to the
  * rotation, for an A/B; runs on this shared machine swing by ±15 %, so take 5 or more rounds.
@@ -22,12 +23,14 @@ import {
   spawn,
   sseDelayLoad,
   startRelay,
+  threadCpuSeconds,
   waitForPort,
 } from "./common.ts";
 import { summarise, summaryMarkdown } from "./profile_summary.ts";
 const root = Deno.args.find((a) => !a.startsWith("--")) ?? new URL("..", import.meta.url).pathname;
 const flags = parseFlags(Deno.args);
 const prof = flags.has("prof");
+const threads = flags.has("threads");
 // More events per stream at the same total time separate the per-event cost from the per-stream one.
 const events = numFlag(flags, "events", 10),
   intervalMs = numFlag(flags, "interval-ms", 500),
@@ -88,6 +91,7 @@ for (let k = 0; k <= rounds; k++) {
   // Each round in another order, so no row always follows the same neighbour.
   for (const [name, port, pid] of rows.map((_, i) => rows[(i + k) % rows.length]!)) {
     const c0 = cpuSeconds(pid);
+    const t0 = threads ? threadCpuSeconds(pid) : null;
     const out = await sseDelayLoad({
       upstreamPort: ssePort,
       streams,
@@ -109,6 +113,15 @@ for (let k = 0; k <= rounds; k++) {
     }
     // deno-lint-ignore no-console
     console.log(name, "cpu µs/event", us.toFixed(1), out.slice(0, 300).replace(/\n/g, " "));
+    if (t0 !== null) {
+      const per = [...threadCpuSeconds(pid)].map(([t, s]) => [t, s - (t0.get(t) ?? 0)] as const)
+        .filter(([, s]) => s > 0).sort((a, b) => b[1] - a[1]);
+      // deno-lint-ignore no-console
+      console.log(
+        "  by thread, µs/event:",
+        per.map(([t, s]) => `${t} ${(s * 1e6 / (streams * (events + 2))).toFixed(1)}`).join("; "),
+      );
+    }
   }
 }
 // deno-lint-ignore no-console
