@@ -10,10 +10,13 @@ import fc from "fast-check";
 import { encodeLatin1 } from "../lib/http/bytes.ts";
 import {
   BodySource,
+  exchange,
   type ExchangeRequest,
+  Pool,
   requestHead,
   UpstreamError,
 } from "../lib/upstream/http1.ts";
+import { Watchdog, WriteSlabs } from "../lib/http/mod.ts";
 import {
   concat,
   deadline,
@@ -96,6 +99,148 @@ Deno.test("requestHead writes the bytes of the head as one Latin-1 string would 
     ),
     { numRuns: 300 },
   );
+});
+
+/**
+ * A fake A that keeps each request's bytes as they arrived (head, then the body by content-length
+ * or up to the last chunk), keyed by the request target, and answers each with "ok".
+ */
+function byteRecorder() {
+  const got = new Map<string, string>();
+  const latin1 = new TextDecoder("latin1");
+  const up = startRawUpstream(async (conn) => {
+    let text = "";
+    const chunk = new Uint8Array(65536);
+    while (true) {
+      let end: number;
+      let need = -1;
+      while (true) {
+        end = text.indexOf("\r\n\r\n");
+        if (end >= 0) {
+          const head = text.slice(0, end);
+          const m = /\r\ncontent-length: (\d+)/.exec(head);
+          if (m !== null) need = end + 4 + Number(m[1]);
+          else if (/\r\ntransfer-encoding: chunked/.test(head)) {
+            const last = text.indexOf("0\r\n\r\n", end + 4);
+            // The bodies below hold no "0\r\n\r\n" of their own.
+            if (last >= 0 && (last === end + 4 || text.slice(last - 2, last) === "\r\n")) {
+              need = last + 5;
+            }
+          } else need = end + 4;
+          if (need >= 0 && text.length >= need) break;
+        }
+        const n = await conn.read(chunk);
+        if (n === null) return;
+        text += latin1.decode(chunk.subarray(0, n));
+      }
+      const request = text.slice(0, need);
+      text = text.slice(need);
+      got.set(request.split(" ")[1]!, request);
+      await writeAll(conn, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    }
+  });
+  return { up, got };
+}
+
+/** A request body that hands out `chunks` one by one, with the length stated or chunked (null). */
+function chunksOf(chunks: string[], length: number | null): BodySource {
+  const bytes = chunks.map((c) => encodeLatin1(c));
+  let i = 0;
+  return new BodySource(
+    { read: () => Promise.resolve(i < bytes.length ? bytes[i++]! : null), cancel() {} },
+    length,
+    1 << 20,
+  );
+}
+
+deadline.test("the upstream client sends head and body bytes exactly as framed, in slab memory or not", async () => {
+  const { up, got } = byteRecorder();
+  const host = `127.0.0.1:${up.port}`;
+  const slabs = new WriteSlabs();
+  const pool = new Pool(
+    { protocol: "http:", hostname: "127.0.0.1", port: up.port, hostHeader: host },
+    { connectTimeoutMs: 2000, idleTimeoutMs: 5000, slabs },
+  );
+  const watchdog = new Watchdog(5000);
+  const headers: [string, string][] = [["content-type", "application/json"], ["x-n", "caf\xe9"]];
+  const headSize = (method: string, target: string, length: number | null) =>
+    requestHead({ method, target, headers, body: chunksOf([], length) }, host).byteLength;
+  // Head and first chunk exactly at the slab write limit (16 KiB), and one byte over it.
+  const edge = 16 * 1024 - headSize("POST", "/v1/edge", 16000);
+  const cases: Array<{ method: string; chunks: string[] | null; chunked?: boolean; hdr?: string }> =
+    [
+      { method: "GET", chunks: null },
+      { method: "POST", chunks: null },
+      { method: "POST", chunks: ['{"model":"m","messages":[]}'] },
+      { method: "POST", chunks: ["a".repeat(300), "b".repeat(400), "c".repeat(300)] },
+      { method: "PATCH", chunks: ["hello", "", "world!"], chunked: true },
+      { method: "PATCH", chunks: [], chunked: true },
+      { method: "PATCH", chunks: ["x".repeat(20000), "tail"], chunked: true },
+      { method: "POST", chunks: ["y".repeat(20000)] },
+      { method: "POST", chunks: ["z".repeat(5000)], hdr: "h".repeat(17000) },
+      { method: "POST", chunks: ["e".repeat(edge)] },
+      { method: "POST", chunks: ["f".repeat(edge + 1)] },
+    ];
+  const expected = (i: number): string => {
+    const c = cases[i]!;
+    const length = c.chunks === null || c.chunked ? null : c.chunks.join("").length;
+    const h: [string, string][] = c.hdr === undefined ? headers : [...headers, ["x-big", c.hdr]];
+    const head = requestHead({
+      method: c.method,
+      target: `/v1/case${i}`,
+      headers: h,
+      body: c.chunks === null ? null : chunksOf([], length),
+    }, host);
+    let body = "";
+    if (c.chunked) {
+      for (const p of c.chunks!) if (p.length > 0) body += `${p.length.toString(16)}\r\n${p}\r\n`;
+      body += "0\r\n\r\n";
+    } else if (c.chunks !== null) body = c.chunks.join("");
+    return new TextDecoder("latin1").decode(head) + body;
+  };
+  const send = (i: number) => {
+    const c = cases[i]!;
+    return exchange(pool, {
+      method: c.method,
+      target: `/v1/case${i}`,
+      headers: c.hdr === undefined ? headers : [...headers, ["x-big", c.hdr]],
+      body: c.chunks === null
+        ? null
+        : chunksOf(c.chunks, c.chunked ? null : c.chunks.join("").length),
+    }, { watchdog }).then(async (res) => {
+      assert.equal(res.status, 200);
+      if (res.body !== null) await res.body.cancel();
+    });
+  };
+  try {
+    // One at a time, then all at once on their own connections: no write's bytes are another's.
+    for (let i = 0; i < cases.length; i++) await send(i);
+    for (let i = 0; i < cases.length; i++) {
+      assert.equal(got.get(`/v1/case${i}`), expected(i), `#${i}`);
+    }
+    got.clear();
+    await Promise.all(cases.map((_, i) => send(i)));
+    for (let i = 0; i < cases.length; i++) {
+      assert.equal(got.get(`/v1/case${i}`), expected(i), `#${i}`);
+    }
+    assert.ok(slabs.made >= 1, "small heads go out from slab memory");
+    // A region goes back once its write completed: 100 requests of ~1.2 KB fit one 64 KiB slab.
+    const before = slabs.made;
+    for (let i = 0; i < 100; i++) {
+      await exchange(pool, {
+        method: "POST",
+        target: `/v1/seq${i}`,
+        headers,
+        body: chunksOf(["s".repeat(1000)], 1000),
+      }, { watchdog });
+    }
+    assert.equal(slabs.made, before, "no new slab for sequential requests");
+    assert.equal(got.size, cases.length + 100);
+  } finally {
+    pool.close();
+    watchdog.close();
+    up.close();
+  }
 });
 
 /** A fake A that records each request (head, and body by content-length) and answers it. */

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { respond, type ResponseSink } from "../lib/server/response_writer.ts";
 import { Exchange } from "../lib/server/exchange.ts";
-import { type WriteSlab, WriteSlabs } from "../lib/server/write_slabs.ts";
+import { type WriteSlab, WriteSlabs } from "../lib/http/write_slabs.ts";
 import { type BodyReaderLike, withDirectBody, withFieldLines } from "../lib/http/mod.ts";
 
 const enc = new TextEncoder();

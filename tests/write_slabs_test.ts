@@ -1,12 +1,12 @@
 /**
- * The own server's slab memory for small writes (lib/server/write_slabs.ts): a region is never
+ * The own server's slab memory for small writes (lib/http/write_slabs.ts): a region is never
  * handed out while a write in it is in flight, and a burst of many small writes in flight at once
  * needs a few slabs, reused by the next burst.
  */
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { type WriteSlab, WriteSlabs } from "../lib/server/write_slabs.ts";
+import { type WriteSlab, WriteSlabs } from "../lib/http/write_slabs.ts";
 
 Deno.test("no region is handed out again while its write is in flight, in any order of reserves and releases", () => {
   const size = 1024;

@@ -1,7 +1,8 @@
 /**
  * @module write_slabs
- * Memory for the own server's small socket writes (heads, JSON answers, SSE events): each write
- * gets a region of a shared slab, and a slab is used again once every write in it has completed.
+ * Memory for small socket writes: the own server's heads, JSON answers and SSE events, and the
+ * upstream client's request heads with a small body. Each write gets a region of a shared slab,
+ * and a slab is used again once every write in it has completed.
  *
  * Why not one pooled buffer per write: a write holds its buffer until the socket op completes,
  * which is the next event-loop turn at the earliest. With 1,000 streams an event-loop turn can

@@ -17,7 +17,7 @@ import { badRequest, parseRequestHead, type RequestHead, requestUrl } from "./re
 import { Exchange, RequestBody } from "./exchange.ts";
 import { POOL_BUF, respond, type ResponseSink } from "./response_writer.ts";
 import type { BodyPool } from "./body_pool.ts";
-import type { WriteSlab, WriteSlabs } from "./write_slabs.ts";
+import type { WriteSlab, WriteSlabs } from "../http/mod.ts";
 import { errorBytes } from "./response_head.ts";
 import { takeUpgrade, type Upgrade } from "./upgrade.ts";
 import type { DropReason, Http1Handler } from "./types.ts";

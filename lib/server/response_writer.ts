@@ -15,14 +15,14 @@ import type { Exchange } from "./exchange.ts";
 import { toRelayError } from "../errors.ts";
 import { type BodyReaderLike, eachFieldLine, takeDirectBody } from "../http/mod.ts";
 import { staticBody } from "../http/mod.ts";
-import type { WriteSlab } from "./write_slabs.ts";
+import type { WriteSlab } from "../http/mod.ts";
 
 /** Most bytes of a response gathered into one write when several chunks are ready at once. */
 const MAX_COALESCE = 128 * 1024;
 /**
  * Largest write made in reserved slab memory, and the size of the pooled read buffers. A fresh
  * Uint8Array costs ~0.8 µs in Deno (off-heap, zeroed); small writes (heads, JSON answers, SSE
- * events) go through a region of a shared slab instead (write_slabs.ts).
+ * events) go through a region of a shared slab instead (http/write_slabs.ts).
  */
 export const POOL_BUF = 16 * 1024;
 /** Microtask turns to wait for a body chunk that a stream produces without real I/O. */

@@ -56,7 +56,7 @@ import { closeQuietly, Connection, type ConnectionHost, writeAll } from "./conne
 import { errorBytes } from "./response_head.ts";
 import { POOL_BUF } from "./response_writer.ts";
 import { BodyPool } from "./body_pool.ts";
-import { WriteSlabs } from "./write_slabs.ts";
+import { WriteSlabs } from "../http/mod.ts";
 import type { DropReason, Http1Handler, Http1Server, Http1ServerOptions } from "./types.ts";
 import { errorResponse, toRelayError } from "../errors.ts";
 import { SlotSet, Watchdog, type Watched } from "../http/mod.ts";
