@@ -10,6 +10,10 @@
  * `--body-kb=N` pads the request body to about N KB (Claude Code sends tens of KB per request), and
  * the upstream reads each body whole before it answers, as Server A does.
  * `--prof` runs this checkout's relay with `--cpu-prof` and prints where its time went.
+ * `--pair` (with `--base`) runs only the two relays, back to back in each round, and prints the
+ * median of their per-round CPU ratios: short rounds (`--seconds=2 --rounds=20`) pair them closely
+ * in time, which resolves a few per cent on this shared machine where 5-second rows of identical
+ * code differed by up to 20 %.
  *
  *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N] [--prof]
  */
@@ -48,6 +52,7 @@ interface Row {
 }
 const rows: Row[] = [];
 const prof = flags.has("prof");
+const pair = flags.has("pair") && base !== undefined;
 const relay = async (name: string, root: string, denoFlags: string[] = []): Promise<void> => {
   const port = freePort();
   const proc = await startRelay(name, {
@@ -77,8 +82,10 @@ await relay(
   prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}/prof`] : [],
 );
 if (base !== undefined) await relay("relay-base", base.replace(/\/$/, ""));
-await plain("deno-minimal", "minimal_relay.ts");
-await plain("tcp-pipe", "tcp_pipe.ts");
+if (!pair) {
+  await plain("deno-minimal", "minimal_relay.ts");
+  await plain("tcp-pipe", "tcp_pipe.ts");
+}
 
 const wrk = async (port: number, secs: number): Promise<number> => {
   const out = await runToEnd("wrk", [
@@ -114,6 +121,24 @@ try {
   await nginx.proc.stop();
 }
 const m = (xs: number[]) => median(xs);
+if (pair) {
+  const a = us["relay"]!, b = us["relay-base"]!;
+  const ratios = a.map((x, i) => x / b[i]!);
+  // deno-lint-ignore no-console
+  console.log(
+    [
+      `wrk -t1 -c50 -d${seconds}s, ${rounds} rounds of relay and relay-base back to back`,
+      `relay CPU µs/request: median ${m(a).toFixed(1)} (${a.map((x) => x.toFixed(1)).join(", ")})`,
+      `relay-base CPU µs/request: median ${m(b).toFixed(1)} (${
+        b.map((x) => x.toFixed(1)).join(", ")
+      })`,
+      `relay / relay-base per round: median ${m(ratios).toFixed(3)}; relay lower in ${
+        ratios.filter((r) => r < 1).length
+      } of ${ratios.length} rounds`,
+    ].join("\n"),
+  );
+  Deno.exit(0);
+}
 const pipe = m(rps["tcp-pipe"]!), minimal = m(us["deno-minimal"]!);
 const lines = [
   `wrk -t1 -c50 -d${seconds}s${flags.has("close") ? ", Connection: close" : ""}${
