@@ -1330,7 +1330,7 @@ export function planHead(req: ExchangeRequest, hostHeader: string): HeadPlan {
 }
 
 /** Writes the head {@link planHead} planned into `out` from 0; returns the offset after it. */
-function putHead(
+export function putHead(
   out: Uint8Array,
   req: ExchangeRequest,
   hostHeader: string,
