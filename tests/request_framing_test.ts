@@ -243,6 +243,45 @@ deadline.test("the upstream client sends head and body bytes exactly as framed, 
   }
 });
 
+deadline.test("a header that is not Latin-1 fails the exchange before a byte reaches A, and the connection stays usable", async () => {
+  const { up, got } = byteRecorder();
+  const host = `127.0.0.1:${up.port}`;
+  const pool = new Pool(
+    { protocol: "http:", hostname: "127.0.0.1", port: up.port, hostHeader: host },
+    { connectTimeoutMs: 2000, idleTimeoutMs: 5000 },
+  );
+  const watchdog = new Watchdog(5000);
+  const ok = () =>
+    exchange(pool, { method: "POST", target: "/v1/ok", headers: [], body: chunksOf(["{}"], 2) }, {
+      watchdog,
+    });
+  try {
+    await ok(); // a warm connection for the bad request to take
+    for (const headers of [[["x-key", "sk-\u0101"]], [["x-\u0100", "v"]]] as [string, string][][]) {
+      await assert.rejects(
+        exchange(pool, { method: "POST", target: "/v1/bad", headers, body: chunksOf(["{}"], 2) }, {
+          watchdog,
+        }),
+        (e: unknown) => e instanceof UpstreamError && e.kind === "request",
+      );
+    }
+    await assert.rejects(
+      exchange(pool, { method: "GET", target: "/v1/\u0141", headers: [], body: null }, {
+        watchdog,
+      }),
+      (e: unknown) => e instanceof UpstreamError && e.kind === "request",
+    );
+    const res = await ok();
+    assert.equal(res.reused, true, "the connection was not spent on the refused requests");
+    assert.deepEqual([...got.keys()], ["/v1/ok"]);
+    assert.equal(up.connections, 1);
+  } finally {
+    pool.close();
+    watchdog.close();
+    up.close();
+  }
+});
+
 /** A fake A that records each request (head, and body by content-length) and answers it. */
 function recordingUpstream(answer: (head: string, index: number) => string | string[]) {
   const seen: Array<{ head: string; body: string; conn: number }> = [];

@@ -201,6 +201,8 @@ export class Connection {
   /** A read started while idle, so a close by the peer is noticed before reuse. */
   #idleRead: Promise<Uint8Array | null> | null = null;
   #idleSettled = false;
+  /** What the pool does when the idle read ends (the pool's latest {@link startIdle}). */
+  #onIdleLost: (() => void) | null = null;
   #readSize = SMALL_READ;
   #buf: Uint8Array | null = null;
   /** #buf was lent out ({@link readLent}): a read its borrower did not ask for needs another. */
@@ -307,6 +309,11 @@ export class Connection {
 
   /** Starts watching an idle connection; `onLost` runs if the peer closes it or sends junk. */
   startIdle(onLost: () => void): void {
+    this.#onIdleLost = onLost;
+    // Still in flight when the exchange that had the connection never read from it (refused
+    // before a byte was written): a second read would race it for A's next bytes, and the one
+    // that lost would drop them, leaving the next exchange waiting for an answer already read.
+    if (this.#idleRead !== null) return;
     this.#idleSettled = false;
     this.#readSize = SMALL_READ;
     // The last chunk may still be on its way to the client, in the buffer it was lent in.
@@ -317,7 +324,7 @@ export class Connection {
     pending.then(() => {
       this.#idleSettled = true;
       // Anything (EOF, data, error) arriving on an idle connection makes it unusable.
-      if (this.#idleRead === pending) onLost();
+      if (this.#idleRead === pending) this.#onIdleLost?.();
     });
   }
 
