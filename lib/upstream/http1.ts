@@ -990,10 +990,7 @@ class Exchange implements Watched, Attempt {
    */
   async #write(plan: HeadPlan): Promise<void> {
     const body = this.#req.body;
-    if (body === null) {
-      if (plan.size > SLAB_WRITE_MAX) return await this.#send(this.#head(plan));
-      return await this.#sendInSlab(plan, null, false);
-    }
+    if (body === null) return await this.#sendHead(plan, NO_PARTS);
     const next = body.cursor();
     const chunked = body.length === null;
     let left = body.length ?? 0;
@@ -1006,20 +1003,12 @@ class Exchange implements Watched, Attempt {
     // Head and the first body chunk in one write: one packet for a typical JSON request. A large
     // chunk goes in a write of its own: copying it next to the head cost more than the write.
     const first = await next();
-    if (first !== null && !chunked) take(first);
-    if (plan.size + framedSize(first, chunked) <= SLAB_WRITE_MAX) {
-      await this.#sendInSlab(plan, first, chunked);
+    const firstParts = first !== null ? take(first) : chunked ? [LAST_CHUNK] : NO_PARTS;
+    if (!chunked && first !== null && first.byteLength > JOIN_MAX) {
+      await this.#sendHead(plan, NO_PARTS);
+      await this.#send(first);
     } else {
-      const head = this.#head(plan);
-      const parts: Uint8Array[] = [head];
-      if (first !== null) parts.push(...(chunked ? frame(first, true) : [first]));
-      else if (chunked) parts.push(LAST_CHUNK);
-      if (!chunked && first !== null && first.byteLength > JOIN_MAX) {
-        await this.#send(head);
-        await this.#send(first);
-      } else {
-        await this.#send(concat(parts));
-      }
+      await this.#sendHead(plan, firstParts);
     }
     if (first !== null) {
       let c: Uint8Array | null;
@@ -1037,36 +1026,25 @@ class Exchange implements Watched, Attempt {
     this.lastTick = this.#watchdog.tick;
   }
 
-  /** The request head in a buffer of its own (a head or first chunk too large for a slab). */
-  #head(plan: HeadPlan): Uint8Array {
-    const out = new Uint8Array(plan.size);
-    putHead(out, this.#req, this.#pool.endpoint.hostHeader, plan.framing);
-    return out;
-  }
-
   /**
-   * Writes the head and the first body chunk (framed; the last chunk's marker for an empty chunked
-   * body) in one region of a slab. The region goes back only once the write completed; after a
-   * failed write, its slab is left to the garbage collector (write_slabs.ts).
+   * Writes the head and `parts` (the first body chunk, framed) in one write. Up to
+   * {@link SLAB_WRITE_MAX} bytes, in a region of a slab, given back only once the write completed
+   * (after a failed write its slab is left to the garbage collector, write_slabs.ts); larger, in a
+   * buffer of its own.
    */
-  async #sendInSlab(plan: HeadPlan, first: Uint8Array | null, chunked: boolean): Promise<void> {
+  async #sendHead(plan: HeadPlan, parts: readonly Uint8Array[]): Promise<void> {
+    let size = plan.size;
+    for (const p of parts) size += p.byteLength;
     const slabs = this.#pool.slabs;
-    const slab = slabs.reserve(plan.size + framedSize(first, chunked));
-    const out = slab.view;
+    const slab = size <= SLAB_WRITE_MAX ? slabs.reserve(size) : null;
+    const out = slab?.view ?? new Uint8Array(size);
     let off = putHead(out, this.#req, this.#pool.endpoint.hostHeader, plan.framing);
-    if (chunked) {
-      if (first === null) {
-        out.set(LAST_CHUNK, off);
-      } else if (first.byteLength > 0) {
-        off = putLatin1(out, off, `${first.byteLength.toString(16)}\r\n`);
-        out.set(first, off);
-        out.set(CRLF, off + first.byteLength);
-      }
-    } else if (first !== null) {
-      out.set(first, off);
+    for (const p of parts) {
+      out.set(p, off);
+      off += p.byteLength;
     }
     await this.#send(out);
-    slabs.release(slab);
+    if (slab !== null) slabs.release(slab);
   }
 
   #readHead(): Promise<Head> {
@@ -1336,7 +1314,10 @@ export function planHead(req: ExchangeRequest, hostHeader: string): HeadPlan {
   return { size, framing };
 }
 
-/** Writes the head {@link planHead} planned into `out` from 0; returns the offset after it. */
+/**
+ * Writes the head {@link planHead} planned into `out` from 0; returns the offset after it. Only
+ * after {@link planHead}, which checked every string: `putLatin1` would throw a RangeError.
+ */
 export function putHead(
   out: Uint8Array,
   req: ExchangeRequest,
@@ -1344,27 +1325,21 @@ export function putHead(
   framing: string,
 ): number {
   const { method, target, headers } = req;
-  try {
-    let off = putLatin1(out, 0, method);
-    off = putLatin1(out, off, " ");
-    off = putLatin1(out, off, target);
-    off = putLatin1(out, off, " HTTP/1.1\r\nhost: ");
-    off = putLatin1(out, off, hostHeader);
+  let off = putLatin1(out, 0, method);
+  off = putLatin1(out, off, " ");
+  off = putLatin1(out, off, target);
+  off = putLatin1(out, off, " HTTP/1.1\r\nhost: ");
+  off = putLatin1(out, off, hostHeader);
+  off = putLatin1(out, off, "\r\n");
+  for (let i = 0; i < headers.length; i++) {
+    const h = headers[i]!;
+    off = putLatin1(out, off, h[0]);
+    off = putLatin1(out, off, ": ");
+    off = putLatin1(out, off, h[1]);
     off = putLatin1(out, off, "\r\n");
-    for (let i = 0; i < headers.length; i++) {
-      const h = headers[i]!;
-      off = putLatin1(out, off, h[0]);
-      off = putLatin1(out, off, ": ");
-      off = putLatin1(out, off, h[1]);
-      off = putLatin1(out, off, "\r\n");
-    }
-    off = putLatin1(out, off, framing);
-    return putLatin1(out, off, "\r\n");
-  } catch (err) {
-    throw new UpstreamError("request", "a request header has a character above U+00FF", {
-      cause: err,
-    });
   }
+  off = putLatin1(out, off, framing);
+  return putLatin1(out, off, "\r\n");
 }
 
 /** `tap.end`, called at most once however many ways the body ends. */
@@ -1522,16 +1497,9 @@ export function parseHead(bytes: Uint8Array): Head {
 
 const EMPTY = new Uint8Array(0);
 const CRLF = new Uint8Array([13, 10]);
+const NO_PARTS: readonly Uint8Array[] = [];
 const LAST_CHUNK = new Uint8Array([0x30, 13, 10, 13, 10]);
 const encoder = new TextEncoder();
-
-/** Bytes of `first` as the head's write carries it: framed when chunked, the end marker if none. */
-function framedSize(first: Uint8Array | null, chunked: boolean): number {
-  if (!chunked) return first === null ? 0 : first.byteLength;
-  if (first === null) return LAST_CHUNK.byteLength;
-  const n = first.byteLength;
-  return n === 0 ? 0 : n.toString(16).length + n + 4;
-}
 
 function frame(chunk: Uint8Array, chunked: boolean): Uint8Array[] {
   if (!chunked) return [chunk];
