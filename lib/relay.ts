@@ -344,7 +344,12 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
    * is the configuration taken when the request arrived: a reload during one of its awaits must
    * not give it half of each.
    */
-  async function relay(req: Request, ctx: Ctx, cfg: Config): Promise<Response> {
+  async function relay(
+    req: Request,
+    ctx: Ctx,
+    cfg: Config,
+    info: ClientInfo,
+  ): Promise<Response> {
     // Shed before opening anything upstream: this request is already counted in `inFlight`.
     if (inFlight > cap.max) throw overloaded();
     const admitting = admit(ctx, stepDeps);
@@ -433,13 +438,23 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     // Every event stream is a stream, also one that arrived whole in the first read.
     ctx.stream = isEventStream(result.upstreamHeaders);
     if (!result.streaming) {
-      if (result.whole !== null) {
-        ctx.responseBytes = result.whole.byteLength;
-        const tap = new UsageTap(contentType, contentEncoding);
-        tap.finishWith(result.whole);
-        ctx.usage = tap;
-      }
-      finish(ctx, result.status, undefined);
+      const whole = result.whole;
+      if (whole !== null) ctx.responseBytes = whole.byteLength;
+      const status = result.status;
+      // The usage in a whole body and the record wait until the response was written: at
+      // concurrency 1 they were ~12 us between A's answer and the client's, while after the
+      // write they overlap the client reading it.
+      const record = (): void => {
+        if (whole !== null) {
+          const tap = new UsageTap(contentType, contentEncoding);
+          tap.finishWith(whole);
+          ctx.usage = tap;
+        }
+        finish(ctx, status, undefined);
+      };
+      const completed = info.completed;
+      if (completed === undefined) record();
+      else completed.then(record, record);
       return response;
     }
     ctx.usage = new UsageTap(contentType, contentEncoding);
@@ -546,7 +561,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     if (cfg.debugLog) ctx.requestHeaders = redactHeaders(req.headers);
     inFlight++;
     try {
-      const res = await relay(req, ctx, cfg);
+      const res = await relay(req, ctx, cfg, info);
       ctx.returnedAt = now();
       return res;
     } catch (err) {

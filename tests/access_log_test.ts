@@ -14,7 +14,8 @@ import {
   isFailure,
   openAccessLog,
 } from "../lib/observe/access_log.ts";
-import type { RequestRecord } from "../lib/relay.ts";
+import { createApp, type RequestRecord } from "../lib/relay.ts";
+import { Logger } from "../lib/observe/mod.ts";
 import { parseConfig } from "../lib/config/config.ts";
 import {
   closedPort,
@@ -694,6 +695,55 @@ deadline.test("main.ts writes access lines to stdout and LOG_FILE, flushed on SI
       child.kill("SIGKILL");
     } catch { /* exited */ }
     await Deno.remove(dir, { recursive: true });
+    await up.close();
+  }
+});
+
+deadline.test("a whole response's record (and its usage) is made once the server says it was written", async () => {
+  const up = startUpstream(() =>
+    Response.json({ model: "gpt-test", usage: { prompt_tokens: 5, completion_tokens: 2 } })
+  );
+  const records: RequestRecord[] = [];
+  const config = parseConfig({ UPSTREAM_SERVER_A: up.url, ACCESS_LOG: "0" });
+  const app = createApp(config, {
+    background: false,
+    log: new Logger({ level: "error", sink: () => {} }),
+    observers: [(r) => records.push(r)],
+  });
+  const remoteAddr = { hostname: "127.0.0.1", port: 1 };
+  const ask = () => new Request("http://relay/v1/chat/completions", { method: "POST", body: "{}" });
+  try {
+    // As both servers give it: settles once the response went out (or the client left).
+    const written = Promise.withResolvers<void>();
+    const res = await app.fetch(ask(), { remoteAddr, completed: written.promise });
+    assert.equal(res.status, 200);
+    await delay(20);
+    assert.equal(records.length, 0, "no record before the response was written");
+    const body = await res.text();
+    written.resolve();
+    await waitFor(() => records.length === 1);
+    assert.equal(records[0]!.status, 200);
+    assert.equal(records[0]!.responseBytes, body.length);
+    assert.deepEqual(records[0]!.usage, {
+      model: "gpt-test",
+      inputTokens: 5,
+      outputTokens: 2,
+      totalTokens: 7,
+    });
+
+    // A client that left settles it too: the record is still made.
+    const left = Promise.withResolvers<void>();
+    const gone = await app.fetch(ask(), { remoteAddr, completed: left.promise });
+    await gone.body?.cancel();
+    left.reject(new Error("client left"));
+    await waitFor(() => records.length === 2);
+    assert.equal(records[1]!.usage?.totalTokens, 7);
+
+    // A caller that gives no `completed` gets the record before the response.
+    await (await app.fetch(ask(), { remoteAddr })).text();
+    assert.equal(records.length, 3);
+  } finally {
+    app.close();
     await up.close();
   }
 });

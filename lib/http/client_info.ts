@@ -19,4 +19,9 @@ export interface ClientInfo {
   remoteAddr: { hostname: string; port?: number };
   /** Hands the client's socket over after a 101 (the relay's own server only). */
   upgrade?: Upgrader | undefined;
+  /**
+   * Settles once the response was written in full or the client left (both servers give it; a
+   * caller of the handler may not).
+   */
+  readonly completed?: Promise<void>;
 }
