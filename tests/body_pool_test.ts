@@ -13,7 +13,9 @@ Deno.test("take gives a view of n bytes on a buffer of the smallest power-of-two
       [POOL_MIN + 1, 8192],
       [100_000, 131_072],
       [131_072, 131_072],
-      [POOL_MAX, 262_144],
+      [262_144, 262_144],
+      [300_000, 524_288],
+      [POOL_MAX, 1_048_576],
     ] as const
   ) {
     const b = pool.take(n);
@@ -39,7 +41,7 @@ Deno.test("a buffer given back is handed out again, once, to a body of its size 
   assert.notEqual(pool.take(10_000).buffer, a.buffer);
 });
 
-Deno.test("give ignores buffers the pool did not size, and keeps at most 8 of a size", () => {
+Deno.test("give ignores buffers the pool did not size, and keeps at most 8 of a size and 2 MiB of one", () => {
   const pool = new BodyPool();
   pool.give(new Uint8Array(5000));
   pool.give(new Uint8Array(100));
@@ -47,4 +49,8 @@ Deno.test("give ignores buffers the pool did not size, and keeps at most 8 of a 
   assert.equal(pool.kept, 0);
   for (let i = 0; i < 20; i++) pool.give(new Uint8Array(65_536));
   assert.equal(pool.kept, 8);
+  for (let i = 0; i < 20; i++) pool.give(new Uint8Array(524_288));
+  assert.equal(pool.kept, 8 + 4);
+  for (let i = 0; i < 20; i++) pool.give(new Uint8Array(POOL_MAX));
+  assert.equal(pool.kept, 8 + 4 + 2);
 });

@@ -85,6 +85,7 @@ const directBodies = new Slot<Response, BodyReaderLike>("direct body");
 const fieldLines = new Slot<Response, HeaderList>("field lines");
 const requestFields = new Slot<Request, HeaderList>("request fields");
 const wholeBodies = new Slot<Request, LentBytes>("whole body");
+const bodyReleases = new Slot<Request, () => void>("body release");
 
 /**
  * Registers `lines` as the field lines `req` was made from, as they arrived (names as sent,
@@ -287,6 +288,20 @@ export interface LentBytes {
 export function withWholeBody(req: Request, bytes: Uint8Array, release?: () => void): Request {
   wholeBodies.set(req, { bytes, release: release ?? null });
   return req;
+}
+
+/**
+ * Registers how to give back the memory under the chunks of `req.body`, a stream the server reads
+ * into buffers it lends. Contract: call it only once the stream was read to its end and nothing
+ * reads any chunk of it any more; the buffers may be overwritten after.
+ */
+export function withBodyRelease(req: Request, release: () => void): void {
+  bodyReleases.set(req, release);
+}
+
+/** The release registered by {@link withBodyRelease}, once; null when there is none. */
+export function takeBodyRelease(req: Request): (() => void) | null {
+  return bodyReleases.take(req) ?? null;
 }
 
 /**

@@ -28,6 +28,12 @@ export interface BodyLimitOptions {
    * the bytes the server lent ({@link release} gives them back).
    */
   whole?: (() => Promise<Uint8Array>) | LentBytes;
+  /**
+   * Without `whole`: gives the memory under the streamed chunks back to the server
+   * (`takeBodyRelease`). Made callable through {@link LimitedBody.release} only once the stream
+   * ended.
+   */
+  streamRelease?: (() => void) | null;
 }
 
 /** The 413 answered for a body over the limit. */
@@ -188,6 +194,8 @@ export class LimitedBody implements BodyReader, Watched {
     }
     this.#watchdog.unwatch(this);
     if (chunk === null) {
+      // The client's stream ended: every chunk it gave has been handed out.
+      this.#release = this.#opts.streamRelease ?? null;
       this.#end();
       return null;
     }
@@ -203,7 +211,7 @@ export class LimitedBody implements BodyReader, Watched {
 
   /**
    * Gives the bytes of a body the server lent back to it, to be read into again; only for a caller
-   * that read the body whole and knows nothing reads those bytes any more. Once at most.
+   * that read the body to its end and knows nothing reads those bytes any more. Once at most.
    */
   release(): void {
     const release = this.#release;

@@ -18,6 +18,7 @@ import {
   requestField,
   requestFieldsOf,
   requestHeaders,
+  takeBodyRelease,
   takeLentBody,
 } from "../http/mod.ts";
 import type { LogWriter } from "../observe/record.ts";
@@ -161,7 +162,9 @@ function body(a: Admission): void {
   a.body = new LimitedBody(() => req.body!, {
     maxBytes: cfg.maxBodyBytes,
     idleTimeoutMs: cfg.clientBodyTimeoutMs,
-    ...(whole ? { whole: takeLentBody(req) ?? (() => req.bytes()) } : {}),
+    ...(whole
+      ? { whole: takeLentBody(req) ?? (() => req.bytes()) }
+      : { streamRelease: takeBodyRelease(req) }),
   });
 }
 

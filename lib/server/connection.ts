@@ -31,6 +31,7 @@ import {
   lazyRequestFields,
   readConn,
   streamOf,
+  withBodyRelease,
   withRequestFields,
   withWholeBody,
 } from "../http/mod.ts";
@@ -691,6 +692,9 @@ export class Connection implements Watched, ResponseSink {
       withRequestFields(req, head.headers);
     }
     if (handoff) withWholeBody(req, whole!, () => server.bodies.give(whole!));
+    else if (body !== null && body.decoder === null) {
+      withBodyRelease(req, () => this.#giveArenas(body));
+    }
     if (cancelHookAvailable) attachCancel(req, ex.onCancel);
     // `new Request` normalises the URL (dot-segments, `\`, escaping, host case). Deno.serve hands
     // the target over as sent, and the relay's own checks depend on seeing it so.
@@ -808,8 +812,10 @@ export class Connection implements Watched, ResponseSink {
     let arena = body.arena;
     if (arena === null || arena.byteLength === 0) {
       const size = arena === null ? BODY_BUF : Math.min(arena.buffer.byteLength * 2, ARENA_MAX);
-      // Never past the body's end: the next request's bytes belong in #buf.
-      arena = new Uint8Array(Math.min(size, body.remaining));
+      // Never past the body's end: the next request's bytes belong in #buf. From the pool: the
+      // handler gives them back once the body was sent (#giveArenas).
+      arena = this.#server.bodies.take(Math.min(size, body.remaining));
+      (body.arenas ??= []).push(arena);
     }
     const into = arena;
     const p = readConn(this.#conn, into).then((n): boolean => {
@@ -830,6 +836,18 @@ export class Connection implements Watched, ResponseSink {
     }, this.#onReadError);
     this.#pending = p;
     return p;
+  }
+
+  /**
+   * The release the handler gets for a streamed body: its buffers go back to the pool. Only for a
+   * body read to its end (the reader's contract is to call it only then; this checks it too).
+   */
+  #giveArenas(body: RequestBody): void {
+    const arenas = body.arenas;
+    if (arenas === null || !body.done) return;
+    body.arenas = null;
+    const bodies = this.#server.bodies;
+    for (const a of arenas) bodies.give(a);
   }
 
   /** Room for a body read; a bigger buffer for bulk bodies (given back after the exchange). */

@@ -94,9 +94,14 @@ export class RequestBody {
    * Where a streamed body of announced length is read next: the unread rest of a buffer of its
    * own, never read into twice (empty when full).
    */
-  arena: Uint8Array | null = null;
+  arena: Uint8Array<ArrayBuffer> | null = null;
   /** What the last read into {@link arena} brought, not yet handed on. */
   fresh: Uint8Array | null = null;
+  /**
+   * The pooled buffers under every arena so far: given back only by the handler's release, once
+   * the whole body was read and nothing reads its chunks any more.
+   */
+  arenas: Uint8Array<ArrayBuffer>[] | null = null;
 
   constructor(head: RequestHead) {
     this.remaining = head.chunked ? 0 : head.contentLength;
