@@ -443,7 +443,10 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       const status = result.status;
       // The usage in a whole body and the record wait until the response was written: at
       // concurrency 1 they were ~12 us between A's answer and the client's, while after the
-      // write they overlap the client reading it.
+      // write they overlap the client reading it. The client's concurrency slot is freed now, as
+      // before: its next request may come before `completed` settles (Deno.serve).
+      ctx.release?.();
+      ctx.release = undefined;
       const record = (): void => {
         if (whole !== null) {
           const tap = new UsageTap(contentType, contentEncoding);

@@ -204,3 +204,23 @@ deadline.test("an unusable KV store answers 503 and never forwards", async () =>
     await up.close();
   }
 });
+
+deadline.test("MAX_CONCURRENT_PER_CLIENT=1 never refuses a client that sends its requests one after another", async () => {
+  // A whole answer's record is made once the answer was written (`info.completed`), but its slot
+  // is freed when the handler returns, as before: a slot kept until then would refuse a next
+  // request that came first. Fails when a whole answer never frees its slot.
+  const up = startUpstream(() => Response.json({ usage: { prompt_tokens: 1 } }));
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, MAX_CONCURRENT_PER_CLIENT: "1" });
+  try {
+    const statuses: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      const res = await fetch(`${relay.url}/v1/chat/completions`, { method: "POST", body: "{}" });
+      await res.arrayBuffer();
+      statuses.push(res.status);
+    }
+    assert.deepEqual(statuses.filter((s) => s !== 200), []);
+  } finally {
+    await relay.close();
+    await up.close();
+  }
+});

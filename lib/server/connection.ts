@@ -213,8 +213,13 @@ export class Connection implements Watched, ResponseSink {
     else this.#endRun();
   };
 
-  // Only a bug gets here: drop the connection rather than the process.
-  readonly #failed = (): void => this.#endRun();
+  // Only a bug gets here: drop the connection rather than the process. The exchange is settled
+  // too: the relay makes a whole answer's record, and frees its concurrency slot, once
+  // `info.completed` settles.
+  readonly #failed = (): void => {
+    this.#ex?.abort();
+    this.#endRun();
+  };
 
   #endRun(): void {
     if (this.#state !== State.Upgraded && !this.#ending) this.#close();
