@@ -214,8 +214,7 @@ export class Connection implements Watched, ResponseSink {
   };
 
   // Only a bug gets here: drop the connection rather than the process. The exchange is settled
-  // too: the relay makes a whole answer's record, and frees its concurrency slot, once
-  // `info.completed` settles.
+  // too: the relay makes a whole answer's record once `info.completed` settles.
   readonly #failed = (): void => {
     this.#ex?.abort();
     this.#endRun();
