@@ -19,6 +19,11 @@
  *   (7.7 against 2.1 µs for `new Request` with 128 KB); `req.body` is a stream of the same bytes,
  *   made for a handler that reads it.
  *
+ * - how to give back the buffers under a streamed request body ({@link withBodyRelease}): the
+ *   server reads a large body into pooled buffers and lends them as the stream's chunks; the
+ *   upstream client releases them once the body was sent and answered (at 1 MB bodies, fresh
+ *   buffers made GC 23.5 % of busy time).
+ *
  * - a request's field lines as they arrived ({@link withRequestFields}): iterating `Headers` costs
  *   a sorted, joined copy (about 14 KB of garbage for a typical request), and A should get the
  *   lines as the client sent them.
