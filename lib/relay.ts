@@ -233,10 +233,15 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   });
   observers.unshift(telemetry.observe);
 
-  /** Emits the record for a finished request. */
-  function finish(ctx: Ctx, status: number, errorCode: string | undefined): void {
+  /** Gives the client's concurrency slot back (once). */
+  function freeSlot(ctx: Ctx): void {
     ctx.release?.();
     ctx.release = undefined;
+  }
+
+  /** Emits the record for a finished request. */
+  function finish(ctx: Ctx, status: number, errorCode: string | undefined): void {
+    freeSlot(ctx);
     const end = now();
     const ttfb = ctx.headAt !== undefined && ctx.exchangeStart !== undefined
       ? ctx.headAt - ctx.exchangeStart
@@ -445,8 +450,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
       // concurrency 1 they were ~12 us between A's answer and the client's, while after the
       // write they overlap the client reading it. The client's concurrency slot is freed now, as
       // before: its next request may come before `completed` settles (Deno.serve).
-      ctx.release?.();
-      ctx.release = undefined;
+      freeSlot(ctx);
       const record = (): void => {
         if (whole !== null) {
           const tap = new UsageTap(contentType, contentEncoding);
