@@ -10,12 +10,14 @@
  * `--body-kb=N` pads the request body to about N KB (Claude Code sends tens of KB per request), and
  * the upstream reads each body whole before it answers, as Server A does.
  * `--prof` runs this checkout's relay with `--cpu-prof` and prints where its time went.
+ * `--v8=FLAGS` starts this checkout's relay with `--v8-flags=FLAGS`; with `--base=<this checkout>
+ * --pair` that is an A/B of V8's settings on the same code.
  * `--pair` (with `--base`) runs only the two relays, back to back in each round, and prints the
  * median of their per-round CPU ratios: short rounds (`--seconds=2 --rounds=20`) pair them closely
  * in time, which resolves a few per cent on this shared machine where 5-second rows of identical
  * code differed by up to 20 %.
  *
- *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N] [--prof]
+ *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N] [--prof] [--v8=FLAGS]
  */
 import {
   BENCH,
@@ -79,7 +81,10 @@ const plain = async (name: string, file: string): Promise<void> => {
 await relay(
   "relay",
   new URL("..", import.meta.url).pathname.replace(/\/$/, ""),
-  prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}/prof`] : [],
+  [
+    ...(prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}/prof`] : []),
+    ...(flags.has("v8") ? [`--v8-flags=${flags.get("v8")}`] : []),
+  ],
 );
 if (base !== undefined) await relay("relay-base", base.replace(/\/$/, ""));
 if (!pair) {

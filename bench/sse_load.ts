@@ -87,6 +87,12 @@ export interface DelayResult {
   p50: number;
   p99: number;
   max: number;
+  /**
+   * p99 of the events sent while streams were still opening (the first `rampMs`), and of those
+   * sent after: whether a proxy's tail comes from stream set-up or from the events themselves.
+   */
+  p99Opening: number;
+  p99Open: number;
   errors: string[];
 }
 
@@ -104,6 +110,7 @@ async function delayRun(
     STREAM_REQUEST,
   );
   const delays: number[] = [];
+  const opening: number[] = [], open: number[] = [];
   const errors = new Map<string, number>();
   const expect = opts.events + 2;
   const runs: Promise<StreamOutcome>[] = [];
@@ -116,7 +123,10 @@ async function delayRun(
     runs.push(oneStream(target, req, expect, {
       onEvent(ev, at) {
         const m = T_RE.exec(ev);
-        if (m !== null) delays.push(at - Number(m[1]));
+        if (m === null) return;
+        const sent = Number(m[1]);
+        delays.push(at - sent);
+        (sent < started + opts.rampMs ? opening : open).push(at - sent);
       },
     }));
   }
@@ -135,6 +145,8 @@ async function delayRun(
     p50: round(quantile(delays, 0.5), 3),
     p99: round(quantile(delays, 0.99), 3),
     max: round(quantile(delays, 1), 3),
+    p99Opening: round(quantile(opening, 0.99), 3),
+    p99Open: round(quantile(open, 0.99), 3),
     errors: [...errors].map(([e, n]) => `${n}× ${e}`).slice(0, 5),
   };
 }
