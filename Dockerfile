@@ -36,4 +36,5 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 # files under /app only (ROUTES_FILE, TLS files: mount them there). No write, run, ffi or sys.
 # `deno task start` narrows --allow-net further to the configured hosts; in a container the
 # network namespace is the boundary. The image's tini passes signals (SIGTERM, SIGHUP) to Deno.
-CMD ["run", "--unstable-no-legacy-abort", "--allow-net", "--allow-env", "--allow-read=/app", "main.ts"]
+# The V8 flag gives the heap room while many streams open (lib/ops/permissions.ts, RELAY_V8_FLAGS).
+CMD ["run", "--unstable-no-legacy-abort", "--v8-flags=--initial-old-space-size=64", "--allow-net", "--allow-env", "--allow-read=/app", "main.ts"]

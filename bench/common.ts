@@ -6,6 +6,8 @@
  * here ever looks processes up by name. Everything listens and connects on 127.0.0.1 only.
  */
 
+import { RELAY_V8_FLAGS } from "../lib/ops/permissions.ts";
+
 /** Repository root (the parent of `bench/`). */
 export const ROOT: string = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 /** The `bench/` directory. */
@@ -385,13 +387,19 @@ export interface RelayStart {
   logFile: string;
 }
 
-/** Starts proxy-forwarder as its own process (`deno run ... main.ts`) and waits for it. */
+/**
+ * Starts proxy-forwarder as its own process (`deno run ... main.ts`, with the V8 flag every
+ * shipped way of starting it passes) and waits for it.
+ */
 export async function startRelay(name: string, o: RelayStart): Promise<Proc> {
   const proc = spawn(name, [
     "deno",
     "run",
     "--unstable-no-legacy-abort",
     "-A",
+    // The relay as shipped runs with its V8 flag (lib/ops/permissions.ts); a row that passes
+    // its own `--v8-flags` replaces it.
+    ...(o.denoFlags?.some((f) => f.startsWith("--v8-flags")) ? [] : [RELAY_V8_FLAGS]),
     ...(o.denoFlags ?? []),
     o.script ?? `${ROOT}/main.ts`,
     ...(o.scriptArgs ?? []),

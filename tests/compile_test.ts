@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { parseConfig } from "../lib/config/config.ts";
-import { relayDenoArgs } from "../lib/ops/permissions.ts";
+import { RELAY_V8_FLAGS, relayDenoArgs } from "../lib/ops/permissions.ts";
 import { deadline } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -71,6 +71,28 @@ Deno.test("compile bakes in the same kinds of permission as deno task start, Doc
     Deno.readTextFileSync(`${ROOT}deploy/proxy-forwarder.service`),
   )![1]!;
   assert.deepEqual(grantFlags(unit.split(/\s+/)), compiled);
+});
+
+Deno.test("every way of starting the relay passes the same V8 flags", () => {
+  const v8 = (args: readonly string[]) => args.filter((a) => a.startsWith("--v8-flags"));
+  const config = parseConfig({ UPSTREAM_SERVER_A: "https://hub.example.com" });
+  const docker = /^CMD (\[.*\])$/m.exec(Deno.readTextFileSync(`${ROOT}Dockerfile`))![1]!;
+  const unit = /^ExecStart=(.*)$/m.exec(
+    Deno.readTextFileSync(`${ROOT}deploy/proxy-forwarder.service`),
+  )![1]!;
+  for (
+    const [name, args] of [
+      ["deno task start", relayDenoArgs(config, {}, "main.ts")],
+      ["compile (x64)", commands[0]!],
+      ["compile (arm64)", commands[1]!],
+      ["Dockerfile CMD", JSON.parse(docker) as string[]],
+      ["systemd ExecStart", unit.split(/\s+/)],
+    ] as const
+  ) {
+    assert.deepEqual(v8(args), [RELAY_V8_FLAGS], name);
+    // Runtime flags before the script: after it they would be the script's own arguments.
+    assert.ok(args.indexOf(RELAY_V8_FLAGS) < args.indexOf("main.ts"), name);
+  }
 });
 
 deadline.test("compile runs up to the runtime download: graph, npm embedding and output work", async () => {

@@ -11,4 +11,4 @@ export {
   parseDoctorArgs,
   runDoctor,
 } from "./doctor.ts";
-export { broadPermissions, relayDenoArgs, startupWarnings } from "./permissions.ts";
+export { broadPermissions, RELAY_V8_FLAGS, relayDenoArgs, startupWarnings } from "./permissions.ts";
