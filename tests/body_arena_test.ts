@@ -14,7 +14,7 @@ import type { BodyPool } from "../lib/server/body_pool.ts";
 import {
   deadline,
   delay,
-  readRequestHead,
+  readRequest,
   sha256,
   startRawUpstream,
   startRelay,
@@ -28,22 +28,6 @@ const OWN_SERVER_ONLY = Deno.env.get("PF_TEST_HTTP_SERVER") === "deno";
 /** A body of `size` bytes in a pattern of its own (`seed`). */
 function payload(size: number, seed: number): Uint8Array<ArrayBuffer> {
   return new Uint8Array(size).map((_, j) => (j * 31 + seed * 17 + (j >> 12)) & 0xff);
-}
-
-/** Reads one request on a raw connection: head text and exactly content-length body bytes. */
-async function readRequest(conn: Deno.Conn): Promise<{ head: string; body: Uint8Array } | null> {
-  const got = await readRequestHead(conn);
-  if (got === null) return null;
-  const want = Number(/content-length: (\d+)/i.exec(got.head)?.[1] ?? 0);
-  const body = new Uint8Array(want);
-  body.set(got.rest.subarray(0, want));
-  let have = Math.min(got.rest.byteLength, want);
-  while (have < want) {
-    const n = await conn.read(body.subarray(have));
-    if (n === null) return null;
-    have += n;
-  }
-  return { head: got.head, body };
 }
 
 const OK = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";

@@ -112,6 +112,27 @@ export async function readRequestHead(
   }
 }
 
+/**
+ * Reads one request from a raw connection: its head as text and exactly `content-length` body
+ * bytes (none without one); null when the connection ends first.
+ */
+export async function readRequest(
+  conn: Deno.Conn,
+): Promise<{ head: string; body: Uint8Array } | null> {
+  const got = await readRequestHead(conn);
+  if (got === null) return null;
+  const want = Number(/content-length: (\d+)/i.exec(got.head)?.[1] ?? 0);
+  const body = new Uint8Array(want);
+  body.set(got.rest.subarray(0, want));
+  let have = Math.min(got.rest.byteLength, want);
+  while (have < want) {
+    const n = await conn.read(body.subarray(have));
+    if (n === null) return null;
+    have += n;
+  }
+  return { head: got.head, body };
+}
+
 export async function writeAll(conn: Deno.Conn, data: string | Uint8Array): Promise<void> {
   const bytes = typeof data === "string" ? enc.encode(data) : data;
   let off = 0;

@@ -5,32 +5,15 @@
 import assert from "node:assert/strict";
 import {
   deadline,
+  dec,
   delay,
+  readRequest,
   readRequestHead,
   startRawUpstream,
   startRelay,
   waitFor,
   writeAll,
 } from "./helpers.ts";
-
-/** Reads a request head and, when it has a content-length, exactly that much body. */
-async function readRequest(conn: Deno.Conn): Promise<{ line: string; body: string } | null> {
-  const got = await readRequestHead(conn);
-  if (got === null) return null;
-  const m = /content-length: (\d+)/i.exec(got.head);
-  const want = m ? Number(m[1]) : 0;
-  let body = got.rest;
-  const buf = new Uint8Array(65536);
-  while (body.length < want) {
-    const n = await conn.read(buf);
-    if (n === null) break;
-    const merged = new Uint8Array(body.length + n);
-    merged.set(body);
-    merged.set(buf.subarray(0, n), body.length);
-    body = merged;
-  }
-  return { line: got.head.split("\r\n")[0]!, body: new TextDecoder().decode(body) };
-}
 
 deadline.test("an idle connection A closes after 1 s is noticed, and the next request just works", async () => {
   let idleClosed = 0;
@@ -70,11 +53,13 @@ function closesReusedConnections(answerFirst: number, onReuse: (conn: Deno.Conn)
       }
       const req = await readRequest(conn);
       if (req === null) return;
-      bodies.push(req.body);
+      bodies.push(dec.decode(req.body));
       served++;
       await writeAll(
         conn,
-        `HTTP/1.1 200 OK\r\ncontent-length: ${req.body.length + 3}\r\n\r\nok:${req.body}`,
+        `HTTP/1.1 200 OK\r\ncontent-length: ${req.body.byteLength + 3}\r\n\r\nok:${
+          dec.decode(req.body)
+        }`,
       );
     }
   });
