@@ -133,10 +133,10 @@ async function wrk(port: number, secs: number): Promise<{ requests: number; p50:
     script,
     `http://127.0.0.1:${port}/v1/chat/completions`,
   ], { cpu: "1", timeoutMs: (secs + 20) * 1000 });
-  return {
-    requests: Number(/(\d+) requests in/.exec(out)?.[1] ?? 0),
-    p50: /\s50%\s+(\S+)/.exec(out)?.[1] ?? "?",
-  };
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
+  // A row that answers errors would be timed on its error path.
+  if (/Non-2xx/.test(out) || requests === 0) throw new Error(`wrk: ${out}`);
+  return { requests, p50: /\s50%\s+(\S+)/.exec(out)?.[1] ?? "?" };
 }
 
 try {
