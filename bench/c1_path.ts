@@ -23,6 +23,7 @@ import {
   BENCH,
   chatPostScript,
   freePort,
+  installCleanup,
   numFlag,
   parseFlags,
   type Proc,
@@ -38,7 +39,10 @@ import {
 import { proxyConfig, startJsonUpstream, startNginx } from "./nginx.ts";
 
 const flags = parseFlags(Deno.args);
-const seconds = numFlag(flags, "seconds", 3);
+// The fds are read 1 s into the traced run, while wrk's connection is open.
+const seconds = Math.max(2, numFlag(flags, "seconds", 3));
+// Four rows, each a warm-up, an untraced and a traced run, plus start-up and perf's attach.
+const disarm = installCleanup(4 * (2 + 2 * seconds + 25) + 60);
 const dir = tempDir("c1-path");
 const up = await startJsonUpstream(dir);
 const upstreamPort = Number(new URL(up.url).port);
@@ -184,28 +188,32 @@ try {
     await wrk(row.port, 2); // warm-up: JIT, the connection to A
     const plain = await wrk(row.port, seconds);
     const file = `${dir}/${row.name}.trace`;
-    const perf = new Deno.Command("perf", {
-      args: [
-        "trace",
-        "-e",
-        "recvfrom,sendto,read,write,readv,writev",
-        "-p",
-        String(row.proc.pid),
-        "-o",
-        file,
-      ],
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    await sleep(1000); // perf attaches
-    const run = wrk(row.port, seconds);
-    // Read while wrk's connection, and with it the proxy's to A, is open.
-    await sleep(1000);
-    const upstreamFds = fdsToPort(row.proc.pid, upstreamPort);
-    const traced = await run;
-    await sleep(300);
-    perf.kill("SIGINT");
-    await perf.status;
+    // Started through `spawn`, so the time limit above stops it too.
+    const perf = spawn("perf", [
+      "perf",
+      "trace",
+      "-e",
+      "recvfrom,sendto,read,write,readv,writev",
+      "-p",
+      String(row.proc.pid),
+      "-o",
+      file,
+    ]);
+    let traced: { requests: number; p50: string };
+    let upstreamFds: Set<number>;
+    try {
+      await sleep(1000); // perf attaches
+      const run = wrk(row.port, seconds);
+      // Read while wrk's connection, and with it the proxy's to A, is open.
+      await sleep(1000);
+      upstreamFds = fdsToPort(row.proc.pid, upstreamPort);
+      traced = await run;
+      await sleep(300);
+    } finally {
+      // SIGINT makes perf write out what it traced.
+      perf.signal("SIGINT");
+      await perf.child.status;
+    }
     const gaps = splitGaps(parseTrace(Deno.readTextFileSync(file)), upstreamFds);
     const cell = (g: Gap): string => {
       const v = gaps.get(g) ?? [];
@@ -219,4 +227,5 @@ try {
   console.log(lines.join("\n"));
 } finally {
   for (const p of procs.reverse()) await p.stop();
+  disarm();
 }
