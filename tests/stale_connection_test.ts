@@ -53,13 +53,12 @@ function closesReusedConnections(answerFirst: number, onReuse: (conn: Deno.Conn)
       }
       const req = await readRequest(conn);
       if (req === null) return;
-      bodies.push(dec.decode(req.body));
+      const body = dec.decode(req.body);
+      bodies.push(body);
       served++;
       await writeAll(
         conn,
-        `HTTP/1.1 200 OK\r\ncontent-length: ${req.body.byteLength + 3}\r\n\r\nok:${
-          dec.decode(req.body)
-        }`,
+        `HTTP/1.1 200 OK\r\ncontent-length: ${req.body.byteLength + 3}\r\n\r\nok:${body}`,
       );
     }
   });
