@@ -29,12 +29,12 @@ import {
   type Proc,
   quantile,
   round,
-  runToEnd,
   sleep,
   spawn,
   startRelay,
   tempDir,
   waitForPort,
+  wrkPost,
 } from "./common.ts";
 import { proxyConfig, startJsonUpstream, startNginx } from "./nginx.ts";
 
@@ -126,20 +126,8 @@ function splitGaps(calls: Call[], upstreamFds: Set<number>): Map<Gap | "other", 
   return out;
 }
 
-async function wrk(port: number, secs: number): Promise<{ requests: number; p50: string }> {
-  const out = await runToEnd("wrk", [
-    "wrk",
-    "-t1",
-    "-c1",
-    `-d${secs}s`,
-    "--latency",
-    "-s",
-    script,
-    `http://127.0.0.1:${port}/v1/chat/completions`,
-  ], { cpu: "1", timeoutMs: (secs + 20) * 1000 });
-  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
-  // A row that answers errors would be timed on its error path.
-  if (/Non-2xx/.test(out) || requests === 0) throw new Error(`wrk: ${out}`);
+async function wrk(port: number, seconds: number): Promise<{ requests: number; p50: string }> {
+  const { out, requests } = await wrkPost(port, { conns: 1, seconds, script, latency: true });
   return { requests, p50: /\s50%\s+(\S+)/.exec(out)?.[1] ?? "?" };
 }
 

@@ -185,6 +185,31 @@ export async function runToEnd(
   }
 }
 
+/**
+ * `wrk -t1` with `conns` connections for `seconds` against the relay path
+ * `/v1/chat/completions` on `port`, running `script` (e.g. {@link chatPostScript}), on core 1.
+ * Throws when any answer was not 2xx or nothing was answered: a proxy answering errors would be
+ * measured on its error path. Returns wrk's output and the request count.
+ */
+export async function wrkPost(
+  port: number,
+  o: { conns: number; seconds: number; script: string; latency?: boolean },
+): Promise<{ out: string; requests: number }> {
+  const out = await runToEnd("wrk", [
+    "wrk",
+    "-t1",
+    `-c${o.conns}`,
+    `-d${o.seconds}s`,
+    ...(o.latency ? ["--latency"] : []),
+    "-s",
+    o.script,
+    `http://${HOST}:${port}/v1/chat/completions`,
+  ], { cpu: "1", timeoutMs: (o.seconds + 20) * 1000 });
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
+  if (/Non-2xx/.test(out) || requests === 0) throw new Error(`wrk: ${out}`);
+  return { out, requests };
+}
+
 /** The process's CPU time so far (user + system, all threads), in seconds. */
 export function cpuSeconds(pid: number): number {
   const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);

@@ -28,11 +28,11 @@ import {
   numFlag,
   parseFlags,
   type Proc,
-  runToEnd,
   sleep,
   spawn,
   startRelay,
   waitForPort,
+  wrkPost,
 } from "./common.ts";
 import { startJsonUpstream } from "./nginx.ts";
 import { summarise, summaryMarkdown } from "./profile_summary.ts";
@@ -92,20 +92,8 @@ if (!pair) {
   await plain("tcp-pipe", "tcp_pipe.ts");
 }
 
-const wrk = async (port: number, secs: number): Promise<number> => {
-  const out = await runToEnd("wrk", [
-    "wrk",
-    "-t1",
-    "-c50",
-    `-d${secs}s`,
-    "-s",
-    script,
-    `http://127.0.0.1:${port}/v1/chat/completions`,
-  ], { cpu: "1", timeoutMs: (secs + 20) * 1000 });
-  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
-  if (/Non-2xx/.test(out) || requests === 0) throw new Error(`wrk: ${out}`);
-  return requests;
-};
+const wrk = async (port: number, seconds: number): Promise<number> =>
+  (await wrkPost(port, { conns: 50, seconds, script })).requests;
 const us: Record<string, number[]> = {}, rps: Record<string, number[]> = {};
 try {
   for (const r of rows) await wrk(r.port, 1); // warm-up: JIT, connections to nginx
