@@ -8,9 +8,11 @@
  * `--base=TREE` adds the relay of another tree (e.g. a `git worktree` of an older commit) to the
  * rotation, for an A/B; runs on this shared machine swing by ±15 %, so take 5 or more rounds.
  * `--v8=FLAGS` adds this tree's relay started with `--v8-flags=FLAGS` (e.g. `--single-threaded-gc`),
- * for an A/B of V8's settings. Each row's median p99 event delay (ms) is printed too.
+ * for an A/B of V8's settings. Each row's median p99 event delay (ms) is printed too. `--gc` starts
+ * every row with `--trace-gc-nvp` and prints, per counted round, what its collections cost
+ * (`gc_trace.ts`): the scavenges' pauses and the bytes they copied, the full collections.
  *
- *   deno run -A bench/sse_cpu.ts [tree root, default this checkout] [--prof] [--base=TREE] [--v8=FLAGS] [--rounds=3]
+ *   deno run -A bench/sse_cpu.ts [tree root, default this checkout] [--prof] [--gc] [--base=TREE] [--v8=FLAGS] [--rounds=3]
  */
 import {
   cpuSeconds,
@@ -27,10 +29,15 @@ import {
   waitForPort,
 } from "./common.ts";
 import { summarise, summaryMarkdown } from "./profile_summary.ts";
+import { GC_TABLE_HEAD, gcRow, parseGcTrace, summariseGc } from "./gc_trace.ts";
+import { RELAY_V8_FLAGS } from "../lib/ops/permissions.ts";
 const root = Deno.args.find((a) => !a.startsWith("--")) ?? new URL("..", import.meta.url).pathname;
 const flags = parseFlags(Deno.args);
 const prof = flags.has("prof");
 const threads = flags.has("threads");
+const gc = flags.has("gc");
+/** The relay's own V8 flag with the GC trace added (a row's `--v8-flags` replaces the shipped one). */
+const withGcTrace = (v8Flags: string): string[] => gc ? [`${v8Flags},--trace-gc-nvp`] : [v8Flags];
 // More events per stream at the same total time separate the per-event cost from the per-stream one.
 const events = numFlag(flags, "events", 10),
   intervalMs = numFlag(flags, "interval-ms", 500),
@@ -55,19 +62,32 @@ async function relayRow(name: string, tree: string, denoFlags: string[]) {
 const { proc: relay, port: relayPort } = await relayRow(
   "relay",
   root,
-  prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}`] : [],
+  [
+    ...(prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}`] : []),
+    ...(gc ? withGcTrace(RELAY_V8_FLAGS) : []),
+  ],
 );
-const min = spawn("min", ["deno", "run", "-A", `${root}/bench/minimal_relay.ts`], {
+const min = spawn("min", [
+  "deno",
+  "run",
+  "-A",
+  ...(gc ? ["--v8-flags=--trace-gc-nvp"] : []),
+  `${root}/bench/minimal_relay.ts`,
+], {
   cpu: "0",
   env: { UPSTREAM: `http://127.0.0.1:${ssePort}`, PORT: String(minPort) },
   logFile: `${dir}/min.log`,
 });
 await waitForPort(minPort, 30000, min);
 const base = flags.get("base")?.replace(/\/$/, "");
-const baseRow = base === undefined ? null : await relayRow("relay-base", base, []);
+const baseRow = base === undefined
+  ? null
+  : await relayRow("relay-base", base, gc ? withGcTrace(RELAY_V8_FLAGS) : []);
 const baseRelay = baseRow?.proc ?? null, basePort = baseRow?.port ?? 0;
 const v8 = flags.get("v8");
-const v8Row = v8 === undefined ? null : await relayRow("relay-v8", root, [`--v8-flags=${v8}`]);
+const v8Row = v8 === undefined
+  ? null
+  : await relayRow("relay-v8", root, withGcTrace(`--v8-flags=${v8}`));
 const v8Relay = v8Row?.proc ?? null, v8Port = v8Row?.port ?? 0;
 await sleep(1000);
 const res: Record<string, number[]> = { relay: [], min: [] };
@@ -86,12 +106,23 @@ if (v8Relay !== null) {
   res["relay-v8"] = [];
 }
 const rounds = numFlag(flags, "rounds", 3);
+/** Each counted round's GC table row, with `--gc`. */
+const gcRows: string[] = [];
+/** The bytes of `name`'s log (where V8 prints its trace) up to now. */
+const logSize = (name: string): number => {
+  try {
+    return Deno.statSync(`${dir}/${name}.log`).size;
+  } catch {
+    return 0;
+  }
+};
 // Round 0 warms both up (JIT, pools) and is not counted.
 for (let k = 0; k <= rounds; k++) {
   // Each round in another order, so no row always follows the same neighbour.
   for (const [name, port, pid] of rows.map((_, i) => rows[(i + k) % rows.length]!)) {
     const c0 = cpuSeconds(pid);
     const t0 = threads ? threadCpuSeconds(pid) : null;
+    const log0 = gc ? logSize(name) : 0;
     const out = await sseDelayLoad({
       upstreamPort: ssePort,
       streams,
@@ -113,6 +144,11 @@ for (let k = 0; k <= rounds; k++) {
     }
     // deno-lint-ignore no-console
     console.log(name, "cpu µs/event", us.toFixed(1), out.slice(0, 300).replace(/\n/g, " "));
+    if (gc && k > 0) {
+      const log = Deno.readFileSync(`${dir}/${name}.log`).subarray(log0);
+      const s = summariseGc(parseGcTrace(new TextDecoder().decode(log)));
+      gcRows.push(gcRow(`${name} round ${k}`, s));
+    }
     if (t0 !== null) {
       const per = [...threadCpuSeconds(pid)].map(([t, s]) => [t, s - (t0.get(t) ?? 0)] as const)
         .filter(([, s]) => s > 0).sort((a, b) => b[1] - a[1]);
@@ -139,6 +175,14 @@ console.log(
   "median p99 event delay, ms:",
   Object.entries(p99s).map(([name, xs]) => `${name} ${median(xs)} (${xs.join(", ")})`).join("; "),
 );
+if (gc) {
+  // deno-lint-ignore no-console
+  console.log(
+    `\nGC per counted round (${streams} streams x ${events} events):\n\n${GC_TABLE_HEAD}`,
+  );
+  // deno-lint-ignore no-console
+  for (const row of gcRows) console.log(row);
+}
 // deno-lint-ignore no-console
 console.log(
   "peak RSS over all rounds, MB:",
