@@ -38,14 +38,18 @@ export interface GcSummary {
 }
 
 const LINE = /(\d+) ms: GC: (\{[^\n]*\})/g;
+/** A line of the relay's own log (`lib/observe/log.ts`), written whole to stderr. */
+const RELAY_LOG_LINE = /\{"time":"[^"\n]*","level":"[a-z]+"[^\n]*\}\n/g;
 
 /**
- * The collections traced in `text`. Lines another writer broke (two processes sharing a log, a
- * line cut at the end of a read) are skipped, not guessed at.
+ * The collections traced in `text`. V8 prints through C's buffered stdout while the relay writes
+ * its log lines to stderr whole, so in a shared log file one of those can land inside a trace line:
+ * they are taken out first. Lines still broken (cut at the end of a read) are skipped, not guessed
+ * at.
  */
 export function parseGcTrace(text: string): GcEvent[] {
   const out: GcEvent[] = [];
-  for (const m of text.matchAll(LINE)) {
+  for (const m of text.replace(RELAY_LOG_LINE, "").matchAll(LINE)) {
     let g: Record<string, unknown>;
     try {
       g = JSON.parse(m[2]!) as Record<string, unknown>;
@@ -62,6 +66,26 @@ export function parseGcTrace(text: string): GcEvent[] {
     });
   }
   return out;
+}
+
+/** Where coreutils keeps the library behind `stdbuf` (Debian and Ubuntu). */
+const STDBUF_LIB = "/usr/libexec/coreutils/libstdbuf.so";
+
+/**
+ * Environment for a child whose V8 trace is read while it runs: C's stdout line-buffered (what
+ * `stdbuf -oL` does), so each trace line is in the log as soon as its collection ended and none is
+ * split between two reads. Empty, with a warning, where the library is missing: then a round's last
+ * collection may be counted in the next round.
+ */
+export function lineBufferedStdout(): Record<string, string> {
+  try {
+    Deno.statSync(STDBUF_LIB);
+  } catch {
+    // deno-lint-ignore no-console
+    console.warn(`${STDBUF_LIB} not found: GC lines may reach the log a round late`);
+    return {};
+  }
+  return { LD_PRELOAD: STDBUF_LIB, _STDBUF_O: "L" };
 }
 
 const round1 = (x: number): number => Math.round(x * 10) / 10;

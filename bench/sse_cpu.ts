@@ -29,7 +29,7 @@ import {
   waitForPort,
 } from "./common.ts";
 import { summarise, summaryMarkdown } from "./profile_summary.ts";
-import { GC_TABLE_HEAD, gcRow, parseGcTrace, summariseGc } from "./gc_trace.ts";
+import { GC_TABLE_HEAD, gcRow, lineBufferedStdout, parseGcTrace, summariseGc } from "./gc_trace.ts";
 import { RELAY_V8_FLAGS } from "../lib/ops/permissions.ts";
 const root = Deno.args.find((a) => !a.startsWith("--")) ?? new URL("..", import.meta.url).pathname;
 const flags = parseFlags(Deno.args);
@@ -38,6 +38,7 @@ const threads = flags.has("threads");
 const gc = flags.has("gc");
 /** The relay's own V8 flag with the GC trace added (a row's `--v8-flags` replaces the shipped one). */
 const withGcTrace = (v8Flags: string): string[] => gc ? [`${v8Flags},--trace-gc-nvp`] : [v8Flags];
+const gcEnv = gc ? lineBufferedStdout() : {};
 // More events per stream at the same total time separate the per-event cost from the per-stream one.
 const events = numFlag(flags, "events", 10),
   intervalMs = numFlag(flags, "interval-ms", 500),
@@ -52,7 +53,7 @@ async function relayRow(name: string, tree: string, denoFlags: string[]) {
     port,
     upstream: `http://127.0.0.1:${ssePort}`,
     cpu: "0",
-    env: { ACCESS_LOG: "0" },
+    env: { ACCESS_LOG: "0", ...gcEnv },
     denoFlags,
     script: `${tree}/main.ts`,
     logFile: `${dir}/${name}.log`,
@@ -75,7 +76,7 @@ const min = spawn("min", [
   `${root}/bench/minimal_relay.ts`,
 ], {
   cpu: "0",
-  env: { UPSTREAM: `http://127.0.0.1:${ssePort}`, PORT: String(minPort) },
+  env: { UPSTREAM: `http://127.0.0.1:${ssePort}`, PORT: String(minPort), ...gcEnv },
   logFile: `${dir}/min.log`,
 });
 await waitForPort(minPort, 30000, min);
