@@ -1,6 +1,6 @@
 /**
- * Summarises V8's `--trace-gc-nvp` lines (one JSON object per collection, in a process's stderr or
- * log): how many young-generation collections (scavenges) and full ones (mark-compacts) ran, their
+ * Summarises V8's `--trace-gc-nvp` lines (one JSON object per collection, on a process's stdout or
+ * in its log): how many young-generation collections (scavenges) and full ones (mark-compacts) ran, their
  * pauses, and what the scavenges copied. A scavenge copies every live young object, once into the
  * other half of the young generation and, if it survives again, into the old one, so its pause
  * follows the bytes it copies, not the size of the heap. Prints markdown on stdout.
@@ -28,7 +28,10 @@ export interface GcSummary {
   scavenges: number;
   scavengeMs: number;
   longestScavengeMs: number;
-  /** MB the scavenges copied (kept young plus promoted). */
+  /**
+   * MB the scavenges copied (kept young plus promoted). For minor mark-sweeps (`--minor-ms`) the
+   * same two numbers, which that collector mostly keeps in place rather than copies.
+   */
   copiedMb: number;
   /** MB copied per ms of scavenge pause. */
   mbPerMs: number;
