@@ -1,6 +1,6 @@
 /**
  * What the relay's garbage collector does under load: the relay of this checkout (and, with
- * `--base=TREE`, of another tree) runs with `--v8-flags=--trace-gc-nvp` in front of nginx while
+ * `--base=TREE`, of another tree) runs with its V8 flag and `--trace-gc-nvp` in front of nginx while
  * `wrk -t1` sends the benchmark's POST at each concurrency of `--c` (default 1,10,50) for
  * `--seconds` (default 5) after a 2 s warm-up; `--close` sends `Connection: close`. Per row: req/s
  * and, per scavenge (young-generation GC), the median bytes that survived it, that it promoted to
@@ -22,6 +22,8 @@ import {
   startRelay,
 } from "./common.ts";
 import { startJsonUpstream } from "./nginx.ts";
+import { type GcEvent, isYoung, lineBufferedStdout, parseGcTrace } from "./gc_trace.ts";
+import { RELAY_V8_FLAGS } from "../lib/ops/permissions.ts";
 
 const flags = parseFlags(Deno.args);
 const seconds = numFlag(flags, "seconds", 5);
@@ -33,26 +35,14 @@ const dir = await Deno.makeTempDir();
 const nginx = await startJsonUpstream(dir);
 const script = chatPostScript(dir, flags.has("close"));
 
-interface Nvp {
-  gc: string;
-  pause: number;
-  new_space_survived: number;
-  promoted: number;
+/** The collections V8 printed into `log` from byte `from` on: young ones and full ones apart. */
+function gcsIn(log: string, from: number): { scavenges: GcEvent[]; full: GcEvent[] } {
+  const text = new TextDecoder().decode(Deno.readFileSync(log).subarray(from));
+  const all = parseGcTrace(text);
+  return { scavenges: all.filter(isYoung), full: all.filter((e) => !isYoung(e)) };
 }
-/** The scavenges (`"gc":"s"`) and full GCs V8 printed into `log` from line `from` on. */
-function gcsIn(log: string, from: number): { scavenges: Nvp[]; full: Nvp[]; lines: number } {
-  const lines = Deno.readTextFileSync(log).split("\n");
-  const scavenges: Nvp[] = [], full: Nvp[] = [];
-  for (const line of lines.slice(from)) {
-    const at = line.indexOf('{"pause"');
-    if (at < 0) continue;
-    try {
-      const e = JSON.parse(line.slice(at)) as Nvp;
-      (e.gc === "s" ? scavenges : full).push(e);
-    } catch { /* a line cut short */ }
-  }
-  return { scavenges, full, lines: lines.length };
-}
+/** Line-buffered, so the warm-up's collections are in the log before the measured run begins. */
+const gcEnv = lineBufferedStdout();
 
 const rows: string[] = [];
 for (const c of levels) {
@@ -62,8 +52,9 @@ for (const c of levels) {
       port,
       upstream: nginx.url,
       cpu: "0",
-      env: { ACCESS_LOG: "0" },
-      denoFlags: ["--v8-flags=--trace-gc-nvp"],
+      env: { ACCESS_LOG: "0", ...gcEnv },
+      // As shipped (its V8 flag), with the trace added.
+      denoFlags: [`${RELAY_V8_FLAGS},--trace-gc-nvp`],
       script: `${tree}/main.ts`,
       logFile: log,
     });
@@ -74,7 +65,7 @@ for (const c of levels) {
         timeoutMs: (s + 30) * 1000,
       });
     await wrk(2);
-    const from = gcsIn(log, 0).lines;
+    const from = Deno.statSync(log).size;
     const out = await wrk(seconds);
     await proc.stop(8000);
     const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
@@ -83,7 +74,7 @@ for (const c of levels) {
     const pauseMs = [...scavenges, ...full].reduce((t, e) => t + e.pause, 0);
     rows.push(
       `| ${name} | ${c} | ${Math.round(requests / seconds)} | ${scavenges.length} | ${
-        mb(scavenges.map((e) => e.new_space_survived))
+        mb(scavenges.map((e) => e.survived))
       } | ${mb(scavenges.map((e) => e.promoted))} | ${
         median(scavenges.map((e) => e.pause)).toFixed(2)
       } | ${full.length} | ${requests > 0 ? (pauseMs * 1000 / requests).toFixed(1) : "-"} |`,

@@ -96,6 +96,11 @@ const round2 = (x: number): number => Math.round(x * 100) / 100;
 
 const YOUNG = new Set(["s", "mms"]);
 
+/** Whether a collection of this kind is a young-generation one (scavenge or minor mark-sweep). */
+export function isYoung(e: GcEvent): boolean {
+  return YOUNG.has(e.kind);
+}
+
 /**
  * Totals over `events`; scavenges and minor mark-sweeps count as young collections (the summary's
  * `scavenges`), the rest as full ones.
@@ -104,7 +109,7 @@ export function summariseGc(events: readonly GcEvent[]): GcSummary {
   let scavenges = 0, scavengeMs = 0, longestScavengeMs = 0, copied = 0;
   let fullGcs = 0, fullGcMs = 0, longestFullGcMs = 0;
   for (const e of events) {
-    if (YOUNG.has(e.kind)) {
+    if (isYoung(e)) {
       scavenges++;
       scavengeMs += e.pause;
       longestScavengeMs = Math.max(longestScavengeMs, e.pause);
