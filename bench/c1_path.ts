@@ -20,7 +20,6 @@
  *   deno run -A bench/c1_path.ts [--seconds=3]
  */
 import {
-  BENCH,
   chatPostScript,
   freePort,
   installCleanup,
@@ -31,9 +30,9 @@ import {
   round,
   sleep,
   spawn,
+  startCalibration,
   startRelay,
   tempDir,
-  waitForPort,
   wrkPost,
 } from "./common.ts";
 import { proxyConfig, startJsonUpstream, startNginx } from "./nginx.ts";
@@ -144,15 +143,16 @@ try {
     procs.push(proc);
     rows.push({ name: "relay", port, proc });
   }
-  for (const [name, file] of [["deno-minimal", "minimal_relay.ts"], ["tcp-pipe", "tcp_pipe.ts"]]) {
-    const port = freePort();
-    const proc = spawn(name!, ["deno", "run", "-A", `${BENCH}/${file}`], {
+  for (
+    const [name, script] of [["deno-minimal", "minimal_relay.ts"], ["tcp-pipe", "tcp_pipe.ts"]]
+  ) {
+    const { proc, port } = await startCalibration(name!, {
+      script: script!,
+      upstream: up.url,
       cpu: "0",
-      env: { UPSTREAM: up.url, PORT: String(port) },
       logFile: `${dir}/${name}.log`,
     });
     procs.push(proc);
-    await waitForPort(port, 30_000, proc);
     rows.push({ name: name!, port, proc });
   }
   {

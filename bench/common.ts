@@ -451,6 +451,40 @@ export async function startRelay(name: string, o: RelayStart): Promise<Proc> {
   return proc;
 }
 
+/** Options for {@link startCalibration}. */
+export interface CalibrationStart {
+  /** `minimal_relay.ts` (deno-minimal) or `tcp_pipe.ts`: a file of `bench/`, or an absolute path. */
+  script: string;
+  upstream: string;
+  cpu: string;
+  logFile: string;
+  /** Where it listens; a free port when not given. */
+  port?: number;
+  /** Extra environment (e.g. `PIPE_BUF`). */
+  env?: Record<string, string>;
+  /** Extra `deno run` flags (e.g. `--v8-flags=--trace-gc-nvp`). */
+  denoFlags?: string[];
+}
+
+/**
+ * Starts a calibration row (deno-minimal or the TCP pipe) in front of `upstream`, pinned to `cpu`,
+ * and waits until it listens.
+ */
+export async function startCalibration(
+  name: string,
+  o: CalibrationStart,
+): Promise<{ proc: Proc; port: number }> {
+  const port = o.port ?? freePort();
+  const script = o.script.startsWith("/") ? o.script : `${BENCH}/${o.script}`;
+  const proc = spawn(name, ["deno", "run", "-A", ...(o.denoFlags ?? []), script], {
+    cpu: o.cpu,
+    env: { UPSTREAM: o.upstream, PORT: String(port), ...(o.env ?? {}) },
+    logFile: o.logFile,
+  });
+  await waitForPort(port, 30_000, proc);
+  return { proc, port };
+}
+
 /** What {@link sseDelayLoad} runs: `sse_load.ts --mode=delay`, hosting the fake SSE upstream. */
 export interface SseDelayLoad {
   upstreamPort: number;

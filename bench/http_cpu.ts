@@ -20,7 +20,6 @@
  *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N] [--prof] [--v8=FLAGS]
  */
 import {
-  BENCH,
   chatPostScript,
   cpuSeconds,
   freePort,
@@ -29,9 +28,8 @@ import {
   parseFlags,
   type Proc,
   sleep,
-  spawn,
+  startCalibration,
   startRelay,
-  waitForPort,
   wrkPost,
 } from "./common.ts";
 import { startJsonUpstream } from "./nginx.ts";
@@ -68,14 +66,13 @@ const relay = async (name: string, root: string, denoFlags: string[] = []): Prom
   });
   rows.push({ name, port, proc });
 };
-const plain = async (name: string, file: string): Promise<void> => {
-  const port = freePort();
-  const proc = spawn(name, ["deno", "run", "-A", `${BENCH}/${file}`], {
+const plain = async (name: string, script: string): Promise<void> => {
+  const { proc, port } = await startCalibration(name, {
+    script,
+    upstream,
     cpu: "0",
-    env: { UPSTREAM: upstream, PORT: String(port) },
     logFile: `${dir}/${name}.log`,
   });
-  await waitForPort(port, 30_000, proc);
   rows.push({ name, port, proc });
 };
 await relay(

@@ -11,7 +11,6 @@
  */
 
 import {
-  BENCH,
   freePort,
   HOST,
   killAllStarted,
@@ -20,10 +19,9 @@ import {
   parseFlags,
   type Proc,
   ROOT,
-  spawn,
+  startCalibration,
   startRelay,
   tempDir,
-  waitForPort,
 } from "./common.ts";
 import { startJsonUpstream } from "./nginx.ts";
 import { measureLatency } from "./latency.ts";
@@ -56,14 +54,13 @@ try {
   for (
     const [name, script] of [["tcp-pipe", "tcp_pipe.ts"], ["deno-minimal", "minimal_relay.ts"]]
   ) {
-    const port = freePort();
-    const proc = spawn(name!, ["deno", "run", "-A", `${BENCH}/${script}`], {
+    const { proc, port } = await startCalibration(name!, {
+      script: script!,
+      upstream: up.url,
       cpu: "0",
-      env: { UPSTREAM: up.url, PORT: String(port) },
       logFile: `${dir}/${name}.log`,
     });
     procs.push(proc);
-    await waitForPort(port, 30_000, proc);
     rows.push({ name: name!, port });
   }
 

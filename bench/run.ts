@@ -37,13 +37,12 @@ import {
   rssSampler,
   runToEnd,
   sleep,
-  spawn,
   sseCapacityLoad,
   sseDelayLoad,
+  startCalibration,
   startFakeSse,
   startRelay,
   tempDir,
-  waitForPort,
 } from "./common.ts";
 import { nginxVersion, proxyConfig, startNginx, staticConfig } from "./nginx.ts";
 import { ensurePortkey, PORTKEY_VERSION, startPortkey } from "./portkey.ts";
@@ -351,15 +350,14 @@ async function startDenoRow(
   upstream: string,
   logName: string,
 ): Promise<{ proc: Proc; port: number }> {
-  const port = freePort();
-  const proc = spawn(name, ["deno", "run", "-A", `${BENCH}/${script}`], {
+  const row = await startCalibration(name, {
+    script,
+    upstream,
     cpu: PROXY_CPU,
-    env: { UPSTREAM: upstream, PORT: String(port) },
     logFile: relayLog(logName),
   });
-  procs.push(proc);
-  await waitForPort(port, 30_000, proc);
-  return { proc, port };
+  procs.push(row.proc);
+  return row;
 }
 
 /** Why the seed-stack row is missing, if it is ("" when it ran). */
@@ -839,12 +837,13 @@ async function sectionStreams(): Promise<void> {
         logFile: log,
       });
     } else {
-      relay = spawn(`${proxy}-streams`, ["deno", "run", "-A", `${BENCH}/minimal_relay.ts`], {
+      relay = (await startCalibration(`${proxy}-streams`, {
+        script: "minimal_relay.ts",
+        upstream: `http://${HOST}:${upPort}`,
         cpu: PROXY_CPU,
-        env: { UPSTREAM: `http://${HOST}:${upPort}`, PORT: String(port) },
+        port,
         logFile: log,
-      });
-      await waitForPort(port, 30_000, relay);
+      })).proc;
     }
     procs.push(relay);
     const rss = rssSampler(relay.pid, 200);

@@ -22,11 +22,10 @@ import {
   numFlag,
   parseFlags,
   sleep,
-  spawn,
   sseDelayLoad,
+  startCalibration,
   startRelay,
   threadCpuSeconds,
-  waitForPort,
 } from "./common.ts";
 import { summarise, summaryMarkdown } from "./profile_summary.ts";
 import { GC_TABLE_HEAD, gcRow, lineBufferedStdout, parseGcTrace, summariseGc } from "./gc_trace.ts";
@@ -44,7 +43,7 @@ const events = numFlag(flags, "events", 10),
   intervalMs = numFlag(flags, "interval-ms", 500),
   streams = numFlag(flags, "streams", 1000),
   rampMs = numFlag(flags, "ramp-ms", 2000);
-const ssePort = freePort(), minPort = freePort();
+const ssePort = freePort();
 const dir = await Deno.makeTempDir();
 /** A relay of tree `tree` on core 0 in front of the SSE upstream, as row `name`. */
 async function relayRow(name: string, tree: string, denoFlags: string[]) {
@@ -68,18 +67,14 @@ const { proc: relay, port: relayPort } = await relayRow(
     ...(gc ? withGcTrace(RELAY_V8_FLAGS) : []),
   ],
 );
-const min = spawn("min", [
-  "deno",
-  "run",
-  "-A",
-  ...(gc ? ["--v8-flags=--trace-gc-nvp"] : []),
-  `${root}/bench/minimal_relay.ts`,
-], {
+const { proc: min, port: minPort } = await startCalibration("min", {
+  script: `${root}/bench/minimal_relay.ts`,
+  upstream: `http://127.0.0.1:${ssePort}`,
   cpu: "0",
-  env: { UPSTREAM: `http://127.0.0.1:${ssePort}`, PORT: String(minPort), ...gcEnv },
+  env: gcEnv,
+  denoFlags: gc ? ["--v8-flags=--trace-gc-nvp"] : [],
   logFile: `${dir}/min.log`,
 });
-await waitForPort(minPort, 30000, min);
 const base = flags.get("base")?.replace(/\/$/, "");
 const baseRow = base === undefined
   ? null

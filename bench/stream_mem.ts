@@ -8,7 +8,6 @@
  *   deno run -A bench/stream_mem.ts [--streams=5000] [--only=relay|min|pipe] [--env=K=V]
  */
 import {
-  BENCH,
   freePort,
   memory,
   numFlag,
@@ -16,11 +15,10 @@ import {
   type Proc,
   rssSampler,
   sleep,
-  spawn,
   sseCapacityLoad,
+  startCalibration,
   startFakeSse,
   startRelay,
-  waitForPort,
 } from "./common.ts";
 
 const flags = parseFlags(Deno.args);
@@ -48,13 +46,14 @@ async function startProxy(name: string, port: number, upstream: string): Promise
       logFile: `${dir}/relay.log`,
     });
   }
-  const script = name === "min" ? "minimal_relay.ts" : "tcp_pipe.ts";
-  const proc = spawn(name, ["deno", "run", "-A", `${BENCH}/${script}`], {
+  const { proc } = await startCalibration(name, {
+    script: name === "min" ? "minimal_relay.ts" : "tcp_pipe.ts",
+    upstream,
     cpu: "0",
-    env: { UPSTREAM: upstream, PORT: String(port), PIPE_BUF: "4096", ...extraEnv },
+    port,
+    env: { PIPE_BUF: "4096", ...extraEnv },
     logFile: `${dir}/${name}.log`,
   });
-  await waitForPort(port, 30000, proc);
   return proc;
 }
 
