@@ -3,20 +3,18 @@
  * HTTP/2 to HTTPS upstreams that offer it by ALPN: a few multiplexed sessions instead of one socket
  * per request in flight.
  *
- * Why `node:http2` and not `fetch`: `fetch` is Deno's other HTTP/2 client, and it decodes
- * gzip/br/zstd bodies while keeping `content-encoding` (see `http1.ts`). Deno's `node:http2` passes
- * the body bytes through untouched, streams DATA frames as they arrive, and reports whether the
- * response head came back, which the stale-session resend needs.
+ * The wire is the relay's own (`h2_session.ts`, with `http/hpack.ts`), as for HTTP/1.1: `fetch`
+ * decodes gzip/br/zstd bodies while keeping `content-encoding` (see `http1.ts`), and Deno's
+ * `node:http2` cost about three times the CPU per request of the own session (bench/h2_proto.ts,
+ * docs/BENCHMARKS.md "Eleventh sitting").
  *
  * Owns: sessions per upstream (opened on demand, closed when idle, replaced after GOAWAY or an
  * error), the mapping of one relay exchange onto one stream, and the same `UpstreamResponse`
  * contract as the HTTP/1.1 client.
- * Must never: decode content encodings, let a session or stream error go unhandled (an unhandled
- * `error` event ends the process), or resend a request once A's response head arrived.
+ * Must never: decode content encodings, leave a failed stream unanswered, or resend a request once
+ * A's response head arrived.
  */
 
-import * as http2 from "node:http2";
-import type { HeaderList } from "../http/mod.ts";
 import {
   type AltTransport,
   type Attempt,
@@ -34,10 +32,18 @@ import {
   UpstreamError,
   type UpstreamResponse,
 } from "./http1.ts";
-import type { Watched } from "../http/mod.ts";
+import { concat, isEventStream, type Watched } from "../http/mod.ts";
 import { IdleSweeper } from "./sweeper.ts";
+import {
+  type H2Fields,
+  type H2Handler,
+  H2Session,
+  type H2Stream,
+  H2StreamError,
+} from "./h2_session.ts";
 
-const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
+/** RST_STREAM code for a stream the relay gives up on (RFC 9113 §7). */
+const CANCEL = 0x8;
 
 /** Longest wait after connect for A's SETTINGS (its stream limit) before a new session is used. */
 const SETTINGS_WAIT_MS = 300;
@@ -65,7 +71,7 @@ export interface H2PoolOptions {
 
 /** One HTTP/2 connection to A and its open stream count. */
 class Session {
-  readonly s: http2.ClientHttp2Session;
+  readonly s: H2Session;
   active = 0;
   /** Streams started on this session so far; > 1 means a later one reuses it. */
   uses = 0;
@@ -75,13 +81,13 @@ class Session {
   /** Opened in the background and no stream started on it yet. */
   unusedSpare = false;
 
-  constructor(s: http2.ClientHttp2Session) {
+  constructor(s: H2Session) {
     this.s = s;
   }
 
   capacity(limit: number): number {
-    const remote = this.s.remoteSettings?.maxConcurrentStreams;
-    const max = typeof remote === "number" && remote > 0 ? Math.min(remote, limit) : limit;
+    const remote = this.s.remoteMaxStreams;
+    const max = remote !== null && remote > 0 ? Math.min(remote, limit) : limit;
     return max - this.active;
   }
 }
@@ -140,7 +146,7 @@ export class H2Pool implements AltTransport {
   }
 
   #usable(s: Session): boolean {
-    return !s.draining && !s.s.closed && !s.s.destroyed && s.capacity(this.#configured) > 0;
+    return !s.draining && !s.s.closed && s.capacity(this.#configured) > 0;
   }
 
   /** Stream slots a request could take now, plus (with `opening`) those on sessions being opened. */
@@ -246,19 +252,10 @@ export class H2Pool implements AltTransport {
   #open(): Promise<Session> {
     if (this.#closed) return Promise.reject(new UpstreamError("connect", "pool closed"));
     const ep = this.endpoint;
-    const authority = `https://${
-      ep.hostname.includes(":") ? `[${ep.hostname}]` : ep.hostname
-    }:${ep.port}`;
-    const options: http2.SecureClientSessionOptions = {
-      settings: { enablePush: false },
-      ...(this.#opts.caCerts ? { ca: this.#opts.caCerts } : {}),
-      // SNI is the host name; an IP address has none.
-      ...(/^[\d.]+$|:/.test(ep.hostname) ? {} : { servername: ep.hostname }),
-    };
     return new Promise<Session>((resolve, reject) => {
       let settled = false;
-      const s = http2.connect(authority, options);
-      const session = new Session(s);
+      let session: Session | null = null;
+      let settingsTimer: ReturnType<typeof setTimeout> | undefined;
       const timer = setTimeout(() => {
         fail(new UpstreamError("connect_timeout", "connect timed out"));
       }, this.#opts.connectTimeoutMs);
@@ -266,51 +263,57 @@ export class H2Pool implements AltTransport {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        s.destroy();
+        clearTimeout(settingsTimer);
+        session?.s.destroy();
         reject(err);
       };
-      s.on("error", (err: Error & { code?: string }) => {
-        session.draining = true;
-        fail(
-          new UpstreamError("connect", `connect failed: ${err.code ?? err.name}`, { cause: err }),
-        );
-      });
-      s.on("goaway", () => {
-        session.draining = true;
-      });
-      s.on("close", () => {
-        session.draining = true;
-        this.#remove(session);
-        // A spare A closed before any use counts as a failed open: an upstream that accepts
-        // sessions only to close them must not be reconnected to in a loop.
-        if (session.unusedSpare) {
-          session.unusedSpare = false;
-          this.#spareFailures++;
-        }
-        fail(new UpstreamError("connect", "session closed before it was ready"));
-      });
-      let connected = false;
-      let settingsTimer: ReturnType<typeof setTimeout> | undefined;
       const ready = () => {
-        if (settled) return;
+        if (settled || session === null) return;
+        if (session.s.closed) {
+          fail(new UpstreamError("connect", "session closed before it was ready"));
+          return;
+        }
         settled = true;
         clearTimeout(timer);
         clearTimeout(settingsTimer);
+        const max = session.s.remoteMaxStreams;
+        if (max !== null && max > 0) this.#remoteMax = max;
         this.#created++;
         this.#sessions.push(session);
         this.#sweeper.start();
         resolve(session);
       };
-      s.on("remoteSettings", (settings: http2.Settings) => {
-        const max = settings.maxConcurrentStreams;
-        if (typeof max === "number" && max > 0) this.#remoteMax = max;
-        if (connected) ready();
-      });
-      // The stream limit comes in A's first SETTINGS, just after the handshake: wait for it
-      // (briefly), so that a burst does not open more streams than A accepts.
-      s.once("connect", () => {
-        connected = true;
+      H2Session.connect({
+        hostname: ep.hostname,
+        port: ep.port,
+        caCerts: this.#opts.caCerts,
+      }).then((s) => {
+        // Too late: the caller has its timeout already.
+        if (settled) return s.destroy();
+        const made = new Session(s);
+        session = made;
+        s.onGoaway = () => {
+          made.draining = true;
+        };
+        s.onClose = () => {
+          made.draining = true;
+          this.#remove(made);
+          // A spare A closed before any use counts as a failed open: an upstream that accepts
+          // sessions only to close them must not be reconnected to in a loop.
+          if (made.unusedSpare) {
+            made.unusedSpare = false;
+            this.#spareFailures++;
+          }
+          fail(new UpstreamError("connect", "session closed before it was ready"));
+        };
+        // The stream limit comes in A's first SETTINGS, just after the handshake: wait for it
+        // (briefly), so that a burst does not open more streams than A accepts.
         settingsTimer = setTimeout(ready, SETTINGS_WAIT_MS);
+        void s.settled.then(ready);
+      }, (err: unknown) => {
+        // H2ConnectError says which step failed (TCP, TLS, or ALPN).
+        const message = err instanceof Error ? err.message : "connect failed";
+        fail(new UpstreamError("connect", message, { cause: err }));
       });
     });
   }
@@ -377,7 +380,7 @@ export class H2Pool implements AltTransport {
         // The spare capacity: a PING (no request to A) keeps it from looking idle to A.
         s.idleSince = now;
         try {
-          s.s.ping(() => {});
+          s.s.ping();
         } catch { /* a closing session is dropped on the next tick */ }
       } else if (s.idleSince <= cutoff) {
         this.#drop(s);
@@ -406,43 +409,22 @@ export async function exchange2(
 }
 
 /**
- * The request's headers as an HTTP/2 header object. `headers` is the list `headers.ts` built: names
+ * The request's field list for HTTP/2: the pseudo-headers, then the list `headers.ts` built (names
  * lower-case, and already without `host`, the client's framing and the hop-by-hop fields HTTP/2
- * forbids (RFC 9113 §8.2.2), as for the HTTP/1.1 client. `content-length` is the writer's, as
- * over HTTP/1.1: the length of the body that will be sent, when it is known.
+ * forbids, RFC 9113 §8.2.2), in the client's order, repeated fields apart. `content-length` is the
+ * writer's, as over HTTP/1.1: the length of the body that will be sent, when it is known.
  */
-export function h2RequestHeaders(
-  req: ExchangeRequest,
-  authority: string,
-): http2.OutgoingHttpHeaders {
-  const out: Record<string, string | string[]> = {
-    ":method": req.method,
-    ":path": req.target,
-    ":scheme": "https",
-    ":authority": authority,
-  };
-  for (const [name, value] of req.headers) {
-    const prev = out[name];
-    if (prev === undefined) out[name] = value;
-    else if (Array.isArray(prev)) prev.push(value);
-    else out[name] = [prev, value];
-  }
+export function h2RequestHeaders(req: ExchangeRequest, authority: string): H2Fields {
+  const out: H2Fields = [
+    [":method", req.method],
+    [":scheme", "https"],
+    [":authority", authority],
+    [":path", req.target],
+  ];
+  for (const [name, value] of req.headers) out.push([name, value]);
   const length = req.body === null ? 0 : req.body.length;
   if (length !== null && (length > 0 || !BODILESS_METHODS.has(req.method))) {
-    out["content-length"] = String(length);
-  }
-  return out;
-}
-
-/** A's response headers as the relay's header list (pseudo-headers dropped). */
-export function h2ResponseHeaders(headers: http2.IncomingHttpHeaders): HeaderList {
-  const out: HeaderList = [];
-  for (const name in headers) {
-    if (name.charCodeAt(0) === 58 /* ':' */) continue;
-    const v = headers[name];
-    if (v === undefined) continue;
-    if (Array.isArray(v)) { for (const one of v) out.push([name, one]); }
-    else out.push([name, String(v)]);
+    out.push(["content-length", String(length)]);
   }
   return out;
 }
@@ -455,9 +437,14 @@ class StreamExchange implements Watched, Attempt {
   readonly #session: Session;
   readonly #req: ExchangeRequest;
   readonly #opts: ExchangeOptions;
-  #stream: http2.ClientHttp2Stream | null = null;
+  #stream: H2Stream | null = null;
   #writeDone = false;
   #finished = false;
+  /**
+   * A reset the stream itself, on a session that is still alive, with a code other than
+   * REFUSED_STREAM: A saw the request (and may have acted on it), so it is never sent again.
+   */
+  #peerReset = false;
 
   constructor(pool: H2Pool, session: Session, req: ExchangeRequest, opts: ExchangeOptions) {
     this.#pool = pool;
@@ -474,41 +461,15 @@ class StreamExchange implements Watched, Attempt {
     return this.gotHead || this.#peerReset;
   }
 
-  /**
-   * A reset the stream itself, on a session that is still alive, with a code other than
-   * REFUSED_STREAM: A saw the request (and may have acted on it), so it is never sent again.
-   */
-  #peerReset = false;
-
-  #notePeerReset(stream: http2.ClientHttp2Stream): void {
-    const code = stream.rstCode;
-    const session = this.#session.s;
-    if (
-      this.abortKind === null && typeof code === "number" && code !== 0 &&
-      code !== NGHTTP2_REFUSED_STREAM && !session.closed && !session.destroyed
-    ) {
-      this.#peerReset = true;
-    }
-  }
-
   expire(): void {
     this.abortKind ??= "timeout";
-    this.#cancelStream();
+    this.#stream?.cancel(CANCEL);
   }
 
   #onAbort = (): void => {
     this.abortKind ??= "aborted";
-    this.#cancelStream();
+    this.#stream?.cancel(CANCEL);
   };
-
-  #cancelStream(): void {
-    const st = this.#stream;
-    if (st !== null && !st.closed) {
-      try {
-        st.close(NGHTTP2_CANCEL);
-      } catch { /* already gone */ }
-    }
-  }
 
   #classify(err: unknown): UpstreamError {
     if (this.abortKind === "timeout") {
@@ -518,30 +479,13 @@ class StreamExchange implements Watched, Attempt {
       return new UpstreamError("aborted", "client went away", { cause: err });
     }
     if (err instanceof UpstreamError) return err;
-    const code = (err as { code?: string } | null)?.code;
-    return new UpstreamError("reset", `stream failed: ${code ?? "error"}`, { cause: err });
+    const code = err instanceof H2StreamError && err.code !== null ? err.code : "?";
+    return new UpstreamError("reset", `stream failed (code ${code})`, { cause: err });
   }
 
   run(): Promise<UpstreamResponse> {
     const { watchdog, signal } = this.#opts;
     const { method, body } = this.#req;
-    const ep = this.#pool.endpoint;
-    let stream: http2.ClientHttp2Stream;
-    try {
-      stream = this.#session.s.request(
-        h2RequestHeaders(this.#req, ep.hostHeader),
-        { endStream: body === null },
-      );
-    } catch (err) {
-      // The session went away between acquire and request: nothing reached A.
-      this.#session.draining = true;
-      this.#finish(false);
-      return Promise.reject(new UpstreamError("reset", "session unusable", { cause: err }));
-    }
-    this.#stream = stream;
-    watchdog.watch(this);
-    signal?.addEventListener("abort", this.#onAbort);
-
     return new Promise<UpstreamResponse>((resolve, reject) => {
       // Body chunks queued from A until the client's side pulls them.
       const queue: Uint8Array[] = [];
@@ -555,117 +499,100 @@ class StreamExchange implements Watched, Attempt {
         wake = null;
         w?.();
       };
-
-      stream.on("error", (err: unknown) => {
-        const e = this.#classify(err);
-        if (res === null) {
-          this.#notePeerReset(stream);
-          // The body stays readable: exchange2() may resend it on a new session.
-          this.#finish(false);
+      // Assigned just below, before A can answer.
+      let stream!: H2Stream;
+      const handler: H2Handler = {
+        onHead: (status, fields, endStream) => {
+          this.gotHead = true;
+          this.lastTick = watchdog.tick;
           signal?.removeEventListener("abort", this.#onAbort);
-          reject(e);
-          return;
-        }
-        failure ??= e;
-        notify();
-      });
-      stream.on("close", () => {
-        if (res === null) {
-          this.#notePeerReset(stream);
-          this.#finish(false);
-          signal?.removeEventListener("abort", this.#onAbort);
-          const code = stream.rstCode;
-          reject(this.#classify(new UpstreamError("reset", `stream closed (code ${code ?? "?"})`)));
-          return;
-        }
-        if (!ended && failure === null) {
-          failure = this.#classify(new UpstreamError("reset", "upstream closed mid-body"));
-        }
-        this.#finish();
-        notify();
-      });
-      stream.on("data", (chunk: Uint8Array) => {
-        this.lastTick = watchdog.tick;
-        queue.push(chunk);
-        queued += chunk.byteLength;
-        if (queued >= QUEUE_HIGH) stream.pause();
-        notify();
-      });
-      stream.on("end", () => {
-        // A stream reset (by A, or by us on a timeout or abort) also ends with "end": only a
-        // clean END_STREAM is a clean end.
-        if (this.abortKind !== null || (stream.rstCode ?? 0) > 0) {
-          failure ??= this.#classify(
-            new UpstreamError("reset", `stream reset (code ${stream.rstCode ?? "?"})`),
-          );
-        } else {
-          ended = true;
-        }
-        notify();
-      });
-      stream.on("response", (h: http2.IncomingHttpHeaders, flags: number) => {
-        this.gotHead = true;
-        this.lastTick = watchdog.tick;
-        signal?.removeEventListener("abort", this.#onAbort);
-        if (this.#writeDone) this.#req.body?.forget();
-        const status = Number(h[":status"]);
-        const noBody = (flags & 1) !== 0 || method === "HEAD" || status === 204 || status === 304;
-        res = {
-          status,
-          statusText: "",
-          headers: h2ResponseHeaders(h),
-          body: null,
-          complete: null,
-          attempts: 1,
-          reused: this.reused,
-        };
-        if (noBody) {
-          stream.resume();
-          // The stream closes on its own; watch nothing more.
-          this.#opts.watchdog.unwatch(this);
-          resolve(res);
-          return;
-        }
-        const r = res;
-        const tap = this.#opts.tap;
-        const end = endOnce(tap);
-        r.body = new ReadableStream<Uint8Array>({
-          pull: async (ctrl) => {
-            while (true) {
-              const chunk = queue.shift();
-              if (chunk !== undefined) {
-                queued -= chunk.byteLength;
-                if (queued < QUEUE_HIGH && stream.isPaused()) stream.resume();
-                tap?.chunk(chunk);
-                ctrl.enqueue(chunk);
-                return;
-              }
-              if (ended) {
-                this.#finish();
-                end(null);
-                ctrl.close();
-                return;
-              }
-              if (failure !== null) {
-                const e = failure;
-                this.#finish();
-                end(e);
-                errorBody(ctrl, e, this.abortKind);
-                return;
-              }
-              await new Promise<void>((w) => (wake = w));
+          if (this.#writeDone) this.#req.body?.forget();
+          const noBody = endStream || method === "HEAD" || status === 204 || status === 304;
+          res = {
+            status,
+            statusText: "",
+            headers: fields,
+            body: null,
+            complete: null,
+            attempts: 1,
+            reused: this.reused,
+          };
+          if (noBody) {
+            // The stream's end follows; nothing more to watch.
+            watchdog.unwatch(this);
+            resolve(res);
+            return;
+          }
+          const r = res;
+          // After the frames of this read: a body that came whole with its head (a JSON answer)
+          // is handed over as bytes, as the HTTP/1.1 client does, with no stream to read it
+          // through. An event stream stays a stream even when it all came at once.
+          queueMicrotask(() => {
+            if (ended && failure === null && !isEventStream(fields)) {
+              r.complete = concat(queue.splice(0)) as Uint8Array<ArrayBuffer>;
+              resolve(r);
+              return;
             }
-          },
-          cancel: () => {
-            this.abortKind ??= "aborted";
-            this.#cancelStream();
-            this.#finish();
-            end(new UpstreamError("aborted", "client went away"));
-          },
-        }, { highWaterMark: 0 });
-        resolve(r);
-      });
-
+            r.body = this.#bodyStream(
+              queue,
+              () => {
+                const chunk = queue.shift();
+                if (chunk !== undefined) {
+                  queued -= chunk.byteLength;
+                  if (queued < QUEUE_HIGH && stream.paused) stream.resume();
+                }
+                return chunk;
+              },
+              () => (ended ? null : failure ?? undefined),
+              (w) => (wake = w),
+            );
+            resolve(r);
+          });
+        },
+        onData: (chunk) => {
+          this.lastTick = watchdog.tick;
+          queue.push(chunk);
+          queued += chunk.byteLength;
+          if (queued >= QUEUE_HIGH && !stream.paused) stream.pause();
+          notify();
+        },
+        onEnd: () => {
+          // A's side is done: the slot goes back now, not when the client has read it all.
+          ended = true;
+          this.#finish();
+          notify();
+        },
+        onError: (err) => {
+          const e = this.#classify(err);
+          if (res === null) {
+            if (err.byPeer && !err.refused && this.abortKind === null) this.#peerReset = true;
+            // The body stays readable: exchange2() may resend it on a new session.
+            this.#finish(false);
+            signal?.removeEventListener("abort", this.#onAbort);
+            reject(e);
+            return;
+          }
+          failure ??= e;
+          this.#finish();
+          notify();
+        },
+      };
+      try {
+        stream = this.#session.s.request(
+          h2RequestHeaders(this.#req, this.#pool.endpoint.hostHeader),
+          body === null,
+          handler,
+        );
+      } catch (err) {
+        // The session went away between acquire and request: nothing reached A.
+        this.#session.draining = true;
+        this.#finish(false);
+        reject(new UpstreamError("reset", "session unusable", { cause: err }));
+        return;
+      }
+      this.#stream = stream;
+      watchdog.watch(this);
+      signal?.addEventListener("abort", this.#onAbort);
       if (body !== null) {
         this.#write(stream, body).then(
           () => {
@@ -676,7 +603,7 @@ class StreamExchange implements Watched, Attempt {
             // A client whose body broke is gone: the stream is cancelled and the caller sees why.
             if (err instanceof UpstreamError && err.kind === "body") {
               this.abortKind ??= "aborted";
-              this.#cancelStream();
+              stream.cancel(CANCEL);
             }
           },
         );
@@ -686,25 +613,62 @@ class StreamExchange implements Watched, Attempt {
     });
   }
 
-  async #write(stream: http2.ClientHttp2Stream, body: BodySource): Promise<void> {
+  /**
+   * The response body as a stream over the chunks queued from A: `take` gives the next one,
+   * `over` says whether A ended (null) or failed (an error) once the queue is empty, `sleep`
+   * parks the reader until the next chunk or end.
+   */
+  #bodyStream(
+    queue: Uint8Array[],
+    take: () => Uint8Array | undefined,
+    over: () => UpstreamError | null | undefined,
+    sleep: (wake: () => void) => void,
+  ): ReadableStream<Uint8Array> {
+    const tap = this.#opts.tap;
+    const end = endOnce(tap);
+    return new ReadableStream<Uint8Array>({
+      pull: async (ctrl) => {
+        while (true) {
+          const chunk = take();
+          if (chunk !== undefined) {
+            tap?.chunk(chunk);
+            ctrl.enqueue(chunk);
+            return;
+          }
+          const why = over();
+          if (why === null) {
+            this.#finish();
+            end(null);
+            ctrl.close();
+            return;
+          }
+          if (why !== undefined) {
+            this.#finish();
+            end(why);
+            errorBody(ctrl, why, this.abortKind);
+            return;
+          }
+          if (queue.length === 0) await new Promise<void>(sleep);
+        }
+      },
+      cancel: () => {
+        this.abortKind ??= "aborted";
+        this.#stream?.cancel(CANCEL);
+        this.#finish();
+        end(new UpstreamError("aborted", "client went away"));
+      },
+    }, { highWaterMark: 0 });
+  }
+
+  async #write(stream: H2Stream, body: BodySource): Promise<void> {
     const next = body.cursor();
     let c: Uint8Array | null;
     while ((c = await next()) !== null) {
-      if (stream.closed || stream.destroyed) return;
+      if (this.#finished) return;
       this.lastTick = this.#opts.watchdog.tick;
-      if (!stream.write(c)) {
-        await new Promise<void>((resolve) => {
-          const done = () => {
-            stream.off("drain", done);
-            stream.off("close", done);
-            resolve();
-          };
-          stream.on("drain", done);
-          stream.on("close", done);
-        });
-      }
+      if (!stream.write(c)) await stream.drain();
     }
-    if (!stream.closed && !stream.destroyed) stream.end();
+    if (!this.#finished) stream.end();
   }
 
   #finish(cancelBody = true): void {
