@@ -1,5 +1,5 @@
 /**
- * lib/http/hpack.ts: the Huffman code's facts, RFC 7541 Appendix C, every decoding error, the
+ * lib/upstream/hpack.ts: the Huffman code's facts, RFC 7541 Appendix C, every decoding error, the
  * header list limit (thrown after the table took the whole block), the encoder's bytes, a
  * round-trip property, and two oracles: a node:http2 server (its HPACK encoder indexes and
  * Huffman-codes repeated response headers) whose raw header blocks, read over our own HTTP/2
@@ -19,7 +19,7 @@ import {
   huffmanCode,
   huffmanDecode,
   STATIC_TABLE,
-} from "../lib/http/hpack.ts";
+} from "../lib/upstream/hpack.ts";
 import { type TestCert, withCert } from "./tls_fixture.ts";
 
 type Fields = Array<[string, string]>;

@@ -51,7 +51,6 @@ export {
   withRequestFields,
   withWholeBody,
 } from "./handoff.ts";
-export { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder, HpackError } from "./hpack.ts";
 export { STATUS_CLASSES, statusClassIndex } from "./status.ts";
 export { TOKEN } from "./syntax.ts";
 export { Watchdog, type Watched } from "./watchdog.ts";

@@ -1,9 +1,10 @@
 /**
  * @module h2_session
  * An HTTP/2 client session (RFC 9113) over one TLS connection to A, written for relaying. It
- * replaces `node:http2`, which cost the relay about twice the CPU per request of its own HTTP/1.1
- * client: here frames are parsed from one reused read buffer, and the frames queued in one
- * microtask turn go out in one socket write.
+ * replaces `node:http2`, with which a relay over HTTP/2 spent 1.6–1.7 times the CPU per request of
+ * one over its own HTTP/1.1 client (now 1.1–1.2 times; docs/BENCHMARKS.md, "Eleventh sitting"):
+ * here frames are parsed from one reused read buffer, and the frames queued in one microtask turn
+ * go out in one socket write.
  *
  * Owns: the socket and its read loop, stream ids, flow control both ways (A's windows for the
  * request bodies we send; our windows, given back as the handler takes data, as back-pressure on
@@ -19,7 +20,7 @@
  * frames after telling its handler the stream was never sent.
  */
 
-import { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder } from "../http/mod.ts";
+import { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder } from "./hpack.ts";
 
 /** Header fields as (name, value) pairs, latin1 strings; names lower-case. */
 export type H2Fields = Array<[string, string]>;

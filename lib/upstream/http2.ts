@@ -3,9 +3,9 @@
  * HTTP/2 to HTTPS upstreams that offer it by ALPN: a few multiplexed sessions instead of one socket
  * per request in flight.
  *
- * The wire is the relay's own (`h2_session.ts`, with `http/hpack.ts`), as for HTTP/1.1: `fetch`
+ * The wire is the relay's own (`h2_session.ts`, with `hpack.ts`), as for HTTP/1.1: `fetch`
  * decodes gzip/br/zstd bodies while keeping `content-encoding` (see `http1.ts`), and Deno's
- * `node:http2` cost about three times the CPU per request of the own session (bench/h2_proto.ts,
+ * `node:http2` cost about twice the CPU per request of the own session (bench/h2_client.ts,
  * docs/BENCHMARKS.md "Eleventh sitting").
  *
  * Owns: sessions per upstream (opened on demand, closed when idle, replaced after GOAWAY or an

@@ -18,5 +18,6 @@ export {
   UpstreamError,
   type UpstreamResponse,
 } from "./http1.ts";
+// Type only: a value export would load the HTTP/2 client at start (pools.ts imports it on first use).
 export type { H2Pool } from "./http2.ts";
 export { PoolSet, type PoolSetOptions } from "./pools.ts";
