@@ -408,6 +408,69 @@ withCert.test("HTTP/2 pool: a burst is spread over sessions by the per-session s
   }
 });
 
+withCert.test("HTTP/2 pool: a streamed body is read through the direct reader, byte-exact, with the tap told each chunk and the end; a body A breaks off rejects the read", async ({ tls }) => {
+  const events = Array.from({ length: 6 }, (_, i) => `data: {"n":${i}}\n\n`);
+  const server = h2Upstream(tls, (req) => {
+    const broken = new URL(req.url).pathname === "/v1/broken";
+    let i = 0;
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        pull: async (ctrl) => {
+          await new Promise((r) => setTimeout(r, 5));
+          if (broken && i === 2) return ctrl.error(new Error("A gives up"));
+          ctrl.enqueue(enc.encode(events[i]!));
+          if (++i === events.length) ctrl.close();
+        },
+      }),
+      { headers: { "content-type": "text/event-stream" } },
+    );
+  });
+  const pool = new H2Pool(
+    { protocol: "https:", hostname: "127.0.0.1", port: server.addr.port, hostHeader: "a" },
+    { connectTimeoutMs: 2000, idleTimeoutMs: 4000, caCerts: [tls.cert] },
+  );
+  const watchdog = new Watchdog(5000);
+  const read = async (target: string) => {
+    const tapped: string[] = [];
+    let ended: unknown = "not ended";
+    const res = await exchange2(pool, { method: "GET", target, headers: [], body: null }, {
+      watchdog,
+      tap: { chunk: (b) => tapped.push(dec.decode(b)), end: (e) => (ended = e) },
+    });
+    assert.equal(res.complete, null, "an event stream is never handed over whole");
+    assert.ok(res.reader, "a streamed h2 body has a direct reader");
+    let text = "";
+    let error: unknown = null;
+    try {
+      while (true) {
+        const r = await res.reader.read();
+        if (r.done) break;
+        text += dec.decode(r.value);
+      }
+    } catch (err) {
+      error = err;
+    }
+    return { text, tapped: tapped.join(""), ended, error };
+  };
+  try {
+    const ok = await read("/v1/stream");
+    assert.equal(ok.text, events.join(""));
+    assert.equal(ok.tapped, ok.text);
+    assert.equal(ok.ended, null);
+    assert.equal(ok.error, null);
+
+    const broken = await read("/v1/broken");
+    assert.equal(broken.text, events.slice(0, 2).join(""));
+    assert.ok(broken.error instanceof Error, "the read after A's reset rejects");
+    assert.ok(broken.ended instanceof Error, "the tap is told the body broke");
+    assert.equal(pool.stats().active, 0, "both streams gave their slot back");
+  } finally {
+    pool.close();
+    watchdog.close();
+    await server.shutdown();
+  }
+});
+
 withCert.test("HTTP/2 upstream: keep-warm pings go over the session and keep it for the next request", async ({ tls }) => {
   const paths: string[] = [];
   const pingedAt: number[] = [];

@@ -32,7 +32,7 @@ import {
   UpstreamError,
   type UpstreamResponse,
 } from "./http1.ts";
-import { concat, isEventStream, type Watched } from "../http/mod.ts";
+import { type BodyReaderLike, concat, isEventStream, type Watched } from "../http/mod.ts";
 import { IdleSweeper } from "./sweeper.ts";
 import {
   type H2Fields,
@@ -533,7 +533,7 @@ class StreamExchange implements Watched, Attempt {
               resolve(r);
               return;
             }
-            r.body = this.#bodyStream(
+            [r.body, r.reader] = this.#body(
               queue,
               () => {
                 const chunk = queue.shift();
@@ -614,50 +614,69 @@ class StreamExchange implements Watched, Attempt {
   }
 
   /**
-   * The response body as a stream over the chunks queued from A: `take` gives the next one,
-   * `over` says whether A ended (null) or failed (an error) once the queue is empty, `sleep`
-   * parks the reader until the next chunk or end.
+   * The response body over the chunks queued from A, twice: a direct reader (no stream machinery
+   * per chunk) for a server that writes the body itself, and a stream for everyone else; whichever
+   * reads first takes the body. `take` gives the next chunk, `over` says whether A ended (null) or
+   * failed (an error) once the queue is empty, `sleep` parks the reader until the next chunk or end.
    */
-  #bodyStream(
+  #body(
     queue: Uint8Array[],
     take: () => Uint8Array | undefined,
     over: () => UpstreamError | null | undefined,
     sleep: (wake: () => void) => void,
-  ): ReadableStream<Uint8Array> {
+  ): [ReadableStream<Uint8Array>, BodyReaderLike] {
     const tap = this.#opts.tap;
     const end = endOnce(tap);
-    return new ReadableStream<Uint8Array>({
+    /** The next chunk, the end (DONE) or A's failure (thrown); undefined while there is none yet. */
+    const poll = (): ReadableStreamReadResult<Uint8Array> | undefined => {
+      const chunk = take();
+      if (chunk !== undefined) {
+        tap?.chunk(chunk);
+        return { done: false, value: chunk };
+      }
+      const why = over();
+      if (why === undefined) return undefined;
+      this.#finish();
+      end(why);
+      if (why === null) return DONE;
+      throw why;
+    };
+    const next = (): Promise<ReadableStreamReadResult<Uint8Array>> => {
+      let got: ReadableStreamReadResult<Uint8Array> | undefined;
+      try {
+        got = poll();
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      return got !== undefined ? Promise.resolve(got) : new Promise<void>(sleep).then(next);
+    };
+    const cancel = (): void => {
+      this.abortKind ??= "aborted";
+      this.#stream?.cancel(CANCEL);
+      this.#finish();
+      end(new UpstreamError("aborted", "client went away"));
+    };
+    const reader: BodyReaderLike = {
+      read: next,
+      cancel: () => {
+        cancel();
+        return Promise.resolve();
+      },
+      ready: () => queue.length > 0 || over() !== undefined,
+    };
+    const stream = new ReadableStream<Uint8Array>({
       pull: async (ctrl) => {
-        while (true) {
-          const chunk = take();
-          if (chunk !== undefined) {
-            tap?.chunk(chunk);
-            ctrl.enqueue(chunk);
-            return;
-          }
-          const why = over();
-          if (why === null) {
-            this.#finish();
-            end(null);
-            ctrl.close();
-            return;
-          }
-          if (why !== undefined) {
-            this.#finish();
-            end(why);
-            errorBody(ctrl, why, this.abortKind);
-            return;
-          }
-          if (queue.length === 0) await new Promise<void>(sleep);
+        try {
+          const got = await next();
+          if (got.done) ctrl.close();
+          else ctrl.enqueue(got.value);
+        } catch (err) {
+          errorBody(ctrl, err as UpstreamError, this.abortKind);
         }
       },
-      cancel: () => {
-        this.abortKind ??= "aborted";
-        this.#stream?.cancel(CANCEL);
-        this.#finish();
-        end(new UpstreamError("aborted", "client went away"));
-      },
+      cancel,
     }, { highWaterMark: 0 });
+    return [stream, reader];
   }
 
   async #write(stream: H2Stream, body: BodySource): Promise<void> {
@@ -679,3 +698,5 @@ class StreamExchange implements Watched, Attempt {
     if (!this.#writeDone && cancelBody) this.#req.body?.cancel();
   }
 }
+
+const DONE: ReadableStreamReadDoneResult<Uint8Array> = { done: true };
