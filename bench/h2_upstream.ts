@@ -25,8 +25,9 @@
  *       all opened at once: how many completed byte-exact, the connections the relay opened to A
  *       during the run (Δ `created` of `/debug/info`'s pool: TLS connections for HTTP/1.1,
  *       sessions for h2; the one ALPN probe connection of `auto` is not in it), the TCP
- *       connections A accepted (nginx `accepts`; the idle relay's keep-warm may add one), and the
- *       relay's RSS peak (sampled every 100 ms).
+ *       connections A accepted (nginx `accepts`; the idle relay's keep-warm may add one), the
+ *       relay's CPU over the run ÷ streams (for HTTP/1.1 it includes a TLS handshake to A per
+ *       stream), and the relay's RSS peak (sampled every 100 ms).
  *
  *   deno run -A bench/h2_upstream.ts [--quick] [--rounds=3] [--duration=5] [--n=500]
  *     [--streams=1000] [--events=5] [--gap-ms=200] [--json=out.json] [--prof]
@@ -374,6 +375,8 @@ export interface H2Summary {
   sseExact: number;
   sseStreams: number;
   sseDurationP99Ms: number;
+  /** Relay CPU over the SSE run ÷ streams: set-up, every event, the end (and A's handshakes). */
+  sseCpuUsPerStream: number;
   connsOpened: number;
   aConns: number;
   rssPeakMb: number;
@@ -648,6 +651,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
       sseExact: NaN,
       sseStreams: NaN,
       sseDurationP99Ms: NaN,
+      sseCpuUsPerStream: NaN,
       connsOpened: NaN,
       aConns: NaN,
       rssPeakMb: NaN,
@@ -666,6 +670,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
         sseExact: Math.min(...s.map((x) => x.sse.exact)),
         sseStreams: o.streams,
         sseDurationP99Ms: median(s.map((x) => x.sse.durationP99)),
+        sseCpuUsPerStream: median(s.map((x) => x.sse.cpuUsPerStream)),
         connsOpened: median(s.map((x) => x.sse.opened)),
         aConns: median(s.map((x) => x.sse.aConns)),
         rssPeakMb: Math.max(...s.map((x) => x.sse.rssPeakMb)),
@@ -684,8 +689,9 @@ const fmt = (n: number, d = 2) => (Number.isFinite(n) ? String(round(n, d)) : "�
 export function h2Table(summary: H2Summary[], o: H2BenchOptions): string {
   let t = `| relay | upstream protocol | req/s (wrk -c50, ${o.durationSec} s) | CPU µs/req | ` +
     `c=1 p50 | c=1 p99 | added p50 | added p99 | ${o.streams} SSE streams byte-exact | ` +
-    `SSE p99 duration | conns opened to A (Δ created) | conns A accepted | RSS peak (SSE) |\n` +
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    `SSE p99 duration | SSE CPU µs/stream | conns opened to A (Δ created) | conns A accepted | ` +
+    `RSS peak (SSE) |\n` +
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const s of summary) {
     const relay = Number.isFinite(s.rps);
     t += `| ${s.name} | ${s.protocol} | ${fmt(s.rps, 0)} | ${fmt(s.cpuUsPerReq, 1)} | ${
@@ -694,7 +700,7 @@ export function h2Table(summary: H2Summary[], o: H2BenchOptions): string {
       relay ? `${fmt(s.addedP99Ms, 3)} ms` : "–"
     } | ${relay ? `${s.sseExact}/${s.sseStreams}` : "–"} | ${
       relay ? `${fmt(s.sseDurationP99Ms, 0)} ms` : "–"
-    } | ${fmt(s.connsOpened, 0)} | ${fmt(s.aConns, 0)} | ${
+    } | ${fmt(s.sseCpuUsPerStream, 0)} | ${fmt(s.connsOpened, 0)} | ${fmt(s.aConns, 0)} | ${
       relay ? `${fmt(s.rssPeakMb, 1)} MB` : "–"
     } |\n`;
   }
