@@ -1260,6 +1260,18 @@ class SessionCore {
   }
 }
 
+/** Throws RangeError for a window or header-list limit HTTP/2 cannot express. */
+function checkOptions(opts: H2SessionOptions): void {
+  const window = opts.streamWindow ?? DEFAULT_STREAM_WINDOW;
+  const maxList = opts.maxHeaderList ?? DEFAULT_MAX_HEADER_LIST;
+  if (!Number.isInteger(window) || window < 1 || window > MAX_31) {
+    throw new RangeError(`stream window ${window}`);
+  }
+  if (!Number.isInteger(maxList) || maxList < 1 || maxList > MAX_31) {
+    throw new RangeError(`header list limit ${maxList}`);
+  }
+}
+
 /** One HTTP/2 connection to A, carrying many concurrent requests. */
 export class H2Session {
   readonly #c: SessionCore;
@@ -1284,14 +1296,7 @@ export class H2Session {
    * own: the caller races it.
    */
   static async connect(opts: H2SessionOptions): Promise<H2Session> {
-    const window = opts.streamWindow ?? DEFAULT_STREAM_WINDOW;
-    const maxList = opts.maxHeaderList ?? DEFAULT_MAX_HEADER_LIST;
-    if (!Number.isInteger(window) || window < 1 || window > MAX_31) {
-      throw new RangeError(`stream window ${window}`);
-    }
-    if (!Number.isInteger(maxList) || maxList < 1 || maxList > MAX_31) {
-      throw new RangeError(`header list limit ${maxList}`);
-    }
+    checkOptions(opts);
     let tcp: Deno.TcpConn;
     try {
       tcp = await Deno.connect({ hostname: opts.hostname, port: opts.port });
@@ -1329,7 +1334,17 @@ export class H2Session {
       } catch { /* closed */ }
       throw new H2ConnectError(`A did not choose h2 by ALPN (${alpn ?? "none"})`);
     }
-    const session = new H2Session(tls, opts);
+    return H2Session.over(tls, opts);
+  }
+
+  /**
+   * A session on a connection that is already up and chose "h2" by ALPN (the relay's first
+   * connection to an upstream asks A which protocol it speaks; that connection becomes the first
+   * session instead of being closed). Nothing may have been read from or written to it yet.
+   */
+  static over(conn: Deno.Conn, opts: H2SessionOptions): H2Session {
+    checkOptions(opts);
+    const session = new H2Session(conn, opts);
     session.#c.start();
     return session;
   }

@@ -78,6 +78,8 @@ export type Connector = (endpoint: Endpoint, options: ConnectOptions) => Promise
  */
 export interface AltTransport {
   readonly protocol: string;
+  /** Takes over the connection that chose this protocol by ALPN, as its first. */
+  adopt(conn: Deno.Conn): void;
   exchange(req: ExchangeRequest, options: ExchangeOptions): Promise<UpstreamResponse>;
   stats(): TransportStats;
   closeIdle(): void;
@@ -339,6 +341,18 @@ export class Connection {
     try {
       this.#conn.close();
     } catch { /* already closed */ }
+  }
+
+  /**
+   * Hands the socket over to another protocol (HTTP/2 after ALPN chose it): this connection is
+   * closed, the socket is not. Only before anything was read from it.
+   */
+  detach(): Deno.Conn {
+    if (this.closed || this.#idleRead !== null || this.#leftover !== null || this.#buf !== null) {
+      throw new Error("connection already in use");
+    }
+    this.closed = true;
+    return this.#conn;
   }
 }
 

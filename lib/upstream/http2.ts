@@ -249,7 +249,25 @@ export class H2Pool implements AltTransport {
     }
   }
 
-  #open(): Promise<Session> {
+  /**
+   * Takes over the connection on which A chose h2 by ALPN as the first session, opened like any
+   * other (A's SETTINGS awaited briefly); the first requests join it instead of opening their own.
+   */
+  adopt(conn: Deno.Conn): void {
+    if (this.#closed) {
+      try {
+        conn.close();
+      } catch { /* closed */ }
+      return;
+    }
+    const entry = { promise: this.#open(conn), reserved: 0 };
+    this.#opening.add(entry);
+    // A failure reaches the requests that joined it; a later request opens a session of its own.
+    entry.promise.catch(() => {}).finally(() => this.#opening.delete(entry));
+  }
+
+  /** A new session: on `conn` when given (already up, h2 chosen), else on a new connection. */
+  #open(conn?: Deno.Conn): Promise<Session> {
     if (this.#closed) return Promise.reject(new UpstreamError("connect", "pool closed"));
     const ep = this.endpoint;
     return new Promise<Session>((resolve, reject) => {
@@ -283,11 +301,11 @@ export class H2Pool implements AltTransport {
         this.#sweeper.start();
         resolve(session);
       };
-      H2Session.connect({
-        hostname: ep.hostname,
-        port: ep.port,
-        caCerts: this.#opts.caCerts,
-      }).then((s) => {
+      const opts = { hostname: ep.hostname, port: ep.port, caCerts: this.#opts.caCerts };
+      const connecting = conn
+        ? Promise.resolve().then(() => H2Session.over(conn, opts))
+        : H2Session.connect(opts);
+      connecting.then((s) => {
         // Too late: the caller has its timeout already.
         if (settled) return s.destroy();
         const made = new Session(s);

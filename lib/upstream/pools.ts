@@ -25,7 +25,8 @@ type AltFactory = (endpoint: Endpoint) => Promise<AltTransport>;
 /**
  * One upstream origin: its HTTP/1.1 pool, and the HTTP/2 client once the upstream chose it. The
  * choice is made here, once, by the first TLS handshake: it offers `h2` and `http/1.1` by ALPN;
- * when A picks HTTP/1.1 that connection joins the pool, so no handshake is wasted. A failed
+ * that connection becomes the first HTTP/2 session or joins the HTTP/1.1 pool, so no handshake is
+ * wasted. A failed
  * connect leaves the question open for the next request.
  */
 export class Origin {
@@ -74,8 +75,17 @@ export class Origin {
       return this.#alt;
     }
     if (c.alpn === "h2") {
-      c.close();
-      this.#alt = await this.#alternate!(this.h1.endpoint);
+      let alt: AltTransport;
+      try {
+        alt = await this.#alternate!(this.h1.endpoint);
+      } catch (err) {
+        c.close();
+        throw err;
+      }
+      // The connection that asked becomes the first session: no second handshake on a request
+      // that already waited for one.
+      alt.adopt(c.detach());
+      this.#alt = alt;
     } else {
       this.h1.adopt(c);
     }
