@@ -24,7 +24,7 @@
  *   (c) `--streams` (1,000) concurrent SSE streams of `--events` (5) events `--gap-ms` (200) apart,
  *       all opened at once: how many completed byte-exact, the connections the relay opened to A
  *       during the run (Δ `created` of `/debug/info`'s pool: TLS connections for HTTP/1.1,
- *       sessions for h2; the one ALPN probe connection of `auto` is not in it), the TCP
+ *       sessions for h2; the first, opened before the run, is not in it), the TCP
  *       connections A accepted (nginx `accepts`; the idle relay's keep-warm may add one), the
  *       relay's CPU over the run ÷ streams (for HTTP/1.1 it includes a TLS handshake to A per
  *       stream), and the relay's RSS peak (sampled every 100 ms).
