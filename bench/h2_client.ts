@@ -39,7 +39,14 @@ import {
 } from "./common.ts";
 import { preamble } from "./nginx.ts";
 import { makeCert } from "./route_sim/fake_a.ts";
-import { BodySource, exchange, Pool, type UpstreamResponse } from "../lib/upstream/http1.ts";
+import {
+  BodySource,
+  exchange,
+  type ExchangeOptions,
+  type ExchangeRequest,
+  Pool,
+  type UpstreamResponse,
+} from "../lib/upstream/http1.ts";
 import { exchange2, H2Pool } from "../lib/upstream/http2.ts";
 import { Watchdog } from "../lib/http/mod.ts";
 
@@ -102,15 +109,15 @@ async function bodyOf(res: UpstreamResponse): Promise<Uint8Array> {
   return new Uint8Array(0);
 }
 
-function ownH2(port: number, ca: string): Promise<ClientImpl> {
-  const pool = new H2Pool(
-    { protocol: "https:", hostname: HOST, port, hostHeader: `${HOST}:${port}` },
-    { connectTimeoutMs: 5000, idleTimeoutMs: 60_000, caCerts: [ca] },
-  );
+/** A client over one of the relay's own pools: `send` is its exchange function. */
+function ownClient(
+  pool: { close(): void },
+  send: (req: ExchangeRequest, options: ExchangeOptions) => Promise<UpstreamResponse>,
+): Promise<ClientImpl> {
   const watchdog = new Watchdog(30_000);
   return Promise.resolve({
     async one() {
-      const res = await exchange2(pool, {
+      const res = await send({
         method: "POST",
         target: PATH,
         headers: REQ_HEADERS,
@@ -123,6 +130,23 @@ function ownH2(port: number, ca: string): Promise<ClientImpl> {
       watchdog.close();
     },
   });
+}
+
+const endpoint = (port: number) => ({
+  protocol: "https:" as const,
+  hostname: HOST,
+  port,
+  hostHeader: `${HOST}:${port}`,
+});
+const poolOptions = (ca: string) => ({
+  connectTimeoutMs: 5000,
+  idleTimeoutMs: 60_000,
+  caCerts: [ca],
+});
+
+function ownH2(port: number, ca: string): Promise<ClientImpl> {
+  const pool = new H2Pool(endpoint(port), poolOptions(ca));
+  return ownClient(pool, (req, options) => exchange2(pool, req, options));
 }
 
 async function nodeH2(port: number, ca: string): Promise<ClientImpl> {
@@ -184,26 +208,8 @@ async function nodeH2(port: number, ca: string): Promise<ClientImpl> {
 }
 
 function ownH1(port: number, ca: string): Promise<ClientImpl> {
-  const pool = new Pool(
-    { protocol: "https:", hostname: HOST, port, hostHeader: `${HOST}:${port}` },
-    { connectTimeoutMs: 5000, idleTimeoutMs: 60_000, caCerts: [ca] },
-  );
-  const watchdog = new Watchdog(30_000);
-  return Promise.resolve({
-    async one() {
-      const res = await exchange(pool, {
-        method: "POST",
-        target: PATH,
-        headers: REQ_HEADERS,
-        body: requestBody(),
-      }, { watchdog });
-      return { status: res.status, headers: res.headers, body: await bodyOf(res) };
-    },
-    close: () => {
-      pool.close();
-      watchdog.close();
-    },
-  });
+  const pool = new Pool(endpoint(port), poolOptions(ca));
+  return ownClient(pool, (req, options) => exchange(pool, req, options));
 }
 
 function open(kind: Kind, port: number, ca: string): Promise<ClientImpl> {
