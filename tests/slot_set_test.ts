@@ -54,20 +54,29 @@ Deno.test("a member deleted from a long-lived SlotSet is not kept alive through 
   const make = () => ({});
   const churn = (set: { add(o: object): unknown; delete(o: object): unknown } | null) =>
     youngSurvivors(gc, make, (o) => set?.add(o), (o) => set?.delete(o));
-  const control = (await churn(null)).survived;
   const longLived = <S extends SlotSet<object> | Set<object>>(set: S): S => {
     set.add({});
     gc(); // the owner and its storage in the old generation, as in the relay
     return set;
   };
-  const slotSet = (await churn(longLived(new SlotSet()))).survived;
-  assert.ok(slotSet <= control + 50, `${slotSet} of 2000 survived (${control} with no set)`);
-  // What this guards against, so that the test can fail: a churned Set keeps them.
-  const set = (await churn(longLived(new Set()))).survived;
-  assert.ok(
-    set > control + 50,
-    `a churned Set kept only ${set} of 2000 alive (${control} with none)`,
-  );
+  // A scavenge during a churn promotes what was made in that job (a new WeakRef holds its target
+  // until the job ends), and on a busy machine that once took the control's 2,000 objects too:
+  // with no contrast left the run says nothing, so it is measured again, up to 5 times. A SlotSet
+  // that keeps its members fails every attempt.
+  for (let attempt = 1;; attempt++) {
+    const control = (await churn(null)).survived;
+    const slotSet = (await churn(longLived(new SlotSet()))).survived;
+    // What this guards against, so that the test can fail: a churned Set keeps them.
+    const set = (await churn(longLived(new Set()))).survived;
+    const clear = slotSet <= control + 50 && set > control + 50;
+    if (!clear && attempt < 5) continue;
+    assert.ok(slotSet <= control + 50, `${slotSet} of 2000 survived (${control} with no set)`);
+    assert.ok(
+      set > control + 50,
+      `a churned Set kept only ${set} of 2000 alive (${control} with none)`,
+    );
+    break;
+  }
 });
 
 Deno.test("a SlotSet emptied holds none of its former members", async () => {

@@ -101,16 +101,30 @@ deadline.test("expiring items may unwatch and watch others during the sweep: eac
 deadline.test("an item unwatched is not kept alive by the watchdog through young-generation GCs", async () => {
   const gc = exposedGc();
   const none = () => {};
-  const control = await youngSurvivors(gc, item, none, none);
-  const dog = new Watchdog(60_000);
-  // The watchdog lives long, as in the relay: its storage is in the old generation.
-  dog.watch(item());
-  gc();
-  const watched = await youngSurvivors(gc, item, (it) => dog.watch(it), (it) => dog.unwatch(it));
-  dog.close();
-  assert.ok(
-    watched.survived <= control.survived + 50,
-    `${watched.survived} of ${watched.made} unwatched items survived two young-generation GCs ` +
-      `(${control.survived} without the watchdog)`,
-  );
+  // A scavenge during a churn can promote what that job made (see young_gc.ts): a run where the
+  // control kept most of its items, or the watched churn more than the control, is measured again,
+  // up to 5 times. A watchdog that keeps its items fails every attempt.
+  for (let attempt = 1;; attempt++) {
+    const control = await youngSurvivors(gc, item, none, none);
+    const dog = new Watchdog(60_000);
+    // The watchdog lives long, as in the relay: its storage is in the old generation.
+    dog.watch(item());
+    gc();
+    const watched = await youngSurvivors(
+      gc,
+      item,
+      (it) => dog.watch(it),
+      (it) => dog.unwatch(it),
+    );
+    dog.close();
+    const clear = control.survived < control.made / 2 &&
+      watched.survived <= control.survived + 50;
+    if (!clear && attempt < 5) continue;
+    assert.ok(
+      watched.survived <= control.survived + 50,
+      `${watched.survived} of ${watched.made} unwatched items survived two young-generation GCs ` +
+        `(${control.survived} without the watchdog)`,
+    );
+    break;
+  }
 });
