@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import * as http2 from "node:http2";
-import { closedPort, delay, waitFor, within } from "./helpers.ts";
+import { closedPort, concat, delay, waitFor, within } from "./helpers.ts";
 import { type TestCert, withCert } from "./tls_fixture.ts";
 import {
   H2ConnectError,
@@ -17,6 +17,8 @@ import {
   type H2Stream,
   H2StreamError,
 } from "../lib/upstream/h2_session.ts";
+import { encodeHeaderBlock, HpackDecoder } from "../lib/upstream/hpack.ts";
+import { parseHead, UpstreamError } from "../lib/upstream/http1.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -659,12 +661,32 @@ class Peer {
 
 const T = { DATA: 0, HEADERS: 1, RST: 3, SETTINGS: 4, PUSH: 5, PING: 6, GOAWAY: 7, WU: 8, CONT: 9 };
 
-/** Starts a fake A; `test` gets a connected session and the peer. Everything is closed after. */
+/** A SETTINGS payload: (identifier, value) pairs. */
+function settings(...pairs: Array<[number, number]>): Uint8Array {
+  const b = new Uint8Array(6 * pairs.length);
+  const v = new DataView(b.buffer);
+  pairs.forEach(([key, value], i) => {
+    v.setUint16(6 * i, key);
+    v.setUint32(6 * i + 2, value);
+  });
+  return b;
+}
+
+/**
+ * Starts a fake A; `test` gets a connected session and the peer. Everything is closed after.
+ * `settings`: the payload of A's first SETTINGS frame (default empty).
+ */
 async function withFake(
   tls: TestCert,
   test: (session: H2Session, peer: Peer) => Promise<void>,
-  opts: { streamWindow?: number; maxHeaderList?: number } = {},
+  fakeOpts: {
+    streamWindow?: number;
+    maxHeaderList?: number;
+    firstStreamId?: number;
+    settings?: Uint8Array;
+  } = {},
 ): Promise<void> {
+  const { settings: first = new Uint8Array(0), ...opts } = fakeOpts;
   const listener = Deno.listenTls({
     hostname: "127.0.0.1",
     port: 0,
@@ -684,7 +706,7 @@ async function withFake(
   const peer = new Peer(conn);
   const reading = peer.run();
   try {
-    await peer.send(frame(T.SETTINGS, 0, 0));
+    await peer.send(frame(T.SETTINGS, 0, 0, first));
     await within(session.settled, 2000, "settled");
     await test(session, peer);
   } finally {
@@ -1022,4 +1044,449 @@ withCert.test("h2 session: connect fails with H2ConnectError when A does not cho
   } finally {
     listener.close();
   }
+});
+
+// -------------------------------------------------------------------------------------------
+// Flow control, header blocks and the id space against the fake A
+
+const MAX_31 = 0x7fffffff;
+
+let pings = 0;
+
+/** Returns once the session has processed all A sent before: its PING ACK comes after. */
+async function sync(peer: Peer): Promise<void> {
+  const n = ++pings;
+  const payload = new Uint8Array(8);
+  new DataView(payload.buffer).setUint32(4, n);
+  await peer.send(frame(T.PING, 0, 0, payload));
+  await peer.next((f) => f.type === T.PING && f.flags === 1 && code(f, 4) === n, `PING ACK ${n}`);
+}
+
+/** DATA payload bytes A received on stream `id`. */
+function dataSent(peer: Peer, id: number): number {
+  let n = 0;
+  for (const f of peer.frames) if (f.type === T.DATA && f.id === id) n += f.payload.length;
+  return n;
+}
+
+/** A saw END_STREAM on a DATA frame of stream `id`. */
+function bodyEnded(peer: Peer, id: number): boolean {
+  return peer.frames.some((f) => f.type === T.DATA && f.id === id && (f.flags & 0x1) !== 0);
+}
+
+/** The DATA payloads A received on stream `id`, joined. */
+function bodyAt(peer: Peer, id: number): Uint8Array {
+  return concat(peer.frames.filter((f) => f.type === T.DATA && f.id === id).map((f) => f.payload));
+}
+
+withCert.test("h2 session (fake A): WINDOW_UPDATE taking the connection window past 2^31-1 is FLOW_CONTROL_ERROR; every open stream fails", async ({ tls }) => {
+  await withFake(tls, async (session, peer) => {
+    const closed = closedPromise(session);
+    const a = new Collect();
+    const b = new Collect();
+    session.request(get("/a"), true, a);
+    const sb = session.request(get("/b"), true, b);
+    await peer.next((f) => f.type === T.HEADERS && f.id === sb.id, "HEADERS");
+    // Nothing was sent, so the window is 65535: this takes it to exactly 2^31-1, which is allowed.
+    await peer.send(frame(T.WU, 0, 0, u32(MAX_31 - 65535)));
+    await sync(peer);
+    assert.ok(!peer.frames.some((f) => f.type === T.GOAWAY), "2^31-1 itself is no error");
+    assert.equal(session.closed, false);
+    await peer.send(frame(T.WU, 0, 0, u32(1)));
+    await a.wait();
+    await b.wait();
+    for (const c of [a, b]) {
+      assert.deepEqual(c.events, ["error"]);
+      assert.equal(c.error!.code, 3);
+      assert.equal(c.error!.refused, false, "A saw the request");
+    }
+    const g = await peer.next((f) => f.type === T.GOAWAY, "GOAWAY");
+    assert.equal(code(g, 4), 3, "GOAWAY FLOW_CONTROL_ERROR");
+    assert.ok((await within(closed, 2000, "onClose")) instanceof Error);
+    assert.equal(session.closed, true);
+    await waitFor(() => peer.eof, 2000, "the socket closed");
+  });
+});
+
+withCert.test("h2 session (fake A): WINDOW_UPDATE taking a stream window past 2^31-1 resets that stream only (FLOW_CONTROL_ERROR)", async ({ tls }) => {
+  await withFake(tls, async (session, peer) => {
+    const a = new Collect();
+    const b = new Collect();
+    const sa = session.request(get("/a"), true, a);
+    const sb = session.request(get("/b"), true, b);
+    await peer.next((f) => f.type === T.HEADERS && f.id === sb.id, "HEADERS");
+    await peer.send(frame(T.WU, 0, sa.id, u32(MAX_31 - 65535)));
+    await sync(peer);
+    assert.ok(!peer.frames.some((f) => f.type === T.RST), "2^31-1 itself is no error");
+    await peer.send(frame(T.WU, 0, sa.id, u32(1)));
+    await a.wait();
+    assert.deepEqual(a.events, ["error"]);
+    assert.equal(a.error!.code, 3);
+    assert.equal(a.error!.byPeer, false);
+    const rst = await peer.next((f) => f.type === T.RST && f.id === sa.id, "RST");
+    assert.equal(code(rst), 3, "RST_STREAM FLOW_CONTROL_ERROR");
+    // The other stream and the session are untouched.
+    await peer.send(frame(T.HEADERS, 0x4 | 0x1, sb.id, block([[":status", "204"]])));
+    await b.wait();
+    assert.deepEqual(b.events, ["head", "end"], b.error?.message);
+    assert.equal(session.closed, false);
+    assert.ok(!peer.frames.some((f) => f.type === T.GOAWAY), "no connection error");
+    assert.ok(!peer.frames.some((f) => f.type === T.RST && f.id === sb.id));
+  });
+});
+
+withCert.test("h2 session (fake A): a request body stays within A's stream window (1000) and connection window, and resumes on WINDOW_UPDATE", async ({ tls }) => {
+  await withFake(tls, async (session, peer) => {
+    const c = new Collect();
+    const st = session.request(get("/", "POST"), false, c);
+    const body = pattern(70_000, 9);
+    st.write(body);
+    st.end();
+    const sent = () => dataSent(peer, st.id);
+    const settle = async (want: number, what: string) => {
+      await waitFor(() => sent() >= want, 2000, () => `${what}: sent ${sent()}`);
+      await sync(peer);
+      assert.equal(sent(), want, `${what}: no more than the windows allow`);
+    };
+    await settle(1000, "stream window 1000");
+    await peer.send(frame(T.WU, 0, st.id, u32(500)));
+    await settle(1500, "stream window +500");
+    // Now the stream window is wide and the connection window (65535) is what holds it.
+    await peer.send(frame(T.WU, 0, st.id, u32(200_000)));
+    await settle(65535, "connection window 65535");
+    assert.equal(bodyEnded(peer, st.id), false);
+    await peer.send(frame(T.WU, 0, 0, u32(70_000 - 65535)));
+    await settle(70_000, "connection window +4465");
+    assert.equal(bodyEnded(peer, st.id), true, "END_STREAM with the last byte");
+    const frames = peer.frames.filter((f) => f.type === T.DATA && f.id === st.id);
+    assert.ok(frames.every((f) => f.payload.length <= 16384), "no DATA past MAX_FRAME_SIZE");
+    sameBytes(bodyAt(peer, st.id), body, "request body at A");
+    await peer.send(frame(T.HEADERS, 0x4 | 0x1, st.id, block([[":status", "204"]])));
+    await c.wait();
+    assert.deepEqual(c.events, ["head", "end"], c.error?.message);
+    assert.ok(!peer.frames.some((f) => f.type === T.RST || f.type === T.GOAWAY));
+  }, { settings: settings([0x4, 1000]) });
+});
+
+withCert.test("h2 session (fake A): A's INITIAL_WINDOW_SIZE change moves open streams' windows, below zero too; sending resumes only above zero", async ({ tls }) => {
+  await withFake(tls, async (session, peer) => {
+    const c = new Collect();
+    const st = session.request(get("/", "POST"), false, c);
+    const body = pattern(100_000, 4);
+    st.write(body);
+    st.end();
+    const sent = () => dataSent(peer, st.id);
+    const settle = async (want: number, what: string) => {
+      await waitFor(() => sent() >= want, 2000, () => `${what}: sent ${sent()}`);
+      await sync(peer);
+      assert.equal(sent(), want, `${what}: no more than the windows allow`);
+    };
+    await settle(65535, "default windows");
+    // The connection window is wide from here on: only the stream window holds the body.
+    await peer.send(frame(T.WU, 0, 0, u32(1 << 20)));
+    await settle(65535, "the stream window is used up");
+    // 65535 -> 1000: the window, 0 after sending 65535, becomes -64535 (§6.9.2).
+    await peer.send(frame(T.SETTINGS, 0, 0, settings([0x4, 1000])));
+    await settle(65535, "after INITIAL_WINDOW_SIZE 1000");
+    await peer.send(frame(T.WU, 0, st.id, u32(64535)));
+    await settle(65535, "a window back at 0");
+    await peer.send(frame(T.WU, 0, st.id, u32(10)));
+    await settle(65545, "a window of 10");
+    // 1000 -> 20000 adds 19000 to the open stream.
+    await peer.send(frame(T.SETTINGS, 0, 0, settings([0x4, 20000])));
+    await settle(84545, "after INITIAL_WINDOW_SIZE 20000");
+    // A stream opened now starts with the new initial window.
+    const d = new Collect();
+    const st2 = session.request(get("/", "POST"), false, d);
+    st2.write(pattern(30_000, 5));
+    st2.end();
+    await waitFor(() => dataSent(peer, st2.id) >= 20000, 2000, "second stream");
+    await sync(peer);
+    assert.equal(dataSent(peer, st2.id), 20000);
+    assert.equal(sent(), 84545);
+    await peer.send(frame(T.WU, 0, st.id, u32(100_000)), frame(T.WU, 0, st2.id, u32(100_000)));
+    await waitFor(
+      () => bodyEnded(peer, st.id) && bodyEnded(peer, st2.id),
+      2000,
+      "both bodies ended",
+    );
+    sameBytes(bodyAt(peer, st.id), body, "first body at A");
+    assert.equal(dataSent(peer, st2.id), 30_000);
+    const acks = peer.frames.filter((f) => f.type === T.SETTINGS && f.flags === 1).length;
+    assert.equal(acks, 3, "every SETTINGS acknowledged");
+    assert.ok(!peer.frames.some((f) => f.type === T.RST || f.type === T.GOAWAY));
+  });
+});
+
+withCert.test("h2 session (fake A): a paused stream gives no window back (padding counted) until resume; A past the window is reset", async ({ tls }) => {
+  await withFake(tls, async (session, peer) => {
+    const c = new Collect();
+    const st = session.request(get("/"), true, c);
+    st.pause();
+    await peer.next((f) => f.type === T.HEADERS && f.id === st.id, "HEADERS");
+    // 32 frames of 245 data bytes and 254 padding bytes (+1 pad length): 16000 of the window.
+    const padded = new Uint8Array(500);
+    padded[0] = 254;
+    padded.fill(0x61, 1, 246);
+    await peer.send(
+      frame(T.HEADERS, 0x4, st.id, block([[":status", "200"]])),
+      ...Array.from({ length: 32 }, () => frame(T.DATA, 0x8, st.id, padded)),
+    );
+    await sync(peer);
+    assert.equal(c.received, 32 * 245);
+    assert.ok(!peer.frames.some((f) => f.type === T.WU && f.id === st.id), "window held");
+    st.resume();
+    const wu = await peer.next((f) => f.type === T.WU && f.id === st.id, "WINDOW_UPDATE");
+    assert.equal(code(wu), 16000, "resume gives back all held, padding included");
+    // 384 left + 16000 given back: a whole window again.
+    await peer.send(
+      frame(T.DATA, 0, st.id, new Uint8Array(16384)),
+      frame(T.DATA, 0x1, st.id),
+    );
+    await c.wait();
+    assert.deepEqual(c.events, ["head", "end"], c.error?.message);
+    assert.equal(c.received, 32 * 245 + 16384);
+
+    // Padding alone fills a paused stream's window: the next byte is a reset.
+    const p = new Collect();
+    const sp = session.request(get("/"), true, p);
+    sp.pause();
+    await peer.next((f) => f.type === T.HEADERS && f.id === sp.id, "HEADERS 2");
+    // 64 frames of 256 bytes, 10 data bytes among them: the window's 16384, nearly all padding.
+    const withData = new Uint8Array(256);
+    withData[0] = 245;
+    withData.fill(0x62, 1, 11);
+    const padOnly = new Uint8Array(256);
+    padOnly[0] = 255;
+    await peer.send(
+      frame(T.HEADERS, 0x4, sp.id, block([[":status", "200"]])),
+      frame(T.DATA, 0x8, sp.id, withData),
+      ...Array.from({ length: 63 }, () => frame(T.DATA, 0x8, sp.id, padOnly)),
+      frame(T.DATA, 0, sp.id, "x"),
+    );
+    await p.wait();
+    assert.deepEqual(p.events, ["head", "error"]);
+    assert.equal(p.received, 10);
+    assert.equal(p.error!.code, 3);
+    assert.equal(code(await peer.next((f) => f.type === T.RST && f.id === sp.id, "RST")), 3);
+    assert.ok(!peer.frames.some((f) => f.type === T.WU && f.id === sp.id), "window held");
+    assert.equal(session.closed, false);
+  }, { streamWindow: 16384 });
+});
+
+withCert.test("h2 session (fake A): A that sends PINGs but reads nothing fails the session: the ACKs it owes A are bounded (4 MiB)", async ({ tls }) => {
+  const listener = Deno.listenTls({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: tls.cert,
+    key: tls.key,
+    alpnProtocols: ["h2"],
+  });
+  const accepted = listener.accept();
+  const session = await H2Session.connect({
+    hostname: "127.0.0.1",
+    port: listener.addr.port,
+    caCerts: [tls.cert],
+  });
+  const closed = closedPromise(session);
+  const conn = await accepted;
+  try {
+    await conn.handshake();
+    // 1024 PINGs a write, each owing A a 17-byte ACK that A never reads.
+    const burst = concat(
+      Array.from({ length: 1024 }, () => frame(T.PING, 0, 0, new Uint8Array(8))),
+    );
+    const write = async (b: Uint8Array) => {
+      let off = 0;
+      while (off < b.length) off += await conn.write(b.subarray(off));
+    };
+    await write(frame(T.SETTINGS, 0, 0));
+    let sent = 0;
+    let done = false;
+    void closed.then(() => (done = true));
+    const started = Date.now();
+    while (!done && sent < 256 * 1024 * 1024 && Date.now() - started < 20_000) {
+      // A write stays pending once the session stopped reading: the race ends it.
+      const wrote = await Promise.race([write(burst).then(() => true, () => false), closed]);
+      if (wrote !== true) break;
+      sent += burst.length;
+    }
+    const err = await within(closed, 2000, () => `onClose after ${sent} bytes of PINGs`);
+    assert.ok(err instanceof Error);
+    assert.match(err.message, /does not read/);
+    // The exact point depends on the kernel's socket buffers: only a floor can be asserted.
+    assert.ok(sent >= 4 * 1024 * 1024, `failed after only ${sent} bytes of PINGs`);
+    assert.equal(session.closed, true);
+  } finally {
+    session.destroy();
+    try {
+      conn.close();
+    } catch { /* closed */ }
+    listener.close();
+  }
+});
+
+withCert.test("h2 session (fake A): a header block past A's MAX_FRAME_SIZE goes as HEADERS + CONTINUATION, END_HEADERS on the last only", async ({ tls }) => {
+  await withFake(tls, async (session, peer) => {
+    const decoder = new HpackDecoder();
+    /** The frames of stream `id`'s header block, which must follow one another on the wire. */
+    const headerBlock = async (id: number) => {
+      const end = await peer.next(
+        (f) => f.id === id && (f.type === T.HEADERS || f.type === T.CONT) && (f.flags & 0x4) !== 0,
+        `END_HEADERS on ${id}`,
+      );
+      const first = peer.frames.findIndex((f) => f.type === T.HEADERS && f.id === id);
+      const frames = peer.frames.slice(first, peer.frames.indexOf(end) + 1);
+      frames.forEach((f, i) => {
+        assert.equal(f.type, i === 0 ? T.HEADERS : T.CONT, `frame ${i} of the block`);
+        assert.equal(f.id, id);
+        assert.equal((f.flags & 0x4) !== 0, i === frames.length - 1, `END_HEADERS on frame ${i}`);
+        if (i > 0) assert.equal(f.flags & ~0x4, 0, "CONTINUATION has no other flag");
+      });
+      return { frames, fields: decoder.decode(concat(frames.map((f) => f.payload)), 1 << 20) };
+    };
+
+    const big: H2Fields = [
+      ...get("/", "POST"),
+      ["authorization", "Bearer k"],
+      ["x-big", "v".repeat(40_000)],
+      ["x-after", "a"],
+    ];
+    const c = new Collect();
+    const st = session.request(big, true, c);
+    const one = await headerBlock(st.id);
+    assert.deepEqual(one.frames.map((f) => f.payload.length).slice(0, 2), [16384, 16384]);
+    assert.equal(one.frames.length, 3);
+    assert.equal(one.frames[0]!.flags, 0x1, "END_STREAM on HEADERS, not END_HEADERS");
+    assert.deepEqual(one.fields, big);
+    await peer.send(frame(T.HEADERS, 0x4 | 0x1, st.id, block([[":status", "204"]])));
+    await c.wait();
+    assert.deepEqual(c.events, ["head", "end"], c.error?.message);
+
+    // A raises MAX_FRAME_SIZE: the split follows it; a block of exactly that size is one frame.
+    await peer.send(frame(T.SETTINGS, 0, 0, settings([0x5, 20000])));
+    await sync(peer);
+    /** A request whose header block is `n` bytes long. */
+    const sized = (n: number): H2Fields => {
+      const fields: H2Fields = [...get("/"), ["x-pad", ""]];
+      const over = encodeHeaderBlock(fields).length;
+      // The value's length prefix grows with the value: a few lengths near are tried.
+      for (let extra = 0; extra < 5; extra++) {
+        fields[4]![1] = "p".repeat(n - over - extra);
+        if (encodeHeaderBlock(fields).length === n) return fields;
+      }
+      throw new Error(`no header block of ${n} bytes`);
+    };
+    for (const [n, want] of [[20000, [20000]], [20001, [20000, 1]], [40_000, [20000, 20000]]]) {
+      const fields = sized(n as number);
+      const s = session.request(fields, true, new Collect());
+      const got = await headerBlock(s.id);
+      assert.deepEqual(got.frames.map((f) => f.payload.length), want, `a block of ${n}`);
+      assert.deepEqual(got.fields, fields);
+    }
+    assert.ok(!peer.frames.some((f) => f.type === T.GOAWAY));
+  });
+});
+
+withCert.test("h2 session (fake A): stream ids used up: the last id 2^31-1 is used, then new requests are refused and close() is clean", async ({ tls }) => {
+  await withFake(tls, async (session, peer) => {
+    const closed = closedPromise(session);
+    const a = new Collect();
+    const sa = session.request(get("/a"), true, a);
+    assert.equal(sa.id, MAX_31 - 2);
+    assert.equal(session.closed, false, "one id left");
+    const b = new Collect();
+    const sb = session.request(get("/b"), true, b);
+    assert.equal(sb.id, MAX_31);
+    assert.equal(session.closed, true, "no id left: the pool must open another session");
+    assert.throws(
+      () => session.request(get("/c"), true, new Collect()),
+      (e: unknown) => e instanceof H2StreamError && e.refused,
+    );
+    await peer.next((f) => f.type === T.HEADERS && f.id === MAX_31, "HEADERS on 2^31-1");
+    assert.equal(peer.frames.filter((f) => f.type === T.HEADERS).length, 2, "nothing for /c");
+    // The streams open keep working.
+    await peer.send(
+      frame(T.HEADERS, 0x4, sb.id, block([[":status", "200"], ["content-length", "2"]])),
+      frame(T.DATA, 0x1, sb.id, "ok"),
+      frame(T.HEADERS, 0x4 | 0x1, sa.id, block([[":status", "204"]])),
+    );
+    await a.wait();
+    await b.wait();
+    assert.deepEqual(a.events, ["head", "end"], a.error?.message);
+    assert.deepEqual(b.events, ["head", "end"], b.error?.message);
+    assert.equal(dec.decode(b.body()), "ok");
+    session.close();
+    const g = await peer.next((f) => f.type === T.GOAWAY, "GOAWAY");
+    assert.equal(code(g, 4), 0);
+    assert.equal(await within(closed, 2000, "onClose"), null);
+  }, { firstStreamId: MAX_31 - 2 });
+});
+
+withCert.test("h2 session (fake A): a response field value is taken as the HTTP/1.1 client takes it (CR, LF, NUL refused; OWS dropped)", async ({ tls }) => {
+  const values = [
+    "plain",
+    "a\tb",
+    "a\x01b",
+    "a\x08b",
+    "a\x0bb",
+    "a\x0cb",
+    "a\x1fb",
+    "a\x7fb",
+    "\x80\xff",
+    "a\0b",
+    "a\rb",
+    "a\nb",
+    "\0",
+    " lead",
+    "trail ",
+    "\tboth \t",
+    " in side ",
+    "   ",
+    "",
+  ];
+  /** What the HTTP/1.1 client makes of `x-a: <value>`: the value it keeps, or null (refused). */
+  const overHttp1 = (value: string): string | null => {
+    const head = `HTTP/1.1 200 OK\r\nx-a: ${value}`;
+    try {
+      const h = parseHead(Uint8Array.from(head, (ch) => ch.charCodeAt(0)));
+      return h.headers.find(([n]) => n === "x-a")![1];
+    } catch (err) {
+      assert.ok(err instanceof UpstreamError, String(err));
+      return null;
+    }
+  };
+  await withFake(tls, async (session, peer) => {
+    for (const value of values) {
+      const what = JSON.stringify(value);
+      const c = new Collect();
+      const st = session.request(get("/"), true, c);
+      await peer.next((f) => f.type === T.HEADERS && f.id === st.id, `HEADERS ${what}`);
+      await peer.send(
+        frame(T.HEADERS, 0x4 | 0x1, st.id, block([[":status", "200"], ["x-a", value]])),
+      );
+      await c.wait();
+      const overHttp2 = c.events[0] === "head" ? c.fields.find(([n]) => n === "x-a")![1] : null;
+      const refuse = /[\r\n\0]/.test(value);
+      assert.equal(overHttp2, refuse ? null : value.replace(/^[ \t]+|[ \t]+$/g, ""), what);
+      assert.equal(overHttp2, overHttp1(value), `${what}: as over HTTP/1.1`);
+      if (refuse) {
+        assert.equal(c.error!.code, 1, what);
+        const rst = await peer.next((f) => f.type === T.RST && f.id === st.id, `${what}: RST`);
+        assert.equal(code(rst), 1);
+      }
+    }
+    // A content-length with OWS around it is read as over HTTP/1.1, not refused.
+    const c = new Collect();
+    const st = session.request(get("/"), true, c);
+    await peer.next((f) => f.type === T.HEADERS && f.id === st.id, "HEADERS");
+    await peer.send(
+      frame(T.HEADERS, 0x4, st.id, block([[":status", "200"], ["content-length", " 2 "]])),
+      frame(T.DATA, 0x1, st.id, "ok"),
+    );
+    await c.wait();
+    assert.deepEqual(c.events, ["head", "end"], c.error?.message);
+    assert.deepEqual(c.fields, [["content-length", "2"]]);
+    assert.ok(!peer.frames.some((f) => f.type === T.GOAWAY));
+  });
 });

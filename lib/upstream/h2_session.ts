@@ -21,6 +21,7 @@
  */
 
 import { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder } from "./hpack.ts";
+import { trimOwsFrom } from "../http/mod.ts";
 
 /** Header fields as (name, value) pairs, latin1 strings; names lower-case. */
 export type H2Fields = Array<[string, string]>;
@@ -34,6 +35,11 @@ export interface H2SessionOptions {
   streamWindow?: number;
   /** Largest decoded response header list (SETTINGS_MAX_HEADER_LIST_SIZE too); default 64 KiB. */
   maxHeaderList?: number;
+  /**
+   * For tests only: the first stream id (odd), so that the end of the id space is reached without
+   * 2^30 requests. Default 1.
+   */
+  firstStreamId?: number;
 }
 
 /** A stream failed: reset by A, by us, or with its session. Passed to H2Handler.onError exactly once. */
@@ -75,7 +81,8 @@ export class H2ConnectError extends Error {
 export interface H2Handler {
   /**
    * The final response head (1xx heads skipped; trailers are not a head). Pseudo-headers removed,
-   * fields validated. endStream: no body follows (onEnd follows right after).
+   * fields validated, values without leading or trailing SP/HTAB. endStream: no body follows
+   * (onEnd follows right after).
    */
   onHead(status: number, fields: H2Fields, endStream: boolean): void;
   /** A DATA payload (non-empty), a copy the handler owns. */
@@ -193,12 +200,19 @@ function checkName(name: string): void {
   if (connectionSpecific(name)) throw new Malformed(`connection-specific field ${name}`);
 }
 
-/** The bytes that would end or cut an HTTP/1.1 header line where it is relayed (§8.2.1). */
-function checkValue(value: string): void {
+/**
+ * A field value as the relay's HTTP/1.1 client (http1.ts parseHead) would take it, so that an
+ * upstream's field means the same over either protocol: CR, LF or NUL (which would end or cut the
+ * HTTP/1.1 header line it is relayed in) throw; leading and trailing SP/HTAB are dropped, as that
+ * client drops OWS (§8.2.1 forbids them in HTTP/2; dropping them, not failing the response, is the
+ * HTTP/1.1 client's answer to the same bytes, and lets content-length be read alike).
+ */
+function checkValue(value: string): string {
   for (let i = 0; i < value.length; i++) {
     const c = value.charCodeAt(i);
     if (c === 0x0a || c === 0x0d || c === 0) throw new Malformed("CR, LF or NUL in a field value");
   }
+  return trimOwsFrom(value, 0);
 }
 
 /** A content-length value: digits only (a list, even of equal values, is refused), or throws. */
@@ -234,9 +248,11 @@ function checkHead(fields: H2Fields, lengthOut: Float64Array): number {
   if (status < 100) throw new Malformed("bad :status");
   let length = -1;
   for (let i = 1; i < fields.length; i++) {
-    const [name, value] = fields[i]!;
+    const field = fields[i]!;
+    const name = field[0];
     checkName(name);
-    checkValue(value);
+    const value = checkValue(field[1]);
+    field[1] = value;
     if (name === "content-length") {
       const n = parseLength(value);
       if (length >= 0 && n !== length) throw new Malformed("conflicting content-length fields");
@@ -389,7 +405,7 @@ class SessionCore {
   readonly #streams = new Map<number, StreamState>();
   readonly #streamWindow: number;
   readonly #maxHeaderList: number;
-  #nextId = 1;
+  #nextId: number;
 
   // A's settings and windows.
   remoteMaxStreams: number | null = null;
@@ -440,8 +456,15 @@ class SessionCore {
   #socketClosed = false;
   #closeErr: Error | null = null;
 
-  constructor(conn: Deno.Conn, owner: H2Session, streamWindow: number, maxHeaderList: number) {
+  constructor(
+    conn: Deno.Conn,
+    owner: H2Session,
+    streamWindow: number,
+    maxHeaderList: number,
+    firstStreamId: number,
+  ) {
     this.#conn = conn;
+    this.#nextId = firstStreamId;
     this.#owner = owner;
     this.#streamWindow = streamWindow;
     this.#maxHeaderList = maxHeaderList;
@@ -1260,7 +1283,7 @@ class SessionCore {
   }
 }
 
-/** Throws RangeError for a window or header-list limit HTTP/2 cannot express. */
+/** Throws RangeError for a window or header-list limit HTTP/2 cannot express, or a bad stream id. */
 function checkOptions(opts: H2SessionOptions): void {
   const window = opts.streamWindow ?? DEFAULT_STREAM_WINDOW;
   const maxList = opts.maxHeaderList ?? DEFAULT_MAX_HEADER_LIST;
@@ -1269,6 +1292,10 @@ function checkOptions(opts: H2SessionOptions): void {
   }
   if (!Number.isInteger(maxList) || maxList < 1 || maxList > MAX_31) {
     throw new RangeError(`header list limit ${maxList}`);
+  }
+  const first = opts.firstStreamId ?? 1;
+  if (!Number.isInteger(first) || first < 1 || first > MAX_31 || first % 2 !== 1) {
+    throw new RangeError(`first stream id ${first}`);
   }
 }
 
@@ -1285,7 +1312,7 @@ export class H2Session {
   private constructor(conn: Deno.Conn, opts: H2SessionOptions) {
     const window = opts.streamWindow ?? DEFAULT_STREAM_WINDOW;
     const maxList = opts.maxHeaderList ?? DEFAULT_MAX_HEADER_LIST;
-    this.#c = new SessionCore(conn, this, window, maxList);
+    this.#c = new SessionCore(conn, this, window, maxList, opts.firstStreamId ?? 1);
     this.settled = this.#c.settled;
   }
 
