@@ -137,7 +137,13 @@ withCert.test("doctor checks an HTTPS upstream: trusted CA passes with ALPN, unt
   try {
     const ok = await runDoctor({ env: env(url), caCerts: [cert], timeoutMs: 2000 });
     assert.equal(ok.ok, true, formatReport(ok));
-    assert.match(find(ok, "TLS").detail, /ALPN h2/);
+    assert.match(find(ok, "TLS").detail, /ALPN h2 \(the relay speaks HTTP\/2 to it\)/);
+    const off = await runDoctor({
+      env: { ...env(url), UPSTREAM_HTTP2: "off" },
+      caCerts: [cert],
+      timeoutMs: 2000,
+    });
+    assert.match(find(off, "TLS").detail, /UPSTREAM_HTTP2=off keeps the relay on HTTP\/1\.1/);
     assert.equal(find(ok, "GET /v1/_ping").status, "pass");
 
     const bad = await runDoctor({ env: env(url), timeoutMs: 2000 });

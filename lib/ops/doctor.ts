@@ -116,7 +116,8 @@ export async function runDoctor(
       const targets = upstreamTargets(config);
       let firstPing: string | null = null;
       for (const t of targets) {
-        const ok = await checkUpstream(t, { ...options, timeoutMs }, d, add);
+        const http2 = config.upstreamHttp2 !== "off";
+        const ok = await checkUpstream(t, { ...options, timeoutMs, http2 }, d, add);
         if (ok && firstPing === null && t.label === "") firstPing = t.upstream.url;
       }
       if (options.relay !== undefined) {
@@ -306,9 +307,17 @@ function upstreamTargets(config: Config): Target[] {
 
 const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
 
+/** What the protocol A chose by ALPN means for the relay. */
+function alpnNote(alpn: string, http2: boolean): string {
+  if (alpn !== "h2") return "";
+  return http2
+    ? " (the relay speaks HTTP/2 to it)"
+    : " (HTTP/2 offered; UPSTREAM_HTTP2=off keeps the relay on HTTP/1.1)";
+}
+
 async function checkUpstream(
   t: Target,
-  opts: DoctorOptions & { timeoutMs: number },
+  opts: DoctorOptions & { timeoutMs: number; http2: boolean },
   d: Resolved,
   add: (c: Check) => Check,
 ): Promise<boolean> {
@@ -403,7 +412,7 @@ async function checkUpstream(
         name: "TLS",
         status: "pass",
         detail: `certificate valid for ${u.hostname}; ALPN ${alpn}` +
-          `${alpn === "h2" ? " (HTTP/2 offered; the relay uses HTTP/1.1 keep-alive)" : ""}; ` +
+          `${alpnNote(alpn, opts.http2)}; ` +
           `handshake ${fmtMs(tlsMs)}`,
         ms: tlsMs,
       });
