@@ -21,10 +21,16 @@ function countingHop(port: number) {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const open = new Set<Deno.Conn>();
   let accepted = 0;
+  /** Connections whose bytes vanish both ways, sockets left open: a route that went silent. */
+  const silent = new Set<Deno.Conn>();
   const hop = {
     port: (listener.addr as Deno.NetAddr).port,
     dropOnNextData: false,
     dropped: 0,
+    /** From now on, nothing passes on the connections open now; new ones work. */
+    silenceAll() {
+      for (const c of open) silent.add(c);
+    },
     get accepted() {
       return accepted;
     },
@@ -53,6 +59,7 @@ function countingHop(port: number) {
           hop.dropped++;
           break;
         }
+        if (silent.has(from)) continue;
         let off = 0;
         while (off < n) off += await to.write(buf.subarray(off, n));
       }
@@ -372,6 +379,51 @@ withCert.test("HTTP/1.1-only HTTPS upstreams and UPSTREAM_HTTP2=off use the HTTP
     await h1only.close();
     await off.close();
     listener.close();
+    await server.shutdown();
+  }
+});
+
+withCert.test("HTTP/2 upstream: after a stream timed out, a PING tells a slow A (session kept) from a silent path (session dropped, the next request opens a new one)", async ({ tls }) => {
+  const server = h2Upstream(tls, async (req) => {
+    if (new URL(req.url).pathname === "/v1/slow") await new Promise((r) => setTimeout(r, 1500));
+    return new Response("fine");
+  });
+  const hop = countingHop(server.addr.port);
+  const relay = startRelay({
+    UPSTREAM_SERVER_A: `https://127.0.0.1:${hop.port}`,
+    UPSTREAM_TIMEOUT_SEC: "1",
+    CONNECT_TIMEOUT_SEC: "1",
+    // Long enough that the idle sweep cannot be what drops the session here.
+    UPSTREAM_POOL_IDLE_SEC: "60",
+    UPSTREAM_KEEPWARM_SEC: "0",
+    UPSTREAM_SPARE_CONNECTIONS: "0",
+  }, { caCerts: [tls.cert] });
+  try {
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "fine");
+    assert.equal(hop.accepted, 1);
+    // A slow A answers the PING: its session stays.
+    const slow = await fetch(`${relay.url}/v1/slow`);
+    assert.ok(slow.status >= 500, `a timeout: ${slow.status}`);
+    await slow.body?.cancel();
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal((await poolStats(relay)).sessions, 1, "a slow A keeps its session");
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "fine");
+    assert.equal(hop.accepted, 1);
+    hop.silenceAll();
+    const res = await fetch(`${relay.url}/v1/models`);
+    assert.ok(res.status >= 500, `a timeout, not an answer: ${res.status}`);
+    await res.body?.cancel();
+    // Without the PING check the session would stay, and every request on it would time out.
+    await waitFor(
+      async () => (await poolStats(relay)).sessions === 0,
+      3000,
+      "the silent session dropped",
+    );
+    assert.equal(await (await fetch(`${relay.url}/v1/models`)).text(), "fine");
+    assert.equal(hop.accepted, 2, "a new session, on a new connection");
+  } finally {
+    await relay.close();
+    hop.close();
     await server.shutdown();
   }
 });

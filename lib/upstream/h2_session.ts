@@ -335,6 +335,8 @@ class SessionCore {
   #dead = false;
   #socketClosed = false;
   #closeErr: Error | null = null;
+  /** Socket reads that brought bytes: it moves while A is reachable. */
+  reads = 0;
 
   constructor(
     conn: Deno.Conn,
@@ -717,6 +719,7 @@ class SessionCore {
         return;
       }
       this.#rend += n;
+      this.reads++;
       try {
         this.#parse();
       } catch (err) {
@@ -1274,6 +1277,11 @@ export class H2Session {
   /** Streams open now. */
   get activeStreams(): number {
     return this.#c.activeStreams;
+  }
+
+  /** Socket reads that brought bytes from A so far: unchanged over a PING's round trip, A is gone. */
+  get reads(): number {
+    return this.#c.reads;
   }
 
   /**

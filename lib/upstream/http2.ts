@@ -47,6 +47,8 @@ const CANCEL = 0x8;
 
 /** Longest wait after connect for A's SETTINGS (its stream limit) before a new session is used. */
 const SETTINGS_WAIT_MS = 300;
+/** Longest wait for any bytes from A after a PING that asks whether the path is alive. */
+const PING_WAIT_MAX_MS = 10_000;
 
 /** Streams opened on one session before another session is opened beside it. */
 const DEFAULT_STREAMS_PER_SESSION = 100;
@@ -80,6 +82,8 @@ class Session {
   draining = false;
   /** Opened in the background and no stream started on it yet. */
   unusedSpare = false;
+  /** The wait for any answer to a PING sent after a stream timed out (see H2Pool.suspect). */
+  pingTimer: ReturnType<typeof setTimeout> | undefined = undefined;
 
   constructor(s: H2Session) {
     this.s = s;
@@ -315,6 +319,7 @@ export class H2Pool implements AltTransport {
         };
         s.onClose = () => {
           made.draining = true;
+          clearTimeout(made.pingTimer);
           this.#remove(made);
           // A spare A closed before any use counts as a failed open: an upstream that accepts
           // sessions only to close them must not be reconnected to in a loop.
@@ -381,8 +386,35 @@ export class H2Pool implements AltTransport {
   close(): void {
     this.#closed = true;
     this.closeIdle();
-    for (const s of this.#sessions) s.draining = true;
+    for (const s of this.#sessions) {
+      s.draining = true;
+      clearTimeout(s.pingTimer);
+    }
     this.#sweeper.stop();
+  }
+
+  /**
+   * A stream on `session` timed out. A may only be slow, or the path to it may be gone without a
+   * word: a route that drops packets leaves the TCP connection "open" for many minutes, and every
+   * request sent on it would time out too, where HTTP/1.1 would have opened a new connection for
+   * the next one. A PING tells the two apart: when nothing at all comes from A within the connect
+   * timeout (capped at {@link PING_WAIT_MAX_MS}), the session is destroyed and the next requests
+   * open a new one.
+   */
+  suspect(session: Session): void {
+    if (session.pingTimer !== undefined || session.s.closed) return;
+    const mark = session.s.reads;
+    try {
+      session.s.ping();
+    } catch {
+      return; // closing already
+    }
+    session.pingTimer = setTimeout(() => {
+      session.pingTimer = undefined;
+      if (session.s.reads !== mark || session.s.closed) return;
+      session.draining = true;
+      session.s.destroy(new Error("A did not answer a PING after a stream timed out"));
+    }, Math.min(this.#opts.connectTimeoutMs, PING_WAIT_MAX_MS));
   }
 
   /** One sweep: drops sessions idle past the timeout or closed, keeps spare capacity alive. */
@@ -482,6 +514,7 @@ class StreamExchange implements Watched, Attempt {
   expire(): void {
     this.abortKind ??= "timeout";
     this.#stream?.cancel(CANCEL);
+    this.#pool.suspect(this.#session);
   }
 
   #onAbort = (): void => {
