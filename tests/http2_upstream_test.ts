@@ -428,6 +428,49 @@ withCert.test("HTTP/2 upstream: after a stream timed out, a PING tells a slow A 
   }
 });
 
+withCert.test("HTTP/2 pool: while a stream waits, silence from A is checked by PING: a slow A's stream is left to finish, one on a path gone silent is resent on a new session", async ({ tls }) => {
+  const server = h2Upstream(tls, async () => {
+    await new Promise((r) => setTimeout(r, 1500));
+    return new Response("late");
+  });
+  const hop = countingHop(server.addr.port);
+  const pool = new H2Pool(
+    { protocol: "https:", hostname: "127.0.0.1", port: hop.port, hostHeader: "a" },
+    { connectTimeoutMs: 300, idleTimeoutMs: 1200, caCerts: [tls.cert], silencePingMs: 300 },
+  );
+  // Far longer than the test: without the PING check a stream on the silent path waits this long.
+  const watchdog = new Watchdog(60_000);
+  const get = async () => {
+    const res = await exchange2(pool, {
+      method: "GET",
+      target: "/v1/slow",
+      headers: [],
+      body: null,
+    }, { watchdog });
+    return new TextDecoder().decode(res.complete ?? await new Response(res.body).arrayBuffer());
+  };
+  try {
+    // 1.5 s of silence on the stream, PINGs answered all along: nothing is cut.
+    assert.equal(await get(), "late");
+    assert.equal(hop.accepted, 1);
+    // The path goes silent with a stream waiting: the unanswered PING ends the session, and the
+    // request, which had no answer yet on a reused session, is sent again on a new one.
+    const t0 = performance.now();
+    const pending = get();
+    await new Promise((r) => setTimeout(r, 100));
+    hop.silenceAll();
+    assert.equal(await pending, "late");
+    const took = performance.now() - t0;
+    assert.equal(hop.accepted, 2, "a new session, on a new connection");
+    assert.ok(took < 10_000, `answered after ${took.toFixed(0)} ms`);
+  } finally {
+    pool.close();
+    watchdog.close();
+    hop.close();
+    await server.shutdown();
+  }
+});
+
 withCert.test("HTTP/2 pool: a burst is spread over sessions by the per-session stream cap", async ({ tls }) => {
   const server = h2Upstream(tls, async () => {
     await new Promise((r) => setTimeout(r, 100));

@@ -49,6 +49,8 @@ const CANCEL = 0x8;
 const SETTINGS_WAIT_MS = 300;
 /** Longest wait for any bytes from A after a PING that asks whether the path is alive. */
 const PING_WAIT_MAX_MS = 10_000;
+/** Silence from A, with streams open, after which a PING checks the path (a cheap frame). */
+const SILENCE_PING_MS = 30_000;
 
 /** Streams opened on one session before another session is opened beside it. */
 const DEFAULT_STREAMS_PER_SESSION = 100;
@@ -69,6 +71,11 @@ export interface H2PoolOptions {
    * stream, instead of being closed as idle. `warm` is not used here.
    */
   spares?: SpareOptions | undefined;
+  /**
+   * While streams are open and nothing came from A for this long, a PING asks whether the path to
+   * A is still there (see {@link H2Pool.suspect}). Default {@link SILENCE_PING_MS}.
+   */
+  silencePingMs?: number;
 }
 
 /** One HTTP/2 connection to A and its open stream count. */
@@ -82,8 +89,11 @@ class Session {
   draining = false;
   /** Opened in the background and no stream started on it yet. */
   unusedSpare = false;
-  /** The wait for any answer to a PING sent after a stream timed out (see H2Pool.suspect). */
+  /** The wait for any answer to a PING that asks whether A is still there (H2Pool.suspect). */
   pingTimer: ReturnType<typeof setTimeout> | undefined = undefined;
+  /** The session's read count at the last sweep, and since when it has not moved. */
+  seenReads = 0;
+  quietSince = Date.now();
 
   constructor(s: H2Session) {
     this.s = s;
@@ -394,12 +404,13 @@ export class H2Pool implements AltTransport {
   }
 
   /**
-   * A stream on `session` timed out. A may only be slow, or the path to it may be gone without a
-   * word: a route that drops packets leaves the TCP connection "open" for many minutes, and every
-   * request sent on it would time out too, where HTTP/1.1 would have opened a new connection for
-   * the next one. A PING tells the two apart: when nothing at all comes from A within the connect
-   * timeout (capped at {@link PING_WAIT_MAX_MS}), the session is destroyed and the next requests
-   * open a new one.
+   * A stream on `session` timed out, or its streams have heard nothing from A for a while. A may
+   * only be slow (thinking before the first token), or the path to it may be gone without a word:
+   * a route that drops packets leaves the TCP connection "open" for many minutes, and every request
+   * on it would wait for its own timeout (`UPSTREAM_TIMEOUT_SEC`, 10 minutes by default), where
+   * HTTP/1.1 opens a new connection for the next one. A PING tells the two apart: when nothing at
+   * all comes from A within the connect timeout (capped at {@link PING_WAIT_MAX_MS}), the session
+   * is destroyed, its streams fail, and the next requests open a new one.
    */
   suspect(session: Session): void {
     if (session.pingTimer !== undefined || session.s.closed) return;
@@ -413,7 +424,7 @@ export class H2Pool implements AltTransport {
       session.pingTimer = undefined;
       if (session.s.reads !== mark || session.s.closed) return;
       session.draining = true;
-      session.s.destroy(new Error("A did not answer a PING after a stream timed out"));
+      session.s.destroy(new Error("A did not answer a PING"));
     }, Math.min(this.#opts.connectTimeoutMs, PING_WAIT_MAX_MS));
   }
 
@@ -422,7 +433,16 @@ export class H2Pool implements AltTransport {
     const cutoff = now - this.#opts.idleTimeoutMs;
     const pingBefore = now - this.#opts.idleTimeoutMs / 2;
     const target = this.#spareTarget();
+    const silence = this.#opts.silencePingMs ?? SILENCE_PING_MS;
     for (const s of [...this.#sessions]) {
+      const reads = s.s.reads;
+      if (reads !== s.seenReads) {
+        s.seenReads = reads;
+        s.quietSince = now;
+      } else if (s.active > 0 && now - s.quietSince >= silence) {
+        s.quietSince = now;
+        this.suspect(s);
+      }
       if (s.active !== 0) continue;
       if (s.draining || s.s.closed) {
         this.#drop(s);
