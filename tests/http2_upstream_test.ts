@@ -471,6 +471,47 @@ withCert.test("HTTP/2 pool: while a stream waits, silence from A is checked by P
   }
 });
 
+withCert.test("HTTP/2 pool: a spare session whose path went silent is dropped by its unanswered PING and replaced before a request needs it", async ({ tls }) => {
+  const server = h2Upstream(tls, () => new Response("ok"));
+  const hop = countingHop(server.addr.port);
+  const pool = new H2Pool(
+    { protocol: "https:", hostname: "127.0.0.1", port: hop.port, hostHeader: "a" },
+    { connectTimeoutMs: 300, idleTimeoutMs: 800, caCerts: [tls.cert], spares: { count: 1 } },
+  );
+  const watchdog = new Watchdog(5000);
+  try {
+    const res = await exchange2(pool, {
+      method: "GET",
+      target: "/v1/models",
+      headers: [],
+      body: null,
+    }, {
+      watchdog,
+    });
+    assert.equal(new TextDecoder().decode(res.complete!), "ok");
+    // Kept as the spare past the idle timeout (its PINGs answered).
+    await new Promise((r) => setTimeout(r, 1200));
+    assert.equal(pool.stats().sessions, 1);
+    assert.equal(hop.accepted, 1);
+    hop.silenceAll();
+    await waitFor(() => hop.accepted === 2, 3000, "a new spare session");
+    await waitFor(() => pool.stats().sessions === 1, 3000, "the silent session dropped");
+    const again = await exchange2(pool, {
+      method: "GET",
+      target: "/v1/models",
+      headers: [],
+      body: null,
+    }, { watchdog });
+    assert.equal(new TextDecoder().decode(again.complete!), "ok");
+    assert.equal(hop.accepted, 2, "the request went to the new session");
+  } finally {
+    pool.close();
+    watchdog.close();
+    hop.close();
+    await server.shutdown();
+  }
+});
+
 withCert.test("HTTP/2 pool: a burst is spread over sessions by the per-session stream cap", async ({ tls }) => {
   const server = h2Upstream(tls, async () => {
     await new Promise((r) => setTimeout(r, 100));

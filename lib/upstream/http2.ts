@@ -447,11 +447,10 @@ export class H2Pool implements AltTransport {
       if (s.draining || s.s.closed) {
         this.#drop(s);
       } else if (target > 0 && s.idleSince <= pingBefore && this.#freeSlots(true, s) < target) {
-        // The spare capacity: a PING (no request to A) keeps it from looking idle to A.
+        // The spare capacity: a PING (no request to A) keeps it from looking idle to A, and an
+        // unanswered one drops it before a request is sent on a path that went silent.
         s.idleSince = now;
-        try {
-          s.s.ping();
-        } catch { /* a closing session is dropped on the next tick */ }
+        this.suspect(s);
       } else if (s.idleSince <= cutoff) {
         this.#drop(s);
       }
