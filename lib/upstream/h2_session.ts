@@ -302,8 +302,6 @@ class SessionCore {
   #connRecvWindow = CONN_WINDOW;
   #connUnacked = 0;
   #gotSettings = false;
-  /** A acknowledged our SETTINGS (kept for diagnostics; nothing waits on it). */
-  #settingsAcked = false;
   readonly settled: Promise<void>;
   #resolveSettled!: () => void;
   /** Scratch for checkHead's content-length. */
@@ -817,8 +815,8 @@ class SessionCore {
     if (id !== 0) throw new ConnError(PROTOCOL_ERROR, "SETTINGS on a stream");
     const len = end - start;
     if ((flags & ACK) !== 0) {
+      // Nothing waits on A's ACK of our SETTINGS (RFC 9113 §6.5.3 allows a timeout; we set none).
       if (len !== 0) throw new ConnError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload");
-      this.#settingsAcked = true;
       return;
     }
     if (len % 6 !== 0) throw new ConnError(FRAME_SIZE_ERROR, "SETTINGS of a bad length");
@@ -1053,7 +1051,7 @@ class SessionCore {
     try {
       s.handler.onHead(status, fields, endStream);
     } catch (err) {
-      return this.#handlerThrew(s, err);
+      return this.#reset(s, CANCEL, "the stream's handler threw", err);
     }
     if (endStream && !s.finished) this.#remoteEnd(s);
   }
@@ -1097,7 +1095,7 @@ class SessionCore {
       try {
         s.handler.onData(this.#rbuf.slice(s0, e0));
       } catch (err) {
-        return this.#handlerThrew(s, err);
+        return this.#reset(s, CANCEL, "the stream's handler threw", err);
       }
       if (s.finished) return;
     }
@@ -1130,27 +1128,15 @@ class SessionCore {
     this.#maybeFinish();
   }
 
-  /** A stream error we found: RST_STREAM to A, onError to the handler. */
-  #reset(s: StreamState, code: number, message: string): void {
+  /** A stream error we found (or its handler threw): RST_STREAM to A, onError to the handler. */
+  #reset(s: StreamState, code: number, message: string, cause?: unknown): void {
     if (s.finished) return;
     s.finished = true;
     this.#remove(s);
     this.#rst(s.id, code);
     try {
-      s.handler.onError(new H2StreamError(message, code, false, false));
-    } catch { /* the stream is gone either way */ }
-    this.#maybeFinish();
-  }
-
-  #handlerThrew(s: StreamState, err: unknown): void {
-    if (s.finished) return;
-    s.finished = true;
-    this.#remove(s);
-    this.#rst(s.id, CANCEL);
-    try {
-      s.handler.onError(
-        new H2StreamError("the stream's handler threw", CANCEL, false, false, { cause: err }),
-      );
+      const options = cause === undefined ? undefined : { cause };
+      s.handler.onError(new H2StreamError(message, code, false, false, options));
     } catch { /* the stream is gone either way */ }
     this.#maybeFinish();
   }
@@ -1294,7 +1280,10 @@ export class H2Session {
     return this.#c.request(fields, endStream, handler);
   }
 
-  /** Sends a PING (keep-alive for an idle session); the ACK needs no callback. */
+  /**
+   * Sends a PING: keeps an idle session from looking idle to A, and its ACK, like any bytes from A,
+   * moves {@link reads}.
+   */
   ping(): void {
     this.#c.ping();
   }
