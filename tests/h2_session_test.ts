@@ -14,6 +14,7 @@ import {
   type H2Fields,
   type H2Handler,
   H2Session,
+  type H2SessionOptions,
   type H2Stream,
   H2StreamError,
 } from "../lib/upstream/h2_session.ts";
@@ -672,21 +673,14 @@ function settings(...pairs: Array<[number, number]>): Uint8Array {
   return b;
 }
 
+/** Session options a test may set beside where A is. */
+type SessionExtras = Pick<H2SessionOptions, "streamWindow" | "maxHeaderList" | "firstStreamId">;
+
 /**
- * Starts a fake A; `test` gets a connected session and the peer. Everything is closed after.
- * `settings`: the payload of A's first SETTINGS frame (default empty).
+ * A TLS listener on 127.0.0.1 that offers only h2, a session connected to it, and A's side of the
+ * socket after the handshake; the caller closes all three.
  */
-async function withFake(
-  tls: TestCert,
-  test: (session: H2Session, peer: Peer) => Promise<void>,
-  fakeOpts: {
-    streamWindow?: number;
-    maxHeaderList?: number;
-    firstStreamId?: number;
-    settings?: Uint8Array;
-  } = {},
-): Promise<void> {
-  const { settings: first = new Uint8Array(0), ...opts } = fakeOpts;
+async function fakeSocket(tls: TestCert, opts: SessionExtras = {}) {
   const listener = Deno.listenTls({
     hostname: "127.0.0.1",
     port: 0,
@@ -703,6 +697,20 @@ async function withFake(
   });
   const conn = await accepted;
   await conn.handshake();
+  return { listener, session, conn };
+}
+
+/**
+ * Starts a fake A; `test` gets a connected session and the peer. Everything is closed after.
+ * `settings`: the payload of A's first SETTINGS frame (default empty).
+ */
+async function withFake(
+  tls: TestCert,
+  test: (session: H2Session, peer: Peer) => Promise<void>,
+  fakeOpts: SessionExtras & { settings?: Uint8Array } = {},
+): Promise<void> {
+  const { settings: first = new Uint8Array(0), ...opts } = fakeOpts;
+  const { listener, session, conn } = await fakeSocket(tls, opts);
   const peer = new Peer(conn);
   const reading = peer.run();
   try {
@@ -1278,23 +1286,9 @@ withCert.test("h2 session (fake A): a paused stream gives no window back (paddin
 });
 
 withCert.test("h2 session (fake A): A that sends PINGs but reads nothing fails the session: the ACKs it owes A are bounded (4 MiB)", async ({ tls }) => {
-  const listener = Deno.listenTls({
-    hostname: "127.0.0.1",
-    port: 0,
-    cert: tls.cert,
-    key: tls.key,
-    alpnProtocols: ["h2"],
-  });
-  const accepted = listener.accept();
-  const session = await H2Session.connect({
-    hostname: "127.0.0.1",
-    port: listener.addr.port,
-    caCerts: [tls.cert],
-  });
+  const { listener, session, conn } = await fakeSocket(tls);
   const closed = closedPromise(session);
-  const conn = await accepted;
   try {
-    await conn.handshake();
     // 1024 PINGs a write, each owing A a 17-byte ACK that A never reads.
     const burst = concat(
       Array.from({ length: 1024 }, () => frame(T.PING, 0, 0, new Uint8Array(8))),

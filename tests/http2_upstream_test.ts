@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { dec, enc, rawRequest, startRelay, waitFor } from "./helpers.ts";
 import { type TestCert, withCert } from "./tls_fixture.ts";
-import { exchange2, H2Pool } from "../lib/upstream/http2.ts";
+import { exchange2, H2Pool, type H2PoolOptions } from "../lib/upstream/http2.ts";
 import { Watchdog } from "../lib/http/watchdog.ts";
 import { BodySource } from "../lib/upstream/http1.ts";
 
@@ -94,6 +94,22 @@ function h2Upstream(tls: TestCert, handler: Handler) {
     { hostname: "127.0.0.1", port: 0, cert: tls.cert, key: tls.key, onListen() {} },
     handler,
   );
+}
+
+/** An HTTP/2 pool to 127.0.0.1:`port` that trusts the test certificate. */
+function testPool(tls: TestCert, port: number, opts: Partial<H2PoolOptions> = {}): H2Pool {
+  return new H2Pool(
+    { protocol: "https:", hostname: "127.0.0.1", port, hostHeader: "a" },
+    { connectTimeoutMs: 2000, idleTimeoutMs: 4000, caCerts: [tls.cert], ...opts },
+  );
+}
+
+/** GETs `target` through `pool`: the body as text, whether it came whole or as a stream. */
+async function getText(pool: H2Pool, target: string, watchdog: Watchdog): Promise<string> {
+  const res = await exchange2(pool, { method: "GET", target, headers: [], body: null }, {
+    watchdog,
+  });
+  return new TextDecoder().decode(res.complete ?? await new Response(res.body).arrayBuffer());
 }
 
 async function poolStats(relay: ReturnType<typeof startRelay>) {
@@ -434,21 +450,15 @@ withCert.test("HTTP/2 pool: while a stream waits, silence from A is checked by P
     return new Response("late");
   });
   const hop = countingHop(server.addr.port);
-  const pool = new H2Pool(
-    { protocol: "https:", hostname: "127.0.0.1", port: hop.port, hostHeader: "a" },
-    { connectTimeoutMs: 300, idleTimeoutMs: 1200, caCerts: [tls.cert], silencePingMs: 300 },
-  );
+  // A PING unanswered for 1 s ends a session: a margin a busy machine's loopback keeps.
+  const pool = testPool(tls, hop.port, {
+    connectTimeoutMs: 1000,
+    idleTimeoutMs: 1200,
+    silencePingMs: 300,
+  });
   // Far longer than the test: without the PING check a stream on the silent path waits this long.
   const watchdog = new Watchdog(60_000);
-  const get = async () => {
-    const res = await exchange2(pool, {
-      method: "GET",
-      target: "/v1/slow",
-      headers: [],
-      body: null,
-    }, { watchdog });
-    return new TextDecoder().decode(res.complete ?? await new Response(res.body).arrayBuffer());
-  };
+  const get = () => getText(pool, "/v1/slow", watchdog);
   try {
     // 1.5 s of silence on the stream, PINGs answered all along: nothing is cut.
     assert.equal(await get(), "late");
@@ -474,35 +484,23 @@ withCert.test("HTTP/2 pool: while a stream waits, silence from A is checked by P
 withCert.test("HTTP/2 pool: a spare session whose path went silent is dropped by its unanswered PING and replaced before a request needs it", async ({ tls }) => {
   const server = h2Upstream(tls, () => new Response("ok"));
   const hop = countingHop(server.addr.port);
-  const pool = new H2Pool(
-    { protocol: "https:", hostname: "127.0.0.1", port: hop.port, hostHeader: "a" },
-    { connectTimeoutMs: 300, idleTimeoutMs: 800, caCerts: [tls.cert], spares: { count: 1 } },
-  );
+  // A PING unanswered for 1 s ends a session: a margin a busy machine's loopback keeps.
+  const pool = testPool(tls, hop.port, {
+    connectTimeoutMs: 1000,
+    idleTimeoutMs: 800,
+    spares: { count: 1 },
+  });
   const watchdog = new Watchdog(5000);
   try {
-    const res = await exchange2(pool, {
-      method: "GET",
-      target: "/v1/models",
-      headers: [],
-      body: null,
-    }, {
-      watchdog,
-    });
-    assert.equal(new TextDecoder().decode(res.complete!), "ok");
+    assert.equal(await getText(pool, "/v1/models", watchdog), "ok");
     // Kept as the spare past the idle timeout (its PINGs answered).
     await new Promise((r) => setTimeout(r, 1200));
     assert.equal(pool.stats().sessions, 1);
     assert.equal(hop.accepted, 1);
     hop.silenceAll();
-    await waitFor(() => hop.accepted === 2, 3000, "a new spare session");
-    await waitFor(() => pool.stats().sessions === 1, 3000, "the silent session dropped");
-    const again = await exchange2(pool, {
-      method: "GET",
-      target: "/v1/models",
-      headers: [],
-      body: null,
-    }, { watchdog });
-    assert.equal(new TextDecoder().decode(again.complete!), "ok");
+    await waitFor(() => hop.accepted === 2, 5000, "a new spare session");
+    await waitFor(() => pool.stats().sessions === 1, 5000, "the silent session dropped");
+    assert.equal(await getText(pool, "/v1/models", watchdog), "ok");
     assert.equal(hop.accepted, 2, "the request went to the new session");
   } finally {
     pool.close();
@@ -517,22 +515,12 @@ withCert.test("HTTP/2 pool: a burst is spread over sessions by the per-session s
     await new Promise((r) => setTimeout(r, 100));
     return new Response("ok");
   });
-  const pool = new H2Pool(
-    { protocol: "https:", hostname: "127.0.0.1", port: server.addr.port, hostHeader: "a" },
-    { connectTimeoutMs: 2000, idleTimeoutMs: 4000, caCerts: [tls.cert], maxStreamsPerSession: 5 },
-  );
+  const pool = testPool(tls, server.addr.port, { maxStreamsPerSession: 5 });
   const watchdog = new Watchdog(5000);
   try {
-    const bodies = await Promise.all(Array.from({ length: 20 }, async () => {
-      const res = await exchange2(pool, {
-        method: "GET",
-        target: "/v1/models",
-        headers: [],
-        body: null,
-      }, { watchdog });
-      // A short answer arrives whole with its head and comes back as bytes, not a stream.
-      return new TextDecoder().decode(res.complete ?? await new Response(res.body).arrayBuffer());
-    }));
+    const bodies = await Promise.all(
+      Array.from({ length: 20 }, () => getText(pool, "/v1/models", watchdog)),
+    );
     assert.deepEqual(bodies, Array(20).fill("ok"));
     const stats = pool.stats();
     assert.equal(stats.created, 4, `sessions opened for 20 streams at 5 each: ${stats.created}`);
@@ -561,10 +549,7 @@ withCert.test("HTTP/2 pool: a streamed body is read through the direct reader, b
       { headers: { "content-type": "text/event-stream" } },
     );
   });
-  const pool = new H2Pool(
-    { protocol: "https:", hostname: "127.0.0.1", port: server.addr.port, hostHeader: "a" },
-    { connectTimeoutMs: 2000, idleTimeoutMs: 4000, caCerts: [tls.cert] },
-  );
+  const pool = testPool(tls, server.addr.port);
   const watchdog = new Watchdog(5000);
   const read = async (target: string) => {
     const tapped: string[] = [];
@@ -675,10 +660,7 @@ withCert.test("HTTP/2 pool: a stream A resets is not sent again, and a burst kee
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
   const port = (server.address() as { port: number }).port;
-  const pool = new H2Pool(
-    { protocol: "https:", hostname: "127.0.0.1", port, hostHeader: "a" },
-    { connectTimeoutMs: 2000, idleTimeoutMs: 4000, caCerts: [tls.cert] },
-  );
+  const pool = testPool(tls, port);
   const watchdog = new Watchdog(5000);
   const send = async (method: string, target: string) => {
     const body = method === "POST"

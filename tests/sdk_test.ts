@@ -24,24 +24,30 @@ function setup() {
   };
 }
 
+/** A chat completion, whole and streamed, through `baseURL`; returns the whole one. */
+async function openaiChat(baseURL: string) {
+  const client = new OpenAI({ apiKey: "sk-test", baseURL, maxRetries: 0 });
+  const done = await client.chat.completions.create({
+    model: "mock-gpt",
+    messages: [{ role: "user", content: "ping" }],
+  });
+  assert.equal(done.choices[0]?.message.content, "You said: ping. Hello from the mock Server A!");
+  const stream = await client.chat.completions.create({
+    model: "mock-gpt",
+    messages: [{ role: "user", content: "ping" }],
+    stream: true,
+  });
+  let text = "";
+  for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
+  assert.equal(text, "You said: ping. Hello from the mock Server A!");
+  return { client, done };
+}
+
 deadline.test("the openai SDK gets the same completion and stream through the relay", async () => {
   const s = setup();
   try {
-    const client = new OpenAI({ apiKey: "sk-test", baseURL: `${s.relay.url}/v1`, maxRetries: 0 });
-    const done = await client.chat.completions.create({
-      model: "mock-gpt",
-      messages: [{ role: "user", content: "ping" }],
-    });
-    assert.equal(done.choices[0]?.message.content, "You said: ping. Hello from the mock Server A!");
+    const { client, done } = await openaiChat(`${s.relay.url}/v1`);
     assert.equal(done.usage?.total_tokens, 10);
-    const stream = await client.chat.completions.create({
-      model: "mock-gpt",
-      messages: [{ role: "user", content: "ping" }],
-      stream: true,
-    });
-    let text = "";
-    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
-    assert.equal(text, "You said: ping. Hello from the mock Server A!");
     assert.equal(s.up.seen.at(-1)!.headers.get("authorization"), "Bearer sk-test");
     const models = await client.models.list();
     assert.deepEqual(models.data.map((m) => m.id), ["mock-gpt", "mock-claude"]);
@@ -97,20 +103,7 @@ withCert.test("both SDKs, streaming and not, through the relay to an HTTPS Serve
     caCerts: [tls.cert],
   });
   try {
-    const openai = new OpenAI({ apiKey: "sk-test", baseURL: `${relay.url}/v1`, maxRetries: 0 });
-    const done = await openai.chat.completions.create({
-      model: "mock-gpt",
-      messages: [{ role: "user", content: "ping" }],
-    });
-    assert.equal(done.choices[0]?.message.content, "You said: ping. Hello from the mock Server A!");
-    const stream = await openai.chat.completions.create({
-      model: "mock-gpt",
-      messages: [{ role: "user", content: "ping" }],
-      stream: true,
-    });
-    let text = "";
-    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
-    assert.equal(text, "You said: ping. Hello from the mock Server A!");
+    await openaiChat(`${relay.url}/v1`);
     assert.equal(seen.at(-1)!.get("authorization"), "Bearer sk-test");
 
     const anthropic = new Anthropic({ apiKey: "sk-ant-test", baseURL: relay.url, maxRetries: 0 });
