@@ -6,7 +6,7 @@
 
 import { createRelay, type Relay, serveRelay } from "./lib/relay.ts";
 import { ConfigError, parseConfig } from "./lib/config/mod.ts";
-import type { Listener } from "./lib/server/mod.ts";
+import { fdLimitArg, type Listener } from "./lib/server/mod.ts";
 import { broadPermissions, startupWarnings } from "./lib/ops/mod.ts";
 import { createReloader } from "./lib/config/mod.ts";
 import { loadTlsFiles } from "./lib/config/mod.ts";
@@ -22,7 +22,8 @@ export async function main(): Promise<number> {
   try {
     config = parseConfig(startEnv, { readFile });
     tls = loadTlsFiles(config, readFile);
-    relay = createRelay(config);
+    const fdLimit = fdLimitArg(Deno.args);
+    relay = createRelay(config, fdLimit !== null ? { fdLimit } : {});
   } catch (err) {
     if (err instanceof ConfigError) {
       // deno-lint-ignore no-console

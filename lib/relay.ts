@@ -74,6 +74,12 @@ export interface AppDeps {
    * requests or connections say false).
    */
   background?: boolean;
+  /**
+   * The process's open-files limit, when the caller learnt it (`deno task start` passes it: Deno
+   * lets no process read /proc/self/limits without --allow-all); otherwise `readFdLimit` tries.
+   * Sizes MAX_CONNECTIONS when that is unset.
+   */
+  fdLimit?: number;
 }
 
 /** A built relay. */
@@ -219,7 +225,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   const guards = new Guards(() => config, { now: deps.now ?? Date.now, log });
   const cap = connectionCap(
     config.maxConnections,
-    config.maxConnections > 0 ? null : readFdLimit(),
+    config.maxConnections > 0 ? null : deps.fdLimit ?? readFdLimit(),
   );
   const stepDeps: StepDeps = { guards, log };
   const telemetry = new Telemetry({
@@ -642,11 +648,18 @@ export interface Relay {
  * configuration asks for (unless the entry brings its own), the access log, and the app with the
  * access log as an observer. Throws `ConfigError` when `LOG_FILE` cannot be opened.
  */
-export function createRelay(config: Config, options: { log?: Logger } = {}): Relay {
+export function createRelay(
+  config: Config,
+  options: { log?: Logger; fdLimit?: number } = {},
+): Relay {
   const log = options.log ??
     new Logger({ level: config.debugLog ? "debug" : "info", format: config.logFormat });
   const accessLog = openAccessLog(config);
-  const app = createApp(config, { log, observers: accessLog ? [accessLog.observe] : [] });
+  const app = createApp(config, {
+    log,
+    observers: accessLog ? [accessLog.observe] : [],
+    ...(options.fdLimit !== undefined ? { fdLimit: options.fdLimit } : {}),
+  });
   return { app, log, accessLog };
 }
 

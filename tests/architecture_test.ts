@@ -13,7 +13,7 @@ const ENTRIES = [
   "deploy.ts",
   "demo.ts",
   "scripts/doctor.ts",
-  "scripts/start.ts",
+  "scripts/start_args.ts",
   "scripts/healthcheck.ts",
 ];
 

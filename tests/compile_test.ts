@@ -55,7 +55,7 @@ Deno.test("compile bakes in the same kinds of permission as deno task start, Doc
       /^(-A|--allow-all|--allow-run|--allow-write|--allow-ffi|--allow-sys)(=|$)/.test(a)
     ),
   );
-  // What `deno task start` (scripts/start.ts) gives the relay for a typical configuration.
+  // What `deno task start` (scripts/start_args.ts) gives the relay for a typical configuration.
   const env = {
     UPSTREAM_SERVER_A: "https://hub.example.com",
     ROUTES_FILE: "/etc/pf/routes.json",

@@ -22,8 +22,11 @@ import {
   waitFor,
 } from "./helpers.ts";
 
+import { FAILED_ARGS, startArgs } from "../scripts/start_args.ts";
+import { fdLimitArg } from "../lib/server/conn_limit.ts";
+
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
-const START = new URL("../scripts/start.ts", import.meta.url).pathname;
+const ROOT = new URL("..", import.meta.url).pathname;
 
 Deno.test("netAllowList holds the listen address and every upstream host:port, nothing else", () => {
   const config = parseConfig({
@@ -114,11 +117,12 @@ Deno.test("start-up warns about an open relay on a public address, and about bro
   assert.deepEqual(broadPermissions((d) => (d.name === "net" ? "granted" : "prompt")), []);
 });
 
-function spawn(args: string[], env: Record<string, string>) {
+function spawn(args: string[], env: Record<string, string>, cwd?: string) {
   const { child, output, outDone, errText: err } = spawnCaptured(Deno.execPath(), {
     args,
     env,
     clearEnv: true,
+    ...(cwd !== undefined ? { cwd } : {}),
   });
   return {
     child,
@@ -131,10 +135,12 @@ function spawn(args: string[], env: Record<string, string>) {
       );
       return Number(/"address":"http:\/\/127\.0\.0\.1:(\d+)"/.exec(output())![1]);
     },
-    async stop(): Promise<{ code: number; stderr: string }> {
-      try {
-        child.kill("SIGTERM");
-      } catch { /* exited */ }
+    async stop(kill = true): Promise<{ code: number; stderr: string }> {
+      if (kill) {
+        try {
+          child.kill("SIGTERM");
+        } catch { /* exited */ }
+      }
       const st = await child.status;
       await outDone;
       return { code: st.code, stderr: await err };
@@ -224,7 +230,21 @@ deadline.test("started with -A, the relay logs one warning naming the narrow com
   }
 });
 
-deadline.test("deno task start's launcher runs the relay with narrow flags and passes SIGTERM on", async () => {
+/** Pid and command line of every process whose parent is `parent` (`ps`: Deno denies /proc). */
+function childrenOf(parent: number): Array<{ pid: number; cmd: string }> {
+  const out = new Deno.Command("ps", {
+    args: ["-o", "pid=,args=", "--ppid", String(parent)],
+    stdout: "piped",
+  }).outputSync();
+  return new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.trim() !== "").map(
+    (l) => {
+      const m = /^\s*(\d+)\s+(.*)$/.exec(l)!;
+      return { pid: Number(m[1]), cmd: m[2]! };
+    },
+  );
+}
+
+deadline.test("deno task start runs the relay as its only process, narrow, and passes SIGHUP and SIGTERM on", async () => {
   const a = startUpstream(() => Response.json({ ok: true }));
   const env = {
     HOST: "127.0.0.1",
@@ -232,28 +252,94 @@ deadline.test("deno task start's launcher runs the relay with narrow flags and p
     UPSTREAM_SERVER_A: a.url,
     PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
   };
-  const launcher = spawn(
-    ["run", "--unstable-no-legacy-abort", "--allow-env", "--allow-read", "--allow-run", START],
-    env,
-  );
+  const task = spawn(["task", "start"], env, ROOT);
   try {
-    const port = await launcher.port();
-    const start = launcher.output().split("\n").find((l) => l.includes("narrow permissions"))!;
-    const fields = JSON.parse(start);
+    const port = await task.port();
+    // The argument script has ended: the relay is the task's one child, with the flags it printed
+    // and the descriptor limit the script read (no launcher stays resident beside it).
+    const kids = childrenOf(task.child.pid);
+    assert.equal(kids.length, 1, JSON.stringify(kids));
     assert.match(
-      fields.command,
-      new RegExp(`--allow-net=127\\.0\\.0\\.1,127\\.0\\.0\\.1:${a.port} `),
+      kids[0]!.cmd,
+      new RegExp(`--no-prompt .*--allow-net=127\\.0\\.0\\.1,127\\.0\\.0\\.1:${a.port} .*main\\.ts`),
     );
-    assert.ok(!/--allow-run|--allow-all|-A /.test(fields.command));
-    assert.ok(fields.maxConnections > 0);
+    assert.ok(!/--allow-run|--allow-all|-A |start_args/.test(kids[0]!.cmd), kids[0]!.cmd);
+    const info = await (await fetch(`http://127.0.0.1:${port}/debug/info`)).json();
+    const limit = Number(/--fd-limit=(\d+)/.exec(kids[0]!.cmd)?.[1]);
+    assert.ok(limit > 0, kids[0]!.cmd);
+    assert.equal(info.limits.maxConnectionsFrom, "descriptor limit");
     const res = await fetch(`http://127.0.0.1:${port}/v1/models`);
     assert.equal(res.status, 200);
     await res.body?.cancel();
-    const { code, stderr } = await launcher.stop();
+    task.child.kill("SIGHUP");
+    await waitFor(() => task.output().includes('"msg":"configuration reloaded"'), 10_000, "reload");
+    const { code, stderr } = await task.stop();
     assert.equal(code, 0, stderr);
-    assert.match(launcher.output(), /"msg":"shutting down","signal":"SIGTERM"/);
+    assert.match(task.output(), /"msg":"shutting down","signal":"SIGTERM"/);
+    // The script's log line, on stderr so that stdout carries only the arguments.
+    const line = stderr.split("\n").find((l) => l.includes("narrow permissions"))!;
+    assert.ok(JSON.parse(line).command.endsWith(kids[0]!.cmd.split(" main.ts")[1]!.trim()));
   } finally {
-    await launcher.stop();
+    await task.stop();
     await a.close();
+  }
+});
+
+deadline.test("deno task start with a bad configuration says why and exits 2 without a relay", async () => {
+  const env = {
+    HOST: "127.0.0.1",
+    PORT: "0",
+    UPSTREAM_SERVER_A: "ftp://hub.example.com",
+    PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+  };
+  const task = spawn(["task", "start"], env, ROOT);
+  const { code, stderr } = await task.stop(false);
+  assert.equal(code, 2, stderr);
+  assert.match(stderr, /proxy-forwarder: configuration error: UPSTREAM_SERVER_A="ftp:/);
+  assert.doesNotMatch(task.output(), /listening/);
+});
+
+Deno.test("start_args: the relay's arguments, the descriptor limit only when MAX_CONNECTIONS is unset", () => {
+  const env = { UPSTREAM_SERVER_A: "https://hub.example.com", PORT: "8000" };
+  const got = startArgs(env, () => "", 65536);
+  assert.ok("args" in got);
+  assert.deepEqual(got.args, [
+    ...relayDenoArgs(parseConfig(env), env, "main.ts").slice(1),
+    "--fd-limit=65536",
+  ]);
+  const fixed = startArgs({ ...env, MAX_CONNECTIONS: "100" }, () => "", 65536);
+  assert.ok("args" in fixed && !fixed.args.some((a) => a.startsWith("--fd-limit")));
+  const unknown = startArgs(env, () => "", null);
+  assert.ok("args" in unknown && !unknown.args.some((a) => a.startsWith("--fd-limit")));
+});
+
+Deno.test("start_args refuses a path Deno or the task shell would split, and reports configuration errors", () => {
+  const routes = JSON.stringify({ "1": { upstream: "https://hub.example.com" } });
+  const env = { UPSTREAM_SERVER_A: "https://hub.example.com" };
+  for (const path of ["/etc/pf/a,b.json", "/etc/pf/my routes.json", "/etc/pf/tab\there.json"]) {
+    const got = startArgs({ ...env, ROUTES_FILE: path }, () => routes, null);
+    assert.ok("error" in got, path);
+    assert.match(got.error, /comma or white space/);
+    assert.ok(got.error.includes(JSON.stringify(path)));
+  }
+  const logFile = startArgs({ ...env, LOG_FILE: "/var/log/pf,x.log" }, () => "", null);
+  assert.ok("error" in logFile && logFile.error.includes("pf,x.log"));
+  assert.ok(
+    "args" in startArgs({ ...env, ROUTES_FILE: "/etc/pf/routes.json" }, () => routes, null),
+  );
+  const bad = startArgs({ UPSTREAM_SERVER_A: "ftp://x" }, () => "", null);
+  assert.ok("error" in bad && bad.error.startsWith("configuration error: UPSTREAM_SERVER_A"));
+  assert.deepEqual(FAILED_ARGS, ["--no-config", "scripts/start_failed.ts"]);
+});
+
+Deno.test("fdLimitArg reads main.ts's --fd-limit, and nothing else", () => {
+  assert.equal(fdLimitArg(["--fd-limit=65536"]), 65536);
+  assert.equal(fdLimitArg(["--fd-limit=1", "--fd-limit=2048"]), 2048);
+  for (
+    const args of [[], ["--fd-limit="], ["--fd-limit=-5"], ["--fd-limit=1e9"], ["--fd-limit=0"], [
+      "--fd-limits=9",
+    ]]
+  ) {
+    assert.equal(fdLimitArg(args), null, args.join(" "));
   }
 });

@@ -11,4 +11,11 @@ export {
   parseDoctorArgs,
   runDoctor,
 } from "./doctor.ts";
-export { broadPermissions, RELAY_V8_FLAGS, relayDenoArgs, startupWarnings } from "./permissions.ts";
+export {
+  broadPermissions,
+  readAllowList,
+  RELAY_V8_FLAGS,
+  relayDenoArgs,
+  startupWarnings,
+  writeAllowList,
+} from "./permissions.ts";

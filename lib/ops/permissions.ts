@@ -5,7 +5,7 @@
  *
  * Owns: the `--allow-net` list (the listen address plus every configured upstream host:port, and a
  * remote KV host when one is used), the read/write lists (routes file, TLS files, log file, KV
- * file), the `deno run` argument list `scripts/start.ts` uses (with the relay's V8 setting), and the
+ * file), the `deno run` argument list `deno task start` uses (`scripts/start_args.ts`) (with the relay's V8 setting), and the
  * detection of `-A`.
  * Must never: grant a host that is not in the configuration, or put a secret (keys, tokens) into an
  * argument list or a warning.
@@ -106,7 +106,7 @@ export const RELAY_V8_FLAGS = "--v8-flags=--initial-old-space-size=64";
 /**
  * The `deno` arguments that run `main` with only the permissions `config` needs: `--allow-net`
  * for the listen address and upstreams, `--allow-env`, read/write for the files it uses.
- * Options with commas in them cannot be expressed and are rejected by the caller's config.
+ * A path with a comma in it cannot be expressed; `scripts/start_args.ts` refuses it.
  */
 export function relayDenoArgs(
   config: Config,

@@ -42,8 +42,8 @@ export const FALLBACK_MAX_CONNECTIONS = 4096;
  * This process's open-files limit, or null when it cannot be found. Deno raises its soft limit to
  * the hard limit at start-up, so the hard limit is what counts. Read from `/proc/self/limits`
  * (Linux; Deno asks for `--allow-all` to read `/proc/self`), else from `ulimit`'s output when the
- * caller passes it ({@link ulimitHard}: the `deno task start` launcher, which may run `sh`; the
- * relay itself may not run programs).
+ * caller passes it ({@link ulimitHard}: `scripts/start_args.ts`, which may run `sh` and passes the
+ * limit to the relay as `--fd-limit`; the relay itself may not run programs).
  */
 export function readFdLimit(
   read: (path: string) => string = Deno.readTextFileSync,
@@ -74,6 +74,15 @@ export function ulimitHard(): string {
 export function parseUlimit(text: string): number | null {
   const n = Number(text.trim());
   return /^\d+$/.test(text.trim()) && n > 0 ? n : null;
+}
+
+/**
+ * The `--fd-limit=N` argument `deno task start` gives main.ts (the limit it read with `ulimit`),
+ * or null when absent or not a positive integer.
+ */
+export function fdLimitArg(args: readonly string[]): number | null {
+  const arg = args.findLast((a) => a.startsWith("--fd-limit="));
+  return arg === undefined ? null : parseUlimit(arg.slice("--fd-limit=".length));
 }
 
 /** The hard "Max open files" value of a `/proc/<pid>/limits` text, or null. */

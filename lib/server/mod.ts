@@ -6,6 +6,7 @@
 
 export {
   connectionCap,
+  fdLimitArg,
   isOutOfDescriptors,
   overloaded,
   readFdLimit,
