@@ -413,13 +413,16 @@ export interface RelayStart {
 }
 
 /**
- * Starts proxy-forwarder as its own process (`deno run ... main.ts`, with the V8 flag every
- * shipped way of starting it passes) and waits for it.
+ * Starts proxy-forwarder as its own process (`deno run --no-config ... main.ts`, with the V8 flag
+ * every shipped way of starting it passes) and waits for it.
  */
 export async function startRelay(name: string, o: RelayStart): Promise<Proc> {
   const proc = spawn(name, [
     "deno",
     "run",
+    // As every shipped way of starting it: deno.json lists npm packages only the tests use, and
+    // reading it would start Deno's npm resolver (~1.5 MB of idle RSS the relay does not have).
+    "--no-config",
     "--unstable-no-legacy-abort",
     "-A",
     // The relay as shipped runs with its V8 flag (lib/ops/permissions.ts); a row that passes
