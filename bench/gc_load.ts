@@ -8,7 +8,7 @@
  *
  * Survivors are what a scavenge costs: it copies them. A relay whose requests leave nothing behind
  * has few, whatever the load; one whose finished requests are still referenced from somewhere (the
- * seventh round in docs/BENCHMARKS.md: churned `Set`s) has them grow with the load.
+ * seventh round in docs/BENCHMARKS_LOG.md: churned `Set`s) has them grow with the load.
  *
  *   deno run -A bench/gc_load.ts [--base=TREE] [--c=1,10,50] [--seconds=5] [--close]
  */

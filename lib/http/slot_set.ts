@@ -8,7 +8,7 @@
  * table (in the old generation, since the owner lives long) holding the members that were in it.
  * Young-generation GCs treat that garbage as live until the next full GC, so every member it held
  * survives, with all it references: a watched exchange held its whole request. Under load ~15 % of
- * what the relay allocated survived each scavenge (`docs/BENCHMARKS.md`, seventh round).
+ * what the relay allocated survived each scavenge (`docs/BENCHMARKS_LOG.md`, seventh round).
  *
  * Must never: keep a reference to an object it no longer holds (its array's unused tail is null).
  */

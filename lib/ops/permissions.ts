@@ -94,7 +94,7 @@ export function needsKv(config: Config): boolean {
  * systemd unit, `deno task compile`; Deno Deploy takes no flags). An old generation of 64 MB from
  * the start: while hundreds of streams open, V8 otherwise runs a full mark-compact each time the
  * streams' state outgrows a limit set just above the relay's few idle megabytes, 13-15 times in a
- * 4-round `bench/sse_cpu.ts` run against 2. Measured (docs/BENCHMARKS.md, eighth sitting): CPU
+ * 4-round `bench/sse_cpu.ts` run against 2. Measured (docs/BENCHMARKS_LOG.md, eighth sitting): CPU
  * per SSE event 1.50 x deno-minimal against 1.73 x, and 1.72 x against 1.77 x in a second run; p99
  * event delay lower in 5 of 6 rounds both times; CPU per short request no higher (0.98 and
  * 0.89 x in paired runs; 0.91 x at 1 MB bodies); memory per stream at 5,000 streams and idle RSS

@@ -6,7 +6,7 @@
  * The wire is the relay's own (`h2_session.ts`, with `hpack.ts`), as for HTTP/1.1: `fetch`
  * decodes gzip/br/zstd bodies while keeping `content-encoding` (see `http1.ts`), and Deno's
  * `node:http2` cost about twice the CPU per request of the own session (bench/h2_client.ts,
- * docs/BENCHMARKS.md "Eleventh sitting").
+ * docs/BENCHMARKS_LOG.md "Eleventh sitting").
  *
  * Owns: sessions per upstream (opened on demand, closed when idle, replaced after GOAWAY or an
  * error), the mapping of one relay exchange onto one stream, and the same `UpstreamResponse`
