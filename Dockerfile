@@ -37,4 +37,5 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 # `deno task start` narrows --allow-net further to the configured hosts; in a container the
 # network namespace is the boundary. The image's tini passes signals (SIGTERM, SIGHUP) to Deno.
 # The V8 flag gives the heap room while many streams open (lib/ops/permissions.ts, RELAY_V8_FLAGS).
-CMD ["run", "--unstable-no-legacy-abort", "--v8-flags=--initial-old-space-size=64", "--allow-net", "--allow-env", "--allow-read=/app", "main.ts"]
+# --no-config: the relay reads nothing from deno.json; reading it costs ~1.3 MB of idle RSS.
+CMD ["run", "--no-config", "--unstable-no-legacy-abort", "--v8-flags=--initial-old-space-size=64", "--allow-net", "--allow-env", "--allow-read=/app", "main.ts"]

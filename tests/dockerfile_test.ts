@@ -75,7 +75,13 @@ Deno.test("Dockerfile: runs as the non-root deno user with narrow permissions", 
   assert.equal(cmd[0], "run");
   assert.equal(cmd.at(-1), "main.ts");
   for (
-    const flag of ["--unstable-no-legacy-abort", "--allow-net", "--allow-env", "--allow-read=/app"]
+    const flag of [
+      "--no-config",
+      "--unstable-no-legacy-abort",
+      "--allow-net",
+      "--allow-env",
+      "--allow-read=/app",
+    ]
   ) {
     assert.ok(cmd.includes(flag), `CMD lacks ${flag}`);
   }
