@@ -12,8 +12,9 @@
  * at idle, now 73 MB (56 MB). `deno task` already passes SIGTERM, SIGINT and SIGHUP to the relay and exits with its
  * status, so this script ends before the relay starts.
  *
- * The task shell splits the output at white space, with no quoting, and Deno splits an allow list
- * at commas, so a configured path with either in it is refused here. On any refusal the message goes to stderr and the arguments printed run `start_failed.ts`, which
+ * The task shell splits the output at white space, with no quoting, and expands file patterns in
+ * it, and Deno splits an allow list at commas, so a configured path with white space, a comma,
+ * `*`, `?` or `[` in it is refused here. On any refusal the message goes to stderr and the arguments printed run `start_failed.ts`, which
  * exits with status 2 without starting the relay.
  */
 
@@ -43,15 +44,16 @@ export function startArgs(
     if (err instanceof ConfigError) return { error: `configuration error: ${err.message}` };
     throw err;
   }
-  // Deno splits an allow list at commas, and the task shell splits the arguments at white space:
-  // either in a path would grant other paths than the one configured.
+  // Deno splits an allow list at commas, and the task shell splits the arguments at white space
+  // and expands `*`, `?` and `[` in them as file patterns: any of these in a path would grant
+  // other paths than the one configured.
   const bad = [...readAllowList(config, env), ...writeAllowList(config)].find((p) =>
-    /[\s,]/.test(p)
+    /[\s,*?[]/.test(p)
   );
   if (bad !== undefined) {
     return {
-      error: `deno task start cannot grant access to a path with a comma or white space in it ` +
-        `(${JSON.stringify(bad)}): rename or move the file`,
+      error: `deno task start cannot grant access to a path with a comma, white space, "*", "?" ` +
+        `or "[" in it (${JSON.stringify(bad)}): rename or move the file`,
     };
   }
   const args = relayDenoArgs(config, env, "main.ts").slice(1);

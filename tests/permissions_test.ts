@@ -316,10 +316,19 @@ Deno.test("start_args: the relay's arguments, the descriptor limit only when MAX
 Deno.test("start_args refuses a path Deno or the task shell would split, and reports configuration errors", () => {
   const routes = JSON.stringify({ "1": { upstream: "https://hub.example.com" } });
   const env = { UPSTREAM_SERVER_A: "https://hub.example.com" };
-  for (const path of ["/etc/pf/a,b.json", "/etc/pf/my routes.json", "/etc/pf/tab\there.json"]) {
+  for (
+    const path of [
+      "/etc/pf/a,b.json",
+      "/etc/pf/my routes.json",
+      "/etc/pf/tab\there.json",
+      "/etc/pf/*.json",
+      "/etc/pf/routes?.json",
+      "/etc/pf/routes[1].json",
+    ]
+  ) {
     const got = startArgs({ ...env, ROUTES_FILE: path }, () => routes, null);
     assert.ok("error" in got, path);
-    assert.match(got.error, /comma or white space/);
+    assert.match(got.error, /a comma, white space, "\*", "\?" or "\[" in it/);
     assert.ok(got.error.includes(JSON.stringify(path)));
   }
   const logFile = startArgs({ ...env, LOG_FILE: "/var/log/pf,x.log" }, () => "", null);
