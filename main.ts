@@ -22,8 +22,7 @@ export async function main(): Promise<number> {
   try {
     config = parseConfig(startEnv, { readFile });
     tls = loadTlsFiles(config, readFile);
-    const fdLimit = fdLimitArg(Deno.args);
-    relay = createRelay(config, fdLimit !== null ? { fdLimit } : {});
+    relay = createRelay(config, { fdLimit: fdLimitArg(Deno.args) });
   } catch (err) {
     if (err instanceof ConfigError) {
       // deno-lint-ignore no-console

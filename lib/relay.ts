@@ -77,9 +77,9 @@ export interface AppDeps {
   /**
    * The process's open-files limit, when the caller learnt it (`deno task start` passes it: Deno
    * lets no process read /proc/self/limits without --allow-all); otherwise `readFdLimit` tries.
-   * Sizes MAX_CONNECTIONS when that is unset.
+   * Sizes MAX_CONNECTIONS when that is unset. Null or absent: unknown.
    */
-  fdLimit?: number;
+  fdLimit?: number | null;
 }
 
 /** A built relay. */
@@ -650,7 +650,7 @@ export interface Relay {
  */
 export function createRelay(
   config: Config,
-  options: { log?: Logger; fdLimit?: number } = {},
+  options: { log?: Logger; fdLimit?: number | null } = {},
 ): Relay {
   const log = options.log ??
     new Logger({ level: config.debugLog ? "debug" : "info", format: config.logFormat });
@@ -658,7 +658,7 @@ export function createRelay(
   const app = createApp(config, {
     log,
     observers: accessLog ? [accessLog.observe] : [],
-    ...(options.fdLimit !== undefined ? { fdLimit: options.fdLimit } : {}),
+    fdLimit: options.fdLimit ?? null,
   });
   return { app, log, accessLog };
 }

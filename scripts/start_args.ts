@@ -9,18 +9,18 @@
  *
  * Why not a launcher that spawns the relay and waits: it stayed resident as the relay's parent for
  * the relay's whole life, a second Deno: the task's processes held 118 MB of RSS (72 MB of PSS)
- * at idle, now 73 MB (56 MB). `deno task` already passes SIGTERM, SIGINT and SIGHUP to the relay and exits with its
- * status, so this script ends before the relay starts.
+ * at idle, now 73 MB (56 MB). `deno task` already passes SIGTERM, SIGINT and SIGHUP to the relay
+ * and exits with its status, so this script ends before the relay starts.
  *
  * The task shell splits the output at white space, with no quoting, and expands file patterns in
  * it, and Deno splits an allow list at commas, so a configured path with white space, a comma,
- * `*`, `?` or `[` in it is refused here. On any refusal the message goes to stderr and the arguments printed run `start_failed.ts`, which
- * exits with status 2 without starting the relay.
+ * `*`, `?` or `[` in it is refused here. On any refusal the message goes to stderr and the
+ * arguments printed run `start_failed.ts`, which exits with status 2 without starting the relay.
  */
 
 import { ConfigError, parseConfig } from "../lib/config/mod.ts";
 import { readFdLimit, ulimitHard } from "../lib/server/mod.ts";
-import { Logger } from "../lib/observe/mod.ts";
+import { Logger, stderrSink } from "../lib/observe/mod.ts";
 import { readAllowList, relayDenoArgs, writeAllowList } from "../lib/ops/mod.ts";
 
 /** What the task's `deno run` gets when the relay must not start: a script that exits with 2. */
@@ -71,11 +71,9 @@ if (import.meta.main) {
     // deno-lint-ignore no-console
     console.error(`proxy-forwarder: ${result.error}`);
   } else {
-    const log = new Logger({
-      sink: (text) => Deno.stderr.writeSync(new TextEncoder().encode(text)),
-    });
+    const log = new Logger({ sink: stderrSink });
     log.info("starting relay with narrow permissions", {
-      command: `deno run --env-file=.env ${result.args.join(" ")}`,
+      command: `deno run --no-prompt --env-file=.env ${result.args.join(" ")}`,
     });
     log.flush();
   }

@@ -1,7 +1,7 @@
 /**
  * Unit: every relative link in the project's Markdown (README, docs/, bench/, deploy/) names a file
- * that exists and, with a `#fragment`, a heading of that file, slugged as GitHub slugs them. Docs are
- * moved and split; a link that silently stops pointing anywhere is how a newcomer gets lost.
+ * that exists and, with a `#fragment`, a heading of that file, slugged as GitHub slugs them. Docs
+ * are moved and split; a link that silently stops pointing anywhere is how a newcomer gets lost.
  */
 
 import assert from "node:assert/strict";
@@ -27,7 +27,7 @@ function markdownFiles(): string[] {
  * GitHub's heading anchor: lower case, markup and punctuation dropped (letters, digits, `-`, `_`
  * and spaces stay, in any script), spaces to `-`; a repeated heading gets `-1`, `-2`, ...
  */
-export function slug(heading: string): string {
+function slug(heading: string): string {
   const text = heading
     .replace(/!?\[([^\]]*)\]\([^)]*\)/g, "$1") // links and images: their text
     .replace(/<[^>]+>/g, "") // inline HTML
@@ -37,7 +37,7 @@ export function slug(heading: string): string {
 }
 
 /** Every anchor a file offers: its headings' slugs (with GitHub's numbering of repeats). */
-export function anchors(markdown: string): Set<string> {
+function anchors(markdown: string): Set<string> {
   const seen = new Map<string, number>();
   const out = new Set<string>();
   let fenced = false;
@@ -56,7 +56,7 @@ export function anchors(markdown: string): Set<string> {
 }
 
 /** Relative link targets in `markdown` outside code: `[text](target)`. */
-export function relativeLinks(markdown: string): string[] {
+function relativeLinks(markdown: string): string[] {
   const out: string[] = [];
   let fenced = false;
   for (const line of markdown.split("\n")) {

@@ -28,13 +28,23 @@ export interface LoggerOptions {
 
 const encoder = new TextEncoder();
 
-/** Writes to stdout, ignoring a closed pipe rather than crashing the relay. */
-export function stdoutSink(text: string): void {
+/** Writes all of `text`, ignoring a closed pipe rather than crashing the relay. */
+function writeAll(out: { writeSync(p: Uint8Array): number }, text: string): void {
   try {
     const bytes = encoder.encode(text);
     let off = 0;
-    while (off < bytes.byteLength) off += Deno.stdout.writeSync(bytes.subarray(off));
-  } catch { /* stdout gone: nothing useful to do */ }
+    while (off < bytes.byteLength) off += out.writeSync(bytes.subarray(off));
+  } catch { /* the stream is gone: nothing useful to do */ }
+}
+
+/** Writes to stdout, ignoring a closed pipe rather than crashing the relay. */
+export function stdoutSink(text: string): void {
+  writeAll(Deno.stdout, text);
+}
+
+/** Writes to stderr (for scripts whose stdout carries their result), the same way. */
+export function stderrSink(text: string): void {
+  writeAll(Deno.stderr, text);
 }
 
 /** A small structured logger. */

@@ -5,8 +5,8 @@
  *
  * Owns: the `--allow-net` list (the listen address plus every configured upstream host:port, and a
  * remote KV host when one is used), the read/write lists (routes file, TLS files, log file, KV
- * file), the `deno run` argument list `deno task start` uses (`scripts/start_args.ts`) (with the relay's V8 setting), and the
- * detection of `-A`.
+ * file), the `deno run` argument list `deno task start` uses (`scripts/start_args.ts`, with the
+ * relay's V8 setting), and the detection of `-A`.
  * Must never: grant a host that is not in the configuration, or put a secret (keys, tokens) into an
  * argument list or a warning.
  */
