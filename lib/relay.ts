@@ -334,7 +334,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
   }
 
   /** `/metrics` and the dashboard, for a client `checkAdmin` allowed. */
-  function diagnostics(path: string): Response {
+  async function diagnostics(path: string): Promise<Response> {
     const noStore = { "cache-control": "no-store" };
     if (path === "/metrics") {
       return new Response(telemetry.render(), {
@@ -346,7 +346,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
         headers: { "content-type": JSON_TYPE, ...noStore },
       });
     }
-    return dashboardAsset(path) ??
+    return (await dashboardAsset(path)) ??
       errorResponse(relayError("not_found", { reason: "dashboard" }));
   }
 

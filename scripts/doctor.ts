@@ -1,10 +1,10 @@
 /**
  * `deno task doctor`: checks configuration and the path to Server A, and explains failures.
- * The checks live in `lib/ops/doctor.ts`; this file reads the command line and environment and prints.
+ * The checks live in `lib/doctor/doctor.ts`; this file reads the command line and environment and prints.
  */
 
-import { DOCTOR_USAGE, formatReport, parseDoctorArgs, runDoctor } from "../lib/ops/mod.ts";
-import type { DoctorArgs } from "../lib/ops/mod.ts";
+import { DOCTOR_USAGE, formatReport, parseDoctorArgs, runDoctor } from "../lib/doctor/mod.ts";
+import type { DoctorArgs } from "../lib/doctor/mod.ts";
 
 async function main(): Promise<number> {
   let args: DoctorArgs;

@@ -27,6 +27,7 @@ export const ALLOWED: Record<string, readonly string[]> = {
   observe: ["errors.ts", "http", "config"],
   pipeline: ["errors.ts", "http", "config", "upstream", "observe/record.ts"],
   ops: ["errors.ts", "http", "config", "upstream"],
+  doctor: ["errors.ts", "http", "config", "upstream"],
   // The one place that wires every layer together; only the entry files import it.
   "relay.ts": ["errors.ts", "http", "config", "server", "upstream", "pipeline", "observe", "ops"],
 };
@@ -203,3 +204,60 @@ Deno.test("the file map of docs/ARCHITECTURE (en, zh-CN) lists exactly the files
     );
   }
 });
+
+/** What `deno info --json entry` says an entry loads: code imports only, with or without dynamic ones. */
+async function loaded(entry: string): Promise<{ atStart: Set<string>; inGraph: Set<string> }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", "--no-config", new URL(entry, ROOT).href],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  const info = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+    roots: string[];
+    modules: Array<{
+      specifier: string;
+      dependencies?: Array<{ code?: { specifier?: string }; isDynamic?: boolean }>;
+    }>;
+  };
+  const bySpecifier = new Map(info.modules.map((m) => [m.specifier, m]));
+  const walk = (withDynamic: boolean): Set<string> => {
+    const seen = new Set<string>();
+    const todo = [...info.roots];
+    while (todo.length > 0) {
+      const spec = todo.pop()!;
+      if (seen.has(spec)) continue;
+      seen.add(spec);
+      for (const d of bySpecifier.get(spec)?.dependencies ?? []) {
+        if (d.code?.specifier !== undefined && (withDynamic || !d.isDynamic)) {
+          todo.push(d.code.specifier);
+        }
+      }
+    }
+    const lib = new URL("lib/", ROOT).href;
+    return new Set([...seen].filter((s) => s.startsWith(lib)).map((s) => s.slice(lib.length)));
+  };
+  return { atStart: walk(false), inGraph: walk(true) };
+}
+
+/** Modules the relay imports on first use: each costs idle memory when loaded at start. */
+const ON_FIRST_USE = [
+  "observe/dashboard.ts",
+  "pipeline/websocket.ts",
+  "pipeline/ws_frames.ts",
+  "upstream/h2_fields.ts",
+  "upstream/h2_session.ts",
+  "upstream/hpack.ts",
+  "upstream/http2.ts",
+];
+
+for (const entry of ["main.ts", "deploy.ts"]) {
+  Deno.test(`${entry} loads the dashboard, the WebSocket bridge and HTTP/2 on first use, and never the doctor`, async () => {
+    const { atStart, inGraph } = await loaded(entry);
+    assert.deepEqual(ON_FIRST_USE.filter((f) => atStart.has(f)), [], "loaded at start");
+    // Still in the graph (a fixed import name), so `deno compile` and Deno Deploy include them.
+    assert.deepEqual(ON_FIRST_USE.filter((f) => !inGraph.has(f)), [], "not in the module graph");
+    assert.deepEqual([...inGraph].filter((f) => f.startsWith("doctor/")), [], "the doctor");
+    assert.ok(atStart.has("server/connection.ts") && atStart.has("pipeline/proxy.ts"));
+  });
+}

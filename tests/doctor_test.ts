@@ -4,7 +4,12 @@
  */
 
 import assert from "node:assert/strict";
-import { type DoctorReport, formatReport, parseDoctorArgs, runDoctor } from "../lib/ops/doctor.ts";
+import {
+  type DoctorReport,
+  formatReport,
+  parseDoctorArgs,
+  runDoctor,
+} from "../lib/doctor/doctor.ts";
 import { closedPort, deadline, startRawUpstream, startRelay, startUpstream } from "./helpers.ts";
 import { withCert } from "./tls_fixture.ts";
 

@@ -210,6 +210,40 @@ deadline.test("with narrow permissions the relay refuses other hosts, and Deno w
   }
 });
 
+deadline.test("with narrow permissions, the dashboard and the WebSocket bridge load when first asked for", async () => {
+  // Both are imported on first use (tests/architecture_test.ts): the import must work without
+  // read access, as `deno task start`, Docker and systemd run the relay.
+  const a = startUpstream((req) =>
+    req.headers.get("upgrade") === "websocket"
+      ? Response.json({ error: "no websocket here" }, { status: 426 })
+      : Response.json({ ok: true })
+  );
+  const env = { HOST: "127.0.0.1", PORT: String(closedPort()), UPSTREAM_SERVER_A: a.url };
+  const relay = spawn(relayDenoArgs(parseConfig(env), {}, MAIN), env);
+  try {
+    const port = await relay.port();
+    const page = await fetch(`http://127.0.0.1:${port}/dashboard`);
+    assert.equal(page.status, 200);
+    assert.match(page.headers.get("content-type") ?? "", /^text\/html/);
+    assert.match(await page.text(), /<html/i);
+    const ws = await rawRequest(
+      port,
+      "GET /v1/responses HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n" +
+        "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+      { closeAfterAnswerMs: 200 },
+    );
+    // A's refusal comes back as A sent it: the bridge ran.
+    assert.equal(ws.status, 426);
+    assert.match(new TextDecoder().decode(ws.body), /no websocket here/);
+    assert.equal(a.seen.at(-1)?.headers.get("upgrade"), "websocket");
+    const { code, stderr } = await relay.stop();
+    assert.equal(code, 0, stderr);
+  } finally {
+    await relay.stop();
+    await a.close();
+  }
+});
+
 deadline.test("started with -A, the relay logs one warning naming the narrow command", async () => {
   const env = { HOST: "127.0.0.1", PORT: "0", UPSTREAM_SERVER_A: "http://127.0.0.1:9" };
   const relay = spawn(["run", "--unstable-no-legacy-abort", "-A", MAIN], env);

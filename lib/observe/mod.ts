@@ -5,7 +5,7 @@
  */
 
 export { type AccessLogHandle, openAccessLog } from "./access_log.ts";
-export { dashboardAsset } from "./dashboard.ts";
+export { dashboardAsset } from "./dashboard_entry.ts";
 export { Logger, stderrSink } from "./log.ts";
 export { PROM_CONTENT_TYPE } from "./metrics.ts";
 export { type Counters, Telemetry } from "./telemetry.ts";

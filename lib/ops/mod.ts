@@ -5,13 +5,6 @@
  */
 
 export {
-  DOCTOR_USAGE,
-  type DoctorArgs,
-  formatReport,
-  parseDoctorArgs,
-  runDoctor,
-} from "./doctor.ts";
-export {
   broadPermissions,
   readAllowList,
   RELAY_V8_FLAGS,

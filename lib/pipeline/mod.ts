@@ -9,4 +9,4 @@ export { Guards } from "./guards.ts";
 export { forward, relayErrorFor } from "./proxy.ts";
 export { type Admission, admit, type StepDeps } from "./steps.ts";
 export { type RawTarget, splitRequestUrl } from "./target.ts";
-export { isWebSocketUpgrade, relayWebSocket } from "./websocket.ts";
+export { isWebSocketUpgrade, relayWebSocket } from "./ws_entry.ts";

@@ -21,7 +21,7 @@
 
 import type { Upstream } from "../config/mod.ts";
 import type { HeaderList } from "../http/mod.ts";
-import { requestField, responseHeaders } from "../http/mod.ts";
+import { responseHeaders } from "../http/mod.ts";
 import { concat, encodeLatin1 } from "../http/mod.ts";
 import type { Upgrader } from "../http/mod.ts";
 import { ChunkedDecoder } from "../http/mod.ts";
@@ -53,11 +53,6 @@ const HANDSHAKE_OWN = new Set([
   "sec-websocket-extensions",
   "sec-websocket-accept",
 ]);
-
-/** Whether the request asks to switch to WebSocket. */
-export function isWebSocketUpgrade(req: Request): boolean {
-  return req.method === "GET" && requestField(req, "upgrade")?.toLowerCase() === "websocket";
-}
 
 /** What the bridge needs. */
 export interface WebSocketContext {
