@@ -12,12 +12,14 @@
  * `--prof` runs this checkout's relay with `--cpu-prof` and prints where its time went.
  * `--v8=FLAGS` starts this checkout's relay with `--v8-flags=FLAGS`; with `--base=<this checkout>
  * --pair` that is an A/B of V8's settings on the same code.
+ * `--deno-flags=A,B` adds Deno flags (e.g. `--no-code-cache`) to this checkout's relay only; with
+ * `--base=<this checkout> --pair`, an A/B of them.
  * `--pair` (with `--base`) runs only the two relays, back to back in each round, and prints the
  * median of their per-round CPU ratios: short rounds (`--seconds=2 --rounds=20`) pair them closely
  * in time, which resolves a few per cent on this shared machine where 5-second rows of identical
  * code differed by up to 20 %.
  *
- *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N] [--prof] [--v8=FLAGS]
+ *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N] [--prof] [--v8=FLAGS] [--deno-flags=FLAGS]
  */
 import {
   chatPostScript,
@@ -81,6 +83,7 @@ await relay(
   [
     ...(prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}/prof`] : []),
     ...(flags.has("v8") ? [`--v8-flags=${flags.get("v8")}`] : []),
+    ...(flags.get("deno-flags")?.split(",") ?? []),
   ],
 );
 if (base !== undefined) await relay("relay-base", base.replace(/\/$/, ""));
