@@ -38,4 +38,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 # network namespace is the boundary. The image's tini passes signals (SIGTERM, SIGHUP) to Deno.
 # The V8 flag gives the heap room while many streams open (lib/ops/permissions.ts, RELAY_V8_FLAGS).
 # --no-config: the relay reads nothing from deno.json; reading it costs ~1.3 MB of idle RSS.
-CMD ["run", "--no-config", "--unstable-no-legacy-abort", "--v8-flags=--initial-old-space-size=64", "--allow-net", "--allow-env", "--allow-read=/app", "main.ts"]
+# --no-code-cache: compiling what runs costs less memory than loading V8's cache of everything
+# (lib/ops/permissions.ts, RELAY_NO_CODE_CACHE).
+CMD ["run", "--no-config", "--no-code-cache", "--unstable-no-legacy-abort", "--v8-flags=--initial-old-space-size=64", "--allow-net", "--allow-env", "--allow-read=/app", "main.ts"]

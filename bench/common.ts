@@ -423,6 +423,8 @@ export async function startRelay(name: string, o: RelayStart): Promise<Proc> {
     // As every shipped way of starting it: deno.json lists npm packages only the tests use, and
     // reading it would start Deno's npm resolver (~1.5 MB of idle RSS the relay does not have).
     "--no-config",
+    // As shipped too (lib/ops/permissions.ts): compiled from source, not from V8's code cache.
+    "--no-code-cache",
     "--unstable-no-legacy-abort",
     "-A",
     // The relay as shipped runs with its V8 flag (lib/ops/permissions.ts); a row that passes

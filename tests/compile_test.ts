@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { parseConfig } from "../lib/config/config.ts";
-import { RELAY_V8_FLAGS, relayDenoArgs } from "../lib/ops/permissions.ts";
+import { RELAY_NO_CODE_CACHE, RELAY_V8_FLAGS, relayDenoArgs } from "../lib/ops/permissions.ts";
 import { deadline } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -73,7 +73,7 @@ Deno.test("compile bakes in the same kinds of permission as deno task start, Doc
   assert.deepEqual(grantFlags(unit.split(/\s+/)), compiled);
 });
 
-Deno.test("every way of starting the relay passes the same V8 flags", () => {
+Deno.test("every way of starting the relay passes the same runtime flags: V8's, and no code cache", () => {
   const v8 = (args: readonly string[]) => args.filter((a) => a.startsWith("--v8-flags"));
   const config = parseConfig({ UPSTREAM_SERVER_A: "https://hub.example.com" });
   const docker = /^CMD (\[.*\])$/m.exec(Deno.readTextFileSync(`${ROOT}Dockerfile`))![1]!;
@@ -91,7 +91,10 @@ Deno.test("every way of starting the relay passes the same V8 flags", () => {
   ) {
     assert.deepEqual(v8(args), [RELAY_V8_FLAGS], name);
     // Runtime flags before the script: after it they would be the script's own arguments.
-    assert.ok(args.indexOf(RELAY_V8_FLAGS) < args.indexOf("main.ts"), name);
+    for (const flag of [RELAY_V8_FLAGS, RELAY_NO_CODE_CACHE]) {
+      assert.ok(args.includes(flag), `${name} lacks ${flag}`);
+      assert.ok(args.indexOf(flag) < args.indexOf("main.ts"), name);
+    }
   }
 });
 

@@ -52,6 +52,7 @@ Deno.test("netAllowList holds the listen address and every upstream host:port, n
   assert.deepEqual(args, [
     "run",
     "--no-config",
+    "--no-code-cache",
     "--unstable-no-legacy-abort",
     "--v8-flags=--initial-old-space-size=64",
     "--allow-net=0.0.0.0:8000,10.0.0.5:3000,[2001:db8::1]:8443,hub.example.com:443",
@@ -256,7 +257,7 @@ deadline.test("started with -A, the relay logs one warning naming the narrow com
     assert.equal(line.level, "warn");
     assert.match(
       line.narrow,
-      /^deno run --no-config --unstable-no-legacy-abort --v8-flags=\S+ --allow-net=127\.0\.0\.1,/,
+      /^deno run --no-config --no-code-cache --unstable-no-legacy-abort --v8-flags=\S+ --allow-net=127\.0\.0\.1,/,
     );
     assert.ok(line.broad.includes("run"));
   } finally {

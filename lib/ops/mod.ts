@@ -7,6 +7,7 @@
 export {
   broadPermissions,
   readAllowList,
+  RELAY_NO_CODE_CACHE,
   RELAY_V8_FLAGS,
   relayDenoArgs,
   startupWarnings,
