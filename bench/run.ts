@@ -451,6 +451,10 @@ async function sectionHttp(): Promise<void> {
   }
   await sleep(2000);
   const after = rssNow();
+  // What stays once V8's memory reducer has given the heap back (it runs ~30 s after a load ends):
+  // the idle memory a user sees after traffic, which the start figure does not show.
+  await sleep(38_000);
+  const settled = rssNow();
 
   const per = (f: (i: number) => number) => median(Array.from({ length: rounds }, (_, i) => f(i)));
   /** Median over rounds of `row`'s value divided by `ref`'s in the same round (NaN if no `ref`). */
@@ -494,6 +498,7 @@ async function sectionHttp(): Promise<void> {
     relayRatios,
     idleRssMb: idle,
     afterLoadRssMb: after,
+    settledRssMb: settled,
     ...(seedVersions ? { seedStack: seedVersions } : {}),
     ...(seedNote ? { seedStackNote: seedNote } : {}),
   };
@@ -520,6 +525,8 @@ async function sectionHttp(): Promise<void> {
   }
   t += `\nRSS after the load, settled 2 s: ${
     Object.entries(after).map(([k, v]) => `${k} ${v} MB`).join(", ")
+  }; 40 s after it: ${
+    Object.entries(settled).map(([k, v]) => `${k} ${v} MB`).join(", ")
   }. Errors (non-2xx, socket, client): ${
     rows.map((r) => `${r.name} ${summary[r.name]!.errors}`).join(", ")
   }.${portkeyNote ? ` ${portkeyNote}` : ""}${
