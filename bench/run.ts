@@ -388,6 +388,33 @@ async function startSeedStackRow(upstream: string): Promise<{ proc: Proc; port: 
   }
 }
 
+/**
+ * The relay's idle RSS (MiB) over `n` fresh starts, each as the http row starts it and 3 s after it
+ * listens. One start's figure moves by up to ±0.5 MiB with the pages of the `deno` executable it
+ * happened to touch, which matters where the goal sits at 50 MB.
+ */
+async function idleRelayRss(upstream: string, n = 3): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    progress(`http: idle relay ${i + 1}/${n}`);
+    const port = freePort();
+    const proc = await startRelay("relay-idle", {
+      port,
+      upstream,
+      cpu: PROXY_CPU,
+      env: { ACCESS_LOG: "0" },
+      logFile: relayLog(`relay-idle-${i}`),
+    });
+    try {
+      await sleep(3000);
+      out.push(memory(proc.pid).rssMb);
+    } finally {
+      await proc.stop();
+    }
+  }
+  return out;
+}
+
 /** The rows every other row is divided by, in the ratio table under the request-path table. */
 const HTTP_REFERENCES = ["tcp-pipe", "deno-minimal", "nginx", "seed-stack", "portkey"];
 
@@ -395,6 +422,8 @@ async function sectionHttp(): Promise<void> {
   await ensureUpstream();
   const base = `http://${HOST}:${upstreamPort}`;
   const script = wrkScript(base);
+  // Before any other row starts, so that nothing else loads the machine.
+  const idleStarts = await idleRelayRss(base);
   const { relay, relayPort, relayDeno, relayDenoPort } = await startRelayPair("http", base);
   const nginxPort = freePort();
   const nginx = await startNginx(
@@ -499,6 +528,7 @@ async function sectionHttp(): Promise<void> {
     idleRssMb: idle,
     afterLoadRssMb: after,
     settledRssMb: settled,
+    relayIdleStartsRssMb: idleStarts,
     ...(seedVersions ? { seedStack: seedVersions } : {}),
     ...(seedNote ? { seedStackNote: seedNote } : {}),
   };
@@ -527,7 +557,9 @@ async function sectionHttp(): Promise<void> {
     Object.entries(after).map(([k, v]) => `${k} ${v} MB`).join(", ")
   }; 40 s after it: ${
     Object.entries(settled).map(([k, v]) => `${k} ${v} MB`).join(", ")
-  }. Errors (non-2xx, socket, client): ${
+  }. The relay's idle RSS in ${idleStarts.length} fresh starts of its own, 3 s after each: ${
+    idleStarts.join(", ")
+  } MB (median ${median(idleStarts)}). Errors (non-2xx, socket, client): ${
     rows.map((r) => `${r.name} ${summary[r.name]!.errors}`).join(", ")
   }.${portkeyNote ? ` ${portkeyNote}` : ""}${
     seedVersions ? ` seed-stack: ${seedVersions}.` : ""

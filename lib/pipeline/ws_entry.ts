@@ -4,9 +4,9 @@
  * (`websocket.ts` and its frame codec, `ws_frames.ts`) is imported when a client first asks.
  *
  * Why: most relays never carry a WebSocket, and the bridge loaded at start-up is idle memory (with
- * the dashboard, ~0.15 MiB of the relay's own memory). The import names a
- * fixed module, so it stays in Deno's module graph: `deno compile` and Deno Deploy include it, and
- * the relay's narrow permissions need no read access for it.
+ * the dashboard, ~0.15 MiB of the relay's own memory). The import names a fixed module, so it stays
+ * in Deno's module graph: `deno compile` and Deno Deploy include it, and the relay's narrow
+ * permissions need no read access for it.
  */
 
 import { requestField } from "../http/mod.ts";
