@@ -12,6 +12,8 @@
  * `--prof` runs this checkout's relay with `--cpu-prof` and prints where its time went.
  * `--v8=FLAGS` starts this checkout's relay with `--v8-flags=FLAGS`; with `--base=<this checkout>
  * --pair` that is an A/B of V8's settings on the same code.
+ * `--env=NAME=VALUE` (repeatable) sets an environment variable for this checkout's relay only (e.g.
+ * an allocator setting); with `--base=<this checkout> --pair`, an A/B of it.
  * `--deno-flags=A,B` adds Deno flags (e.g. `--no-code-cache`) to this checkout's relay only; with
  * `--base=<this checkout> --pair`, an A/B of them.
  * `--pair` (with `--base`) runs only the two relays, back to back in each round, and prints the
@@ -19,7 +21,7 @@
  * in time, which resolves a few per cent on this shared machine where 5-second rows of identical
  * code differed by up to 20 %.
  *
- *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N] [--prof] [--v8=FLAGS] [--deno-flags=FLAGS]
+ *   deno run -A bench/http_cpu.ts [--base=TREE] [--rounds=3] [--seconds=5] [--close] [--body-kb=N] [--prof] [--v8=FLAGS] [--deno-flags=FLAGS] [--env=K=V]
  */
 import {
   chatPostScript,
@@ -55,13 +57,18 @@ interface Row {
 const rows: Row[] = [];
 const prof = flags.has("prof");
 const pair = flags.has("pair") && base !== undefined;
-const relay = async (name: string, root: string, denoFlags: string[] = []): Promise<void> => {
+const relay = async (
+  name: string,
+  root: string,
+  denoFlags: string[] = [],
+  env: Record<string, string> = {},
+): Promise<void> => {
   const port = freePort();
   const proc = await startRelay(name, {
     port,
     upstream,
     cpu: "0",
-    env: { ACCESS_LOG: "0" },
+    env: { ACCESS_LOG: "0", ...env },
     denoFlags,
     script: `${root}/main.ts`,
     logFile: `${dir}/${name}.log`,
@@ -85,6 +92,12 @@ await relay(
     ...(flags.has("v8") ? [`--v8-flags=${flags.get("v8")}`] : []),
     ...(flags.get("deno-flags")?.split(",") ?? []),
   ],
+  Object.fromEntries(
+    Deno.args.filter((a) => a.startsWith("--env=")).map((a) => {
+      const kv = a.slice("--env=".length);
+      return [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)];
+    }),
+  ),
 );
 if (base !== undefined) await relay("relay-base", base.replace(/\/$/, ""));
 if (!pair) {
