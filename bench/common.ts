@@ -27,6 +27,18 @@ export function parseFlags(args: string[]): Map<string, string> {
   return out;
 }
 
+/** The `--env=NAME=VALUE` flags (repeatable) as an environment for a proxy under test. */
+export function envFlags(args: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const a of args) {
+    if (!a.startsWith("--env=")) continue;
+    const kv = a.slice("--env=".length);
+    const eq = kv.indexOf("=");
+    if (eq > 0) out[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return out;
+}
+
 /** A numeric flag with a default. */
 export function numFlag(flags: Map<string, string>, name: string, fallback: number): number {
   const raw = flags.get(name);

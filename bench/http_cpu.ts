@@ -26,6 +26,7 @@
 import {
   chatPostScript,
   cpuSeconds,
+  envFlags,
   freePort,
   median,
   numFlag,
@@ -92,12 +93,7 @@ await relay(
     ...(flags.has("v8") ? [`--v8-flags=${flags.get("v8")}`] : []),
     ...(flags.get("deno-flags")?.split(",") ?? []),
   ],
-  Object.fromEntries(
-    Deno.args.filter((a) => a.startsWith("--env=")).map((a) => {
-      const kv = a.slice("--env=".length);
-      return [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)];
-    }),
-  ),
+  envFlags(Deno.args),
 );
 if (base !== undefined) await relay("relay-base", base.replace(/\/$/, ""));
 if (!pair) {

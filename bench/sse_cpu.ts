@@ -8,10 +8,11 @@
  * `--base=TREE` adds the relay of another tree (e.g. a `git worktree` of an older commit) to the
  * rotation, for an A/B; runs on this shared machine swing by ±15 %, so take 5 or more rounds.
  * `--v8=FLAGS` adds this tree's relay started with `--v8-flags=FLAGS` (e.g. `--single-threaded-gc`),
- * for an A/B of V8's settings. `--deno-flags=A,B` starts the `relay` row (only) with these Deno flags
- * (e.g. `--no-code-cache`); with `--base=<this checkout>`, an A/B of them. Each row's median p99 event delay (ms) is printed too. `--gc` starts
- * every row with `--trace-gc-nvp` and prints, per counted round, what its collections cost
- * (`gc_trace.ts`): the scavenges' pauses and the bytes they copied, the full collections.
+ * for an A/B of V8's settings. `--deno-flags=A,B` starts the `relay` row (only) with these Deno
+ * flags (e.g. `--no-code-cache`); with `--base=<this checkout>`, an A/B of them. Each row's median
+ * p99 event delay (ms) is printed too. `--gc` starts every row with `--trace-gc-nvp` and prints,
+ * per counted round, what its collections cost (`gc_trace.ts`): the scavenges' pauses and the bytes
+ * they copied, the full collections.
  *
  *   deno run -A bench/sse_cpu.ts [tree root, default this checkout] [--prof] [--gc] [--base=TREE] [--v8=FLAGS] [--deno-flags=FLAGS] [--rounds=3]
  */

@@ -8,6 +8,7 @@
  *   deno run -A bench/stream_mem.ts [--streams=5000] [--only=relay|min|pipe] [--env=K=V]
  */
 import {
+  envFlags,
   freePort,
   memory,
   numFlag,
@@ -24,11 +25,7 @@ import {
 const flags = parseFlags(Deno.args);
 const streams = numFlag(flags, "streams", 5000);
 const only = flags.get("only");
-const extraEnv: Record<string, string> = {};
-for (const a of Deno.args.filter((a) => a.startsWith("--env="))) {
-  const [k, ...v] = a.slice(6).split("=");
-  extraEnv[k!] = v.join("=");
-}
+const extraEnv = envFlags(Deno.args);
 const ramp = 2500;
 // Streams outlast the ramp, so all of them are open together for ~5 s.
 const events = Math.ceil(streams / ramp) + 6;
