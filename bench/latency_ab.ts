@@ -6,8 +6,10 @@
  * start it on core 1 too (`taskset -c 1`, below). Prints each row's
  * median p50 and p99 over the rounds, every round's p50, and in how many rounds this tree's p50
  * was below the base's. Single rounds swing by ±10 % on this shared machine: take 8 or more.
+ * `--v8=FLAGS` starts this tree's relay with `--v8-flags=FLAGS` (replacing the shipped V8 flag);
+ * with `--base=<this tree>`, an A/B of V8's settings.
  *
- *   taskset -c 1 deno run -A bench/latency_ab.ts [--base=TREE] [--rounds=8] [--n=3000]
+ *   taskset -c 1 deno run -A bench/latency_ab.ts [--base=TREE] [--rounds=8] [--n=3000] [--v8=FLAGS]
  */
 
 import {
@@ -45,6 +47,7 @@ try {
         upstream: up.url,
         cpu: "0",
         env: { ACCESS_LOG: "0" },
+        denoFlags: name === "relay" && flags.has("v8") ? [`--v8-flags=${flags.get("v8")}`] : [],
         script: `${tree}/main.ts`,
         logFile: `${dir}/${name}.log`,
       }),
