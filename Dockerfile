@@ -40,4 +40,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 # --no-config: the relay reads nothing from deno.json; reading it costs ~1.3 MB of idle RSS.
 # --no-code-cache: compiling what runs costs less memory than loading V8's cache of everything
 # (lib/ops/permissions.ts, RELAY_NO_CODE_CACHE).
-CMD ["run", "--no-config", "--no-code-cache", "--unstable-no-legacy-abort", "--v8-flags=--initial-old-space-size=64", "--allow-net", "--allow-env", "--allow-read=/app", "main.ts"]
+CMD ["run", "--no-config", "--no-code-cache", "--unstable-no-legacy-abort", "--v8-flags=--initial-old-space-size=64,--no-concurrent-recompilation", "--allow-net", "--allow-env", "--allow-read=/app", "main.ts"]

@@ -90,8 +90,10 @@ export function needsKv(config: Config): boolean {
 }
 
 /**
- * The V8 setting every way of starting the relay passes (`deno task start`, the Dockerfile, the
- * systemd unit, `deno task compile`; Deno Deploy takes no flags). An old generation of 64 MB from
+ * The V8 settings every way of starting the relay passes (`deno task start`, the Dockerfile, the
+ * systemd unit, `deno task compile`; Deno Deploy takes no flags).
+ *
+ * `--initial-old-space-size=64`: an old generation of 64 MB from
  * the start: while hundreds of streams open, V8 otherwise runs a full mark-compact each time the
  * streams' state outgrows a limit set just above the relay's few idle megabytes, 13-15 times in a
  * 4-round `bench/sse_cpu.ts` run against 2. Measured (docs/BENCHMARKS_LOG.md, eighth sitting): CPU
@@ -100,8 +102,18 @@ export function needsKv(config: Config): boolean {
  * 0.89 x in paired runs; 0.91 x at 1 MB bodies); memory per stream at 5,000 streams and idle RSS
  * within noise. The price: garbage now waits for the larger limit, so
  * RSS under load is higher (~20 MB after a c=50 load, up to ~40 MB at 1,000 streams).
+ *
+ * `--no-concurrent-recompilation`: hot functions are optimised on the main thread, not on V8's
+ * helper thread. The helper's compilations left ~17 MB freed but never returned in a glibc arena of
+ * its own (`malloc_stats`: 17.6 MB held, 0.15 MB in use; only `malloc_trim` gives it back, which
+ * the relay cannot call), so after a burst of traffic RSS settled at ~75 MiB; with the flag ~59
+ * (docs/BENCHMARKS_LOG.md, fourteenth sitting). Measured with the relay on one core, where the
+ * helper shared that core anyway: CPU per request and per SSE event within noise, and a fresh
+ * relay's first 3,000 requests at c=1 took 1.08 s against 1.21 s (slowest 16 against 13 ms). With
+ * a spare core, the warm-up's compilations now wait on the main thread instead of running beside it.
  */
-export const RELAY_V8_FLAGS = "--v8-flags=--initial-old-space-size=64";
+export const RELAY_V8_FLAGS =
+  "--v8-flags=--initial-old-space-size=64,--no-concurrent-recompilation";
 
 /**
  * The other runtime flag every way of starting the relay passes (the same ones as
