@@ -3,9 +3,10 @@
  * buffers (the runtime's floor: two sockets with a read in flight, no HTTP) each hold `--streams`
  * SSE streams (default 5,000) open together for a few seconds; the row is (peak RSS − RSS before
  * the streams) / streams, both sockets of each stream included. `--env=NAME=VALUE` (repeatable) is
- * passed to every proxy, e.g. to try allocator settings.
+ * passed to every proxy, e.g. to try allocator settings. `--v8=FLAGS` starts the relay with
+ * `--v8-flags=FLAGS` instead of its shipped V8 flags.
  *
- *   deno run -A bench/stream_mem.ts [--streams=5000] [--only=relay|min|pipe] [--env=K=V]
+ *   deno run -A bench/stream_mem.ts [--streams=5000] [--only=relay|min|pipe] [--env=K=V] [--v8=FLAGS]
  */
 import {
   envFlags,
@@ -40,6 +41,7 @@ async function startProxy(name: string, port: number, upstream: string): Promise
       upstream,
       cpu: "0",
       env: { ACCESS_LOG: "0", ...extraEnv },
+      denoFlags: flags.has("v8") ? [`--v8-flags=${flags.get("v8")}`] : [],
       logFile: `${dir}/relay.log`,
     });
   }
