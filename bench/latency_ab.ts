@@ -6,7 +6,7 @@
  * start it on core 1 too (`taskset -c 1`, below). Prints each row's
  * median p50 and p99 over the rounds, every round's p50, and in how many rounds this tree's p50
  * was below the base's. Single rounds swing by ±10 % on this shared machine: take 8 or more.
- * `--v8=FLAGS` starts this tree's relay with `--v8-flags=FLAGS` (replacing the shipped V8 flag);
+ * `--v8=FLAGS` starts this tree's relay with `--v8-flags=FLAGS` (replacing the shipped V8 flags);
  * with `--base=<this tree>`, an A/B of V8's settings.
  *
  *   taskset -c 1 deno run -A bench/latency_ab.ts [--base=TREE] [--rounds=8] [--n=3000] [--v8=FLAGS]
