@@ -41,4 +41,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 # --no-code-cache: compiling what runs costs less memory than loading V8's cache of everything
 # (lib/ops/permissions.ts, RELAY_NO_CODE_CACHE). --v8-flags: the heap's room while many streams
 # open, and the optimising compiler on the main thread (memory after traffic; RELAY_V8_FLAGS).
-CMD ["run", "--no-config", "--no-code-cache", "--unstable-no-legacy-abort", "--v8-flags=--initial-old-space-size=64,--no-concurrent-recompilation", "--allow-net", "--allow-env", "--allow-read=/app", "main.ts"]
+CMD ["run", "--no-config", "--no-code-cache", "--unstable-no-legacy-abort", "--v8-flags=--initial-old-space-size=64,--no-concurrent-recompilation,--expose-gc", "--allow-net", "--allow-env", "--allow-read=/app", "main.ts"]

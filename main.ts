@@ -7,7 +7,7 @@
 import { createRelay, type Relay, serveRelay } from "./lib/relay.ts";
 import { ConfigError, parseConfig } from "./lib/config/mod.ts";
 import { fdLimitArg, type Listener } from "./lib/server/mod.ts";
-import { broadPermissions, startupWarnings } from "./lib/ops/mod.ts";
+import { broadPermissions, exposedGc, startIdleGc, startupWarnings } from "./lib/ops/mod.ts";
 import { createReloader } from "./lib/config/mod.ts";
 import { loadTlsFiles } from "./lib/config/mod.ts";
 import { VERSION } from "./lib/observe/mod.ts";
@@ -34,6 +34,12 @@ export async function main(): Promise<number> {
   const { app, log, accessLog } = relay;
 
   for (const w of startupWarnings(config, broadPermissions())) log.warn(w.msg, w.fields);
+
+  // V8 gives its heap back after traffic only once a full collection re-armed it (ops/idle_gc.ts).
+  const gc = exposedGc();
+  const idleGc = gc === null
+    ? null
+    : startIdleGc({ requests: () => app.counters.requests, inFlight: () => app.inFlight, gc });
 
   // Plain HTTP: the relay's own server (header and idle timeouts, socket cap). TLS or
   // HTTP_SERVER=deno: Deno.serve, re-created if it dies on "too many open files" (listen.ts).
@@ -94,6 +100,7 @@ export async function main(): Promise<number> {
     app.closeIdle();
     stopped = server.shutdown().then(async () => {
       clearTimeout(timer);
+      idleGc?.stop();
       app.close();
       await accessLog?.close();
       log.info("stopped");

@@ -54,7 +54,7 @@ Deno.test("netAllowList holds the listen address and every upstream host:port, n
     "--no-config",
     "--no-code-cache",
     "--unstable-no-legacy-abort",
-    "--v8-flags=--initial-old-space-size=64,--no-concurrent-recompilation",
+    "--v8-flags=--initial-old-space-size=64,--no-concurrent-recompilation,--expose-gc",
     "--allow-net=0.0.0.0:8000,10.0.0.5:3000,[2001:db8::1]:8443,hub.example.com:443",
     "--allow-env",
     "--allow-read=.env",

@@ -13,3 +13,4 @@ export {
   startupWarnings,
   writeAllowList,
 } from "./permissions.ts";
+export { exposedGc, startIdleGc } from "./idle_gc.ts";

@@ -1,0 +1,80 @@
+import assert from "node:assert/strict";
+import { IDLE_GC_START, type IdleGcState, idleGcStep, startIdleGc } from "../lib/ops/idle_gc.ts";
+
+/** Runs looks over (requests so far, in flight) pairs; returns at which looks it collected. */
+function run(looks: Array<[number, number]>, from: IdleGcState = IDLE_GC_START): number[] {
+  let state = from;
+  const at: number[] = [];
+  looks.forEach(([requests, inFlight], i) => {
+    const step = idleGcStep(state, requests, inFlight);
+    state = step.state;
+    if (step.collect) at.push(i);
+  });
+  return at;
+}
+
+Deno.test("idle gc: one collection after a burst, once a whole interval passed without a request", () => {
+  // Traffic at looks 0-2, quiet from look 3: one collection at look 3, none after.
+  assert.deepEqual(run([[10, 2], [50, 3], [90, 0], [90, 0], [90, 0], [90, 0]]), [3]);
+});
+
+Deno.test("idle gc: never without traffic, so an idle relay is left alone", () => {
+  assert.deepEqual(run([[0, 0], [0, 0], [0, 0]]), []);
+});
+
+Deno.test("idle gc: not while a request is in flight (an open stream), but once it ends", () => {
+  // A stream stays open over looks 1-3 with no new request, then ends.
+  assert.deepEqual(run([[5, 1], [5, 1], [5, 1], [5, 1], [5, 0], [5, 0]]), [4]);
+});
+
+Deno.test("idle gc: each burst gets its own collection", () => {
+  assert.deepEqual(run([[5, 0], [5, 0], [5, 0], [9, 0], [9, 0], [9, 0]]), [1, 4]);
+});
+
+Deno.test("idle gc: the timer calls gc once after traffic, and stop ends it", async () => {
+  let requests = 0, inFlight = 0, calls = 0;
+  const loop = startIdleGc({
+    requests: () => requests,
+    inFlight: () => inFlight,
+    gc: () => calls++,
+    everyMs: 20,
+  });
+  try {
+    requests = 3;
+    inFlight = 1;
+    await new Promise((r) => setTimeout(r, 70));
+    assert.equal(calls, 0, "a request in flight holds it back");
+    inFlight = 0;
+    await new Promise((r) => setTimeout(r, 90));
+    assert.equal(calls, 1);
+    await new Promise((r) => setTimeout(r, 60));
+    assert.equal(calls, 1, "no second collection without new traffic");
+  } finally {
+    loop.stop();
+  }
+  requests = 10;
+  await new Promise((r) => setTimeout(r, 90));
+  assert.equal(calls, 1, "stopped");
+});
+
+Deno.test("idle gc: under the relay's shipped V8 flags, gc exists and takes the options it is given", async () => {
+  const { RELAY_V8_FLAGS } = await import("../lib/ops/permissions.ts");
+  const mod = new URL("../lib/ops/idle_gc.ts", import.meta.url).href;
+  const code = `import { exposedGc } from "${mod}";
+const gc = exposedGc();
+if (gc === null) Deno.exit(3);
+gc();
+console.log("collected");`;
+  const run = (flags: string[]) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--no-config", ...flags, code],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  const shipped = await run([RELAY_V8_FLAGS]);
+  assert.equal(new TextDecoder().decode(shipped.stderr), "");
+  assert.equal(shipped.code, 0);
+  assert.equal(new TextDecoder().decode(shipped.stdout).trim(), "collected");
+  // Without --expose-gc (Deno Deploy, a hand-made deno run) there is nothing to call.
+  assert.equal((await run([])).code, 3);
+});
