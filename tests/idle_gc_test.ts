@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { RELAY_V8_FLAGS } from "../lib/ops/permissions.ts";
+import { waitFor } from "./helpers.ts";
 import { IDLE_GC_START, type IdleGcState, idleGcStep, startIdleGc } from "../lib/ops/idle_gc.ts";
 
 /** Runs looks over (requests so far, in flight) pairs; returns at which looks it collected. */
@@ -32,33 +34,38 @@ Deno.test("idle gc: each burst gets its own collection", () => {
 });
 
 Deno.test("idle gc: the timer calls gc once after traffic, and stop ends it", async () => {
-  let requests = 0, inFlight = 0, calls = 0;
+  let requests = 0, inFlight = 0, calls = 0, looks = 0;
   const loop = startIdleGc({
-    requests: () => requests,
+    requests: () => (looks++, requests),
     inFlight: () => inFlight,
     gc: () => calls++,
     everyMs: 20,
   });
+  // Waits for `n` more looks, however slow the machine's timers are.
+  const looksMore = (n: number) => {
+    const target = looks + n;
+    return waitFor(() => looks >= target, 5000, `${n} looks`);
+  };
   try {
     requests = 3;
     inFlight = 1;
-    await new Promise((r) => setTimeout(r, 70));
+    await looksMore(3);
     assert.equal(calls, 0, "a request in flight holds it back");
     inFlight = 0;
-    await new Promise((r) => setTimeout(r, 90));
-    assert.equal(calls, 1);
-    await new Promise((r) => setTimeout(r, 60));
+    await waitFor(() => calls === 1, 5000, "the collection");
+    await looksMore(3);
     assert.equal(calls, 1, "no second collection without new traffic");
   } finally {
     loop.stop();
   }
+  const stoppedAt = looks;
   requests = 10;
-  await new Promise((r) => setTimeout(r, 90));
-  assert.equal(calls, 1, "stopped");
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(looks, stoppedAt, "stopped: no more looks");
+  assert.equal(calls, 1);
 });
 
 Deno.test("idle gc: under the relay's shipped V8 flags, gc exists and takes the options it is given", async () => {
-  const { RELAY_V8_FLAGS } = await import("../lib/ops/permissions.ts");
   const mod = new URL("../lib/ops/idle_gc.ts", import.meta.url).href;
   const code = `import { exposedGc } from "${mod}";
 const gc = exposedGc();

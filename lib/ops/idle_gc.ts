@@ -9,8 +9,8 @@
  * Rust, stays under the 64 MB old generation (`RELAY_V8_FLAGS`) and got none: after its second
  * burst it kept ~115 MiB for as long as it stayed idle, against ~60 for the own server
  * (docs/BENCHMARKS_LOG.md, fourteenth sitting). A collection while idle costs milliseconds that no
- * request in flight waits for. Without `--expose-gc` (Deno Deploy, a hand-made `deno run`) there is no `gc`
- * and nothing runs.
+ * request in flight waits for. Without `--expose-gc` (Deno Deploy, a hand-made `deno run`) there is
+ * no `gc` and nothing runs.
  */
 
 /** What {@link idleGcStep} remembers between two looks. */
@@ -51,7 +51,7 @@ export interface IdleGcDeps {
 
 /** Looks every `everyMs` (a timer that does not keep the process alive); `stop` ends it. */
 export function startIdleGc(deps: IdleGcDeps): { stop(): void } {
-  let state: IdleGcState = { seen: deps.requests(), pending: false };
+  let state = IDLE_GC_START;
   const timer = setInterval(() => {
     const step = idleGcStep(state, deps.requests(), deps.inFlight());
     state = step.state;
