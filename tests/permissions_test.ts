@@ -9,6 +9,7 @@ import { parseConfig } from "../lib/config/config.ts";
 import {
   broadPermissions,
   netAllowList,
+  RELAY_V8_FLAGS,
   relayDenoArgs,
   startupWarnings,
 } from "../lib/ops/permissions.ts";
@@ -88,15 +89,16 @@ Deno.test("relayDenoArgs adds KV, routes file, TLS and log file access only when
   assert.ok(netAllowList(remote).includes("api.deno.com:443"));
 });
 
-Deno.test("start-up warns about an open relay on a public address, and about broad permissions", () => {
+Deno.test("start-up warns about an open relay on a public address, broad permissions and missing V8 flags", () => {
   const base = { UPSTREAM_SERVER_A: "http://127.0.0.1:9" };
-  const open = startupWarnings(parseConfig({ ...base, HOST: "0.0.0.0" }), []);
+  const open = startupWarnings(parseConfig({ ...base, HOST: "0.0.0.0" }), [], true);
   assert.equal(open.length, 1);
   assert.match(open[0]!.msg, /OPEN RELAY/);
-  assert.equal(startupWarnings(parseConfig({ ...base, HOST: "127.0.0.1" }), []).length, 0);
-  assert.equal(startupWarnings(parseConfig({ ...base, HOST: "192.168.1.5" }), []).length, 0);
+  assert.equal(startupWarnings(parseConfig({ ...base, HOST: "127.0.0.1" }), [], true).length, 0);
+  assert.equal(startupWarnings(parseConfig({ ...base, HOST: "192.168.1.5" }), [], true).length, 0);
   assert.equal(
-    startupWarnings(parseConfig({ ...base, HOST: "::", ALLOW_IPS: "10.0.0.0/8" }), []).length,
+    startupWarnings(parseConfig({ ...base, HOST: "::", ALLOW_IPS: "10.0.0.0/8" }), [], true)
+      .length,
     0,
   );
   const keyed = parseConfig({
@@ -104,14 +106,18 @@ Deno.test("start-up warns about an open relay on a public address, and about bro
     HOST: "0.0.0.0",
     ROUTES: JSON.stringify({ "1": { apiKey: "sk-1-secret", accessKey: "access-1-secret" } }),
   });
-  assert.equal(startupWarnings(keyed, []).length, 0);
-  const broad = startupWarnings(parseConfig({ ...base, HOST: "127.0.0.1" }), ["run", "net"]);
+  assert.equal(startupWarnings(keyed, [], true).length, 0);
+  const broad = startupWarnings(parseConfig({ ...base, HOST: "127.0.0.1" }), ["run", "net"], true);
   assert.equal(broad.length, 1);
   assert.match(broad[0]!.msg, /broad permissions/);
   assert.match(String(broad[0]!.fields.narrow), /--allow-net=127\.0\.0\.1:8000,127\.0\.0\.1:9/);
   assert.ok(
-    !JSON.stringify([...open, ...broad, startupWarnings(keyed, ["run"])]).includes("secret"),
+    !JSON.stringify([...open, ...broad, startupWarnings(keyed, ["run"], false)]).includes("secret"),
   );
+  const noFlags = startupWarnings(parseConfig({ ...base, HOST: "127.0.0.1" }), [], false);
+  assert.equal(noFlags.length, 1);
+  assert.match(noFlags[0]!.msg, /without the relay's V8 flags/);
+  assert.equal(noFlags[0]!.fields.flags, RELAY_V8_FLAGS);
   assert.deepEqual(broadPermissions(() => "prompt"), []);
   assert.deepEqual(broadPermissions((d) => (d.name === "run" ? "granted" : "prompt")), ["run"]);
   // Unscoped net alone is how Docker and systemd run the relay: no warning for it.
@@ -245,7 +251,7 @@ deadline.test("with narrow permissions, the dashboard and the WebSocket bridge l
   }
 });
 
-deadline.test("started with -A, the relay logs one warning naming the narrow command", async () => {
+deadline.test("started with -A, the relay logs one warning naming the narrow command, and one for missing V8 flags", async () => {
   const env = { HOST: "127.0.0.1", PORT: "0", UPSTREAM_SERVER_A: "http://127.0.0.1:9" };
   const relay = spawn(["run", "--unstable-no-legacy-abort", "-A", MAIN], env);
   try {
@@ -260,8 +266,20 @@ deadline.test("started with -A, the relay logs one warning naming the narrow com
       /^deno run --no-config --no-code-cache --unstable-no-legacy-abort --v8-flags=\S+ --allow-net=127\.0\.0\.1,/,
     );
     assert.ok(line.broad.includes("run"));
+    // Started without the V8 flags, it says so too.
+    const flagLines = relay.output().split("\n").filter((l) => l.includes("V8 flags"));
+    assert.equal(flagLines.length, 1);
+    assert.equal(JSON.parse(flagLines[0]!).flags, RELAY_V8_FLAGS);
   } finally {
     await relay.stop();
+  }
+  const flagged = spawn(["run", "--unstable-no-legacy-abort", RELAY_V8_FLAGS, "-A", MAIN], env);
+  try {
+    await flagged.port();
+    assert.equal(flagged.output().split("\n").filter((l) => l.includes("V8 flags")).length, 0);
+    assert.equal(flagged.output().split("\n").filter((l) => l.includes("broad")).length, 1);
+  } finally {
+    await flagged.stop();
   }
 });
 
