@@ -17,6 +17,7 @@ import {
   deadline,
   delay,
   enc,
+  serversOfThisPass,
   spawnCaptured,
   startRelay,
   startUpstream,
@@ -117,7 +118,7 @@ deadline.test("MAX_CONNECTIONS sheds requests beyond the cap with 503 and keeps 
   }
 });
 
-for (const HTTP_SERVER of ["relay", "deno"] as const) {
+for (const HTTP_SERVER of serversOfThisPass()) {
   deadline.test(`${HTTP_SERVER} server: out of descriptors, the relay stays alive, finishes its streams and accepts again`, async () => {
     const CHUNKS = 30;
     // The stream sends half its chunks, then holds until descriptors have run out: it is surely

@@ -3,10 +3,12 @@
  * real entry point (`deno run main.ts`), once on its own HTTP/1.1 server and once on Deno.serve,
  * in front of a raw-TCP fake A that logs every byte. Each vector must pass the desync oracle and
  * the relay's framing policy (`framing_fixture.ts`). One relay process per server kind: starting
- * one per vector would cost more than the vectors.
+ * one per vector would cost more than the vectors. Under `deno task test`, each pass runs its own
+ * server's half (`serversOfThisPass`).
  */
 
 import { REQUEST_VECTORS, RESPONSE_VECTORS, type Vector } from "./framing_corpus.ts";
+import { serversOfThisPass } from "./helpers.ts";
 import {
   desyncViolations,
   FakeA,
@@ -38,7 +40,7 @@ async function check(v: Vector, proxy: ProxyUnderTest): Promise<void> {
   }
 }
 
-for (const kind of ["relay", "deno"] as const satisfies readonly ServerKind[]) {
+for (const kind of serversOfThisPass() satisfies readonly ServerKind[]) {
   const label = kind === "relay" ? "own server" : "Deno.serve";
   Deno.test({
     name: `framing corpus (${label}): A runs exactly the requests the relay answers, as sent`,

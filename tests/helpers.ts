@@ -140,6 +140,16 @@ export async function writeAll(conn: Deno.Conn, data: string | Uint8Array): Prom
 }
 
 /**
+ * The servers a test that names its own server runs on here. Under `deno task test` each pass
+ * (`PF_TEST_HTTP_SERVER`) runs only its own: the other pass runs the other, so each runs once in
+ * the suite, not twice. Run directly (`deno test`), both.
+ */
+export function serversOfThisPass(): Array<"relay" | "deno"> {
+  const pass = Deno.env.get("PF_TEST_HTTP_SERVER");
+  return pass === "relay" || pass === "deno" ? [pass] : ["relay", "deno"];
+}
+
+/**
  * A relay running in this process on 127.0.0.1:0, on the server `listen.ts` picks (the relay's
  * own HTTP/1.1 server unless the env says `HTTP_SERVER=deno`). `PF_TEST_HTTP_SERVER=deno` runs
  * every test that does not choose on Deno.serve instead.

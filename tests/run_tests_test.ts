@@ -11,6 +11,7 @@ import {
   runningTest,
   shuffled,
 } from "../scripts/run_tests.ts";
+import { serversOfThisPass } from "./helpers.ts";
 
 Deno.test("parseSummary reads Deno's last summary line, coloured or not", () => {
   assert.deepEqual(parseSummary("x ... ok (1ms)\n\nok | 3 passed | 0 failed | 2 ignored (2s)\n"), {
@@ -97,5 +98,20 @@ Deno.test("parseArgs takes a seed, a server and paths, and picks a seed when non
   assert.deepEqual(defaults.paths, ["tests"]);
   for (const bad of ["--seed=x", "--server=nginx", "--file-timeout=0", "--frobnicate"]) {
     assert.throws(() => parseArgs([bad]), Error, bad);
+  }
+});
+
+Deno.test("serversOfThisPass: a test naming its server runs only the pass's own, both when run directly", () => {
+  const saved = Deno.env.get("PF_TEST_HTTP_SERVER");
+  try {
+    Deno.env.set("PF_TEST_HTTP_SERVER", "relay");
+    assert.deepEqual(serversOfThisPass(), ["relay"]);
+    Deno.env.set("PF_TEST_HTTP_SERVER", "deno");
+    assert.deepEqual(serversOfThisPass(), ["deno"]);
+    Deno.env.delete("PF_TEST_HTTP_SERVER");
+    assert.deepEqual(serversOfThisPass(), ["relay", "deno"]);
+  } finally {
+    if (saved === undefined) Deno.env.delete("PF_TEST_HTTP_SERVER");
+    else Deno.env.set("PF_TEST_HTTP_SERVER", saved);
   }
 });

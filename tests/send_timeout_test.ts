@@ -13,6 +13,7 @@ import {
   delay,
   enc,
   readRequestHead,
+  serversOfThisPass,
   sseResponse,
   startRawUpstream,
   startRelay,
@@ -171,7 +172,7 @@ deadline.test("own server: a client that keeps reading is not cut by CLIENT_SEND
   }
 });
 
-for (const HTTP_SERVER of ["relay", "deno"]) {
+for (const HTTP_SERVER of serversOfThisPass()) {
   deadline.test(`${HTTP_SERVER} server: an SSE stream quieter than CLIENT_SEND_TIMEOUT_SEC between events is not cut`, async () => {
     const up = startUpstream(() => sseResponse({ gapMs: 1200, count: 3 }));
     const relay = startRelay({
