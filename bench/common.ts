@@ -39,6 +39,15 @@ export function envFlags(args: readonly string[]): Record<string, string> {
   return out;
 }
 
+/**
+ * `--v8=FLAGS` as the Deno argument that starts a relay with `--v8-flags=FLAGS` (replacing its
+ * shipped V8 flags; `startRelay` adds those only when none are given), or none.
+ */
+export function v8FlagArgs(flags: Map<string, string>): string[] {
+  const v8 = flags.get("v8");
+  return v8 === undefined ? [] : [`--v8-flags=${v8}`];
+}
+
 /** A numeric flag with a default. */
 export function numFlag(flags: Map<string, string>, name: string, fallback: number): number {
   const raw = flags.get(name);

@@ -35,6 +35,7 @@ import {
   sleep,
   startCalibration,
   startRelay,
+  v8FlagArgs,
   wrkPost,
 } from "./common.ts";
 import { startJsonUpstream } from "./nginx.ts";
@@ -90,7 +91,7 @@ await relay(
   new URL("..", import.meta.url).pathname.replace(/\/$/, ""),
   [
     ...(prof ? ["--cpu-prof", `--cpu-prof-dir=${dir}/prof`] : []),
-    ...(flags.has("v8") ? [`--v8-flags=${flags.get("v8")}`] : []),
+    ...v8FlagArgs(flags),
     ...(flags.get("deno-flags")?.split(",") ?? []),
   ],
   envFlags(Deno.args),

@@ -24,6 +24,7 @@ import {
   startCalibration,
   startRelay,
   tempDir,
+  v8FlagArgs,
 } from "./common.ts";
 import { startJsonUpstream } from "./nginx.ts";
 import { measureLatency } from "./latency.ts";
@@ -47,7 +48,7 @@ try {
         upstream: up.url,
         cpu: "0",
         env: { ACCESS_LOG: "0" },
-        denoFlags: name === "relay" && flags.has("v8") ? [`--v8-flags=${flags.get("v8")}`] : [],
+        denoFlags: name === "relay" ? v8FlagArgs(flags) : [],
         script: `${tree}/main.ts`,
         logFile: `${dir}/${name}.log`,
       }),

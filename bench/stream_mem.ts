@@ -21,6 +21,7 @@ import {
   startCalibration,
   startFakeSse,
   startRelay,
+  v8FlagArgs,
 } from "./common.ts";
 
 const flags = parseFlags(Deno.args);
@@ -41,7 +42,7 @@ async function startProxy(name: string, port: number, upstream: string): Promise
       upstream,
       cpu: "0",
       env: { ACCESS_LOG: "0", ...extraEnv },
-      denoFlags: flags.has("v8") ? [`--v8-flags=${flags.get("v8")}`] : [],
+      denoFlags: v8FlagArgs(flags),
       logFile: `${dir}/relay.log`,
     });
   }
