@@ -33,12 +33,12 @@ export async function main(): Promise<number> {
   }
   const { app, log, accessLog } = relay;
 
-  // V8 gives its heap back after traffic only once a full collection re-armed it (ops/idle_gc.ts).
   const gc = exposedGc();
   for (const w of startupWarnings(config, broadPermissions(), gc !== null)) {
     log.warn(w.msg, w.fields);
   }
 
+  // V8 gives its heap back after traffic only once a full collection re-armed it (ops/idle_gc.ts).
   const idleGc = gc === null
     ? null
     : startIdleGc({ requests: () => app.counters.requests, inFlight: () => app.inFlight, gc });
