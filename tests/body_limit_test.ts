@@ -269,3 +269,62 @@ deadline.test("LimitedBody errors with the 408 and cancels the source when the c
   assert.equal(body.error?.code, "body_timeout");
   assert.ok(cancelled instanceof RelayError);
 });
+
+/**
+ * Sends a request with an 8 MiB body in full before reading anything, as Python's `http.client`
+ * does, then reads: the status line, or the error that broke the exchange.
+ */
+async function sendWholeThenRead(port: number): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    const size = 8 * 1024 * 1024;
+    await writeAll(
+      conn,
+      `POST /v1/messages HTTP/1.1\r\nhost: b\r\ncontent-type: application/json\r\n` +
+        `content-length: ${size}\r\n\r\n`,
+    );
+    await writeAll(conn, new Uint8Array(size).fill(32));
+    let text = "";
+    const buf = new Uint8Array(65536);
+    // Only the status line: a server that read the whole body may keep the connection open.
+    while (!text.includes("\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += dec.decode(buf.subarray(0, n));
+    }
+    return text.slice(0, text.indexOf("\r\n"));
+  } catch (err) {
+    return String(err);
+  } finally {
+    conn.close();
+  }
+}
+
+deadline.test("a client that sends its whole over-limit body before reading still gets the 413", async () => {
+  const up = startUpstream(() => new Response("ok"));
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url, MAX_BODY_MB: "1" });
+  try {
+    // Closed at once, the relay's socket would answer the rest of the body with a reset, and the
+    // client would see a broken pipe instead of the answer.
+    assert.equal(await sendWholeThenRead(relay.port), "HTTP/1.1 413 Payload Too Large");
+    assert.equal(up.seen.length, 0);
+  } finally {
+    await relay.close();
+    await up.close();
+  }
+});
+
+deadline.test("A's early answer (before it read the body) reaches a client that sends its whole body first, as directly", async () => {
+  const up = startUpstream(() => new Response("no key", { status: 401 }));
+  const relay = startRelay({ UPSTREAM_SERVER_A: up.url });
+  try {
+    assert.equal(
+      await sendWholeThenRead(Number(new URL(up.url).port)),
+      "HTTP/1.1 401 Unauthorized",
+    );
+    assert.equal(await sendWholeThenRead(relay.port), "HTTP/1.1 401 Unauthorized");
+  } finally {
+    await relay.close();
+    await up.close();
+  }
+});

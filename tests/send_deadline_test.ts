@@ -84,6 +84,7 @@ function host(
     errorResponse: () => Promise.resolve(new Response("error", { status: 500 })),
     dropped: (reason) => void dropped.push(reason),
     linger: (conn) => conn.close(),
+    closeAfterResponse: (conn) => conn.close(),
     takeBuffer: () => new Uint8Array(POOL_BUF),
     giveBuffer: () => {},
     bodies: new BodyPool(),

@@ -57,6 +57,8 @@ export interface ConnectionHost {
   dropped(reason: DropReason): void;
   /** Sends an error answer and closes after a short linger. */
   linger(conn: Deno.Conn, bytes: Uint8Array): void;
+  /** Closes after the last response once the client has closed too (bounded). */
+  closeAfterResponse(conn: Deno.Conn, pending: Promise<boolean> | null): void;
   /** Pooled read buffers of {@link POOL_BUF} bytes. */
   takeBuffer(): Uint8Array;
   giveBuffer(buf: Uint8Array): void;
@@ -613,11 +615,38 @@ export class Connection implements Watched, ResponseSink {
     if (body !== null && !body.done) {
       body.detached = true;
       body.fail(new Error("the response was sent before the request body was read"));
-      if (!keep) return false;
-      return this.#drain(body).then((ok) => ok && this.#between());
+      if (!keep) return this.#lastResponseSent(true);
+      return this.#drain(body).then((ok) =>
+        (ok && this.#between()) || this.#lastResponseSent(!body.done)
+      );
     }
-    return keep && this.#between();
+    return (keep && this.#between()) || this.#lastResponseSent(false);
   };
+
+  /**
+   * The connection ends after a response written in full. When the client may still be sending
+   * (`unread`: a request body the handler left; or bytes of another request already here), a
+   * lingering close, so that those bytes cannot turn into a reset that loses the response; else,
+   * as nginx decides it, a plain close (measured: a lingering close for every `Connection: close`
+   * request cost 2–9 % more CPU per request than closing with the watch read pending).
+   */
+  #lastResponseSent(unread: boolean): false {
+    if (this.#closed || this.#ending) return false;
+    if (this.#eof || (!unread && this.#start === this.#end)) {
+      this.#close();
+      return false;
+    }
+    const server = this.#server;
+    this.#closed = true;
+    this.#state = State.Closed;
+    this.#watching = false;
+    server.headerDog.unwatch(this);
+    server.idleDog.unwatch(this);
+    // Lingering first: shutdown must not see a moment with neither.
+    server.closeAfterResponse(this.#conn, this.#pending);
+    server.remove(this);
+    return false;
+  }
 
   /** Readies the connection for the next request; false when it should end instead. */
   #between(): boolean {

@@ -93,6 +93,13 @@ const LINGER_BYTES = 64 * 1024;
 const LINGER_MAX = 256;
 /** Where lingering sockets' bytes go; the contents are never looked at. */
 const DISCARD = new Uint8Array(16 * 1024);
+/**
+ * After a connection's last response: how long the client may send nothing before its socket is
+ * closed (nginx's `lingering_timeout`); {@link AFTER_TOTAL_FACTOR} times that in all (its
+ * `lingering_time`, 30 s against 5 s).
+ */
+const DEFAULT_AFTER_IDLE_MS = 5000;
+const AFTER_TOTAL_FACTOR = 6;
 
 class Server implements Http1Server, ConnectionHost {
   readonly addr: Deno.NetAddr;
@@ -109,6 +116,9 @@ class Server implements Http1Server, ConnectionHost {
   readonly sendDog: Watchdog | null;
   readonly perIp: PerIpCap;
   readonly lingerDog: Watchdog = new Watchdog(LINGER_MS);
+  /** Watches sockets closing after their last response ({@link closeAfterResponse}). */
+  readonly afterDog: Watchdog;
+  readonly #afterTotalMs: number;
   /** Open connections; a {@link SlotSet}, as they come and go per request for some clients. */
   readonly conns: SlotSet<Connection> = new SlotSet();
   readonly #lingering = new Set<Deno.Conn>();
@@ -134,6 +144,9 @@ class Server implements Http1Server, ConnectionHost {
     const sendMs = options.sendTimeoutMs ?? DEFAULT_SEND_TIMEOUT_MS;
     this.sendDog = sendMs > 0 ? new Watchdog(sendMs) : null;
     this.perIp = new PerIpCap(options.maxConnectionsPerIp ?? 0);
+    const afterMs = options.lingerTimeoutMs ?? DEFAULT_AFTER_IDLE_MS;
+    this.afterDog = new Watchdog(afterMs);
+    this.#afterTotalMs = afterMs * AFTER_TOTAL_FACTOR;
     this.#onError = options.onError;
     this.#onAcceptError = options.onAcceptError;
     this.#onDrop = options.onDrop;
@@ -261,6 +274,45 @@ class Server implements Http1Server, ConnectionHost {
     })();
   }
 
+  /**
+   * Closes a connection whose last response is written while the client may still be sending (a
+   * request body the handler left unread, a request pipelined after `Connection: close`), as
+   * nginx's lingering close does: the sending side is shut down at once (the client sees the end
+   * of the response), then what the client still sends is read and dropped until it closes.
+   * Closed at once instead, the socket would answer those bytes with a reset, which discards the
+   * response if the client has not read it yet: a client that sends its whole body before it
+   * reads (Python's `http.client`) got a broken pipe in place of the answer. `pending` is the
+   * connection's read still in flight, if any: it resolves false at the end of the stream.
+   * Bounded by `lingerTimeoutMs` of silence and {@link AFTER_TOTAL_FACTOR} times that in all;
+   * closed at once while shutting down or with {@link LINGER_MAX} sockets lingering.
+   */
+  closeAfterResponse(conn: Deno.Conn, pending: Promise<boolean> | null): void {
+    if (this.closing || this.#lingering.size >= LINGER_MAX) {
+      closeQuietly(conn);
+      return;
+    }
+    this.#lingering.add(conn);
+    const dog = this.afterDog;
+    const item: Watched = { lastTick: 0, expire: () => closeQuietly(conn) };
+    dog.watch(item);
+    const until = performance.now() + this.#afterTotalMs;
+    (async () => {
+      try {
+        await conn.closeWrite();
+        if (pending === null || await pending) {
+          while (performance.now() < until) {
+            if (await conn.read(DISCARD) === null) break;
+            item.lastTick = dog.tick;
+          }
+        }
+      } catch { /* gone, or closed by the deadline */ }
+      dog.unwatch(item);
+      closeQuietly(conn);
+      this.#lingering.delete(conn);
+      this.#checkFinished();
+    })();
+  }
+
   /** A read buffer of {@link POOL_BUF} bytes; give it back once the connection is done with it. */
   takeBuffer(): Uint8Array {
     return this.#pool.pop() ?? new Uint8Array(POOL_BUF);
@@ -285,6 +337,7 @@ class Server implements Http1Server, ConnectionHost {
     this.bodyDog.close();
     this.sendDog?.close();
     this.lingerDog.close();
+    this.afterDog.close();
     this.#resolveFinished();
   }
 

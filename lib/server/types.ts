@@ -57,6 +57,15 @@ export interface Http1ServerOptions {
    * is cancelled. Default 60,000; 0 = no deadline.
    */
   sendTimeoutMs?: number;
+  /**
+   * When a connection ends after a response while the client may still be sending (a request body
+   * the handler left unread, bytes of a request pipelined after `connection: close`), the server
+   * shuts down its sending side and reads and drops what the client sends until the client closes,
+   * so that those bytes cannot turn into a reset that loses the response. The socket is closed once
+   * the client sends nothing for this many ms, or after six times this in all. Default 5,000
+   * (nginx's `lingering_timeout`; its `lingering_time` is 30 s).
+   */
+  lingerTimeoutMs?: number;
   /** Largest request head (request line and headers) in bytes; over it `431`. Default 64 KiB. */
   maxHeadBytes?: number;
   onListen?: (addr: Deno.NetAddr) => void;
