@@ -216,6 +216,17 @@ export function startupWarnings(
       fields: { flags: RELAY_V8_FLAGS },
     });
   }
+  if (config.tlsCertFile !== undefined) {
+    // Deno 2.9.6 leaves Nagle on for sockets accepted with TLS and has no way to turn it off
+    // (measured: bench/tls_delay.ts, docs/BENCHMARKS.md).
+    out.push({
+      msg: "TLS at the relay is slower: Deno keeps Nagle's algorithm on for these sockets, so an " +
+        "HTTP/1.1 client waits ~40 ms more for each answer with content-length and some stream " +
+        "events wait up to 40 ms; for speed, terminate TLS in a reverse proxy (nginx, OpenResty) " +
+        "in front of a plain-HTTP relay (docs/DEPLOY.md, section 6)",
+      fields: { tlsCertFile: config.tlsCertFile },
+    });
+  }
   const anyAccessKey = [...config.routes.values()].some((r) => r.accessKey !== undefined);
   if (isPublicBindAddress(config.host) && config.allowIps === null && !anyAccessKey) {
     out.push({
