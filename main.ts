@@ -43,12 +43,12 @@ export async function main(): Promise<number> {
     ? null
     : startIdleGc({ requests: () => app.counters.requests, inFlight: () => app.inFlight, gc });
 
-  // Plain HTTP: the relay's own server (header and idle timeouts, socket cap). TLS or
+  // The relay's own server (header and idle timeouts, socket cap), plain HTTP or TLS.
   // HTTP_SERVER=deno: Deno.serve, re-created if it dies on "too many open files" (listen.ts).
   let server: Listener;
   try {
     server = serveRelay(relay, config, {
-      // TLS_CERT_FILE/TLS_KEY_FILE: HTTPS, with HTTP/2 offered to clients by ALPN.
+      // TLS_CERT_FILE/TLS_KEY_FILE: HTTPS (HTTP/2 offered to clients only by Deno.serve).
       tls,
       onListen: (addr) => {
         log.info("listening", {
@@ -56,7 +56,7 @@ export async function main(): Promise<number> {
           address: `${tls ? "https" : "http"}://${
             addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname
           }:${addr.port}`,
-          server: tls || config.httpServer === "deno" ? "Deno.serve" : "relay",
+          server: config.httpServer === "deno" ? "Deno.serve" : "relay",
           upstreams: config.upstreams.map((u) => u.url),
           routes: config.routes.size,
         });

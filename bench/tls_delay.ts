@@ -1,16 +1,16 @@
 /**
- * What TLS at the relay does to response and event timing, against the same relay on plain HTTP
- * and behind nginx terminating TLS (the set-up docs/DEPLOY.md recommends). Deno 2.9.6 leaves
+ * What serving TLS does to response and event timing: the relay on plain HTTP, the relay serving
+ * TLS on its own server (`node:tls`, Nagle off), the relay serving TLS on `Deno.serve`
+ * (`HTTP_SERVER=deno`), and nginx terminating TLS in front of the plain relay. Deno 2.9.6 keeps
  * Nagle's algorithm on for sockets accepted by `Deno.listenTls`, which `Deno.serve` uses for TLS,
  * and offers no way to turn it off: a small write waits for the ACK of the one before it, and a
  * client that delays its ACK (Linux: up to 40 ms) holds it back that long.
  *
- * Rows: `relay` (plain HTTP, own server), `relay-tls` (`TLS_CERT_FILE`, `Deno.serve`), `nginx-tls`
- * (nginx with TLS in front of the plain relay). Each gets, from an HTTP/1.1 client with Nagle off
- * (as Node's and curl's are), `--requests` kept-alive JSON POSTs on one connection (A answers with
- * `content-length`, as for a non-streaming completion) and `--streams` SSE streams of `--events`
- * events `--gap-ms` apart (A stamps each with its send time; the delay is arrival minus stamp).
- * A is an in-process `Deno.serve` on plain HTTP. Timing claims only; not a test.
+ * Each row gets, from an HTTP/1.1 client with Nagle off (as Node's and curl's are), `--requests`
+ * kept-alive JSON POSTs on one connection (A answers with `content-length`, as for a non-streaming
+ * completion) and `--streams` SSE streams of `--events` events `--gap-ms` apart (A stamps each with
+ * its send time; the delay is arrival minus stamp). A is an in-process `Deno.serve` on plain HTTP.
+ * Timing claims only; not a test.
  *
  *   deno run -A bench/tls_delay.ts [--requests=200] [--streams=3] [--events=100] [--gap-ms=5]
  */
@@ -144,7 +144,7 @@ const dir = tempDir("tls_delay");
 const { certFile, keyFile } = await makeCert(dir);
 const ca = Deno.readTextFileSync(certFile);
 const procs: Proc[] = [];
-const relayPort = freePort(), tlsPort = freePort(), nginxPort = freePort();
+const relayPort = freePort(), tlsPort = freePort(), denoPort = freePort(), nginxPort = freePort();
 procs.push(
   await startRelay("relay", {
     port: relayPort,
@@ -159,6 +159,13 @@ procs.push(
     cpu: "0",
     env: { ACCESS_LOG: "0", TLS_CERT_FILE: certFile, TLS_KEY_FILE: keyFile },
     logFile: `${dir}/relay-tls.log`,
+  }),
+  await startRelay("relay-tls-deno", {
+    port: denoPort,
+    upstream: `http://${HOST}:${aPort}`,
+    cpu: "0",
+    env: { ACCESS_LOG: "0", TLS_CERT_FILE: certFile, TLS_KEY_FILE: keyFile, HTTP_SERVER: "deno" },
+    logFile: `${dir}/relay-tls-deno.log`,
   }),
 );
 const nginxConf = preamble(`${dir}/nginx`) + `  upstream relay {
@@ -185,7 +192,8 @@ procs.push(
 
 const rows: Array<[string, number, string | null]> = [
   ["relay (plain HTTP)", relayPort, null],
-  ["relay-tls (TLS at the relay, Deno.serve)", tlsPort, ca],
+  ["relay-tls (TLS at the relay, own server)", tlsPort, ca],
+  ["relay-tls-deno (TLS at the relay, HTTP_SERVER=deno: Deno.serve)", denoPort, ca],
   ["nginx-tls (nginx TLS in front of the plain relay)", nginxPort, ca],
 ];
 const ms = (v: number) => round(v, 2).toFixed(2);

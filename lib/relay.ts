@@ -667,8 +667,8 @@ export function createRelay(
 export type ServeOptions = Pick<ListenOptions, "tls" | "onListen">;
 
 /**
- * Serves a relay on the configured address (`listen.ts`: the relay's own HTTP/1.1 server on plain
- * HTTP, `Deno.serve` for TLS or `HTTP_SERVER=deno`) and attaches the server to the app, which
+ * Serves a relay on the configured address (`listen.ts`: the relay's own HTTP/1.1 server, plain
+ * HTTP or TLS, or `Deno.serve` with `HTTP_SERVER=deno`) and attaches the server to the app, which
  * reads its connection count and sheds load through it. Throws what `Deno.listen` throws.
  */
 export function serveRelay(relay: Relay, config: Config, options: ServeOptions = {}): Listener {

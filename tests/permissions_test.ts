@@ -89,7 +89,7 @@ Deno.test("relayDenoArgs adds KV, routes file, TLS and log file access only when
   assert.ok(netAllowList(remote).includes("api.deno.com:443"));
 });
 
-Deno.test("start-up warns about an open relay on a public address, broad permissions, missing V8 flags and TLS at the relay", () => {
+Deno.test("start-up warns about an open relay on a public address, broad permissions, missing V8 flags and TLS on Deno.serve", () => {
   const base = { UPSTREAM_SERVER_A: "http://127.0.0.1:9" };
   const open = startupWarnings(parseConfig({ ...base, HOST: "0.0.0.0" }), [], true);
   assert.equal(open.length, 1);
@@ -118,13 +118,12 @@ Deno.test("start-up warns about an open relay on a public address, broad permiss
   assert.equal(noFlags.length, 1);
   assert.match(noFlags[0]!.msg, /without the relay's V8 flags/);
   assert.equal(noFlags[0]!.fields.flags, RELAY_V8_FLAGS);
-  const tls = startupWarnings(
-    parseConfig({ ...base, HOST: "127.0.0.1", TLS_CERT_FILE: "c.pem", TLS_KEY_FILE: "k.pem" }),
-    [],
-    true,
-  );
+  const tlsEnv = { ...base, HOST: "127.0.0.1", TLS_CERT_FILE: "c.pem", TLS_KEY_FILE: "k.pem" };
+  // The own server serves TLS with Nagle off; only Deno.serve keeps it on.
+  assert.equal(startupWarnings(parseConfig(tlsEnv), [], true).length, 0);
+  const tls = startupWarnings(parseConfig({ ...tlsEnv, HTTP_SERVER: "deno" }), [], true);
   assert.equal(tls.length, 1);
-  assert.match(tls[0]!.msg, /TLS at the relay is slower: .*Nagle.*reverse proxy/);
+  assert.match(tls[0]!.msg, /TLS on Deno\.serve .* is slower: .*Nagle.*reverse proxy/);
   assert.deepEqual(broadPermissions(() => "prompt"), []);
   assert.deepEqual(broadPermissions((d) => (d.name === "run" ? "granted" : "prompt")), ["run"]);
   // Unscoped net alone is how Docker and systemd run the relay: no warning for it.

@@ -28,10 +28,16 @@ export const withCert = {
    * A {@link deadline.test} given the certificate. Where openssl is missing (outside CI) it is
    * listed as ignored, the reason in its name, rather than reported as passed.
    */
-  test(name: string, fn: (ctx: { tls: TestCert; signal: AbortSignal }) => Promise<void>): void {
+  test(
+    name: string,
+    fn: (ctx: { tls: TestCert; signal: AbortSignal }) => Promise<void>,
+    /** Another reason the test cannot run here (it is then ignored likewise), or null. */
+    skip: string | null = null,
+  ): void {
+    const reason = TLS_SKIP_REASON ?? skip;
     deadline.test({
-      name: TLS_SKIP_REASON === null ? name : `${name} (SKIPPED: ${TLS_SKIP_REASON})`,
-      ignore: TLS_SKIP_REASON !== null,
+      name: reason === null ? name : `${name} (SKIPPED: ${reason})`,
+      ignore: reason !== null,
     }, async (signal) => fn({ tls: await testCert(), signal }));
   },
 };

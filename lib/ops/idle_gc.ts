@@ -5,7 +5,7 @@
  *
  * V8's memory reducer (the GCs that shrink the heap once a process is idle) runs once about 30 s
  * after start, and after that only when a mark-compact has re-armed it. The own HTTP/1.1 server
- * promotes enough during a burst to reach one; the `Deno.serve` path (TLS), whose bodies stay in
+ * promotes enough during a burst to reach one; the `Deno.serve` path (`HTTP_SERVER=deno`), whose bodies stay in
  * Rust, stays under the 64 MB old generation (`RELAY_V8_FLAGS`) and got none: after its second
  * burst it kept ~115 MiB for as long as it stayed idle, against ~60 for the own server
  * (docs/BENCHMARKS_LOG.md, fourteenth sitting). Idle means no request arrived for a whole interval;

@@ -211,19 +211,19 @@ export function startupWarnings(
     // Of the three flags only --expose-gc can be seen from inside; they are always passed together.
     out.push({
       msg: "started without the relay's V8 flags: memory after traffic stays higher (~75 MiB " +
-        "instead of ~60, ~115 with TLS at the relay); add them to your `deno run` line, or start " +
+        "instead of ~60, ~115 on Deno.serve); add them to your `deno run` line, or start " +
         "with `deno task start`, the Docker image or the systemd unit (docs/DEPLOY.md)",
       fields: { flags: RELAY_V8_FLAGS },
     });
   }
-  if (config.tlsCertFile !== undefined) {
+  if (config.tlsCertFile !== undefined && config.httpServer === "deno") {
     // Deno 2.9.6 leaves Nagle on for sockets accepted with TLS and has no way to turn it off
     // (measured: bench/tls_delay.ts, docs/BENCHMARKS.md).
     out.push({
-      msg: "TLS at the relay is slower: Deno keeps Nagle's algorithm on for these sockets, so an " +
-        "HTTP/1.1 client waits ~40 ms more for each answer with content-length and some stream " +
-        "events wait up to 40 ms; for speed, terminate TLS in a reverse proxy (nginx, OpenResty) " +
-        "in front of a plain-HTTP relay (docs/DEPLOY.md, section 6)",
+      msg: "TLS on Deno.serve (HTTP_SERVER=deno) is slower: Deno keeps Nagle's algorithm on for " +
+        "these sockets, so an HTTP/1.1 client waits ~40 ms more for each answer with " +
+        "content-length and some stream events wait up to 40 ms; unset HTTP_SERVER (the relay's " +
+        "own server serves TLS without it) or terminate TLS in a reverse proxy (docs/DEPLOY.md)",
       fields: { tlsCertFile: config.tlsCertFile },
     });
   }

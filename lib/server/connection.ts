@@ -146,7 +146,7 @@ const enum State {
 export class Connection implements Watched, ResponseSink {
   lastTick = 0;
   readonly #server: ConnectionHost;
-  readonly #conn: Deno.TcpConn;
+  readonly #conn: Deno.Conn<Deno.NetAddr>;
   readonly #remoteAddr: Deno.NetAddr;
   #state = State.Head;
   #closed = false;
@@ -179,7 +179,7 @@ export class Connection implements Watched, ResponseSink {
   /** Watched by the server's send watchdog while a write is in flight. */
   readonly #send: Watched = { lastTick: 0, expire: () => this.#sendTimedOut() };
 
-  constructor(server: ConnectionHost, conn: Deno.TcpConn) {
+  constructor(server: ConnectionHost, conn: Deno.Conn<Deno.NetAddr>) {
     this.#server = server;
     this.#conn = conn;
     this.#remoteAddr = conn.remoteAddr;

@@ -2,14 +2,15 @@
  * @module listen
  * Starts the client-facing server the configuration asks for.
  *
- * Plain HTTP runs on the relay's own HTTP/1.1 server (`server.ts`) by default: it closes sockets
- * that never finish their request head (slowloris), idle too long between requests or take no
- * response bytes (`CLIENT_SEND_TIMEOUT_SEC`), and caps open sockets at `MAX_CONNECTIONS`, and per
- * client address at `MAX_CONNECTIONS_PER_IP`. TLS at the relay, or `HTTP_SERVER=deno`, runs on
- * `Deno.serve` (`conn_limit.ts`'s resilient wrapper), which offers HTTP/2 to TLS clients but has
- * neither timeout nor socket cap: there `MAX_CONNECTIONS_PER_IP` caps requests in flight per
- * address (counted here, until `info.completed`), and the send deadline watches response bodies
- * (`send_watch.ts`, set up by the app).
+ * The relay's own HTTP/1.1 server (`server.ts`) serves by default, plain HTTP or TLS (through
+ * `node:tls`, `tls_listener.ts`: `Deno.listenTls` keeps Nagle on, which held every kept-alive
+ * answer back ~40 ms): it closes sockets that never finish their request head (slowloris), idle
+ * too long between requests or take no response bytes (`CLIENT_SEND_TIMEOUT_SEC`), and caps open
+ * sockets at `MAX_CONNECTIONS`, and per client address at `MAX_CONNECTIONS_PER_IP`.
+ * `HTTP_SERVER=deno` runs on `Deno.serve` (`conn_limit.ts`'s resilient wrapper), which offers
+ * HTTP/2 to TLS clients but has neither timeout nor socket cap: there `MAX_CONNECTIONS_PER_IP` caps
+ * requests in flight per address (counted here, until `info.completed`), and the send deadline
+ * watches response bodies (`send_watch.ts`, set up by the app).
  * Must never: let a listener failure become an unhandled rejection.
  */
 
@@ -66,7 +67,7 @@ export interface ListenSettings {
 export function listen(config: ListenSettings, o: ListenOptions): Listener {
   const hostname = o.hostname ?? config.host;
   const port = o.port ?? config.port;
-  if (o.tls || config.httpServer === "deno") {
+  if (config.httpServer === "deno") {
     const perIp = new PerIpCap(config.maxConnectionsPerIp);
     const handler: ListenOptions["handler"] = perIp.max === 0 ? o.handler : (req, info) => {
       // Deno.serve shows no sockets: what one address holds is its requests in flight (a stream
@@ -109,6 +110,7 @@ export function listen(config: ListenSettings, o: ListenOptions): Listener {
     sendTimeoutMs: config.clientSendTimeoutMs,
     maxConnections: o.maxConnections,
     maxConnectionsPerIp: config.maxConnectionsPerIp,
+    tls: o.tls ?? undefined,
     ...(o.onListen ? { onListen: o.onListen } : {}),
     ...(o.onError ? { onError: o.onError } : {}),
     ...(o.onDrop ? { onDrop: o.onDrop } : {}),

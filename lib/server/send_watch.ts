@@ -1,7 +1,7 @@
 /**
  * @module send_watch
- * `CLIENT_SEND_TIMEOUT_SEC` where the relay does not own the client's socket: `Deno.serve` (TLS at
- * the relay, `HTTP_SERVER=deno`) and Deno Deploy. The relay's own server watches its socket writes
+ * `CLIENT_SEND_TIMEOUT_SEC` where the relay does not own the client's socket: `Deno.serve`
+ * (`HTTP_SERVER=deno`) and Deno Deploy. The relay's own server watches its socket writes
  * instead (`server.ts`).
  *
  * Why this works: `Deno.serve` pulls a response body only when it has room to send more. When it

@@ -56,6 +56,7 @@ import { closeQuietly, Connection, type ConnectionHost, writeAll } from "./conne
 import { errorBytes } from "./response_head.ts";
 import { POOL_BUF } from "./response_writer.ts";
 import { BodyPool } from "./body_pool.ts";
+import { type ConnListener, listenTlsNoDelay, NodeTlsConn } from "./tls_listener.ts";
 import { WriteSlabs } from "../http/mod.ts";
 import type { DropReason, Http1Handler, Http1Server, Http1ServerOptions } from "./types.ts";
 import { errorResponse, toRelayError } from "../errors.ts";
@@ -125,7 +126,7 @@ class Server implements Http1Server, ConnectionHost {
   readonly #pool: Uint8Array[] = [];
   readonly bodies: BodyPool = new BodyPool();
   readonly slabs: WriteSlabs = new WriteSlabs();
-  readonly #listener: Deno.TcpListener;
+  readonly #listener: ConnListener;
   readonly #onError: ((err: unknown) => Response | Promise<Response>) | undefined;
   readonly #onAcceptError: ((err: unknown) => void) | undefined;
   readonly #onDrop: ((reason: DropReason) => void) | undefined;
@@ -151,11 +152,29 @@ class Server implements Http1Server, ConnectionHost {
     this.#onAcceptError = options.onAcceptError;
     this.#onDrop = options.onDrop;
     this.finished = new Promise((r) => (this.#resolveFinished = r));
-    this.#listener = Deno.listen({ hostname: options.hostname, port: options.port });
+    this.#listener = options.tls
+      ? listenTlsNoDelay({
+        hostname: options.hostname,
+        port: options.port,
+        cert: options.tls.cert,
+        key: options.tls.key,
+        handshakeTimeoutMs: options.headerTimeoutMs ?? DEFAULT_HEADER_TIMEOUT_MS,
+      })
+      : Deno.listen({ hostname: options.hostname, port: options.port });
     this.addr = this.#listener.addr;
     const h = this.addr.hostname;
     this.fallbackHost = `${h.includes(":") ? `[${h}]` : h}:${this.addr.port}`;
-    options.onListen?.(this.addr);
+    const ready = this.#listener.ready;
+    if (ready === undefined) options.onListen?.(this.addr);
+    else {
+      // The port was free a moment before (tls_listener.ts): losing it now ends the server.
+      ready.then(() => options.onListen?.(this.addr), (err) => {
+        try {
+          this.#onAcceptError?.(err);
+        } catch { /* a failing reporter must not keep the server */ }
+        void this.shutdown();
+      });
+    }
     void this.#acceptLoop();
   }
 
@@ -173,7 +192,7 @@ class Server implements Http1Server, ConnectionHost {
   async #acceptLoop(): Promise<void> {
     let delay = 100;
     while (!this.closing) {
-      let conn: Deno.TcpConn;
+      let conn: Deno.Conn<Deno.NetAddr>;
       try {
         conn = await this.#listener.accept();
       } catch (err) {
@@ -200,7 +219,8 @@ class Server implements Http1Server, ConnectionHost {
         continue;
       }
       try {
-        conn.setNoDelay(true);
+        // A TLS connection comes with Nagle off already (tls_listener.ts).
+        if (!(conn instanceof NodeTlsConn)) (conn as Deno.TcpConn).setNoDelay(true);
       } catch { /* the client already left: the first read says so */ }
       const c = new Connection(this, conn);
       this.conns.add(c);

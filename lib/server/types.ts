@@ -68,6 +68,13 @@ export interface Http1ServerOptions {
   lingerTimeoutMs?: number;
   /** Largest request head (request line and headers) in bytes; over it `431`. Default 64 KiB. */
   maxHeadBytes?: number;
+  /**
+   * Serve HTTPS (HTTP/1.1 by ALPN) with this certificate and key (PEM), through `node:tls`, which
+   * can turn Nagle off on each socket (`tls_listener.ts`). The handshake counts against
+   * `headerTimeoutMs`.
+   */
+  tls?: { cert: string; key: string } | undefined;
+  /** Called once the server accepts connections (with TLS, a moment after `serveHttp1` returns). */
   onListen?: (addr: Deno.NetAddr) => void;
   /** Turns a handler failure into a response. Default: the relay's JSON `500 internal_error`. */
   onError?: (err: unknown) => Response | Promise<Response>;

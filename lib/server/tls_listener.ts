@@ -1,0 +1,230 @@
+/**
+ * @module tls_listener
+ * TLS for the own HTTP/1.1 server, with Nagle's algorithm off.
+ *
+ * Why not `Deno.listenTls`: Deno 2.9.6 keeps Nagle on for the sockets it accepts and `TlsConn` has
+ * no `setNoDelay`, so a small write waits for the ACK of the one before it, which a client delays
+ * up to 40 ms (measured: 44 ms more per kept-alive HTTP/1.1 answer, `bench/tls_delay.ts`). Deno's
+ * `node:tls` server can turn it off per socket. Each accepted socket is handed to the server as a
+ * {@link Deno.Conn}-shaped object ({@link NodeTlsConn}): reads copy from the socket's data events
+ * (pausing it while more than {@link HIGH_WATER} bytes wait), writes resolve once the socket
+ * took the bytes.
+ * Must never: hand out a connection before its handshake completed; let a socket error become an
+ * uncaught exception.
+ */
+
+import tls from "node:tls";
+import type { Buffer } from "node:buffer";
+
+/** What the own server needs of a listener (`Deno.TcpListener` has it, `ready` aside). */
+export interface ConnListener {
+  readonly addr: Deno.NetAddr;
+  /** Settles once connections can come; absent when they can at once. */
+  readonly ready?: Promise<void>;
+  accept(): Promise<Deno.Conn<Deno.NetAddr>>;
+  close(): void;
+}
+
+/** Bytes read from a socket and not taken yet above which it is paused. */
+const HIGH_WATER = 64 * 1024;
+
+function netAddr(hostname: string | undefined, port: number | undefined): Deno.NetAddr {
+  return { transport: "tcp", hostname: hostname ?? "", port: port ?? 0 };
+}
+
+/** One accepted TLS socket, read and written like a `Deno.Conn`. */
+export class NodeTlsConn {
+  readonly remoteAddr: Deno.NetAddr;
+  readonly localAddr: Deno.NetAddr;
+  readonly #sock: tls.TLSSocket;
+  readonly #queue: Uint8Array[] = [];
+  #queued = 0;
+  #paused = false;
+  #ended = false;
+  #error: Error | null = null;
+  #closed = false;
+  #reader:
+    | { buf: Uint8Array; resolve: (n: number | null) => void; reject: (e: Error) => void }
+    | null = null;
+
+  constructor(sock: tls.TLSSocket) {
+    this.#sock = sock;
+    this.remoteAddr = netAddr(sock.remoteAddress, sock.remotePort);
+    this.localAddr = netAddr(sock.localAddress, sock.localPort);
+    sock.setNoDelay(true);
+    sock.on("data", (chunk: Buffer) => this.#onData(chunk));
+    sock.on("end", () => this.#onEnd(null));
+    sock.on("close", () => this.#onEnd(null));
+    sock.on("error", (err: Error) => this.#onEnd(err));
+  }
+
+  #onData(chunk: Uint8Array): void {
+    const r = this.#reader;
+    if (r !== null && this.#queued === 0) {
+      this.#reader = null;
+      const n = Math.min(chunk.byteLength, r.buf.byteLength);
+      r.buf.set(chunk.subarray(0, n));
+      if (n < chunk.byteLength) this.#push(chunk.subarray(n));
+      r.resolve(n);
+      return;
+    }
+    this.#push(chunk);
+  }
+
+  #push(chunk: Uint8Array): void {
+    this.#queue.push(chunk);
+    this.#queued += chunk.byteLength;
+    if (!this.#paused && this.#queued > HIGH_WATER) {
+      this.#paused = true;
+      this.#sock.pause();
+    }
+  }
+
+  #onEnd(err: Error | null): void {
+    if (err !== null) this.#error ??= err;
+    this.#ended = true;
+    const r = this.#reader;
+    if (r === null || this.#queued > 0) return;
+    this.#reader = null;
+    if (this.#error !== null && !this.#closed) r.reject(this.#error);
+    else r.resolve(null);
+  }
+
+  /** Like `Deno.Conn.read`: the bytes copied into `buf`, or null at the end of the stream. */
+  read(buf: Uint8Array): Promise<number | null> {
+    if (this.#closed) return Promise.reject(new Deno.errors.BadResource("closed"));
+    if (this.#queued > 0) {
+      let n = 0;
+      while (n < buf.byteLength && this.#queue.length > 0) {
+        const head = this.#queue[0]!;
+        const take = Math.min(head.byteLength, buf.byteLength - n);
+        buf.set(head.subarray(0, take), n);
+        n += take;
+        if (take === head.byteLength) this.#queue.shift();
+        else this.#queue[0] = head.subarray(take);
+      }
+      this.#queued -= n;
+      if (this.#paused && this.#queued <= HIGH_WATER / 2) {
+        this.#paused = false;
+        this.#sock.resume();
+      }
+      return Promise.resolve(n);
+    }
+    if (this.#ended) {
+      return this.#error !== null ? Promise.reject(this.#error) : Promise.resolve(null);
+    }
+    return new Promise((resolve, reject) => {
+      this.#reader = { buf, resolve, reject };
+    });
+  }
+
+  /** Like `Deno.Conn.write`: resolves with the whole length once the socket took the bytes. */
+  write(bytes: Uint8Array): Promise<number> {
+    if (this.#closed || this.#sock.destroyed) {
+      return Promise.reject(new Deno.errors.BadResource("closed"));
+    }
+    return new Promise((resolve, reject) => {
+      this.#sock.write(bytes, (err?: Error | null) => {
+        if (err) reject(err);
+        else resolve(bytes.byteLength);
+      });
+    });
+  }
+
+  /** Sends the TLS close and the end of the stream; reading goes on. */
+  closeWrite(): Promise<void> {
+    if (this.#closed || this.#sock.destroyed) return Promise.resolve();
+    return new Promise((resolve) => {
+      // A socket destroyed before its end was flushed never finishes: its close settles it.
+      this.#sock.once("close", () => resolve());
+      this.#sock.end(() => resolve());
+    });
+  }
+
+  /** Closes at once; a read waiting is rejected, as Deno's is. */
+  close(): void {
+    if (this.#closed) throw new Deno.errors.BadResource("closed");
+    this.#closed = true;
+    this.#sock.destroy();
+    const r = this.#reader;
+    this.#reader = null;
+    r?.reject(new Deno.errors.Interrupted("closed"));
+  }
+
+  setNoDelay(): void {}
+}
+
+/**
+ * Listens with TLS (HTTP/1.1 by ALPN) on `hostname:port`, Nagle off on every accepted socket.
+ * Throws like `Deno.listen` (`AddrInUse` and the like) and knows its address at once: the address
+ * is bound with `Deno.listen` first, then let go and taken by the `node:tls` server, whose own
+ * listen reports only later. `ready` settles once it listens; a failure there (the port taken in
+ * between) rejects it and ends `accept`.
+ */
+export function listenTlsNoDelay(opts: {
+  hostname: string;
+  port: number;
+  cert: string;
+  key: string;
+  /** A handshake not done in this many ms is dropped. */
+  handshakeTimeoutMs: number;
+}): ConnListener {
+  const probe = Deno.listen({ hostname: opts.hostname, port: opts.port });
+  const addr = probe.addr;
+  probe.close();
+  type Waiter = { res: (c: Deno.Conn<Deno.NetAddr>) => void; rej: (e: Error) => void };
+  const waiting: Waiter[] = [];
+  const accepted: Deno.Conn<Deno.NetAddr>[] = [];
+  let closed = false;
+  let failure: Error | null = null;
+  const server = tls.createServer({
+    cert: opts.cert,
+    key: opts.key,
+    ALPNProtocols: ["http/1.1"],
+    handshakeTimeout: opts.handshakeTimeoutMs,
+  }, (sock) => {
+    if (closed) return void sock.destroy();
+    const conn = new NodeTlsConn(sock) as unknown as Deno.Conn<Deno.NetAddr>;
+    const w = waiting.shift();
+    if (w !== undefined) w.res(conn);
+    else accepted.push(conn);
+  });
+  // A failed handshake, one not done within the timeout, or a client gone before it ended: that
+  // socket only. Deno's node:tls reports the timeout but leaves the socket open; closed here.
+  server.on("tlsClientError", (_err: Error, sock: tls.TLSSocket) => sock.destroy());
+  const end = (err: Error) => {
+    for (const w of waiting.splice(0)) w.rej(err);
+  };
+  const ready = new Promise<void>((resolve, reject) => {
+    server.once("error", (err: Error) => {
+      failure = err;
+      closed = true;
+      end(err);
+      reject(err);
+    });
+    server.listen(addr.port, addr.hostname, () => {
+      server.removeAllListeners("error");
+      server.on("error", () => {});
+      resolve();
+    });
+  });
+  ready.catch(() => {});
+  return {
+    addr,
+    ready,
+    accept: () => {
+      if (failure !== null) return Promise.reject(failure);
+      if (closed) return Promise.reject(new Deno.errors.BadResource("listener closed"));
+      const c = accepted.shift();
+      if (c !== undefined) return Promise.resolve(c);
+      return new Promise((res, rej) => waiting.push({ res, rej }));
+    },
+    close: () => {
+      if (closed) return;
+      closed = true;
+      server.close();
+      for (const c of accepted.splice(0)) c.close();
+      end(new Deno.errors.BadResource("listener closed"));
+    },
+  };
+}
