@@ -56,7 +56,7 @@ import { closeQuietly, Connection, type ConnectionHost, writeAll } from "./conne
 import { errorBytes } from "./response_head.ts";
 import { POOL_BUF } from "./response_writer.ts";
 import { BodyPool } from "./body_pool.ts";
-import { type ConnListener, listenTlsNoDelay, NodeTlsConn } from "./tls_listener.ts";
+import { type ConnListener, listenTlsNoDelay } from "./tls_listener.ts";
 import { WriteSlabs } from "../http/mod.ts";
 import type { DropReason, Http1Handler, Http1Server, Http1ServerOptions } from "./types.ts";
 import { errorResponse, toRelayError } from "../errors.ts";
@@ -219,8 +219,8 @@ class Server implements Http1Server, ConnectionHost {
         continue;
       }
       try {
-        // A TLS connection comes with Nagle off already (tls_listener.ts).
-        if (!(conn instanceof NodeTlsConn)) (conn as Deno.TcpConn).setNoDelay(true);
+        // A no-op on a TLS connection, which comes with Nagle off already (tls_listener.ts).
+        (conn as Deno.TcpConn).setNoDelay(true);
       } catch { /* the client already left: the first read says so */ }
       const c = new Connection(this, conn);
       this.conns.add(c);
