@@ -159,6 +159,8 @@ class Server implements Http1Server, ConnectionHost {
         cert: options.tls.cert,
         key: options.tls.key,
         handshakeTimeoutMs: options.headerTimeoutMs ?? DEFAULT_HEADER_TIMEOUT_MS,
+        // Handshakes and lingering sockets included: descriptors must not run out (tls_listener.ts).
+        maxSockets: this.maxConnections,
       })
       : Deno.listen({ hostname: options.hostname, port: options.port });
     this.addr = this.#listener.addr;

@@ -143,11 +143,22 @@ export class NodeTlsConn {
     });
   }
 
-  /** Closes at once; a read waiting is rejected, as Deno's is. */
+  /**
+   * Closes; a read waiting is rejected, as Deno's is. With nothing left to send, the TLS close
+   * goes out first: a client that reads to the end (a close-delimited body) treats an end without
+   * it as a truncation (rustls: "peer closed connection without sending TLS close_notify"). With
+   * bytes still queued (a client that stopped reading), at once.
+   */
   close(): void {
     if (this.#closed) throw new Deno.errors.BadResource("closed");
     this.#closed = true;
-    this.#sock.destroy();
+    const sock = this.#sock;
+    if (sock.writableLength === 0 && !sock.destroyed) {
+      sock.once("finish", () => sock.destroy());
+      sock.end();
+    } else {
+      sock.destroy();
+    }
     const r = this.#reader;
     this.#reader = null;
     r?.reject(new Deno.errors.Interrupted("closed"));
@@ -170,6 +181,13 @@ export function listenTlsNoDelay(opts: {
   key: string;
   /** A handshake not done in this many ms is dropped. */
   handshakeTimeoutMs: number;
+  /**
+   * Most sockets open at once, handshakes included (0 = no cap); one more is closed as it comes,
+   * before its handshake. Deno's `node:tls` server stops accepting for good once it runs out of
+   * descriptors (measured: no error event, no accept after they were freed), so they must not
+   * run out through it.
+   */
+  maxSockets: number;
 }): ConnListener {
   const probe = Deno.listen({ hostname: opts.hostname, port: opts.port });
   const addr = probe.addr;
@@ -200,6 +218,12 @@ export function listenTlsNoDelay(opts: {
         handshakeTimeout: opts.handshakeTimeoutMs,
       }, onSocket);
       server = s;
+      let open = 0;
+      s.on("connection", (raw: { destroy(): void; once(e: "close", f: () => void): void }) => {
+        if (opts.maxSockets > 0 && open >= opts.maxSockets) return void raw.destroy();
+        open++;
+        raw.once("close", () => open--);
+      });
       // A failed handshake, one not done within the timeout, or a client gone before it ended:
       // that socket only. Deno's node:tls reports the timeout but leaves the socket open.
       s.on("tlsClientError", (_err: Error, sock: tls.TLSSocket) => sock.destroy());
