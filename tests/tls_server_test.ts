@@ -225,3 +225,31 @@ withCert.test("TLS: an upgrade tunnels bytes; sockets over maxConnections, hands
     await server.shutdown();
   }
 });
+
+withCert.test("TLS: a lingering socket whose client stays silent is closed after lingerTimeoutMs", async ({ tls }) => {
+  const { server, port } = await start(tls, () => new Response("ok"), { lingerTimeoutMs: 200 });
+  const conn = await open(tls, port);
+  try {
+    // Bytes of another request after the one that asks to close: the server lingers.
+    await writeAll(conn, "GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\nGET");
+    const text = dec.decode(await readUntil(conn, () => false));
+    assert.match(text, /^HTTP\/1\.1 200 /);
+    // Silent past the bound: the socket is closed for good, so a write is answered with a reset.
+    await delay(800);
+    let failed = false;
+    for (let i = 0; i < 3 && !failed; i++) {
+      try {
+        await conn.write(enc.encode("x"));
+        await delay(50);
+      } catch {
+        failed = true;
+      }
+    }
+    assert.ok(failed, "the lingering socket was still open after its bound");
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed */ }
+    await server.shutdown();
+  }
+});

@@ -153,7 +153,8 @@ export class NodeTlsConn {
     if (this.#closed) throw new Deno.errors.BadResource("closed");
     this.#closed = true;
     const sock = this.#sock;
-    if (sock.writableLength === 0 && !sock.destroyed) {
+    // Ended already (a lingering close's closeWrite): its finish has passed, so destroy now.
+    if (!sock.writableEnded && sock.writableLength === 0 && !sock.destroyed) {
       sock.once("finish", () => sock.destroy());
       sock.end();
     } else {
