@@ -1382,6 +1382,27 @@ deadline.test("the Deno internals the server relies on are found on this Deno ve
   }
 });
 
+deadline.test("a first read on a connection that is not Deno's (node:tls) leaves the read op on for Deno's", async () => {
+  // In a fresh process: which connection is read first decides nothing for the ones after.
+  const mod = new URL("../lib/http/deno_internals.ts", import.meta.url).href;
+  const code = `
+    import { directReadAvailable, readConn } from "${mod}";
+    const other = { read: (b) => { b[0] = 7; return Promise.resolve(1); } };
+    if (await readConn(other, new Uint8Array(4)) !== 1) throw new Error("fallback read");
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const a = await Deno.connect({ hostname: "127.0.0.1", port: l.addr.port });
+    const b = await l.accept();
+    console.log(directReadAvailable(b) && !directReadAvailable(other));
+    a.close(); b.close(); l.close();
+  `;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--no-config", code],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(dec.decode(out.stdout).trim(), "true", dec.decode(out.stderr));
+});
+
 deadline.test("a request body with broken chunked framing ends the connection, and the response says so", async () => {
   const { server, port } = start(async (req) => {
     try {

@@ -138,12 +138,16 @@ const CORE: CoreRead | null = (() => {
 let ridKey: symbol | null | undefined = CORE === null ? null : undefined;
 
 function ridOf(conn: Deno.Conn): number | undefined {
-  if (ridKey === undefined) {
-    ridKey = Object.getOwnPropertySymbols(conn).find((s) =>
-      s.description === "Deno.internal.rid"
-    ) ?? null;
-  }
   if (ridKey === null) return undefined;
+  if (ridKey === undefined) {
+    const key = Object.getOwnPropertySymbols(conn).find((s) =>
+      s.description === "Deno.internal.rid"
+    );
+    // Not one of Deno's connections (a TLS socket of `node:tls`, server/tls_listener.ts): the next
+    // one is asked, so that such a first read does not turn the op off for every other.
+    if (key === undefined) return undefined;
+    ridKey = key;
+  }
   const rid = (conn as unknown as Record<symbol, unknown>)[ridKey];
   return typeof rid === "number" ? rid : undefined;
 }
