@@ -253,3 +253,85 @@ withCert.test("TLS: a lingering socket whose client stays silent is closed after
     await server.shutdown();
   }
 });
+
+withCert.test("TLS: a listener stuck after descriptors ran out is replaced, and connections come again", async ({ tls }) => {
+  // Deno's node:tls server never accepts again after one accept failed with EMFILE. A child with a
+  // low descriptor limit uses them all up, a client connects then (not accepted), the child frees
+  // them: the liveness check finds its own connection unanswered and starts a new server.
+  const mod = new URL("../lib/server/tls_listener.ts", import.meta.url).href;
+  const code = `
+    import { listenTlsNoDelay } from "${mod}";
+    const l = listenTlsNoDelay({
+      hostname: "127.0.0.1", port: 0, handshakeTimeoutMs: 5000, maxSockets: 0, livenessMs: 300,
+      cert: Deno.readTextFileSync(${JSON.stringify(tls.certFile)}),
+      key: Deno.readTextFileSync(${JSON.stringify(tls.keyFile)}),
+    });
+    await l.ready;
+    // As the relay does at start: Deno sets up signal handling on first use and panics when that
+    // finds no descriptor.
+    Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
+    (async () => {
+      while (true) {
+        const c = await l.accept();
+        c.write(new TextEncoder().encode("ok")).then(() => c.close(), () => {});
+      }
+    })();
+    console.log("port " + l.addr.port);
+    const files = [];
+    try { while (true) files.push(Deno.openSync("/dev/null")); } catch { /* out of descriptors */ }
+    console.log("exhausted");
+    await new Promise((r) => setTimeout(r, 1500));
+    for (const f of files) f.close();
+    console.log("freed");
+    await new Promise((r) => setTimeout(r, 8000));
+  `;
+  const child = new Deno.Command("bash", {
+    args: ["-c", `ulimit -n 256; exec "${Deno.execPath()}" eval --no-config "$0"`, code],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  const waitLine = async (what: string) => {
+    while (!out.includes(what)) {
+      const { value, done } = await lines.read();
+      if (done) {
+        const err = await new Response(child.stderr).text();
+        throw new Error(`child ended before "${what}": ${out}${err}`);
+      }
+      out += value;
+    }
+  };
+  /** A TLS request within `ms`: the answer, or null. */
+  const tryOnce = async (port: number, ms: number): Promise<string | null> => {
+    let conn: Deno.TlsConn | null = null;
+    const timer = setTimeout(() => conn?.close(), ms);
+    try {
+      conn = await open(tls, port);
+      return dec.decode(await readUntil(conn, (b) => b.byteLength >= 2));
+    } catch {
+      return null;
+    } finally {
+      clearTimeout(timer);
+      try {
+        conn?.close();
+      } catch { /* closed */ }
+    }
+  };
+  try {
+    await waitLine("exhausted");
+    const port = Number(/port (\d+)/.exec(out)![1]);
+    assert.equal(await tryOnce(port, 500), null, "accepted while out of descriptors");
+    await waitLine("freed");
+    let answer: string | null = null;
+    for (let i = 0; i < 20 && answer === null; i++) answer = await tryOnce(port, 500);
+    assert.equal(answer, "ok", "no connection was accepted after the descriptors were freed");
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* ended */ }
+    await lines.cancel().catch(() => {});
+    await child.stderr.cancel().catch(() => {}); // read already when the child failed
+    await child.status;
+  }
+});

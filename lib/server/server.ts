@@ -161,6 +161,7 @@ class Server implements Http1Server, ConnectionHost {
         handshakeTimeoutMs: options.headerTimeoutMs ?? DEFAULT_HEADER_TIMEOUT_MS,
         // Handshakes and lingering sockets included: descriptors must not run out (tls_listener.ts).
         maxSockets: this.maxConnections,
+        onStall: (err) => this.#onAcceptError?.(err),
       })
       : Deno.listen({ hostname: options.hostname, port: options.port });
     this.addr = this.#listener.addr;

@@ -189,6 +189,14 @@ export function listenTlsNoDelay(opts: {
    * run out through it.
    */
   maxSockets: number;
+  /**
+   * When no connection came for this long, the listener connects to itself; if that connection is
+   * not accepted either, the `node:tls` server is stuck (descriptors ran out through something
+   * else) and is replaced by a new one on the same port. Default 30,000; 0 = never.
+   */
+  livenessMs?: number;
+  /** Told when a stuck server was replaced (or could not be). */
+  onStall?: (err: Error) => void;
 }): ConnListener {
   const probe = Deno.listen({ hostname: opts.hostname, port: opts.port });
   const addr = probe.addr;
@@ -199,6 +207,11 @@ export function listenTlsNoDelay(opts: {
   let closed = false;
   let failure: Error | null = null;
   let server: tls.Server | null = null;
+  /** Sockets open (handshakes included), across servers: a replaced one's stay open. */
+  let open = 0;
+  /** Connections seen, and when the last came: what the liveness check looks at. */
+  let seen = 0;
+  let lastSeen = performance.now();
   const end = (err: Error) => {
     for (const w of waiting.splice(0)) w.rej(err);
   };
@@ -209,18 +222,18 @@ export function listenTlsNoDelay(opts: {
     if (w !== undefined) w.res(conn);
     else accepted.push(conn);
   };
-  const ready = import("node:tls").then((mod) =>
-    new Promise<void>((resolve, reject) => {
-      if (closed) return resolve();
+  /** A `node:tls` server listening on the address; rejects with its listen error. */
+  const startServer = (mod: typeof tls): Promise<tls.Server> =>
+    new Promise((resolve, reject) => {
       const s = mod.createServer({
         cert: opts.cert,
         key: opts.key,
         ALPNProtocols: ["http/1.1"],
         handshakeTimeout: opts.handshakeTimeoutMs,
       }, onSocket);
-      server = s;
-      let open = 0;
       s.on("connection", (raw: { destroy(): void; once(e: "close", f: () => void): void }) => {
+        seen++;
+        lastSeen = performance.now();
         if (opts.maxSockets > 0 && open >= opts.maxSockets) return void raw.destroy();
         open++;
         raw.once("close", () => open--);
@@ -228,20 +241,74 @@ export function listenTlsNoDelay(opts: {
       // A failed handshake, one not done within the timeout, or a client gone before it ended:
       // that socket only. Deno's node:tls reports the timeout but leaves the socket open.
       s.on("tlsClientError", (_err: Error, sock: tls.TLSSocket) => sock.destroy());
-      s.once("error", (err: Error) => {
-        failure = err;
-        closed = true;
-        end(err);
-        reject(err);
-      });
+      s.once("error", reject);
       s.listen(addr.port, addr.hostname, () => {
         s.removeAllListeners("error");
         s.on("error", () => {});
-        resolve();
+        resolve(s);
       });
-    })
-  );
+    });
+  const ready = import("node:tls").then(async (mod) => {
+    if (closed) return;
+    try {
+      server = await startServer(mod);
+    } catch (err) {
+      failure = err as Error;
+      closed = true;
+      end(failure);
+      throw err;
+    }
+    const livenessMs = opts.livenessMs ?? 30_000;
+    if (livenessMs > 0) watchLiveness(mod, livenessMs);
+  });
   ready.catch(() => {});
+  let timer: ReturnType<typeof setInterval> | undefined;
+  const watchLiveness = (mod: typeof tls, ms: number) => {
+    let checking = false;
+    const restart = async () => {
+      try {
+        server = await startServer(mod);
+        lastSeen = performance.now();
+        opts.onStall?.(new Error("the TLS listener stopped accepting; a new one took its port"));
+      } catch (err) {
+        opts.onStall?.(err as Error); // tried again at the next look
+      }
+    };
+    const check = async () => {
+      if (closed || checking || (server !== null && performance.now() - lastSeen < ms)) return;
+      checking = true;
+      try {
+        if (server === null) return await restart();
+        const before = seen;
+        let self: Deno.TcpConn;
+        try {
+          self = await Deno.connect({ hostname: addr.hostname, port: addr.port });
+        } catch {
+          return; // no descriptor for it either, or refused: look again next time
+        }
+        const until = performance.now() + Math.min(ms, 2000);
+        while (seen === before && performance.now() < until) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        try {
+          self.close();
+        } catch { /* closed */ }
+        if (seen !== before || closed) return;
+        // Stuck: a new server takes the port; the old one's connections go on.
+        const stuck: tls.Server = server;
+        server = null;
+        await Promise.race([
+          new Promise<void>((r) => stuck.close(() => r())),
+          new Promise((r) => setTimeout(r, 1000)),
+        ]);
+        await restart();
+      } finally {
+        checking = false;
+      }
+    };
+    timer = setInterval(() => void check(), ms);
+    Deno.unrefTimer(timer);
+  };
   return {
     addr,
     ready,
@@ -255,6 +322,7 @@ export function listenTlsNoDelay(opts: {
     close: () => {
       if (closed) return;
       closed = true;
+      if (timer !== undefined) clearInterval(timer);
       (server as tls.Server | null)?.close();
       for (const c of accepted.splice(0)) c.close();
       end(new Deno.errors.BadResource("listener closed"));
