@@ -309,13 +309,20 @@ export class Connection implements Watched, ResponseSink {
   /** Answers with an error and hands the socket to the server's lingering close. */
   #refuse(err: RelayError): void {
     this.#server.dropped(err.status === 431 ? "headers_too_large" : "bad_request");
+    this.#handOver((conn) => this.#server.linger(conn, errorBytes(err)));
+  }
+
+  /** Ends this connection and gives its socket to one of the server's lingering closes. */
+  #handOver(lingering: (conn: Deno.Conn) => void): void {
+    const server = this.#server;
     this.#closed = true;
     this.#state = State.Closed;
-    this.#server.headerDog.unwatch(this);
-    this.#server.idleDog.unwatch(this);
+    this.#watching = false;
+    server.headerDog.unwatch(this);
+    server.idleDog.unwatch(this);
     // Lingering first: shutdown must not see a moment with neither.
-    this.#server.linger(this.#conn, errorBytes(err));
-    this.#server.remove(this);
+    lingering(this.#conn);
+    server.remove(this);
   }
 
   // ---- reading ----
@@ -636,15 +643,8 @@ export class Connection implements Watched, ResponseSink {
       this.#close();
       return false;
     }
-    const server = this.#server;
-    this.#closed = true;
-    this.#state = State.Closed;
-    this.#watching = false;
-    server.headerDog.unwatch(this);
-    server.idleDog.unwatch(this);
-    // Lingering first: shutdown must not see a moment with neither.
-    server.closeAfterResponse(this.#conn, this.#pending);
-    server.remove(this);
+    const pending = this.#pending;
+    this.#handOver((conn) => this.#server.closeAfterResponse(conn, pending));
     return false;
   }
 

@@ -255,46 +255,33 @@ class Server implements Http1Server, ConnectionHost {
    * from connection") instead of reading the 503.
    */
   linger(conn: Deno.Conn, bytes: Uint8Array, afterHead = false): void {
-    if (this.#lingering.size >= LINGER_MAX) {
-      closeQuietly(conn);
-      return;
-    }
-    this.#lingering.add(conn);
-    const item: Watched = { lastTick: 0, expire: () => closeQuietly(conn) };
-    this.lingerDog.watch(item);
-    (async () => {
-      try {
-        let total = 0;
-        if (afterHead) {
-          // A blank line ends the head: count line feeds with nothing but CR between them.
-          let lf = 0;
-          scan: while (total < LINGER_BYTES) {
-            const n = await conn.read(DISCARD);
-            if (n === null) break;
-            total += n;
-            for (let i = 0; i < n; i++) {
-              const b = DISCARD[i];
-              if (b === 10) {
-                if (++lf === 2) break scan;
-              } else if (b !== 13) {
-                lf = 0;
-              }
-            }
-          }
-        }
-        await writeAll(conn, bytes);
-        await conn.closeWrite();
-        while (total < LINGER_BYTES) {
+    this.#holdLingering(conn, this.lingerDog, async () => {
+      let total = 0;
+      if (afterHead) {
+        // A blank line ends the head: count line feeds with nothing but CR between them.
+        let lf = 0;
+        scan: while (total < LINGER_BYTES) {
           const n = await conn.read(DISCARD);
           if (n === null) break;
           total += n;
+          for (let i = 0; i < n; i++) {
+            const b = DISCARD[i];
+            if (b === 10) {
+              if (++lf === 2) break scan;
+            } else if (b !== 13) {
+              lf = 0;
+            }
+          }
         }
-      } catch { /* gone, or closed by the linger deadline */ }
-      this.lingerDog.unwatch(item);
-      closeQuietly(conn);
-      this.#lingering.delete(conn);
-      this.#checkFinished();
-    })();
+      }
+      await writeAll(conn, bytes);
+      await conn.closeWrite();
+      while (total < LINGER_BYTES) {
+        const n = await conn.read(DISCARD);
+        if (n === null) break;
+        total += n;
+      }
+    });
   }
 
   /**
@@ -310,30 +297,41 @@ class Server implements Http1Server, ConnectionHost {
    * closed at once while shutting down or with {@link LINGER_MAX} sockets lingering.
    */
   closeAfterResponse(conn: Deno.Conn, pending: Promise<boolean> | null): void {
-    if (this.closing || this.#lingering.size >= LINGER_MAX) {
+    if (this.closing) {
+      closeQuietly(conn);
+      return;
+    }
+    const dog = this.afterDog;
+    const until = performance.now() + this.#afterTotalMs;
+    this.#holdLingering(conn, dog, async (item) => {
+      await conn.closeWrite();
+      if (pending === null || await pending) {
+        while (performance.now() < until) {
+          if (await conn.read(DISCARD) === null) break;
+          item.lastTick = dog.tick;
+        }
+      }
+    });
+  }
+
+  /**
+   * Keeps `conn` among the lingering sockets while `work` runs, `dog` closing it at its deadline,
+   * then closes it; closed at once with {@link LINGER_MAX} sockets lingering.
+   */
+  #holdLingering(conn: Deno.Conn, dog: Watchdog, work: (item: Watched) => Promise<void>): void {
+    if (this.#lingering.size >= LINGER_MAX) {
       closeQuietly(conn);
       return;
     }
     this.#lingering.add(conn);
-    const dog = this.afterDog;
     const item: Watched = { lastTick: 0, expire: () => closeQuietly(conn) };
     dog.watch(item);
-    const until = performance.now() + this.#afterTotalMs;
-    (async () => {
-      try {
-        await conn.closeWrite();
-        if (pending === null || await pending) {
-          while (performance.now() < until) {
-            if (await conn.read(DISCARD) === null) break;
-            item.lastTick = dog.tick;
-          }
-        }
-      } catch { /* gone, or closed by the deadline */ }
+    work(item).catch(() => {/* gone, or closed by the deadline */}).finally(() => {
       dog.unwatch(item);
       closeQuietly(conn);
       this.#lingering.delete(conn);
       this.#checkFinished();
-    })();
+    });
   }
 
   /** A read buffer of {@link POOL_BUF} bytes; give it back once the connection is done with it. */
