@@ -131,7 +131,9 @@ deadline.test("a lingering socket is closed after lingerTimeoutMs of silence, an
     await delay(ms * 3);
     assert.ok(await resetOnWrite(silent), "the silent client's socket was still open");
     await trickle;
-    assert.ok(busyClosedAt >= ms * 6 - 50, `the busy client was cut after ${busyClosedAt} ms`);
+    // Well past the silence bound (cut at ~ms without the reads counting), and not tied to the
+    // exact moment the linger began, which a loaded machine shifts: t0 comes after both reads.
+    assert.ok(busyClosedAt >= ms * 4, `the busy client was cut after ${busyClosedAt} ms`);
     assert.ok(busyClosedAt < ms * 6 + 2000, `the busy client was cut after ${busyClosedAt} ms`);
   } finally {
     closeQuietly(silent);
