@@ -15,8 +15,14 @@
  * responses do not: a win for h2 that belongs to the fake); and a Deno 2.9 `node:http2` server
  * died in nghttp2 under the SSE row (the GOAWAY assertion of denoland/deno#36788, or a segfault).
  *
+ * A third row, deno-minimal (`bench/minimal_relay.ts`: `Deno.serve` + `fetch`, trusting the fake's
+ * certificate through `DENO_CERT`; `--no-minimal` leaves it out), is the runtime's floor in the
+ * deployment most users have: `fetch` picks h2 or http/1.1 by ALPN as `auto` does (nginx's
+ * `accepts` shows which: one connection per stream is http/1.1). It has no `/debug/info`, so its
+ * "conns opened" is empty.
+ *
  * Placement as in `run.ts`: relays on core 0 (`--relay-cpu`), fake A, `wrk` and the clients on
- * core 1 (`--load-cpu`). Rows, for `--rounds` rounds, the two relays in alternating order:
+ * core 1 (`--load-cpu`). Rows, for `--rounds` rounds, the relays in alternating order:
  *   (a) `wrk -t1 -c50 -d5s -s post.lua` → req/s, and relay CPU µs/request (utime+stime of the
  *       relay's PID from `/proc` over the run ÷ requests);
  *   (b) c=1 latency: `--n` (500) sequential POSTs on one keep-alive client connection (after 100
@@ -30,7 +36,7 @@
  *       stream), and the relay's RSS peak (sampled every 100 ms).
  *
  *   deno run -A bench/h2_upstream.ts [--quick] [--rounds=3] [--duration=5] [--n=500]
- *     [--streams=1000] [--events=5] [--gap-ms=200] [--json=out.json] [--prof]
+ *     [--streams=1000] [--events=5] [--gap-ms=200] [--json=out.json] [--prof] [--no-minimal]
  *
  * `--prof`: each relay runs under `--cpu-prof`; the self time by function and by file of its whole
  * run is printed after the table (where the HTTP/2 client's extra CPU goes).
@@ -58,6 +64,7 @@ import {
   runToEnd,
   sleep,
   spawn,
+  startCalibration,
   startRelay,
   tempDir,
   waitForPort,
@@ -68,6 +75,8 @@ import { makeCert } from "./route_sim/fake_a.ts";
 import { summarise, summaryMarkdown } from "./profile_summary.ts";
 
 const SELF = `${BENCH}/h2_upstream.ts`;
+/** The calibration row's name. */
+const MINIMAL = "deno-minimal";
 const enc = new TextEncoder();
 
 // ---------------------------------------------------------------------------------------------
@@ -328,6 +337,8 @@ export interface H2BenchOptions {
   gapMs: number;
   relayCpu: string;
   loadCpu: string;
+  /** Adds deno-minimal (`fetch` to A) as a third row. */
+  minimal: boolean;
   /** Runs each relay under `--cpu-prof`, its profile in `<profDir>/<mode>/` (`--prof`). */
   profDir?: string;
 }
@@ -524,7 +535,8 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
       }
     };
 
-    const relays: Array<{ name: string; proc: Proc; port: number }> = [];
+    /** `pool`: the row has the relay's `/debug/info` (deno-minimal has none). */
+    const relays: Array<{ name: string; proc: Proc; port: number; pool: boolean }> = [];
     for (const mode of ["auto", "off"]) {
       const port = freePort();
       const proc = await startRelay(`relay-h2-${mode}`, {
@@ -543,7 +555,23 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
           : { denoFlags: ["--cpu-prof", `--cpu-prof-dir=${o.profDir}/${mode}`] }),
       });
       procs.push(proc);
-      relays.push({ name: `UPSTREAM_HTTP2=${mode}`, proc, port });
+      relays.push({ name: `UPSTREAM_HTTP2=${mode}`, proc, port, pool: true });
+    }
+    if (o.minimal) {
+      // The floor in the deployment most users have: `fetch` to an HTTPS A picks h2 or http/1.1
+      // by ALPN, as the relay's `auto` does.
+      const { proc, port } = await startCalibration(MINIMAL, {
+        script: "minimal_relay.ts",
+        upstream: aBase,
+        cpu: o.relayCpu,
+        env: { DENO_CERT: certFile },
+        logFile: `${dir}/minimal.log`,
+        ...(o.profDir === undefined
+          ? {}
+          : { denoFlags: ["--cpu-prof", `--cpu-prof-dir=${o.profDir}/minimal`] }),
+      });
+      procs.push(proc);
+      relays.push({ name: MINIMAL, proc, port, pool: false });
     }
     await sleep(2000);
     const idleRssMb = Object.fromEntries(relays.map((r) => [r.name, memory(r.proc.pid).rssMb]));
@@ -554,7 +582,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
       `http://${HOST}:${port}/v1/stream?events=${o.events}&gap=${o.gapMs}`;
     // Warm every path (JIT, pools, the ALPN choice) before measuring.
     for (const r of relays) await wrk(chat(r.port), script, 1, 10, o.loadCpu);
-    for (const r of relays) {
+    for (const r of relays.filter((r) => r.pool)) {
       const p = await poolInfo(r.port, token, aPort);
       progress(`${r.name}: upstream protocol ${p.protocol}`);
     }
@@ -576,7 +604,8 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
     const direct: LatencyRow[] = [];
     const quietSec = o.quick ? 5 : 15;
     for (let k = 0; k < o.rounds; k++) {
-      const order = k % 2 === 0 ? relays : [...relays].reverse();
+      // Each round in another order, so no row always follows the same neighbour.
+      const order = relays.map((_, i) => relays[(i + k) % relays.length]!);
       const partial = new Map<string, Partial<RoundSample>>();
       const bgBusyPct = await waitQuiet(quietSec);
       for (const r of order) {
@@ -603,7 +632,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
         progress(
           `round ${k + 1}/${o.rounds}: ${o.streams} SSE streams × ${o.events} events → ${r.name}`,
         );
-        const before = await poolInfo(r.port, token, aPort);
+        const before = r.pool ? await poolInfo(r.port, token, aPort) : null;
         const accepts0 = await aAccepts();
         const c0 = cpuSeconds(r.proc.pid);
         const rss = rssSampler(r.proc.pid, 100);
@@ -620,14 +649,14 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
         ], { cpu: o.loadCpu, timeoutMs: 90_000 });
         const rssPeakMb = rss.stop();
         const cpu = cpuSeconds(r.proc.pid) - c0;
-        const after = await poolInfo(r.port, token, aPort);
+        const after = r.pool ? await poolInfo(r.port, token, aPort) : null;
         // Minus the connection of the second `aAccepts` itself.
         const aConns = (await aAccepts()) - accepts0 - 1;
         partial.get(r.name)!.sse = {
           ...(JSON.parse(out) as SseRow),
-          opened: after.created - before.created,
-          createdAfter: after.created,
-          sessionsAfter: after.sessions ?? null,
+          opened: after !== null && before !== null ? after.created - before.created : NaN,
+          createdAfter: after?.created ?? NaN,
+          sessionsAfter: after?.sessions ?? null,
           aConns,
           rssPeakMb,
           cpuUsPerStream: round((cpu / o.streams) * 1e6, 0),
@@ -638,7 +667,9 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
     }
 
     const protocols = new Map<string, string>();
-    for (const r of relays) protocols.set(r.name, (await poolInfo(r.port, token, aPort)).protocol);
+    for (const r of relays) {
+      protocols.set(r.name, r.pool ? (await poolInfo(r.port, token, aPort)).protocol : "fetch");
+    }
     const summary: H2Summary[] = [{
       name: "direct to A (HTTPS/1.1, c=1 only)",
       protocol: "http/1.1",
@@ -747,6 +778,7 @@ if (import.meta.main) {
       gapMs: numFlag(f, "gap-ms", 200),
       relayCpu: f.get("relay-cpu") ?? "0",
       loadCpu: f.get("load-cpu") ?? "1",
+      minimal: !f.has("no-minimal"),
       ...(f.has("prof") ? { profDir: tempDir("h2-prof") } : {}),
     };
     const disarm = installCleanup(opts.rounds * (opts.durationSec * 2 + 120) + 120);
@@ -768,14 +800,17 @@ if (import.meta.main) {
           Object.entries(result.idleRssMb).map(([k, v]) => `${k} ${v} MB`).join(", ")
         }. Run took ${elapsedSec} s.\n`,
     );
-    for (const mode of opts.profDir === undefined ? [] : ["auto", "off"]) {
+    const profiled = ["auto", "off", ...(opts.minimal ? ["minimal"] : [])];
+    for (const mode of opts.profDir === undefined ? [] : profiled) {
       const at = `${opts.profDir}/${mode}`;
       const file = [...Deno.readDirSync(at)].find((e) => e.name.endsWith(".cpuprofile"));
       if (file === undefined) continue;
       const summary = summarise(JSON.parse(Deno.readTextFileSync(`${at}/${file.name}`)));
       // deno-lint-ignore no-console
       console.log(
-        `#### Profile, UPSTREAM_HTTP2=${mode} (whole run)\n\n${summaryMarkdown(summary, 20)}`,
+        `#### Profile, ${mode === "minimal" ? MINIMAL : `UPSTREAM_HTTP2=${mode}`} (whole run)\n\n${
+          summaryMarkdown(summary, 20)
+        }`,
       );
     }
   }
