@@ -795,7 +795,7 @@ if (import.meta.main) {
     }
     // deno-lint-ignore no-console
     console.log(
-      `### HTTP/2 vs HTTP/1.1 to Server A (medians of ${opts.rounds}; SSE: ${opts.events} ` +
+      `### HTTP/2 vs HTTP/1.1 to an HTTPS Server A, and deno-minimal (medians of ${opts.rounds}; SSE: ${opts.events} ` +
         `events ${opts.gapMs} ms apart)\n\n${h2Table(result.summary, opts)}\nIdle RSS: ${
           Object.entries(result.idleRssMb).map(([k, v]) => `${k} ${v} MB`).join(", ")
         }. Run took ${elapsedSec} s.\n`,

@@ -11,6 +11,7 @@
  *   profile    `--cpu-prof` of the relay under load, top self-time functions
  *   sse        per-event delay with 1,000 concurrent streams
  *   streams    most concurrent streams held (up to 10,000) and RSS
+ *   h2         h2_upstream.ts: the relay over h2 and HTTP/1.1 to an HTTPS A, and deno-minimal
  *   route      route_sim/run.ts: client→A direct vs client→B→A over simulated links
  *   keepwarm   keepwarm.ts: TTFB after idle, keep-warm on vs off
  *
@@ -51,7 +52,7 @@ import { summarise, summaryMarkdown } from "./profile_summary.ts";
 import type { LatencyResult } from "./latency.ts";
 import type { CapacityResult, DelayResult } from "./sse_load.ts";
 
-const SECTIONS = ["http", "observers", "profile", "sse", "streams", "route", "keepwarm"];
+const SECTIONS = ["http", "observers", "profile", "sse", "streams", "h2", "route", "keepwarm"];
 const PROXY_CPU = "0";
 const LOAD_CPU = "1";
 
@@ -927,6 +928,31 @@ async function sectionStreams(): Promise<void> {
   md.push(t);
 }
 
+/**
+ * The relay over h2 and over HTTP/1.1 to an HTTPS A (nginx), against deno-minimal's `fetch` to the
+ * same A: the deployment most users have, where the sections above use a plain-HTTP A. SSE in the
+ * goals' shape (10 events 500 ms apart), 1,000 streams opened at once.
+ */
+async function sectionH2(): Promise<void> {
+  const json = `${tmp}/h2.json`;
+  const args = quick
+    ? ["--quick"]
+    : [`--rounds=${rounds}`, "--duration=5", "--events=10", "--gap-ms=500"];
+  progress(`h2_upstream ${args.join(" ")}`);
+  const out = await runToEnd("h2-upstream", [
+    "deno",
+    "run",
+    "-A",
+    `${BENCH}/h2_upstream.ts`,
+    ...args,
+    `--json=${json}`,
+    `--relay-cpu=${PROXY_CPU}`,
+    `--load-cpu=${LOAD_CPU}`,
+  ], { timeoutMs: 1_800_000 });
+  results.h2 = JSON.parse(Deno.readTextFileSync(json));
+  md.push(out.trim() + "\n");
+}
+
 async function sectionRoute(): Promise<void> {
   const json = `${tmp}/route.json`;
   const args = quick
@@ -976,6 +1002,7 @@ const sections: Record<string, () => Promise<void>> = {
   profile: sectionProfile,
   sse: sectionSse,
   streams: sectionStreams,
+  h2: sectionH2,
   route: sectionRoute,
   keepwarm: sectionKeepWarm,
 };
