@@ -22,7 +22,7 @@
  * "conns opened" is empty.
  *
  * Placement as in `run.ts`: relays on core 0 (`--relay-cpu`), fake A, `wrk` and the clients on
- * core 1 (`--load-cpu`). Rows, for `--rounds` rounds, the relays in alternating order:
+ * core 1 (`--load-cpu`). Rows, for `--rounds` rounds, the rows in rotating order:
  *   (a) `wrk -t1 -c50 -d5s -s post.lua` → req/s, and relay CPU µs/request (utime+stime of the
  *       relay's PID from `/proc` over the run ÷ requests);
  *   (b) c=1 latency: `--n` (500) sequential POSTs on one keep-alive client connection (after 100
