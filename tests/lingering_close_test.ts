@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { type Http1ServerOptions, serveHttp1 } from "../lib/server/server.ts";
+import { closeQuietly } from "../lib/server/connection.ts";
 import { deadline, dec, delay, enc } from "./helpers.ts";
 
 function start(handler: () => Response, opts: Partial<Http1ServerOptions> = {}) {
@@ -42,12 +43,6 @@ async function readToEnd(conn: Deno.Conn): Promise<{ text: string; error: Error 
   } catch (err) {
     return { text, error: err as Error };
   }
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch { /* closed */ }
 }
 
 /** A socket the server has closed answers a write with a reset, which the next read reports. */

@@ -14,6 +14,7 @@ import {
   serveHttp1,
   upgradeResponse,
 } from "../lib/server/server.ts";
+import { closeQuietly } from "../lib/server/connection.ts";
 import { concat, dec, delay, enc, sha256, waitFor } from "./helpers.ts";
 import { type TestCert, withCert } from "./tls_fixture.ts";
 
@@ -119,9 +120,7 @@ withCert.test("TLS: each SSE event goes out as it comes; a client that leaves ab
     conn.close();
     await waitFor(() => aborted, 2000, "req.signal aborted");
   } finally {
-    try {
-      conn.close();
-    } catch { /* closed */ }
+    closeQuietly(conn);
     await server.shutdown();
   }
 });
@@ -218,9 +217,7 @@ withCert.test("TLS: an upgrade tunnels bytes; sockets over maxConnections, hands
     );
   } finally {
     first.close();
-    try {
-      silent.close();
-    } catch { /* closed */ }
+    closeQuietly(silent);
     await waitFor(() => server.connections === 0, 2000, "tunnel closed");
     await server.shutdown();
   }
@@ -247,9 +244,7 @@ withCert.test("TLS: a lingering socket whose client stays silent is closed after
     }
     assert.ok(failed, "the lingering socket was still open after its bound");
   } finally {
-    try {
-      conn.close();
-    } catch { /* closed */ }
+    closeQuietly(conn);
     await server.shutdown();
   }
 });
