@@ -5,14 +5,14 @@
  *
  * V8's memory reducer (the GCs that shrink the heap once a process is idle) runs once about 30 s
  * after start, and after that only when a mark-compact has re-armed it. The own HTTP/1.1 server
- * promotes enough during a burst to reach one; the `Deno.serve` path (`HTTP_SERVER=deno`), whose bodies stay in
- * Rust, stays under the 64 MB old generation (`RELAY_V8_FLAGS`) and got none: after its second
- * burst it kept ~115 MiB for as long as it stayed idle, against ~60 for the own server
- * (docs/BENCHMARKS_LOG.md, fourteenth sitting). Idle means no request arrived for a whole interval;
- * a few streams still open do not hold it off, or a long generation or a WebSocket would keep the
- * burst's memory for its whole life (116 MiB on the `Deno.serve` path, against 60 collected;
- * fifteenth sitting). Without `--expose-gc` (Deno Deploy, a hand-made `deno run`) there is no `gc`
- * and nothing runs.
+ * promotes enough during a burst to reach one; the `Deno.serve` path (`HTTP_SERVER=deno`), whose
+ * bodies stay in Rust, stays under the 64 MB old generation (`RELAY_V8_FLAGS`) and got none:
+ * after its second burst it kept ~115 MiB for as long as it stayed idle, against ~60 for the own
+ * server (docs/BENCHMARKS_LOG.md, fourteenth sitting). Idle means no request arrived for a whole
+ * interval; a few streams still open do not hold it off, or a long generation or a WebSocket would
+ * keep the burst's memory for its whole life (116 MiB on the `Deno.serve` path, against 60
+ * collected; fifteenth sitting). Without `--expose-gc` (Deno Deploy, a hand-made `deno run`) there
+ * is no `gc` and nothing runs.
  */
 
 /**

@@ -12,9 +12,9 @@
  *   sent (its key, version, extensions, protocols), A's 101 goes back as sent, and from then on
  *   bytes are copied both ways untouched. Compression and every frame detail are end to end; A
  *   enforces its own limits.
- * - **Bridge** (`Deno.serve`, used with `HTTP_SERVER=deno`): the relay is a WebSocket client towards A
- *   (own key, no compression) and a server towards the client, passing messages, close codes and
- *   reasons, with A's 32 MiB message limit.
+ * - **Bridge** (`Deno.serve`, used with `HTTP_SERVER=deno`): the relay is a WebSocket client
+ *   towards A (own key, no compression) and a server towards the client, passing messages, close
+ *   codes and reasons, with A's 32 MiB message limit.
  * Must never: reuse the upgraded connection for HTTP, or, when bridging, forward the client's
  * handshake key or extensions.
  */
