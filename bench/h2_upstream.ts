@@ -21,6 +21,11 @@
  * `accepts` shows which: one connection per stream is http/1.1). It has no `/debug/info`, so its
  * "conns opened" is empty.
  *
+ * A fourth row, nginx (`--no-nginx` leaves it out), is the reference proxy of the goals: one worker
+ * proxying to A over TLS with upstream keepalive, verifying A's certificate, configured as
+ * `bench/nginx.ts`'s reverse proxy otherwise. nginx has no HTTP/2 to an upstream, so it opens a
+ * TLS connection to A per concurrent request, as `UPSTREAM_HTTP2=off` does.
+ *
  * Placement as in `run.ts`: relays on core 0 (`--relay-cpu`), fake A, `wrk` and the clients on
  * core 1 (`--load-cpu`). Rows, for `--rounds` rounds, the rows in rotating order:
  *   (a) `wrk -t1 -c50 -d5s -s post.lua` → req/s, and relay CPU µs/request (utime+stime of the
@@ -37,6 +42,7 @@
  *
  *   deno run -A bench/h2_upstream.ts [--quick] [--rounds=3] [--duration=5] [--n=500]
  *     [--streams=1000] [--events=5] [--gap-ms=200] [--json=out.json] [--prof] [--no-minimal]
+ *     [--no-nginx]
  *
  * `--prof`: each relay runs under `--cpu-prof`; the self time by function and by file of its whole
  * run is printed after the table (where the HTTP/2 client's extra CPU goes).
@@ -70,13 +76,14 @@ import {
   waitForPort,
 } from "./common.ts";
 import { buildRequest, Client, parseTarget } from "./http_client.ts";
-import { preamble, startNginx } from "./nginx.ts";
+import { preamble, proxyConfig, startNginx } from "./nginx.ts";
 import { makeCert } from "./route_sim/fake_a.ts";
 import { summarise, summaryMarkdown } from "./profile_summary.ts";
 
 const SELF = `${BENCH}/h2_upstream.ts`;
-/** The calibration row's name. */
+/** The calibration rows' names. */
 const MINIMAL = "deno-minimal";
+const NGINX = "nginx";
 const enc = new TextEncoder();
 
 // ---------------------------------------------------------------------------------------------
@@ -337,8 +344,10 @@ export interface H2BenchOptions {
   gapMs: number;
   relayCpu: string;
   loadCpu: string;
-  /** Adds deno-minimal (`fetch` to A) as a third row. */
+  /** Adds deno-minimal (`fetch` to A) as a row. */
   minimal: boolean;
+  /** Adds nginx as a reverse proxy to A (HTTP/1.1 over TLS, kept alive) as a row. */
+  nginx: boolean;
   /** Runs each relay under `--cpu-prof`, its profile in `<profDir>/<mode>/` (`--prof`). */
   profDir?: string;
 }
@@ -573,6 +582,24 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
       procs.push(proc);
       relays.push({ name: MINIMAL, proc, port, pool: false });
     }
+    if (o.nginx) {
+      // The reference proxy in this deployment: nginx has no HTTP/2 to an upstream, so it keeps
+      // TLS connections to A alive and opens one per concurrent request, as UPSTREAM_HTTP2=off.
+      const port = freePort();
+      const nDir = `${dir}/nginx-proxy`;
+      const proc = await startNginx(
+        "nginx-proxy",
+        nDir,
+        proxyConfig(nDir, [{
+          listen: port,
+          upstreamPort: aPort,
+          tls: { trustedCert: certFile, name: "localhost" },
+        }]),
+        { cpu: o.relayCpu, ports: [port] },
+      );
+      procs.push(proc);
+      relays.push({ name: NGINX, proc, port, pool: false });
+    }
     await sleep(2000);
     const idleRssMb = Object.fromEntries(relays.map((r) => [r.name, memory(r.proc.pid).rssMb]));
 
@@ -668,7 +695,12 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
 
     const protocols = new Map<string, string>();
     for (const r of relays) {
-      protocols.set(r.name, r.pool ? (await poolInfo(r.port, token, aPort)).protocol : "fetch");
+      const protocol = r.pool
+        ? (await poolInfo(r.port, token, aPort)).protocol
+        : r.name === NGINX
+        ? "http/1.1"
+        : "fetch";
+      protocols.set(r.name, protocol);
     }
     const summary: H2Summary[] = [{
       name: "direct to A (HTTPS/1.1, c=1 only)",
@@ -779,6 +811,7 @@ if (import.meta.main) {
       relayCpu: f.get("relay-cpu") ?? "0",
       loadCpu: f.get("load-cpu") ?? "1",
       minimal: !f.has("no-minimal"),
+      nginx: !f.has("no-nginx"),
       ...(f.has("prof") ? { profDir: tempDir("h2-prof") } : {}),
     };
     const disarm = installCleanup(opts.rounds * (opts.durationSec * 2 + 120) + 120);
@@ -795,11 +828,12 @@ if (import.meta.main) {
     }
     // deno-lint-ignore no-console
     console.log(
-      `### HTTP/2 vs HTTP/1.1 to an HTTPS Server A, and deno-minimal (medians of ${opts.rounds}; SSE: ${opts.events} ` +
+      `### HTTP/2 vs HTTP/1.1 to an HTTPS Server A, deno-minimal and nginx (medians of ${opts.rounds}; SSE: ${opts.events} ` +
         `events ${opts.gapMs} ms apart)\n\n${h2Table(result.summary, opts)}\nIdle RSS: ${
           Object.entries(result.idleRssMb).map(([k, v]) => `${k} ${v} MB`).join(", ")
         }. Run took ${elapsedSec} s.\n`,
     );
+    // nginx has no profile of this kind.
     const profiled = ["auto", "off", ...(opts.minimal ? ["minimal"] : [])];
     for (const mode of opts.profDir === undefined ? [] : profiled) {
       const at = `${opts.profDir}/${mode}`;

@@ -65,6 +65,12 @@ export function staticConfig(dir: string, port: number, readBodyPort?: number): 
 export interface ProxySite {
   listen: number;
   upstreamPort: number;
+  /**
+   * The upstream is HTTPS: nginx verifies its certificate against `trustedCert` for `name` (a DNS
+   * name: nginx checks DNS subject alternative names, not IP ones) and keeps the TLS connections
+   * alive as it does plain ones. nginx speaks only HTTP/1.1 to an upstream.
+   */
+  tls?: { trustedCert: string; name: string };
 }
 
 /** Config of the reverse proxy, one `server` per site. */
@@ -82,7 +88,14 @@ export function proxyConfig(dir: string, sites: ProxySite[]): string {
     underscores_in_headers on;
     client_max_body_size 0;
     location / {
-      proxy_pass http://a${i};
+      proxy_pass ${s.tls === undefined ? "http" : "https"}://a${i};${
+      s.tls === undefined ? "" : `
+      proxy_ssl_trusted_certificate ${s.tls.trustedCert};
+      proxy_ssl_verify on;
+      proxy_ssl_name ${s.tls.name};
+      proxy_ssl_server_name on;
+      proxy_ssl_protocols TLSv1.2 TLSv1.3;`
+    }
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header X-Real-IP $remote_addr;

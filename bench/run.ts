@@ -11,7 +11,7 @@
  *   profile    `--cpu-prof` of the relay under load, top self-time functions
  *   sse        per-event delay with 1,000 concurrent streams
  *   streams    most concurrent streams held (up to 10,000) and RSS
- *   h2         h2_upstream.ts: the relay over h2 and HTTP/1.1 to an HTTPS A, and deno-minimal
+ *   h2         h2_upstream.ts: the relay over h2 and HTTP/1.1 to an HTTPS A, deno-minimal, nginx
  *   route      route_sim/run.ts: client→A direct vs client→B→A over simulated links
  *   keepwarm   keepwarm.ts: TTFB after idle, keep-warm on vs off
  *
@@ -929,9 +929,9 @@ async function sectionStreams(): Promise<void> {
 }
 
 /**
- * The relay over h2 and over HTTP/1.1 to an HTTPS A (nginx), against deno-minimal's `fetch` to the
- * same A: the deployment most users have, where the sections above use a plain-HTTP A. SSE in the
- * goals' shape (10 events 500 ms apart), 1,000 streams opened at once.
+ * The relay over h2 and over HTTP/1.1 to an HTTPS A (nginx), against deno-minimal's `fetch` and
+ * nginx as a proxy to the same A: the deployment most users have, where the sections above use a
+ * plain-HTTP A. SSE in the goals' shape (10 events 500 ms apart), 1,000 streams opened at once.
  */
 async function sectionH2(): Promise<void> {
   const json = `${tmp}/h2.json`;
