@@ -55,4 +55,5 @@ export { STATUS_CLASSES, statusClassIndex } from "./status.ts";
 export { TOKEN } from "./syntax.ts";
 export { Watchdog, type Watched } from "./watchdog.ts";
 export { SlotSet } from "./slot_set.ts";
+export { IdTable } from "./id_table.ts";
 export { type WriteSlab, WriteSlabs } from "./write_slabs.ts";

@@ -22,6 +22,7 @@
 
 import { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder } from "./hpack.ts";
 import { checkHead, type H2Fields, isSensitive, Malformed } from "./h2_fields.ts";
+import { IdTable, SlotSet } from "../http/mod.ts";
 
 export type { H2Fields } from "./h2_fields.ts";
 
@@ -282,7 +283,8 @@ class SessionCore {
   readonly #conn: Deno.Conn;
   readonly #owner: H2Session;
   readonly #decoder = new HpackDecoder();
-  readonly #streams = new Map<number, StreamState>();
+  /** Not a `Map` or `Set`, here or below: see IdTable and SlotSet for what a churned one keeps. */
+  readonly #streams = new IdTable<StreamState>();
   readonly #streamWindow: number;
   readonly #maxHeaderList: number;
   #nextId: number;
@@ -293,7 +295,7 @@ class SessionCore {
   #peerMaxFrame = 16384;
   #connSendWindow = 65535;
   /** Streams with queued body bytes that a window or a full write buffer holds back. */
-  readonly #blocked = new Set<StreamState>();
+  readonly #blocked = new SlotSet<StreamState>();
 
   // Receiving.
   #rbuf = new Uint8Array(READ_BUF);
@@ -515,9 +517,12 @@ class SessionCore {
   }
 
   #unblock(): void {
-    for (const s of this.#blocked) {
+    const blocked = this.#blocked;
+    for (let i = 0; i < blocked.size;) {
       if (this.#connSendWindow <= 0 || this.#outLen >= OUT_BODY_HIGH) return;
-      if (!this.#pump(s)) this.#blocked.delete(s);
+      // A stream that is through leaves, and the last one takes its index: look there again.
+      if (this.#pump(blocked.at(i))) i++;
+      else blocked.deleteAt(i);
     }
   }
 
@@ -660,7 +665,7 @@ class SessionCore {
     }
     if (code !== null) this.#goawayFrame(code);
     const message = err?.message ?? "session closed";
-    for (const s of this.#streams.values()) {
+    for (const s of this.#streams.toArray()) {
       s.finished = true;
       s.queue = NO_CHUNKS;
       s.qBytes = 0;
@@ -837,7 +842,7 @@ class SessionCore {
           }
           const delta = v - this.#peerInitialWindow;
           this.#peerInitialWindow = v;
-          for (const s of this.#streams.values()) {
+          for (const s of this.#streams.toArray()) {
             s.sendWindow += delta;
             if (s.sendWindow > MAX_31) {
               throw new ConnError(FLOW_CONTROL_ERROR, "a stream window past 2^31-1");
@@ -933,7 +938,7 @@ class SessionCore {
         } catch { /* the owner's failure */ }
       }
     }
-    for (const s of this.#streams.values()) {
+    for (const s of this.#streams.toArray()) {
       if (s.id <= last || s.finished) continue;
       s.finished = true;
       this.#remove(s);
