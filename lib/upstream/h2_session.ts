@@ -665,7 +665,7 @@ class SessionCore {
     }
     if (code !== null) this.#goawayFrame(code);
     const message = err?.message ?? "session closed";
-    for (const s of this.#streams.toArray()) {
+    for (const s of this.#byAge()) {
       s.finished = true;
       s.queue = NO_CHUNKS;
       s.qBytes = 0;
@@ -938,7 +938,7 @@ class SessionCore {
         } catch { /* the owner's failure */ }
       }
     }
-    for (const s of this.#streams.toArray()) {
+    for (const s of this.#byAge()) {
       if (s.id <= last || s.finished) continue;
       s.finished = true;
       this.#remove(s);
@@ -1144,6 +1144,11 @@ class SessionCore {
       s.handler.onError(new H2StreamError(message, code, false, false, options));
     } catch { /* the stream is gone either way */ }
     this.#maybeFinish();
+  }
+
+  /** The open streams, oldest first: failed in that order, they are resent in that order. */
+  #byAge(): StreamState[] {
+    return this.#streams.toArray().sort((a, b) => a.id - b.id);
   }
 
   /** Forgets a finished stream: no more frames from it or for it. */
