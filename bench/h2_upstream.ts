@@ -26,6 +26,10 @@
  * `bench/nginx.ts`'s reverse proxy otherwise. nginx has no HTTP/2 to an upstream, so it opens a
  * TLS connection to A per concurrent request, as `UPSTREAM_HTTP2=off` does.
  *
+ * `--base=TREE` (e.g. a `git worktree` of an older commit) adds that tree's relay over h2 as a row,
+ * and the table is followed by this tree's h2 row against it, per round then the median: an A/B
+ * within the same rounds, for changes smaller than the drift between runs.
+ *
  * Placement as in `run.ts`: relays on core 0 (`--relay-cpu`), fake A, `wrk` and the clients on
  * core 1 (`--load-cpu`). Rows, for `--rounds` rounds, the rows in rotating order:
  *   (a) `wrk -t1 -c50 -d5s -s post.lua` → req/s, and relay CPU µs/request (utime+stime of the
@@ -42,7 +46,7 @@
  *
  *   deno run -A bench/h2_upstream.ts [--quick] [--rounds=3] [--duration=5] [--n=500]
  *     [--streams=1000] [--events=5] [--gap-ms=200] [--json=out.json] [--prof] [--no-minimal]
- *     [--no-nginx]
+ *     [--no-nginx] [--base=TREE]
  *
  * `--prof`: each relay runs under `--cpu-prof`; the self time by function and by file of its whole
  * run is printed after the table (where the HTTP/2 client's extra CPU goes).
@@ -84,6 +88,8 @@ const SELF = `${BENCH}/h2_upstream.ts`;
 /** The calibration rows' names. */
 const MINIMAL = "deno-minimal";
 const NGINX = "nginx";
+/** The `--base` tree's relay over h2. */
+const BASE = "UPSTREAM_HTTP2=auto (--base)";
 const enc = new TextEncoder();
 
 // ---------------------------------------------------------------------------------------------
@@ -348,6 +354,8 @@ export interface H2BenchOptions {
   minimal: boolean;
   /** Adds nginx as a reverse proxy to A (HTTP/1.1 over TLS, kept alive) as a row. */
   nginx: boolean;
+  /** Another checkout whose relay over h2 is a row too (`--base=TREE`). */
+  base?: string;
   /** Runs each relay under `--cpu-prof`, its profile in `<profDir>/<mode>/` (`--prof`). */
   profDir?: string;
 }
@@ -566,6 +574,21 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
       procs.push(proc);
       relays.push({ name: `UPSTREAM_HTTP2=${mode}`, proc, port, pool: true });
     }
+    if (o.base !== undefined) {
+      // Another tree's relay over h2, measured in the same rounds: an A/B whose per-round ratio
+      // is steadier than two runs' medians on a machine whose speed drifts.
+      const port = freePort();
+      const proc = await startRelay("relay-h2-base", {
+        port,
+        upstream: aBase,
+        cpu: o.relayCpu,
+        script: `${o.base}/main.ts`,
+        env: { DENO_CERT: certFile, UPSTREAM_HTTP2: "auto", ACCESS_LOG: "0", ADMIN_TOKEN: token },
+        logFile: `${dir}/relay-base.log`,
+      });
+      procs.push(proc);
+      relays.push({ name: BASE, proc, port, pool: true });
+    }
     if (o.minimal) {
       // The floor in the deployment most users have: `fetch` to an HTTPS A picks h2 or http/1.1
       // by ALPN, as the relay's `auto` does.
@@ -748,6 +771,26 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
 
 const fmt = (n: number, d = 2) => (Number.isFinite(n) ? String(round(n, d)) : "–");
 
+/**
+ * This tree's relay over h2 against the `--base` tree's, per round then the median (range in
+ * brackets): ratios of CPU, differences of latency. Empty without a base row.
+ */
+export function baseComparison(raw: Record<string, RoundSample[]>): string {
+  const a = raw["UPSTREAM_HTTP2=auto"], b = raw[BASE];
+  if (a === undefined || b === undefined) return "";
+  const per = (f: (x: RoundSample, y: RoundSample) => number, d: number, unit = "") => {
+    const v = a.map((x, i) => f(x, b[i]!));
+    return `${fmt(median(v), d)}${unit} (${fmt(Math.min(...v), d)} to ${fmt(Math.max(...v), d)})`;
+  };
+  return `This tree's relay over h2 against --base's, per round then the median: CPU per request ${
+    per((x, y) => x.cpuUsPerReq / y.cpuUsPerReq, 2, " ×")
+  }, req/s ${per((x, y) => x.rps / y.rps, 2, " ×")}, SSE CPU per stream ${
+    per((x, y) => x.sse.cpuUsPerStream / y.sse.cpuUsPerStream, 2, " ×")
+  }, c=1 p99 ${per((x, y) => x.latency.p99 - y.latency.p99, 3, " ms")}, SSE p99 duration ${
+    per((x, y) => x.sse.durationP99 - y.sse.durationP99, 0, " ms")
+  }.\n`;
+}
+
 /** The medians as a markdown table. */
 export function h2Table(summary: H2Summary[], o: H2BenchOptions): string {
   let t = `| relay | upstream protocol | req/s (wrk -c50, ${o.durationSec} s) | CPU µs/req | ` +
@@ -812,6 +855,7 @@ if (import.meta.main) {
       loadCpu: f.get("load-cpu") ?? "1",
       minimal: !f.has("no-minimal"),
       nginx: !f.has("no-nginx"),
+      ...(f.get("base") !== undefined ? { base: f.get("base")!.replace(/\/$/, "") } : {}),
       ...(f.has("prof") ? { profDir: tempDir("h2-prof") } : {}),
     };
     const disarm = installCleanup(opts.rounds * (opts.durationSec * 2 + 120) + 120);
@@ -831,7 +875,7 @@ if (import.meta.main) {
       `### HTTP/2 vs HTTP/1.1 to an HTTPS Server A, deno-minimal and nginx (medians of ${opts.rounds}; SSE: ${opts.events} ` +
         `events ${opts.gapMs} ms apart)\n\n${h2Table(result.summary, opts)}\nIdle RSS: ${
           Object.entries(result.idleRssMb).map(([k, v]) => `${k} ${v} MB`).join(", ")
-        }. Run took ${elapsedSec} s.\n`,
+        }. Run took ${elapsedSec} s.\n${baseComparison(result.raw)}`,
     );
     // nginx has no profile of this kind.
     const profiled = ["auto", "off", ...(opts.minimal ? ["minimal"] : [])];
