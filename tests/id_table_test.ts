@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { IdTable } from "../lib/http/id_table.ts";
-import { exposedGc, youngSurvivors } from "./young_gc.ts";
+import { againstContrast, exposedGc, youngSurvivors } from "./young_gc.ts";
 
 Deno.test("an IdTable agrees with a Map after any sets, deletes and clears, through growth", () => {
   const op = fc.record({
@@ -88,20 +88,14 @@ Deno.test("an entry deleted from a long-lived IdTable is not kept alive through 
     gc(); // the owner and its storage in the old generation, as a session's in the relay
     return table;
   };
-  // As for SlotSet (slot_set_test.ts): a scavenge during a churn can promote what that job made,
-  // so a run with no contrast left is measured again, up to 5 times. A table that keeps its
-  // entries fails every attempt.
-  for (let attempt = 1;; attempt++) {
-    const control = (await churn(null)).survived;
-    const table = (await churn(longLived(new IdTable()))).survived;
-    // What this guards against, so that the test can fail: a churned Map keeps them.
-    const map = (await churn(longLived(new Map()))).survived;
-    const clear = table <= control + 50 && map > control + 50;
-    if (!clear && attempt < 5) continue;
-    assert.ok(table <= control + 50, `${table} of 2000 survived (${control} with no table)`);
-    assert.ok(map > control + 50, `a churned Map kept only ${map} of 2000 alive (${control})`);
-    break;
-  }
+  const { control, subject: table, contrast: map } = await againstContrast(async (kind) =>
+    (await churn(
+      kind === "control" ? null : longLived(kind === "subject" ? new IdTable() : new Map()),
+    )).survived
+  );
+  assert.ok(table <= control + 50, `${table} of 2000 survived (${control} with no table)`);
+  // What this guards against, so that the test can fail: a churned Map keeps them.
+  assert.ok(map > control + 50, `a churned Map kept only ${map} of 2000 alive (${control})`);
 });
 
 Deno.test("an IdTable emptied, or grown, holds none of its former entries", async () => {

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { SlotSet } from "../lib/http/slot_set.ts";
-import { exposedGc, youngSurvivors } from "./young_gc.ts";
+import { againstContrast, exposedGc, youngSurvivors } from "./young_gc.ts";
 
 Deno.test("a SlotSet agrees with a Set of the same objects after any adds and deletes, in two sets at once", () => {
   const op = fc.record({
@@ -59,24 +59,17 @@ Deno.test("a member deleted from a long-lived SlotSet is not kept alive through 
     gc(); // the owner and its storage in the old generation, as in the relay
     return set;
   };
-  // A scavenge during a churn promotes what was made in that job (a new WeakRef holds its target
-  // until the job ends), and on a busy machine that once took the control's 2,000 objects too:
-  // with no contrast left the run says nothing, so it is measured again, up to 5 times. A SlotSet
-  // that keeps its members fails every attempt.
-  for (let attempt = 1;; attempt++) {
-    const control = (await churn(null)).survived;
-    const slotSet = (await churn(longLived(new SlotSet()))).survived;
-    // What this guards against, so that the test can fail: a churned Set keeps them.
-    const set = (await churn(longLived(new Set()))).survived;
-    const clear = slotSet <= control + 50 && set > control + 50;
-    if (!clear && attempt < 5) continue;
-    assert.ok(slotSet <= control + 50, `${slotSet} of 2000 survived (${control} with no set)`);
-    assert.ok(
-      set > control + 50,
-      `a churned Set kept only ${set} of 2000 alive (${control} with none)`,
-    );
-    break;
-  }
+  const { control, subject: slotSet, contrast: set } = await againstContrast(async (kind) =>
+    (await churn(
+      kind === "control" ? null : longLived(kind === "subject" ? new SlotSet() : new Set()),
+    )).survived
+  );
+  assert.ok(slotSet <= control + 50, `${slotSet} of 2000 survived (${control} with no set)`);
+  // What this guards against, so that the test can fail: a churned Set keeps them.
+  assert.ok(
+    set > control + 50,
+    `a churned Set kept only ${set} of 2000 alive (${control} with none)`,
+  );
 });
 
 Deno.test("a SlotSet emptied holds none of its former members", async () => {

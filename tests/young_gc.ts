@@ -52,3 +52,25 @@ export async function youngSurvivors<T extends object>(
   for (const r of refs) if (r.deref() !== undefined) survived++;
   return { made, survived };
 }
+
+/**
+ * Counts what a long-lived structure keeps through young-generation GCs next to no structure (the
+ * control) and next to one known to keep what churned through it (the contrast, so that the test
+ * can fail): `survivors` runs one churn of {@link youngSurvivors} for each. A scavenge during a
+ * churn promotes what was made in that job (a new WeakRef holds its target until the job ends), and
+ * on a busy machine that once took the control's 2,000 objects too: with no contrast left the run
+ * says nothing, so it is measured again, up to 5 times. Returns the last attempt's counts; a
+ * structure that keeps what it held fails every attempt.
+ */
+export async function againstContrast(
+  survivors: (kind: "control" | "subject" | "contrast") => Promise<number>,
+): Promise<{ control: number; subject: number; contrast: number }> {
+  for (let attempt = 1;; attempt++) {
+    const control = await survivors("control");
+    const subject = await survivors("subject");
+    const contrast = await survivors("contrast");
+    if ((subject <= control + 50 && contrast > control + 50) || attempt >= 5) {
+      return { control, subject, contrast };
+    }
+  }
+}
