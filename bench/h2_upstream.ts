@@ -552,8 +552,11 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
       }
     };
 
-    /** `pool`: the row has the relay's `/debug/info` (deno-minimal has none). */
-    const relays: Array<{ name: string; proc: Proc; port: number; pool: boolean }> = [];
+    /**
+     * `protocol`: what the row speaks to A; null for the relay's rows, which report it (and their
+     * pool) in `/debug/info`.
+     */
+    const relays: Array<{ name: string; proc: Proc; port: number; protocol: string | null }> = [];
     for (const mode of ["auto", "off"]) {
       const port = freePort();
       const proc = await startRelay(`relay-h2-${mode}`, {
@@ -572,7 +575,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
           : { denoFlags: ["--cpu-prof", `--cpu-prof-dir=${o.profDir}/${mode}`] }),
       });
       procs.push(proc);
-      relays.push({ name: `UPSTREAM_HTTP2=${mode}`, proc, port, pool: true });
+      relays.push({ name: `UPSTREAM_HTTP2=${mode}`, proc, port, protocol: null });
     }
     if (o.base !== undefined) {
       // Another tree's relay over h2, measured in the same rounds: an A/B whose per-round ratio
@@ -587,7 +590,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
         logFile: `${dir}/relay-base.log`,
       });
       procs.push(proc);
-      relays.push({ name: BASE, proc, port, pool: true });
+      relays.push({ name: BASE, proc, port, protocol: null });
     }
     if (o.minimal) {
       // The floor in the deployment most users have: `fetch` to an HTTPS A picks h2 or http/1.1
@@ -603,7 +606,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
           : { denoFlags: ["--cpu-prof", `--cpu-prof-dir=${o.profDir}/minimal`] }),
       });
       procs.push(proc);
-      relays.push({ name: MINIMAL, proc, port, pool: false });
+      relays.push({ name: MINIMAL, proc, port, protocol: "fetch" });
     }
     if (o.nginx) {
       // The reference proxy in this deployment: nginx has no HTTP/2 to an upstream, so it keeps
@@ -621,7 +624,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
         { cpu: o.relayCpu, ports: [port] },
       );
       procs.push(proc);
-      relays.push({ name: NGINX, proc, port, pool: false });
+      relays.push({ name: NGINX, proc, port, protocol: "http/1.1" });
     }
     await sleep(2000);
     const idleRssMb = Object.fromEntries(relays.map((r) => [r.name, memory(r.proc.pid).rssMb]));
@@ -632,7 +635,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
       `http://${HOST}:${port}/v1/stream?events=${o.events}&gap=${o.gapMs}`;
     // Warm every path (JIT, pools, the ALPN choice) before measuring.
     for (const r of relays) await wrk(chat(r.port), script, 1, 10, o.loadCpu);
-    for (const r of relays.filter((r) => r.pool)) {
+    for (const r of relays.filter((r) => r.protocol === null)) {
       const p = await poolInfo(r.port, token, aPort);
       progress(`${r.name}: upstream protocol ${p.protocol}`);
     }
@@ -682,7 +685,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
         progress(
           `round ${k + 1}/${o.rounds}: ${o.streams} SSE streams × ${o.events} events → ${r.name}`,
         );
-        const before = r.pool ? await poolInfo(r.port, token, aPort) : null;
+        const before = r.protocol === null ? await poolInfo(r.port, token, aPort) : null;
         const accepts0 = await aAccepts();
         const c0 = cpuSeconds(r.proc.pid);
         const rss = rssSampler(r.proc.pid, 100);
@@ -699,7 +702,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
         ], { cpu: o.loadCpu, timeoutMs: 90_000 });
         const rssPeakMb = rss.stop();
         const cpu = cpuSeconds(r.proc.pid) - c0;
-        const after = r.pool ? await poolInfo(r.port, token, aPort) : null;
+        const after = r.protocol === null ? await poolInfo(r.port, token, aPort) : null;
         // Minus the connection of the second `aAccepts` itself.
         const aConns = (await aAccepts()) - accepts0 - 1;
         partial.get(r.name)!.sse = {
@@ -718,12 +721,7 @@ export async function h2Bench(o: H2BenchOptions): Promise<{
 
     const protocols = new Map<string, string>();
     for (const r of relays) {
-      const protocol = r.pool
-        ? (await poolInfo(r.port, token, aPort)).protocol
-        : r.name === NGINX
-        ? "http/1.1"
-        : "fetch";
-      protocols.set(r.name, protocol);
+      protocols.set(r.name, r.protocol ?? (await poolInfo(r.port, token, aPort)).protocol);
     }
     const summary: H2Summary[] = [{
       name: "direct to A (HTTPS/1.1, c=1 only)",

@@ -100,8 +100,8 @@ export class IdTable<T extends object> {
     const out: T[] = [];
     const items = this.#items;
     for (let i = 0; i < items.length; i++) {
-      const item = items[i];
-      if (item !== null && item !== undefined) out.push(item);
+      const item = items[i]!;
+      if (item !== null) out.push(item);
     }
     return out;
   }
