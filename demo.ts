@@ -38,7 +38,7 @@ function serve(): void {
       const base = `http://127.0.0.1:${port}`;
       // deno-lint-ignore no-console
       console.log(`
-proxy-forwarder demo: relay ${base} → mock Server A http://127.0.0.1:${mock.addr.port}
+proxy-forwarder demo: relay ${base} \u2192 mock Server A http://127.0.0.1:${mock.addr.port}
 
 Try it in another terminal:
   curl ${base}/

@@ -1,5 +1,5 @@
 /**
- * proxy-forwarder entry point: environment → config → relay (`createRelay`, `serveRelay`), plus
+ * proxy-forwarder entry point: environment -> config -> relay (`createRelay`, `serveRelay`), plus
  * start-up errors, signals, shutdown and reload.
  * Everything else lives in `lib/` and imports without side effects.
  */

@@ -514,7 +514,7 @@ export function createApp(config: Config, deps: AppDeps = {}): App {
     telemetry.arrived();
     const { path, query } = splitRequestUrl(sentUrl(req));
     if (path === "/" && (req.method === "GET" || req.method === "HEAD")) {
-      return json({ ok: true, proxy: "Server B → Server A", version: VERSION });
+      return json({ ok: true, proxy: "Server B \u2192 Server A", version: VERSION });
     }
     const peer = info.remoteAddr.hostname;
     const clientIp = cfg.trustedProxies === null

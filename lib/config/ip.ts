@@ -127,7 +127,7 @@ function toValue128(addr: IpAddr): bigint {
 /**
  * Parses an IPv4 dotted quad or any textual IPv6 form into an address, or returns null.
  *
- * IPv4 is strict: exactly four decimal octets 0–255 without leading zeros (`01.2.3.4` is refused
+ * IPv4 is strict: exactly four decimal octets 0-255 without leading zeros (`01.2.3.4` is refused
  * because some parsers read it as octal). IPv6 accepts full, `::`-compressed and embedded-IPv4
  * forms, an optional zone (`fe80::1%eth0`, dropped) and optional brackets (`[::1]`). IPv4-mapped
  * IPv6 (`::ffff:1.2.3.4`, `::ffff:102:304`) comes back as IPv4. Surrounding whitespace is refused:
@@ -304,7 +304,7 @@ export function parseCidrList(text: string, varName: string): CidrList {
   for (const [i, item] of items.entries()) {
     const r = parseCidrOrReason(item);
     if (typeof r === "string") {
-      const shown = item.length > MAX_ECHO ? `${item.slice(0, MAX_ECHO)}…` : item;
+      const shown = item.length > MAX_ECHO ? `${item.slice(0, MAX_ECHO)}\u2026` : item;
       throw new Error(
         `${varName}: entry ${i + 1} ${JSON.stringify(shown)} is invalid (${r}); expected ` +
           `IPv4 or IPv6 addresses or CIDR ranges separated by commas or spaces, ` +

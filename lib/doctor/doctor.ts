@@ -20,9 +20,9 @@ export type CheckStatus = "pass" | "warn" | "fail" | "info";
 
 /** One line of the report. */
 export interface Check {
-  /** Heading the line is printed under, e.g. "Configuration" or "Server A https://hub…". */
+  /** Heading the line is printed under, e.g. "Configuration" or "Server A https://hub...". */
   section: string;
-  /** Short name: "DNS", "TCP", "TLS", "GET /v1/_ping"… */
+  /** Short name: "DNS", "TCP", "TLS", "GET /v1/_ping"... */
   name: string;
   status: CheckStatus;
   /** What was seen, one line. */
@@ -303,7 +303,7 @@ function upstreamTargets(config: Config): Target[] {
 }
 
 // ---------------------------------------------------------------------------------------------
-// One upstream: DNS → TCP → TLS → GET /v1/_ping → GET /v1/models
+// One upstream: DNS -> TCP -> TLS -> GET /v1/_ping -> GET /v1/models
 
 const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
 
@@ -346,7 +346,9 @@ async function checkUpstream(
           section,
           name: "DNS",
           status: "pass",
-          detail: `${u.hostname} → ${addrs.slice(0, 4).join(", ")}${addrs.length > 4 ? ", …" : ""}`,
+          detail: `${u.hostname} \u2192 ${addrs.slice(0, 4).join(", ")}${
+            addrs.length > 4 ? ", \u2026" : ""
+          }`,
           ms: d.now() - t0,
         }
         : {
@@ -923,9 +925,9 @@ function fmtMs(ms: number): string {
 // ---------------------------------------------------------------------------------------------
 // Output
 
-const MARK: Record<CheckStatus, string> = { pass: "✓", warn: "!", fail: "✗", info: "·" };
+const MARK: Record<CheckStatus, string> = { pass: "\u2713", warn: "!", fail: "\u2717", info: "·" };
 
-/** The report as plain text: a heading per section, one ✓/!/✗ line per check, hints below. */
+/** The report as plain text: a heading per section, one line per check, marked pass, warn or fail, hints below. */
 export function formatReport(report: DoctorReport): string {
   const lines: string[] = ["proxy-forwarder doctor", ""];
   let section = "";
@@ -936,19 +938,19 @@ export function formatReport(report: DoctorReport): string {
       lines.push(section);
     }
     lines.push(`  ${MARK[c.status]} ${c.name}: ${c.detail}`);
-    if (c.hint !== undefined && c.status !== "pass") lines.push(`      → ${c.hint}`);
+    if (c.hint !== undefined && c.status !== "pass") lines.push(`      \u2192 ${c.hint}`);
   }
   const { pass, warn, fail } = report.summary;
   lines.push("");
   lines.push(
     fail === 0
-      ? `All checks passed (${pass} ✓${warn > 0 ? `, ${warn} warning(s) !` : ""}).`
-      : `${fail} problem(s) ✗, ${warn} warning(s) !, ${pass} passed ✓. Fix the first ✗ first: ` +
+      ? `All checks passed (${pass} \u2713${warn > 0 ? `, ${warn} warning(s) !` : ""}).`
+      : `${fail} problem(s) \u2717, ${warn} warning(s) !, ${pass} passed \u2713. Fix the first \u2717 first: ` +
         "later checks often fail because of it.",
   );
   if (fail + warn > 0) {
     lines.push(
-      "More help: docs/DEPLOY.md, section 7.5 (中文: docs/DEPLOY.zh-CN.md, 7.5 故障排查).",
+      "More help: docs/DEPLOY.md, section 7.5 (\u4e2d\u6587: docs/DEPLOY.zh-CN.md, 7.5 \u6545\u969c\u6392\u67e5).",
     );
   }
   return lines.join("\n") + "\n";

@@ -12,9 +12,9 @@
  *
  * | internal | saves per request | fallback |
  * | --- | --- | --- |
- * | {@link staticBody}: the bytes of a body given as bytes or text | 4–5 µs: no stream made, locked, read twice and released for a JSON answer | read the body's stream |
+ * | {@link staticBody}: the bytes of a body given as bytes or text | 4-5 µs: no stream made, locked, read twice and released for a JSON answer | read the body's stream |
  * | {@link attachCancel}: a Request's lazy signal driven through its inner `onCancel` | ~3.7 µs: no AbortController and dependent signal per request | `signal` in `RequestInit` |
- * | {@link readConn}: a socket read through Deno's op, by the connection's resource id | ~0.5 µs per read (3–4 per request, 1 per SSE event), and ~1 KB of memory per open stream (`bench/stream_mem.ts`: 48 → 41 KB) | `conn.read` |
+ * | {@link readConn}: a socket read through Deno's op, by the connection's resource id | ~0.5 µs per read (3-4 per request, 1 per SSE event), and ~1 KB of memory per open stream (`bench/stream_mem.ts`: 48 -> 41 KB) | `conn.read` |
  *
  * Not used any more, and why: Deno's private header list (repeated response fields are handed over
  * through `handoff.ts`, public API, ~1.3 µs); `Object.defineProperty` on `req.url` (the raw target

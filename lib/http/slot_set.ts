@@ -45,7 +45,7 @@ export class SlotSet<T extends object> {
     return true;
   }
 
-  /** The member at `i`, for 0 ≤ i < {@link size}. The order changes as members leave. */
+  /** The member at `i`, for 0 <= i < {@link size}. The order changes as members leave. */
   at(i: number): T {
     return this.#items[i]!;
   }

@@ -10,7 +10,7 @@
 export const STATUS_CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"] as const;
 
 /**
- * The index of a status's class in {@link STATUS_CLASSES}. A code outside 100–599 counts as `5xx`:
+ * The index of a status's class in {@link STATUS_CLASSES}. A code outside 100-599 counts as `5xx`:
  * it can only come from a broken peer.
  */
 export function statusClassIndex(status: number): number {

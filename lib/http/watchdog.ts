@@ -19,7 +19,7 @@ export interface Watched {
 }
 
 /**
- * Expires watched items silent for longer than `limitMs` (resolution: `limitMs / 10`, ≤ 1 s).
+ * Expires watched items silent for longer than `limitMs` (resolution: `limitMs / 10`, <= 1 s).
  * The items are a {@link SlotSet}, not a `Set`: they come and go once per request (once per write
  * for the send deadline), and a churned `Set` kept them alive through young-generation GCs.
  */

@@ -125,8 +125,8 @@ function statusColor(record: RequestRecord): string {
 
 /**
  * A readable one-line summary for terminals (`LOG_FORMAT=pretty`), e.g.
- * `12:00:01.234 200 POST /v1/messages 1.52s ttfb=1.41s relay=0.4ms 1.2kB→38.0kB stream
- * claude-sonnet-4 in=12 out=340 id=…`. With `color`, the status and timings are coloured.
+ * `12:00:01.234 200 POST /v1/messages 1.52s ttfb=1.41s relay=0.4ms 1.2kB->38.0kB stream
+ * claude-sonnet-4 in=12 out=340 id=...`. With `color`, the status and timings are coloured.
  */
 export function formatPrettyLine(
   record: RequestRecord,
@@ -143,7 +143,7 @@ export function formatPrettyLine(
   ];
   if (record.ttfbMs !== undefined) parts.push(`ttfb=${ms(record.ttfbMs)}`);
   parts.push(paint(color, "36", `relay=${ms(record.relayMs)}`));
-  parts.push(`${bytes(record.requestBytes)}→${bytes(record.responseBytes)}`);
+  parts.push(`${bytes(record.requestBytes)}\u2192${bytes(record.responseBytes)}`);
   if (record.stream) parts.push("stream");
   const u = record.usage;
   if (u?.model !== undefined) parts.push(paint(color, "34", clean(u.model)));

@@ -7,7 +7,7 @@
  * itself on `<canvas>`. Access is decided by the caller (`checkAdmin`), like `/debug/info`.
  *
  * Must never: load anything from another origin, put data into the page as HTML (every value
- * from a request — paths, models, ids — is set as text), or hold data of its own: everything it
+ * from a request - paths, models, ids - is set as text), or hold data of its own: everything it
  * shows comes from the snapshot, which carries no secret, query string or body.
  */
 
@@ -26,22 +26,22 @@ const HTML = `<!doctype html>
   <h1>proxy-forwarder</h1>
   <span id="version" class="muted"></span>
   <span id="uptime" class="muted"></span>
-  <span id="status" class="status">connecting…</span>
+  <span id="status" class="status">connecting\u2026</span>
 </header>
 <main>
 <section class="tiles">
-  <div class="tile"><div class="label">Requests / s</div><div class="value" id="t-rps">–</div>
+  <div class="tile"><div class="label">Requests / s</div><div class="value" id="t-rps">\u2013</div>
     <div class="sub">last 10 s</div></div>
-  <div class="tile"><div class="label">A time to first byte</div><div class="value" id="t-ttfb">–</div>
+  <div class="tile"><div class="label">A time to first byte</div><div class="value" id="t-ttfb">\u2013</div>
     <div class="sub">p50 · p95, last 60 s</div></div>
-  <div class="tile"><div class="label">Relay added</div><div class="value" id="t-relay">–</div>
+  <div class="tile"><div class="label">Relay added</div><div class="value" id="t-relay">\u2013</div>
     <div class="sub">p50 · p95, last 60 s</div></div>
-  <div class="tile"><div class="label">Open streams</div><div class="value" id="t-streams">–</div>
-    <div class="sub" id="t-inflight">in flight –</div></div>
-  <div class="tile"><div class="label">Error rate</div><div class="value" id="t-errors">–</div>
+  <div class="tile"><div class="label">Open streams</div><div class="value" id="t-streams">\u2013</div>
+    <div class="sub" id="t-inflight">in flight \u2013</div></div>
+  <div class="tile"><div class="label">Error rate</div><div class="value" id="t-errors">\u2013</div>
     <div class="sub" id="t-errors-sub">5xx and broken streams, 60 s</div></div>
-  <div class="tile"><div class="label">Tokens / min</div><div class="value" id="t-tokens">–</div>
-    <div class="sub" id="t-requests">– requests total</div></div>
+  <div class="tile"><div class="label">Tokens / min</div><div class="value" id="t-tokens">\u2013</div>
+    <div class="sub" id="t-requests">\u2013 requests total</div></div>
 </section>
 <section class="charts">
   <figure><figcaption>Requests / s <span class="key k1">all</span> <span class="key k2">failed</span></figcaption>
@@ -148,7 +148,7 @@ const JS = `"use strict";
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   }
   function fmtMs(v) {
-    if (v === null || v === undefined) return "–";
+    if (v === null || v === undefined) return "\u2013";
     if (v >= 10000) return (v / 1000).toFixed(1) + " s";
     if (v >= 1000) return (v / 1000).toFixed(2) + " s";
     if (v >= 100) return Math.round(v) + " ms";
@@ -239,7 +239,7 @@ const JS = `"use strict";
   }
   // "75.5 · 129 ms": p50 and p95 with one unit when both are below a second.
   function pair(p) {
-    if (p.p50 === null) return "–";
+    if (p.p50 === null) return "\u2013";
     if (p.p95 >= 1000) return fmtMs(p.p50) + " · " + fmtMs(p.p95);
     return fmtMs(p.p50).replace(" ms", "") + " · " + fmtMs(p.p95);
   }
@@ -342,7 +342,7 @@ const JS = `"use strict";
       var sc = q.status === 499 ? "s499" : "s" + String(q.status).charAt(0);
       tr.appendChild(el("td", q.status, sc));
       tr.appendChild(el("td", q.method));
-      tr.appendChild(el("td", q.path + (q.stream ? "  ⇣" : ""), "path"));
+      tr.appendChild(el("td", q.path + (q.stream ? "  \u21e3" : ""), "path"));
       tr.appendChild(el("td", q.route === null ? "" : "u" + q.route));
       tr.appendChild(el("td", q.upstream === null ? "" : q.upstream.replace(/^https?:\\/\\//, "")));
       tr.appendChild(el("td", fmtMs(q.ttfbMs), "n"));
@@ -352,7 +352,7 @@ const JS = `"use strict";
       tr.appendChild(el("td", fmtBytes(q.responseBytes), "n"));
       tr.appendChild(el("td", q.model === null ? "" : q.model));
       var tok = q.inputTokens === null && q.outputTokens === null ? ""
-        : (q.inputTokens === null ? "?" : q.inputTokens) + " → " +
+        : (q.inputTokens === null ? "?" : q.inputTokens) + " \u2192 " +
           (q.outputTokens === null ? "?" : q.outputTokens);
       tr.appendChild(el("td", tok, "n"));
       var err = q.error === null ? "" : q.error;

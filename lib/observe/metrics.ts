@@ -498,7 +498,7 @@ export class Registry {
 /**
  * The last `capacity` samples with their timestamps, for a dashboard's p50 / p95 and
  * requests-per-second. `add` is O(1) and allocation-free; `percentile` sorts a copy of the
- * window (O(n log n), n ≤ capacity), meant for a dashboard refresh, not per request.
+ * window (O(n log n), n <= capacity), meant for a dashboard refresh, not per request.
  */
 export class RecentWindow {
   readonly capacity: number;
@@ -533,7 +533,7 @@ export class RecentWindow {
   }
 
   /**
-   * The `p`-th percentile (0–100) of the held samples, optionally only those at or after
+   * The `p`-th percentile (0-100) of the held samples, optionally only those at or after
    * `sinceMs`, interpolating linearly between the closest ranks (the common "type 7" definition,
    * as numpy and spreadsheets use). `undefined` when no sample qualifies.
    */

@@ -831,7 +831,7 @@ function toRecent(rec: RequestRecord): RecentRequest {
     id: rec.id,
     clientIp: rec.clientIp,
     method: rec.method,
-    path: path.length > 160 ? `${path.slice(0, 159)}…` : path,
+    path: path.length > 160 ? `${path.slice(0, 159)}\u2026` : path,
     route: rec.route ?? null,
     upstream: rec.upstream ?? null,
     status: rec.status,

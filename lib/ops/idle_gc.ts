@@ -17,7 +17,7 @@
 
 /**
  * Most requests in flight for which a collection still runs. It pauses every open stream once:
- * 17–32 ms with 10 or 100 streams open, 65–97 ms with 1,000 (fifteenth sitting).
+ * 17-32 ms with 10 or 100 streams open, 65-97 ms with 1,000 (fifteenth sitting).
  */
 export const IDLE_GC_MAX_IN_FLIGHT = 100;
 

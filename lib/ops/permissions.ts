@@ -113,7 +113,7 @@ export function needsKv(config: Config): boolean {
  * a spare core, the warm-up's compilations now wait on the main thread instead of running beside it.
  *
  * `--expose-gc`: gives the relay V8's `gc`, which `idle_gc.ts` calls once when the relay goes idle
- * after traffic, so that the heap is given back on the `Deno.serve` path too (~115 → ~61 MiB).
+ * after traffic, so that the heap is given back on the `Deno.serve` path too (~115 -> ~61 MiB).
  */
 export const RELAY_V8_FLAGS =
   "--v8-flags=--initial-old-space-size=64,--no-concurrent-recompilation,--expose-gc";
@@ -122,8 +122,8 @@ export const RELAY_V8_FLAGS =
  * The other runtime flag every way of starting the relay passes (the same ones as
  * {@link RELAY_V8_FLAGS}). Deno keeps V8's compiled code of every module it ran in a cache under
  * DENO_DIR and loads all of it at each start; compiled from source instead, only what runs, the
- * relay starts ~1.3 MiB smaller (12 s after start, four alternating starts: 46.9–47.2 against
- * 48.2–48.8 MiB RSS; 0.5 of it its own memory, the rest the cache's mapped file), ~13 ms slower, and
+ * relay starts ~1.3 MiB smaller (12 s after start, four alternating starts: 46.9-47.2 against
+ * 48.2-48.8 MiB RSS; 0.5 of it its own memory, the rest the cache's mapped file), ~13 ms slower, and
  * with the same CPU per request under load (docs/BENCHMARKS_LOG.md, thirteenth sitting). It also
  * makes idle memory the same whether or not the cache was written, e.g. in a new container.
  */

@@ -136,7 +136,7 @@ export class Guards {
   #storeFailed = false;
   /** The configuration in force now: a reload swaps it (ALLOW_IPS, TRUSTED_PROXIES, routes). */
   readonly #current: () => Config;
-  /** Route → digest of its access key (computed once, on first use; a reload makes new routes). */
+  /** Route -> digest of its access key (computed once, on first use; a reload makes new routes). */
   readonly #routeKeys = new WeakMap<Route, Promise<string>>();
 
   /**

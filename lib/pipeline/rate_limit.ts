@@ -1,7 +1,7 @@
 /// <reference lib="deno.unstable" />
 /**
  * @module rate_limit
- * Request-rate and concurrency limits per key (client IP, API key id, route…).
+ * Request-rate and concurrency limits per key (client IP, API key id, route...).
  *
  * Owns: parsing rate settings such as `60/minute`, the token-bucket arithmetic, two bucket stores
  * (in memory for one process, Deno KV for several), the `X-RateLimit-*` / `Retry-After` headers,

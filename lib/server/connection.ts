@@ -3,9 +3,9 @@
  * One client socket of the own HTTP/1.1 server: reads request heads and bodies, runs the handler,
  * has `response_writer.ts` write each response, in order, and keeps the socket's deadlines.
  *
- * States: Head (a request head is arriving; header deadline) → Active (with the handler, or its
- * response being written; the send deadline watches each write) → Idle (kept alive; idle
- * deadline) or Drain (reading and dropping a body the handler left unread) → Head ...; Upgraded
+ * States: Head (a request head is arriving; header deadline) -> Active (with the handler, or its
+ * response being written; the send deadline watches each write) -> Idle (kept alive; idle
+ * deadline) or Drain (reading and dropping a body the handler left unread) -> Head ...; Upgraded
  * (after a 101, owned by the upgrade) and Closed end it.
  *
  * Must never: read a request body ahead of its consumer; abort `req.signal` once a response was
@@ -635,7 +635,7 @@ export class Connection implements Watched, ResponseSink {
    * (`unread`: a request body the handler left; or bytes of another request already here), a
    * lingering close, so that those bytes cannot turn into a reset that loses the response; else,
    * as nginx decides it, a plain close (measured: a lingering close for every `Connection: close`
-   * request cost 2–9 % more CPU per request than closing with the watch read pending).
+   * request cost 2-9 % more CPU per request than closing with the watch read pending).
    */
   #lastResponseSent(unread: boolean): false {
     if (this.#closed || this.#ending) return false;

@@ -26,7 +26,7 @@
  * when the client leaves before the response was written in full (`--unstable-no-legacy-abort`).
  * Differences a client can see: abusive sockets are closed (408, 431, idle close, 503 at the cap,
  * 429 over the per-address cap, no progress on a response write);
- * methods are normalised by `new Request` (`get` → `GET`) and `CONNECT`/`TRACE`/`TRACK` get 400;
+ * methods are normalised by `new Request` (`get` -> `GET`) and `CONNECT`/`TRACE`/`TRACK` get 400;
  * a Host header that would change the URL's structure (`a/b`, `u@x`) gets 400; an absolute-form
  * target contributes only its path and query (the Host header names the host); header bytes above
  * 0x7f arrive as Latin-1 characters; a body that a stream delivers whole at once is sent with
@@ -37,7 +37,7 @@
  * body's source (a stream from Server A) open. Progress is a write, or part of one, completing as
  * the kernel reports it (like nginx): Linux wakes a blocked writer once about a third of the send
  * buffer has drained, so a reader must take about that much per `sendTimeoutMs` (measured on
- * loopback: ~2.5 MB/s of reading resumed blocked writes every 0.6–0.7 s). A response that waits
+ * loopback: ~2.5 MB/s of reading resumed blocked writes every 0.6-0.7 s). A response that waits
  * for its source (SSE between events) has no write pending, so it is not watched.
  *
  * Not covered here: a client that sends its body slowly (the relay's body timeout watches that);

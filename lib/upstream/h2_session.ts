@@ -1,8 +1,8 @@
 /**
  * @module h2_session
  * An HTTP/2 client session (RFC 9113) over one TLS connection to A, written for relaying. It
- * replaces `node:http2`, with which a relay over HTTP/2 spent 1.6–1.7 times the CPU per request of
- * one over its own HTTP/1.1 client (now 1.1–1.2 times; docs/BENCHMARKS_LOG.md, "Eleventh sitting"):
+ * replaces `node:http2`, with which a relay over HTTP/2 spent 1.6-1.7 times the CPU per request of
+ * one over its own HTTP/1.1 client (now 1.1-1.2 times; docs/BENCHMARKS_LOG.md, "Eleventh sitting"):
  * here frames are parsed from one reused read buffer, and the frames queued in one microtask turn
  * go out in one socket write.
  *

@@ -263,7 +263,7 @@ export function huffmanDecode(src: Uint8Array, start = 0, end: number = src.leng
 }
 
 /**
- * Bytes as a latin1 string. Not TextDecoder("latin1"): that is windows-1252 (0x80 becomes "€").
+ * Bytes as a latin1 string. Not TextDecoder("latin1"): that is windows-1252 (0x80 becomes the euro sign).
  * `fromCharCode.apply` on a view makes the string in one go; below 16 bytes its call costs more
  * than a short loop (measured with `deno bench`, Deno 2.9: 10 bytes 57 vs 82 ns, 30 bytes 249
  * vs 140 ns, 200 bytes 1.7 µs vs 657 ns). Chunks keep the arguments off the stack limit.
@@ -329,7 +329,7 @@ export class HpackDecoder {
   /**
    * Decodes one complete header block (HEADERS + CONTINUATION fragments already joined). Names and
    * values are latin1 strings (one char per byte). Throws HpackError; throws HeaderListTooLarge
-   * when the list's size passes `maxListSize` — but only AFTER decoding the whole block, so that the
+   * when the list's size passes `maxListSize` - but only AFTER decoding the whole block, so that the
    * dynamic table stays in step with the encoder (the session treats that as a stream error, not a
    * connection error). Fields are returned in order, pseudo-headers included as decoded.
    */
