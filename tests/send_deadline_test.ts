@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { Connection, type ConnectionHost } from "../lib/server/connection.ts";
 import { BodyPool } from "../lib/server/body_pool.ts";
 import { POOL_BUF } from "../lib/server/response_writer.ts";
-import { Watchdog, WriteSlabs } from "../lib/http/mod.ts";
+import { IDLE_SLOT, Watchdog, WriteSlabs } from "../lib/http/mod.ts";
 import { deadline, delay, waitFor } from "./helpers.ts";
 
 const enc = new TextEncoder();
@@ -71,15 +71,16 @@ function host(
   handler: () => Response,
 ): { host: ConnectionHost; dropped: string[]; close(): void } {
   const dropped: string[] = [];
-  const dogs = [new Watchdog(5000), new Watchdog(5000), new Watchdog(5000), new Watchdog(sendMs)];
+  const dogs = [new Watchdog(5000), new Watchdog(5000), new Watchdog(sendMs)];
+  const idleDog = new Watchdog(5000, IDLE_SLOT);
   const h: ConnectionHost = {
     handler,
     maxHeadBytes: 16 * 1024,
     fallbackHost: "relay",
     headerDog: dogs[0]!,
-    idleDog: dogs[1]!,
-    bodyDog: dogs[2]!,
-    sendDog: dogs[3]!,
+    idleDog,
+    bodyDog: dogs[1]!,
+    sendDog: dogs[2]!,
     closing: false,
     errorResponse: () => Promise.resolve(new Response("error", { status: 500 })),
     dropped: (reason) => void dropped.push(reason),
@@ -91,7 +92,7 @@ function host(
     slabs: new WriteSlabs(),
     remove: () => {},
   };
-  return { host: h, dropped, close: () => dogs.forEach((d) => d.close()) };
+  return { host: h, dropped, close: () => [...dogs, idleDog].forEach((d) => d.close()) };
 }
 
 deadline.test("own server: a quiet stream outlasts the send deadline, and a write that takes nothing is cut after it", async () => {

@@ -6,12 +6,14 @@
 
 import assert from "node:assert/strict";
 import { Watchdog, type Watched } from "../lib/http/watchdog.ts";
+import { IDLE_SLOT, WATCH_SLOT } from "../lib/http/slot_set.ts";
 import { deadline, waitFor } from "./helpers.ts";
 import { exposedGc, youngSurvivors } from "./young_gc.ts";
 
 function item(onExpire: () => void = () => {}): Watched & { expired: number } {
   const it = {
     lastTick: 0,
+    [WATCH_SLOT]: -1,
     expired: 0,
     expire() {
       it.expired++;
@@ -47,13 +49,18 @@ deadline.test("a silent item expires once, an active or unwatched one never", as
   assert.equal(dog.size, 0);
 });
 
-Deno.test("an item in two watchdogs is watched by each on its own", () => {
-  const a = new Watchdog(60_000), b = new Watchdog(60_000);
-  const x = item(), y = item();
+Deno.test("an item in two watchdogs with keys of their own is watched by each on its own; one key twice throws", () => {
+  const a = new Watchdog(60_000), b = new Watchdog(60_000, IDLE_SLOT);
+  const x = { ...item(), [IDLE_SLOT]: -1 }, y = { ...item(), [IDLE_SLOT]: -1 };
   a.watch(x);
   a.watch(y);
   b.watch(y);
   b.watch(x);
+  // A third under a's key could not be found by a after it: refused.
+  const same = new Watchdog(60_000);
+  assert.throws(() => same.watch(y), /in another set with this key/);
+  a.watch(y); // again: still a member, no error
+  same.close();
   a.unwatch(y);
   assert.equal(a.size, 1);
   assert.equal(b.size, 2);

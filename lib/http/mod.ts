@@ -54,6 +54,13 @@ export {
 export { STATUS_CLASSES, statusClassIndex } from "./status.ts";
 export { TOKEN } from "./syntax.ts";
 export { Watchdog, type Watched } from "./watchdog.ts";
-export { SlotSet } from "./slot_set.ts";
+export {
+  BLOCKED_SLOT,
+  CONN_SLOT,
+  IDLE_SLOT,
+  SlotSet,
+  type Slotted,
+  WATCH_SLOT,
+} from "./slot_set.ts";
 export { IdTable } from "./id_table.ts";
 export { type WriteSlab, WriteSlabs } from "./write_slabs.ts";

@@ -10,15 +10,43 @@
  * survives, with all it references: a watched exchange held its whole request. Under load ~15 % of
  * what the relay allocated survived each scavenge (`docs/BENCHMARKS_LOG.md`, seventh round).
  *
- * Must never: keep a reference to an object it no longer holds (its array's unused tail is null).
+ * Why the keys are declared by the members' classes: V8 gives each object a hidden class (map)
+ * from the properties it has and the order they came in. A key the set added on first use would
+ * give a member a new map for each set it joined and each order it joined them in; code optimised
+ * for one map is thrown away (deoptimised) when another arrives. With a key per set (the design
+ * until the nineteenth sitting), an exchange watched by the keep-warm probe's watchdog instead of
+ * the relay's deoptimised a dozen functions of the request path after every idle spell, and the
+ * next client requests paid for their recompilation on the main thread (issue #14, c=1 p99).
+ *
+ * Must never: keep a reference to an object it no longer holds (its array's unused tail is null);
+ * hold a member under a key that another set holding it uses (one key per role, below).
  */
 
-export class SlotSet<T extends object> {
+/** The key of the watchdogs' sets (`watchdog.ts`): every watched object declares it. */
+export const WATCH_SLOT: unique symbol = Symbol("watch slot");
+/** The server's idle-connection watchdog: a connection is under it and another one at times. */
+export const IDLE_SLOT: unique symbol = Symbol("idle slot");
+/** The server's set of open connections. */
+export const CONN_SLOT: unique symbol = Symbol("conn slot");
+/** An HTTP/2 session's streams held back by flow control. */
+export const BLOCKED_SLOT: unique symbol = Symbol("blocked slot");
+
+/**
+ * An object that can be a member of sets with key `K`: its class declares `[K] = -1`, so that
+ * joining a set changes no hidden class.
+ */
+export type Slotted<K extends symbol> = { [P in K]: number };
+
+export class SlotSet<K extends symbol, T extends Slotted<K>> {
   /** Members at [0, #size); null beyond. Never shrunk, so it is not reallocated in steady use. */
   readonly #items: Array<T | null> = [];
   #size = 0;
-  /** Where a member keeps its index in #items: a key of this set alone. */
-  readonly #slot = Symbol("slot");
+  /** Where a member keeps its index in #items. */
+  readonly #slot: K;
+
+  constructor(key: K) {
+    this.#slot = key;
+  }
 
   /** Number of members. */
   get size(): number {
@@ -29,10 +57,16 @@ export class SlotSet<T extends object> {
     return this.#indexOf(item) >= 0;
   }
 
-  /** Adds `item`; false if it was a member already. */
+  /**
+   * Adds `item`; false if it was a member already. Throws if another set holds it under the same
+   * key: that set could no longer find it (a watchdog would expire it after it was unwatched).
+   */
   add(item: T): boolean {
     if (this.#indexOf(item) >= 0) return false;
-    (item as Record<symbol, number>)[this.#slot] = this.#size;
+    if (item[this.#slot] >= 0) {
+      throw new Error("SlotSet: the member is in another set with this key");
+    }
+    item[this.#slot] = this.#size as T[K];
     this.#items[this.#size++] = item;
     return true;
   }
@@ -52,12 +86,13 @@ export class SlotSet<T extends object> {
 
   /** Removes the member at `i`; the last member moves to `i`. */
   deleteAt(i: number): void {
+    this.#items[i]![this.#slot] = -1 as T[K];
     const last = --this.#size;
     const moved = this.#items[last]!;
     this.#items[last] = null;
     if (i !== last) {
       this.#items[i] = moved;
-      (moved as Record<symbol, number>)[this.#slot] = i;
+      moved[this.#slot] = i as T[K];
     }
   }
 
@@ -67,13 +102,14 @@ export class SlotSet<T extends object> {
   }
 
   clear(): void {
+    for (let i = 0; i < this.#size; i++) this.#items[i]![this.#slot] = -1 as T[K];
     this.#items.fill(null, 0, this.#size);
     this.#size = 0;
   }
 
-  /** The member's index, or -1: its slot is only trusted when the array agrees. */
+  /** The member's index, or -1 (its slot is -1 when it is in no set with this key). */
   #indexOf(item: T): number {
-    const i = (item as Record<symbol, number | undefined>)[this.#slot];
-    return i !== undefined && i < this.#size && this.#items[i] === item ? i : -1;
+    const i: number = item[this.#slot];
+    return i >= 0 && i < this.#size && this.#items[i] === item ? i : -1;
   }
 }

@@ -8,31 +8,36 @@
  * Must never: keep the process alive on its own (the interval is unref'd and stops when idle).
  */
 
-import { SlotSet } from "./slot_set.ts";
+import { SlotSet, type Slotted, WATCH_SLOT } from "./slot_set.ts";
 
-/** Something the watchdog can expire. */
-export interface Watched {
+/**
+ * Something a watchdog can expire. Its class declares the watchdog's key (`[WATCH_SLOT] = -1`
+ * unless the watchdog was made with another): see `slot_set.ts` for why.
+ */
+export type Watched<K extends symbol = typeof WATCH_SLOT> = Slotted<K> & {
   /** Tick of the last activity; set it to {@link Watchdog.tick} whenever bytes move. */
   lastTick: number;
   /** Called once when silent for longer than the limit. */
   expire(): void;
-}
+};
 
 /**
  * Expires watched items silent for longer than `limitMs` (resolution: `limitMs / 10`, <= 1 s).
  * The items are a {@link SlotSet}, not a `Set`: they come and go once per request (once per write
  * for the send deadline), and a churned `Set` kept them alive through young-generation GCs.
  */
-export class Watchdog {
+export class Watchdog<K extends symbol = typeof WATCH_SLOT> {
   #tick = 0;
-  readonly #items = new SlotSet<Watched>();
+  readonly #items: SlotSet<K, Watched<K>>;
   readonly #intervalMs: number;
   readonly #limitTicks: number;
   /** The silence, in ms, after which an item expires. */
   readonly limitMs: number;
   #timer: ReturnType<typeof setInterval> | undefined;
 
-  constructor(limitMs: number) {
+  /** `key`: where the items keep their index; {@link WATCH_SLOT} unless an item can be under two. */
+  constructor(limitMs: number, key: K = WATCH_SLOT as K) {
+    this.#items = new SlotSet(key);
     this.limitMs = limitMs;
     this.#intervalMs = Math.min(1000, Math.max(5, Math.floor(limitMs / 10)));
     this.#limitTicks = Math.ceil(limitMs / this.#intervalMs);
@@ -49,7 +54,7 @@ export class Watchdog {
   }
 
   /** Starts watching (again, if already watched); activity counts from now. */
-  watch(item: Watched): void {
+  watch(item: Watched<K>): void {
     item.lastTick = this.#tick;
     this.#items.add(item);
     if (this.#timer === undefined) {
@@ -59,7 +64,7 @@ export class Watchdog {
   }
 
   /** Stops watching (idempotent). The timer stops at the next sweep that finds nothing. */
-  unwatch(item: Watched): void {
+  unwatch(item: Watched<K>): void {
     // Not stopping here: at low concurrency that would be a setInterval/clearInterval per request.
     this.#items.delete(item);
   }

@@ -15,7 +15,7 @@
 import { RelayError, relayError } from "../errors.ts";
 import { trimOws } from "../http/mod.ts";
 import type { BodyReader } from "../upstream/mod.ts";
-import { type LentBytes, Watchdog, type Watched } from "../http/mod.ts";
+import { type LentBytes, WATCH_SLOT, Watchdog, type Watched } from "../http/mod.ts";
 
 /** Limits for one request body. */
 export interface BodyLimitOptions {
@@ -100,6 +100,7 @@ function watchdogFor(limitMs: number): Watchdog {
  * more CPU than the rest of a small request's handling.
  */
 export class LimitedBody implements BodyReader, Watched {
+  [WATCH_SLOT] = -1;
   /** Set once a limit tripped: the error to answer the client with. */
   error: RelayError | null = null;
   /** Bytes passed so far. */

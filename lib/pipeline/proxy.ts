@@ -25,6 +25,7 @@ import {
   type BodyReader,
   BodySource,
   type BodyTap,
+  exchangeOptions,
   type PoolSet,
   UpstreamError,
   type UpstreamResponse,
@@ -133,7 +134,7 @@ export async function forward(req: Request, ctx: ForwardContext): Promise<Forwar
         target: upstreamTarget(upstream.prefix, ctx.target),
         headers: ctx.headers,
         body,
-      }, { watchdog: ctx.watchdog, signal: req.signal, tap: ctx.tap });
+      }, exchangeOptions(ctx.watchdog, req.signal, ctx.tap));
     } catch (err) {
       lastError = err;
       // Only a failure to connect is known not to have reached A: anything else is final.

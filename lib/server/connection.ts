@@ -35,7 +35,8 @@ import {
   withRequestFields,
   withWholeBody,
 } from "../http/mod.ts";
-import type { Watchdog, Watched } from "../http/mod.ts";
+import type { Slotted, Watchdog, Watched } from "../http/mod.ts";
+import { CONN_SLOT, IDLE_SLOT, WATCH_SLOT } from "../http/mod.ts";
 import { attachCancel, cancelHookAvailable } from "../http/mod.ts";
 
 /** What a connection needs from its server. */
@@ -45,7 +46,7 @@ export interface ConnectionHost {
   /** Host for `req.url` when the request has no Host header. */
   readonly fallbackHost: string;
   readonly headerDog: Watchdog;
-  readonly idleDog: Watchdog;
+  readonly idleDog: Watchdog<typeof IDLE_SLOT>;
   /** Watches the reading of a small body before its request is handled. */
   readonly bodyDog: Watchdog;
   /** Watches response writes in progress; null when there is no send deadline. */
@@ -143,7 +144,12 @@ const enum State {
   Closed,
 }
 
-export class Connection implements Watched, ResponseSink {
+export class Connection
+  implements Watched, Watched<typeof IDLE_SLOT>, Slotted<typeof CONN_SLOT>, ResponseSink {
+  // Declared, so that joining the watchdogs and the server's set changes no hidden class.
+  [WATCH_SLOT] = -1;
+  [IDLE_SLOT] = -1;
+  [CONN_SLOT] = -1;
   lastTick = 0;
   readonly #server: ConnectionHost;
   readonly #conn: Deno.Conn<Deno.NetAddr>;
@@ -177,7 +183,11 @@ export class Connection implements Watched, ResponseSink {
   /** The current request asks to switch protocols: no read may be pending when it does. */
   #noWatch = false;
   /** Watched by the server's send watchdog while a write is in flight. */
-  readonly #send: Watched = { lastTick: 0, expire: () => this.#sendTimedOut() };
+  readonly #send: Watched = {
+    lastTick: 0,
+    expire: () => this.#sendTimedOut(),
+    [WATCH_SLOT]: -1,
+  };
 
   constructor(server: ConnectionHost, conn: Deno.Conn<Deno.NetAddr>) {
     this.#server = server;

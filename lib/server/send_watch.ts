@@ -20,7 +20,7 @@
  * when asked); count time spent waiting for A (a quiet SSE stream is not a stalled client).
  */
 
-import { Watchdog, type Watched } from "../http/mod.ts";
+import { WATCH_SLOT, Watchdog, type Watched } from "../http/mod.ts";
 
 const noop = (): void => {};
 
@@ -72,6 +72,7 @@ export class SendWatch {
           onStall?.();
         } catch { /* a reporter must not break the stream */ }
       },
+      [WATCH_SLOT]: -1,
     };
     return new ReadableStream<Uint8Array>({
       start(c) {

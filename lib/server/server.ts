@@ -60,7 +60,7 @@ import { type ConnListener, listenTlsNoDelay } from "./tls_listener.ts";
 import { WriteSlabs } from "../http/mod.ts";
 import type { DropReason, Http1Handler, Http1Server, Http1ServerOptions } from "./types.ts";
 import { errorResponse, toRelayError } from "../errors.ts";
-import { SlotSet, Watchdog, type Watched } from "../http/mod.ts";
+import { CONN_SLOT, IDLE_SLOT, SlotSet, WATCH_SLOT, Watchdog, type Watched } from "../http/mod.ts";
 
 export type {
   DropReason,
@@ -111,7 +111,7 @@ class Server implements Http1Server, ConnectionHost {
   /** Host for `req.url` when the request has no Host header. */
   readonly fallbackHost: string;
   readonly headerDog: Watchdog;
-  readonly idleDog: Watchdog;
+  readonly idleDog: Watchdog<typeof IDLE_SLOT>;
   readonly bodyDog: Watchdog;
   /** Watches response writes in progress; null when there is no send deadline. */
   readonly sendDog: Watchdog | null;
@@ -121,7 +121,7 @@ class Server implements Http1Server, ConnectionHost {
   readonly afterDog: Watchdog;
   readonly #afterTotalMs: number;
   /** Open connections; a {@link SlotSet}, as they come and go per request for some clients. */
-  readonly conns: SlotSet<Connection> = new SlotSet();
+  readonly conns: SlotSet<typeof CONN_SLOT, Connection> = new SlotSet(CONN_SLOT);
   readonly #lingering = new Set<Deno.Conn>();
   readonly #pool: Uint8Array[] = [];
   readonly bodies: BodyPool = new BodyPool();
@@ -140,7 +140,7 @@ class Server implements Http1Server, ConnectionHost {
     this.maxConnections = options.maxConnections ?? 0;
     this.maxHeadBytes = options.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES;
     this.headerDog = new Watchdog(options.headerTimeoutMs ?? DEFAULT_HEADER_TIMEOUT_MS);
-    this.idleDog = new Watchdog(options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
+    this.idleDog = new Watchdog(options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS, IDLE_SLOT);
     this.bodyDog = new Watchdog(options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS);
     const sendMs = options.sendTimeoutMs ?? DEFAULT_SEND_TIMEOUT_MS;
     this.sendDog = sendMs > 0 ? new Watchdog(sendMs) : null;
@@ -324,7 +324,7 @@ class Server implements Http1Server, ConnectionHost {
       return;
     }
     this.#lingering.add(conn);
-    const item: Watched = { lastTick: 0, expire: () => closeQuietly(conn) };
+    const item: Watched = { lastTick: 0, expire: () => closeQuietly(conn), [WATCH_SLOT]: -1 };
     dog.watch(item);
     work(item).catch(() => {/* gone, or closed by the deadline */}).finally(() => {
       dog.unwatch(item);

@@ -22,7 +22,7 @@
 
 import { encodeHeaderBlock, HeaderListTooLarge, HpackDecoder } from "./hpack.ts";
 import { checkHead, type H2Fields, isSensitive, Malformed } from "./h2_fields.ts";
-import { IdTable, SlotSet } from "../http/mod.ts";
+import { BLOCKED_SLOT, IdTable, SlotSet } from "../http/mod.ts";
 
 export type { H2Fields } from "./h2_fields.ts";
 
@@ -166,6 +166,7 @@ const NO_CHUNKS: Array<Uint8Array | undefined> = [];
 
 /** One stream's state; the handler-facing side is {@link H2Stream}. */
 class StreamState {
+  [BLOCKED_SLOT] = -1;
   readonly id: number;
   readonly core: SessionCore;
   readonly handler: H2Handler;
@@ -295,7 +296,7 @@ class SessionCore {
   #peerMaxFrame = 16384;
   #connSendWindow = 65535;
   /** Streams with queued body bytes that a window or a full write buffer holds back. */
-  readonly #blocked = new SlotSet<StreamState>();
+  readonly #blocked = new SlotSet<typeof BLOCKED_SLOT, StreamState>(BLOCKED_SLOT);
 
   // Receiving.
   #rbuf = new Uint8Array(READ_BUF);

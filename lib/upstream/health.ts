@@ -13,7 +13,7 @@
  */
 
 import type { Upstream } from "../http/mod.ts";
-import type { UpstreamErrorKind } from "./http1.ts";
+import { exchangeOptions, type UpstreamErrorKind } from "./http1.ts";
 import type { Origin } from "./pools.ts";
 import type { LogWriter } from "../observe/record.ts";
 import { Watchdog } from "../http/mod.ts";
@@ -216,7 +216,7 @@ export class UpstreamSet {
         target: upstream.prefix + this.#opts.healthPath,
         headers: [["user-agent", "proxy-forwarder-health"], ["accept", "application/json"]],
         body: null,
-      }, { watchdog: this.#probeWatchdog, probe: true });
+      }, exchangeOptions(this.#probeWatchdog, undefined, undefined, true));
       if (res.body !== null) {
         // Reading to the end returns the connection to the pool: that is the keep-warm. A health
         // path that streams forever is cut off instead.

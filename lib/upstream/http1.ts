@@ -28,7 +28,7 @@ import {
 } from "../http/mod.ts";
 import { TOKEN } from "../http/mod.ts";
 import { IdleSweeper } from "./sweeper.ts";
-import type { Watchdog, Watched } from "../http/mod.ts";
+import { WATCH_SLOT, type Watchdog, type Watched } from "../http/mod.ts";
 
 /** Largest first body chunk copied into the request head's write (see `#write`). */
 const JOIN_MAX = 16 * 1024;
@@ -801,6 +801,22 @@ export interface ExchangeOptions {
   tap?: BodyTap | undefined;
 }
 
+/**
+ * The options of one exchange, for every caller in `lib/`: always the same four properties in the
+ * same order. V8 gives objects of one shape one hidden class; a keep-warm probe whose options
+ * lacked `signal` and `tap` had another, and the first one after a busy spell threw away the
+ * optimised code of a dozen functions on the request path, which the next client requests then
+ * paid for, recompiling it on the main thread (the c=1 tail of issue #14).
+ */
+export function exchangeOptions(
+  watchdog: Watchdog,
+  signal: AbortSignal | undefined,
+  tap: BodyTap | undefined,
+  probe = false,
+): ExchangeOptions {
+  return { watchdog, signal, probe, tap };
+}
+
 /** The upstream's response; the body streams straight from the socket. */
 export interface UpstreamResponse {
   status: number;
@@ -885,6 +901,7 @@ export async function resendIfStale(
 }
 
 class Exchange implements Watched, Attempt {
+  [WATCH_SLOT] = -1;
   lastTick = 0;
   gotBytes = false;
   abortKind: "timeout" | "aborted" | null = null;

@@ -32,7 +32,13 @@ import {
   UpstreamError,
   type UpstreamResponse,
 } from "./http1.ts";
-import { type BodyReaderLike, concat, isEventStream, type Watched } from "../http/mod.ts";
+import {
+  type BodyReaderLike,
+  concat,
+  isEventStream,
+  WATCH_SLOT,
+  type Watched,
+} from "../http/mod.ts";
 import { IdleSweeper } from "./sweeper.ts";
 import {
   type H2Fields,
@@ -499,6 +505,7 @@ export function h2RequestHeaders(req: ExchangeRequest, authority: string): H2Fie
 }
 
 class StreamExchange implements Watched, Attempt {
+  [WATCH_SLOT] = -1;
   lastTick = 0;
   gotHead = false;
   abortKind: "timeout" | "aborted" | null = null;

@@ -13,6 +13,7 @@ export {
   type Connection,
   type Connector,
   exchange,
+  exchangeOptions,
   Pool,
   readHead,
   UpstreamError,
