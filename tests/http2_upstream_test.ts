@@ -27,6 +27,8 @@ function countingHop(port: number) {
     port: (listener.addr as Deno.NetAddr).port,
     dropOnNextData: false,
     dropped: 0,
+    /** TLS records the relay has sent so far: one per write to the TLS connection. */
+    records: 0,
     /** From now on, nothing passes on the connections open now; new ones work. */
     silenceAll() {
       for (const c of open) silent.add(c);
@@ -50,10 +52,31 @@ function countingHop(port: number) {
   };
   const pump = async (from: Deno.Conn, to: Deno.Conn, close: () => void, outbound: boolean) => {
     const buf = new Uint8Array(64 * 1024);
+    // Record framing: a 5-byte header whose last two bytes are the length of the body after it.
+    const head: number[] = [];
+    let left = 0;
+    const countRecords = (bytes: Uint8Array) => {
+      for (let i = 0; i < bytes.length;) {
+        if (left > 0) {
+          const k = Math.min(left, bytes.length - i);
+          left -= k;
+          i += k;
+          if (left === 0) hop.records++;
+          continue;
+        }
+        head.push(bytes[i++]!);
+        if (head.length === 5) {
+          left = (head[3]! << 8) | head[4]!;
+          head.length = 0;
+          if (left === 0) hop.records++;
+        }
+      }
+    };
     try {
       while (true) {
         const n = await from.read(buf);
         if (n === null) break;
+        if (outbound) countRecords(buf.subarray(0, n));
         if (outbound && hop.dropOnNextData) {
           hop.dropOnNextData = false;
           hop.dropped++;
@@ -694,5 +717,45 @@ withCert.test("HTTP/2 pool: a stream A resets is not sent again, and a burst kee
     pool.close();
     watchdog.close();
     await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});
+
+withCert.test("a JSON request over HTTP/2 leaves in one write: HEADERS, DATA and END_STREAM in one TLS record", async ({ tls }) => {
+  const server = h2Upstream(tls, async (req) => new Response(await req.text()));
+  const hop = countingHop(server.addr.port);
+  const pool = testPool(tls, hop.port);
+  const watchdog = new Watchdog(5000);
+  const json = '{"model":"m","messages":[{"role":"user","content":"hi"}]}';
+  const post = async (): Promise<string> => {
+    const bytes = enc.encode(json);
+    const source = new ReadableStream<Uint8Array>({
+      start(c) {
+        c.enqueue(bytes);
+        c.close();
+      },
+    });
+    const body = new BodySource(source, bytes.length, 65536);
+    const res = await exchange2(pool, {
+      method: "POST",
+      target: "/v1/echo",
+      headers: [["content-type", "application/json"]],
+      body,
+    }, { watchdog });
+    return dec.decode(res.complete ?? new Uint8Array(await new Response(res.body).arrayBuffer()));
+  };
+  try {
+    // The session's SETTINGS and their acknowledgements are behind us after the first ones.
+    assert.equal(await post(), json);
+    assert.equal(await post(), json);
+    await new Promise((r) => setTimeout(r, 50));
+    const before = hop.records;
+    assert.equal(await post(), json);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(hop.records - before, 1, "TLS records the request took");
+  } finally {
+    watchdog.close();
+    pool.close();
+    hop.close();
+    await server.shutdown();
   }
 });

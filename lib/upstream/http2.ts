@@ -19,7 +19,6 @@ import {
   type AltTransport,
   type Attempt,
   BODILESS_METHODS,
-  type BodySource,
   endOnce,
   type Endpoint,
   errorBody,
@@ -560,7 +559,32 @@ class StreamExchange implements Watched, Attempt {
     return new UpstreamError("reset", `stream failed (code ${code})`, { cause: err });
   }
 
-  run(): Promise<UpstreamResponse> {
+  async run(): Promise<UpstreamResponse> {
+    const body = this.#req.body;
+    if (body === null) return await this.#open(null, null);
+    // HEADERS wait for the body's first chunk, as the HTTP/1.1 client's head does: then HEADERS
+    // and DATA, with END_STREAM when the length says the chunk is all of it, leave in one write
+    // (one TLS record, one syscall) where a JSON request took three.
+    const next = body.cursor();
+    let first: Uint8Array | null;
+    try {
+      first = await next();
+    } catch (err) {
+      this.#finish(false);
+      throw err;
+    }
+    if (this.#opts.signal?.aborted) {
+      this.#finish(false);
+      throw new UpstreamError("aborted", "client went away");
+    }
+    return await this.#open(next, first);
+  }
+
+  /** Opens the stream: `first` is the body's first chunk (null: the body is empty or absent). */
+  #open(
+    next: (() => Promise<Uint8Array | null>) | null,
+    first: Uint8Array | null,
+  ): Promise<UpstreamResponse> {
     const { watchdog, signal } = this.#opts;
     const { method, body } = this.#req;
     return new Promise<UpstreamResponse>((resolve, reject) => {
@@ -657,7 +681,7 @@ class StreamExchange implements Watched, Attempt {
       try {
         stream = this.#session.s.request(
           h2RequestHeaders(this.#req, this.#pool.endpoint.hostHeader),
-          body === null,
+          first === null,
           handler,
         );
       } catch (err) {
@@ -670,8 +694,11 @@ class StreamExchange implements Watched, Attempt {
       this.#stream = stream;
       watchdog.watch(this);
       signal?.addEventListener("abort", this.#onAbort);
-      if (body !== null) {
-        this.#write(stream, body).then(
+      if (body !== null && next !== null && first !== null) {
+        const room = stream.write(first);
+        const whole = first.byteLength === body.length;
+        if (whole) stream.end();
+        this.#write(stream, next, room, whole).then(
           () => {
             this.#writeDone = true;
             if (this.gotHead) body.forget();
@@ -756,15 +783,26 @@ class StreamExchange implements Watched, Attempt {
     return [stream, reader];
   }
 
-  async #write(stream: H2Stream, body: BodySource): Promise<void> {
-    const next = body.cursor();
+  /**
+   * Writes the body after its first chunk (`room`: whether that write left room for more;
+   * `ended`: the first chunk was the whole announced length and END_STREAM is sent). Reads to the
+   * end either way, so that the body source knows it is done and can drop its kept copy.
+   */
+  async #write(
+    stream: H2Stream,
+    next: () => Promise<Uint8Array | null>,
+    room: boolean,
+    ended: boolean,
+  ): Promise<void> {
+    if (!room) await stream.drain();
     let c: Uint8Array | null;
     while ((c = await next()) !== null) {
       if (this.#finished) return;
+      if (ended) throw new UpstreamError("body", "request body longer than its length");
       this.lastTick = this.#opts.watchdog.tick;
       if (!stream.write(c)) await stream.drain();
     }
-    if (!this.#finished) stream.end();
+    if (!this.#finished && !ended) stream.end();
   }
 
   #finish(cancelBody = true): void {
