@@ -2,7 +2,7 @@
  * @module slot_set
  * A set of objects for long-lived owners whose members come and go all the time (the watchdogs'
  * items, the server's connections): an array that only grows, each member keeping its index under
- * a key of the set, and a member leaving by the last one taking its place.
+ * a key its class declares, and a member leaving by the last one taking its place.
  *
  * Why not a `Set`: a `Set` that churns makes a new hash table every so often, and V8 leaves the old
  * table (in the old generation, since the owner lives long) holding the members that were in it.
