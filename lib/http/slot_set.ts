@@ -24,7 +24,11 @@
 
 /** The key of the watchdogs' sets (`watchdog.ts`): every watched object declares it. */
 export const WATCH_SLOT: unique symbol = Symbol("watch slot");
-/** The server's idle-connection watchdog: a connection is under it and another one at times. */
+/**
+ * The server's idle watchdog. A connection goes between it and the header and body watchdogs (all
+ * under {@link WATCH_SLOT}); a key of its own keeps an idle watch that outlives a state change from
+ * making the next watchdog throw.
+ */
 export const IDLE_SLOT: unique symbol = Symbol("idle slot");
 /** The server's set of open connections. */
 export const CONN_SLOT: unique symbol = Symbol("conn slot");
