@@ -58,6 +58,7 @@ export {
   BLOCKED_SLOT,
   CONN_SLOT,
   IDLE_SLOT,
+  LINGER_SLOT,
   SlotSet,
   type Slotted,
   WATCH_SLOT,

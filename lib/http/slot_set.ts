@@ -32,6 +32,8 @@ export const WATCH_SLOT: unique symbol = Symbol("watch slot");
 export const IDLE_SLOT: unique symbol = Symbol("idle slot");
 /** The server's set of open connections. */
 export const CONN_SLOT: unique symbol = Symbol("conn slot");
+/** The server's sockets closing after their last response (lingering closes). */
+export const LINGER_SLOT: unique symbol = Symbol("linger slot");
 /** An HTTP/2 session's streams held back by flow control. */
 export const BLOCKED_SLOT: unique symbol = Symbol("blocked slot");
 

@@ -60,7 +60,16 @@ import { type ConnListener, listenTlsNoDelay } from "./tls_listener.ts";
 import { WriteSlabs } from "../http/mod.ts";
 import type { DropReason, Http1Handler, Http1Server, Http1ServerOptions } from "./types.ts";
 import { errorResponse, toRelayError } from "../errors.ts";
-import { CONN_SLOT, IDLE_SLOT, SlotSet, WATCH_SLOT, Watchdog, type Watched } from "../http/mod.ts";
+import {
+  CONN_SLOT,
+  IDLE_SLOT,
+  LINGER_SLOT,
+  SlotSet,
+  type Slotted,
+  WATCH_SLOT,
+  Watchdog,
+  type Watched,
+} from "../http/mod.ts";
 
 export type {
   DropReason,
@@ -92,6 +101,8 @@ const LINGER_BYTES = 64 * 1024;
  * in a loop cannot hold more descriptors than the cap allows.
  */
 const LINGER_MAX = 256;
+/** A socket in a lingering close: watched by a deadline, and in the server's set of them. */
+type Lingering = Watched & Slotted<typeof LINGER_SLOT> & { readonly conn: Deno.Conn };
 /** Where lingering sockets' bytes go; the contents are never looked at. */
 const DISCARD = new Uint8Array(16 * 1024);
 /**
@@ -122,7 +133,8 @@ class Server implements Http1Server, ConnectionHost {
   readonly #afterTotalMs: number;
   /** Open connections; a {@link SlotSet}, as they come and go per request for some clients. */
   readonly conns: SlotSet<typeof CONN_SLOT, Connection> = new SlotSet(CONN_SLOT);
-  readonly #lingering = new Set<Deno.Conn>();
+  /** Sockets closing after their last response: a {@link SlotSet}, for the same reason. */
+  readonly #lingering: SlotSet<typeof LINGER_SLOT, Lingering> = new SlotSet(LINGER_SLOT);
   readonly #pool: Uint8Array[] = [];
   readonly bodies: BodyPool = new BodyPool();
   readonly slabs: WriteSlabs = new WriteSlabs();
@@ -323,13 +335,19 @@ class Server implements Http1Server, ConnectionHost {
       closeQuietly(conn);
       return;
     }
-    this.#lingering.add(conn);
-    const item: Watched = { lastTick: 0, expire: () => closeQuietly(conn), [WATCH_SLOT]: -1 };
+    const item: Lingering = {
+      lastTick: 0,
+      expire: () => closeQuietly(conn),
+      conn,
+      [WATCH_SLOT]: -1,
+      [LINGER_SLOT]: -1,
+    };
+    this.#lingering.add(item);
     dog.watch(item);
     work(item).catch(() => {/* gone, or closed by the deadline */}).finally(() => {
       dog.unwatch(item);
       closeQuietly(conn);
-      this.#lingering.delete(conn);
+      this.#lingering.delete(item);
       this.#checkFinished();
     });
   }
@@ -372,7 +390,7 @@ class Server implements Http1Server, ConnectionHost {
         clearTimeout(this.#backoff.timer);
         this.#backoff.wake();
       }
-      for (const conn of this.#lingering) closeQuietly(conn);
+      for (const item of this.#lingering.toArray()) closeQuietly(item.conn);
       for (const c of this.conns.toArray()) c.shutdown();
       this.#checkFinished();
     }
