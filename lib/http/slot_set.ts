@@ -16,7 +16,7 @@
  * for one map is thrown away (deoptimised) when another arrives. With a key per set (the design
  * until the nineteenth sitting), an exchange watched by the keep-warm probe's watchdog instead of
  * the relay's deoptimised a dozen functions of the request path after every idle spell, and the
- * next client requests paid for their recompilation on the main thread (issue #14, c=1 p99).
+ * next client requests paid for their recompilation on the main thread (issue #14).
  *
  * Must never: keep a reference to an object it no longer holds (its array's unused tail is null);
  * hold a member under a key that another set holding it uses (one key per role, below).

@@ -806,7 +806,8 @@ export interface ExchangeOptions {
  * same order. V8 gives objects of one shape one hidden class; a keep-warm probe whose options
  * lacked `signal` and `tap` had another, and the first one after a busy spell threw away the
  * optimised code of a dozen functions on the request path, which the next client requests then
- * paid for, recompiling it on the main thread (the c=1 tail of issue #14).
+ * paid for, recompiling it on the main thread (issue #14; its effect on the c=1 p99 was not
+ * resolved in the benchmark).
  */
 export function exchangeOptions(
   watchdog: Watchdog,
